@@ -14,3 +14,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---------------------------------------------------------------------------------------------- models fixtures
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_checkpoint(tmp_path_factory):
+    """Callable `tiny_hf_checkpoint(model_type, **overrides) -> Path`: one saved tiny HF checkpoint per argument set
+    per session (types: llama, qwen2, qwen3, mistral; see tests/hf_fixtures.py)."""
+    from tests.hf_fixtures import make_tiny_hf_checkpoint
+
+    cache: dict = {}
+
+    def get(model_type: str, **overrides) -> "Path":  # noqa: F821
+        key = (model_type, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"hf-{model_type}")
+            cache[key] = make_tiny_hf_checkpoint(model_type, out, **overrides)
+        return cache[key]
+
+    return get
