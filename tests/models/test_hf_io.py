@@ -1,0 +1,162 @@
+"""save_hf round trips through transformers; load_hf names every problem of a wrong checkpoint."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from jax_cat.models import CheckpointError, load_hf, save_hf
+from jax_cat.models.tiny import build_tiny_checkpoint
+from tests.models._reference import left_padded_batch, max_abs_diff_on_real_tokens, torch_logits
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite_tensors(ckpt: Path, edit) -> None:
+    file = ckpt / "model.safetensors"
+    with safe_open(str(file), framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(tensors)
+    save_file(tensors, str(file), metadata={"format": "pt"})
+
+
+def _edit_config(ckpt: Path, **changes) -> None:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.update(changes)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_save_hf_round_trip_through_transformers(tiny_hf_checkpoint, tmp_path, model_type):
+    extra = dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True) if model_type == "llama" else {}
+    model = load_hf(tiny_hf_checkpoint(model_type, **extra))
+    out = save_hf(model, tmp_path / "saved", tokenizer=tiny_hf_checkpoint(model_type, **extra))
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+    assert (out / "tokenizer.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temp dirs left behind
+    reloaded_torch = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    ids, mask = left_padded_batch(model.config.vocab_size)
+    ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    assert max_abs_diff_on_real_tokens(ours, torch_logits(reloaded_torch, ids, mask), mask) <= 1e-4
+    again = load_hf(out)
+    assert again.config == model.config
+    np.testing.assert_array_equal(np.asarray(again(jnp.asarray(ids), jnp.asarray(mask))), ours)
+
+
+def test_sharded_save_and_load(tmp_path):
+    ckpt = build_tiny_checkpoint(tmp_path / "tiny", seed=3)
+    model = load_hf(ckpt)
+    out = save_hf(model, tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and not (out / "model.safetensors").exists()
+    ids = jnp.asarray([[5, 6, 7, 8]])
+    np.testing.assert_array_equal(np.asarray(load_hf(out)(ids)), np.asarray(model(ids)))
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ref = torch_logits(torch_model, np.asarray(ids), np.ones((1, 4), np.int32))
+    assert np.abs(ref - np.asarray(model(ids))).max() <= 1e-4
+
+
+def test_bfloat16_load_and_save(tiny_hf_checkpoint, tmp_path):
+    model = load_hf(tiny_hf_checkpoint("qwen3"), dtype=jnp.bfloat16)
+    assert model.embed_tokens[...].dtype == jnp.bfloat16
+    ids = jnp.asarray([[5, 6, 7, 8, 9]])
+    logits = model(ids)
+    assert logits.dtype == jnp.float32
+    out = save_hf(model, tmp_path / "bf16")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
+        assert f.get_slice("model.embed_tokens.weight").get_dtype() == "BF16"
+    f32 = load_hf(tiny_hf_checkpoint("qwen3"))
+    assert np.abs(np.asarray(logits) - np.asarray(f32(ids))).max() < 0.1  # bf16 rounding, not a wrong mapping
+
+
+def test_save_overwrites_atomically_and_keeps_old_on_failure(tmp_path, monkeypatch):
+    ckpt = build_tiny_checkpoint(tmp_path / "tiny", seed=1)
+    before = (ckpt / "model.safetensors").read_bytes()
+    other = load_hf(build_tiny_checkpoint(tmp_path / "other", seed=2))
+
+    import jax_cat.models.hf as hf
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(hf, "_write_safetensors", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_hf(other, ckpt)
+    assert (ckpt / "model.safetensors").read_bytes() == before  # the old checkpoint is untouched
+    monkeypatch.undo()
+    save_hf(other, ckpt)
+    assert (ckpt / "model.safetensors").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "tiny"]
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    ckpt = build_tiny_checkpoint(tmp_path / "tiny")
+    file = ckpt / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_hf(ckpt)
+
+
+def test_mismatched_checkpoint_names_every_bad_tensor(tiny_hf_checkpoint, tmp_path):
+    ckpt = _copy(tiny_hf_checkpoint("qwen2"), tmp_path / "bad")
+
+    def edit(tensors):
+        del tensors["model.layers.1.mlp.up_proj.weight"]
+        del tensors["model.norm.weight"]
+        tensors["model.layers.0.self_attn.extra.weight"] = np.zeros(3, np.float32)
+        tensors["model.layers.0.self_attn.q_proj.weight"] = np.zeros((8, 64), np.float32)
+        tensors["model.layers.1.self_attn.k_proj.bias"] = np.zeros(5, np.float32)
+        tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.zeros(8, np.float32)  # legacy: ignored
+
+    _rewrite_tensors(ckpt, edit)
+    with pytest.raises(CheckpointError) as info:
+        load_hf(ckpt)
+    msg = str(info.value)
+    assert "missing tensors (2): model.layers.1.mlp.up_proj.weight, model.norm.weight" in msg
+    assert "unexpected tensors (1): model.layers.0.self_attn.extra.weight" in msg
+    assert "mis-shaped tensors (2)" in msg
+    assert "model.layers.0.self_attn.q_proj.weight: checkpoint (8, 64) vs expected (64, 64)" in msg
+    assert "model.layers.1.self_attn.k_proj.bias: checkpoint (5,) vs expected (32,)" in msg
+    assert "inv_freq" not in msg
+
+
+def test_config_that_does_not_fit_the_tensors(tiny_hf_checkpoint, tmp_path):
+    ckpt = _copy(tiny_hf_checkpoint("llama"), tmp_path / "deeper")
+    _edit_config(ckpt, num_hidden_layers=3, intermediate_size=96)
+    with pytest.raises(CheckpointError) as info:
+        load_hf(ckpt)
+    msg = str(info.value)
+    assert "missing tensors (9)" in msg and "model.layers.2.self_attn.o_proj.weight" in msg
+    assert "mis-shaped tensors (6)" in msg and "model.layers.1.mlp.down_proj.weight" in msg
+
+
+def test_unsupported_model_type_lists_supported(tiny_hf_checkpoint, tmp_path):
+    ckpt = _copy(tiny_hf_checkpoint("llama"), tmp_path / "gpt2")
+    _edit_config(ckpt, model_type="gpt2")
+    with pytest.raises(ValueError, match=r"unsupported model_type 'gpt2'; supported: llama, mistral, qwen2, qwen3"):
+        load_hf(ckpt)
+
+
+def test_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_hf(tmp_path / "nowhere")
+    ckpt = build_tiny_checkpoint(tmp_path / "tiny")
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_hf(ckpt)
+    (ckpt / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_hf(ckpt)
