@@ -1,8 +1,9 @@
 """ModelConfig: the decoder-family hyper-parameters, read from / written to a Hugging Face config.json.
 
-Field names follow transformers. `from_hf` goes through transformers' own config class for the model type, so
-defaults, the 4.x spellings (`rope_theta`, `rope_scaling`, `torch_dtype`) and the per-layer sliding-window rules
-(`use_sliding_window`, `max_window_layers`, `layer_types`) are resolved exactly as transformers resolves them.
+Field names follow transformers. `from_hf` parses config.json itself (no transformers / torch import on the load
+path) with transformers' per-model-type defaults, both spellings (4.x `rope_theta`/`rope_scaling`/`torch_dtype`,
+5.x `rope_parameters`/`dtype`) and the per-layer sliding-window rules (`use_sliding_window`, `max_window_layers`,
+`layer_types`); tests check it agrees with transformers' own config classes.
 """
 from __future__ import annotations
 
@@ -135,28 +136,45 @@ class ModelConfig:
     # ------------------------------------------------------------------ HF conversion
     @classmethod
     def from_hf(cls, config: Mapping[str, Any] | Any) -> ModelConfig:
-        """Builds a ModelConfig from a config.json dict (4.x or 5.x spelling) or a transformers PretrainedConfig."""
-        hf = _to_transformers_config(config)
-        model_type = hf.model_type
-        rope_params = dict(getattr(hf, "rope_parameters", None) or {})
-        rope_theta = float(rope_params.pop("rope_theta", getattr(hf, "rope_theta", None) or 10000.0))
-        rope_type = rope_params.pop("rope_type", rope_params.pop("type", "default"))
-        rope_params.pop("type", None)
-        rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **rope_params}
-        num_heads = hf.num_attention_heads
-        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // num_heads
-        num_kv = getattr(hf, "num_key_value_heads", None) or num_heads
+        """Builds a ModelConfig from a config.json dict (4.x or 5.x spelling) or a transformers PretrainedConfig.
 
-        sliding_window = getattr(hf, "sliding_window", None)
-        layer_types = getattr(hf, "layer_types", None)
-        if model_type == "llama":
-            sliding_window, layer_types = None, None
-        elif model_type == "mistral":
-            layer_types = None  # MistralModel applies its window (if any) on every layer
-        if sliding_window is None:
-            layer_types = None
+        Parsed here (no transformers import, hence no torch import), with transformers' defaults and rules for each
+        model type; tests check the result equals what transformers' own config classes resolve.
+        """
+        if not isinstance(config, Mapping):
+            config = config.to_dict()
+        d = copy.deepcopy(dict(config))
+        model_type = d.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        defaults = _HF_DEFAULTS[model_type]
 
-        attention_bias = bool(getattr(hf, "attention_bias", False))
+        def get(key: str) -> Any:
+            value = d.get(key, defaults.get(key))
+            return defaults.get(key) if value is None and key in _NOT_NULLABLE else value
+
+        num_heads = get("num_attention_heads")
+        head_dim = get("head_dim") or get("hidden_size") // num_heads
+        num_kv = get("num_key_value_heads") or num_heads
+        max_pos = get("max_position_embeddings")
+        rope_theta, rope_scaling = _parse_rope(d, max_pos)
+
+        sliding_window, layer_types, max_window_layers = None, None, None
+        if model_type == "mistral":
+            sliding_window = get("sliding_window")
+        elif model_type in ("qwen2", "qwen3"):
+            max_window_layers = get("max_window_layers")
+            sliding_window = get("sliding_window") if get("use_sliding_window") else None
+            layer_types = d.get("layer_types")
+            if layer_types is None:
+                layer_types = [
+                    "sliding_attention" if sliding_window is not None and i >= max_window_layers else "full_attention"
+                    for i in range(get("num_hidden_layers"))
+                ]
+            if sliding_window is None:
+                layer_types = None
+
+        attention_bias = bool(get("attention_bias"))
         if model_type == "qwen2":
             qkv_bias, o_bias = True, False
         elif model_type == "mistral":
@@ -164,37 +182,38 @@ class ModelConfig:
         else:
             qkv_bias, o_bias = attention_bias, attention_bias
         return cls(
-            vocab_size=hf.vocab_size,
-            hidden_size=hf.hidden_size,
-            intermediate_size=hf.intermediate_size,
-            num_hidden_layers=hf.num_hidden_layers,
+            vocab_size=get("vocab_size"),
+            hidden_size=get("hidden_size"),
+            intermediate_size=get("intermediate_size"),
+            num_hidden_layers=get("num_hidden_layers"),
             num_attention_heads=num_heads,
             num_key_value_heads=num_kv,
             head_dim=head_dim,
-            rms_norm_eps=float(hf.rms_norm_eps),
+            rms_norm_eps=float(get("rms_norm_eps")),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
-            max_position_embeddings=hf.max_position_embeddings,
-            tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+            max_position_embeddings=max_pos,
+            tie_word_embeddings=bool(get("tie_word_embeddings")),
             attention_bias=qkv_bias,
             use_qk_norm=model_type == "qwen3",
             sliding_window=sliding_window,
             model_type=model_type,
-            bos_token_id=getattr(hf, "bos_token_id", None),
-            eos_token_id=getattr(hf, "eos_token_id", None),
-            pad_token_id=getattr(hf, "pad_token_id", None),
+            bos_token_id=get("bos_token_id"),
+            eos_token_id=get("eos_token_id"),
+            pad_token_id=get("pad_token_id"),
             o_proj_bias=o_bias,
-            mlp_bias=bool(getattr(hf, "mlp_bias", False)) if model_type == "llama" else False,
+            mlp_bias=bool(get("mlp_bias")) if model_type == "llama" else False,
             layer_types=tuple(layer_types) if layer_types is not None else None,
-            max_window_layers=getattr(hf, "max_window_layers", None) if model_type in ("qwen2", "qwen3") else None,
-            hidden_act=getattr(hf, "hidden_act", "silu"),
+            max_window_layers=max_window_layers,
+            hidden_act=get("hidden_act"),
         )
 
-    def to_hf_config(self, dtype: str = "float32") -> Any:
-        """The equivalent transformers PretrainedConfig (for save_hf and for building reference torch models)."""
-        import transformers
-
-        kwargs: dict[str, Any] = dict(
+    def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
+        """A config.json dict in transformers-5 spelling (`rope_parameters`, `dtype`) for this model type."""
+        self._check_representable()
+        out: dict[str, Any] = dict(
+            architectures=[_ARCHITECTURES[self.model_type]],
+            model_type=self.model_type,
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size,
@@ -202,60 +221,113 @@ class ModelConfig:
             num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads,
             head_dim=self.head_dim,
+            hidden_act=self.hidden_act,
+            max_position_embeddings=self.max_position_embeddings,
             rms_norm_eps=self.rms_norm_eps,
             rope_parameters={"rope_theta": self.rope_theta, "rope_type": "default", **_thaw(self.rope_scaling or {})},
-            max_position_embeddings=self.max_position_embeddings,
             tie_word_embeddings=self.tie_word_embeddings,
             bos_token_id=self.bos_token_id,
-            eos_token_id=list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
+            eos_token_id=_thaw(self.eos_token_id),
             pad_token_id=self.pad_token_id,
-            hidden_act=self.hidden_act,
-            architectures=[_ARCHITECTURES[self.model_type]],
+            attention_dropout=0.0,
+            initializer_range=0.02,
+            use_cache=True,
             dtype=dtype,
         )
+        if self.model_type in ("llama", "qwen3"):
+            out["attention_bias"] = self.attention_bias
         if self.model_type == "llama":
-            if self.attention_bias != self.o_proj_bias:
-                raise ValueError("llama has one attention_bias for q/k/v and o; got different values")
-            kwargs.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
-        elif self.model_type == "qwen3":
-            if self.attention_bias != self.o_proj_bias:
-                raise ValueError("qwen3 has one attention_bias for q/k/v and o; got different values")
-            kwargs["attention_bias"] = self.attention_bias
-        elif self.model_type == "qwen2" and (not self.attention_bias or self.o_proj_bias):
-            raise ValueError("qwen2 always has q/k/v bias and no o_proj bias")
-        elif self.model_type == "mistral" and (self.attention_bias or self.o_proj_bias):
-            raise ValueError("mistral has no attention biases")
+            out["mlp_bias"] = self.mlp_bias
         if self.model_type == "mistral":
-            kwargs["sliding_window"] = self.sliding_window
+            out["sliding_window"] = self.sliding_window
         elif self.model_type in ("qwen2", "qwen3"):
-            kwargs["use_sliding_window"] = self.sliding_window is not None
-            kwargs["sliding_window"] = self.sliding_window
-            if self.max_window_layers is not None:
-                kwargs["max_window_layers"] = self.max_window_layers
-            layer_types = self.layer_types or ("full_attention",) * self.num_hidden_layers
-            kwargs["layer_types"] = list(layer_types)
-        return transformers.AutoConfig.for_model(self.model_type, **kwargs)
-
-    def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
-        """A config.json dict in transformers-5 spelling (`rope_parameters`, `dtype`)."""
-        return self.to_hf_config(dtype).to_dict()
-
-
-def _to_transformers_config(config: Mapping[str, Any] | Any) -> Any:
-    """Normalises a dict or PretrainedConfig into transformers' config object for its model type."""
-    import transformers
-
-    if isinstance(config, Mapping):
-        data = copy.deepcopy(dict(config))  # transformers fills rope dicts in place
-        model_type = data.pop("model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            out["use_sliding_window"] = self.sliding_window is not None
+            out["sliding_window"] = self.sliding_window
+            out["max_window_layers"] = (
+                self.max_window_layers if self.max_window_layers is not None else _HF_DEFAULTS["qwen2"]["max_window_layers"]
             )
-        for key in ("transformers_version", "_name_or_path"):
-            data.pop(key, None)
-        return transformers.AutoConfig.for_model(model_type, **data)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    return config
+            out["layer_types"] = list(self.layer_types or ("full_attention",) * self.num_hidden_layers)
+        try:
+            from importlib.metadata import version
+
+            out["transformers_version"] = version("transformers")
+        except Exception:  # transformers not installed: the field is informative only
+            pass
+        return out
+
+    def to_hf_config(self, dtype: str = "float32") -> Any:
+        """The equivalent transformers PretrainedConfig (imports transformers)."""
+        import transformers
+
+        data = self.to_hf_dict(dtype)
+        data.pop("transformers_version", None)
+        return transformers.AutoConfig.for_model(data.pop("model_type"), **data)
+
+    def _check_representable(self) -> None:
+        """Raises if this config has a bias layout the model type's transformers class cannot express."""
+        t = self.model_type
+        if t in ("llama", "qwen3") and self.attention_bias != self.o_proj_bias:
+            raise ValueError(f"{t} has one attention_bias for q/k/v and o; got different values")
+        if t == "qwen2" and (not self.attention_bias or self.o_proj_bias):
+            raise ValueError("qwen2 always has q/k/v bias and no o_proj bias")
+        if t == "mistral" and (self.attention_bias or self.o_proj_bias):
+            raise ValueError("mistral has no attention biases")
+        if t != "llama" and self.mlp_bias:
+            raise ValueError(f"{t} has no mlp bias")
+        if t != "qwen3" and self.use_qk_norm or t == "qwen3" and not self.use_qk_norm:
+            raise ValueError("q/k norm is used by qwen3 and only by qwen3")
+
+
+# transformers 5.23 defaults for the fields we read (the config classes' dataclass defaults)
+_COMMON_DEFAULTS: dict[str, Any] = dict(
+    hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+    head_dim=None, pad_token_id=None,
+)
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(
+        _COMMON_DEFAULTS, vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
+    ),
+    "mistral": dict(
+        _COMMON_DEFAULTS, vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096 * 32, bos_token_id=1,
+        eos_token_id=2, sliding_window=4096,
+    ),
+    "qwen2": dict(
+        _COMMON_DEFAULTS, vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768, bos_token_id=None,
+        eos_token_id=None, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+    ),
+    "qwen3": dict(
+        _COMMON_DEFAULTS, vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, head_dim=128, max_position_embeddings=32768,
+        bos_token_id=None, eos_token_id=None, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+    ),
+}
+_NOT_NULLABLE = frozenset(
+    {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+     "max_position_embeddings", "rms_norm_eps", "hidden_act", "max_window_layers"}
+)
+_DEFAULT_ROPE_THETA = 10000.0
+
+
+def _parse_rope(d: dict[str, Any], max_position_embeddings: int) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling-without-theta or None) from 4.x (`rope_theta`/`rope_scaling`) or 5.x
+    (`rope_parameters`) spellings, with transformers' defaulting of original_max_position_embeddings."""
+    params = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+    if d.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0)) not in (None, 1.0):
+        raise ValueError("partial_rotary_factor != 1 is not supported")
+    rope_theta = params.pop("rope_theta", None)
+    if rope_theta is None:
+        rope_theta = d.get("rope_theta") or _DEFAULT_ROPE_THETA
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    params.pop("partial_rotary_factor", None)
+    if rope_type == "default":
+        return float(rope_theta), None
+    if rope_type in ("llama3", "yarn", "longrope"):
+        if "original_max_position_embeddings" in d:
+            params["original_max_position_embeddings"] = d["original_max_position_embeddings"]
+        else:
+            params.setdefault("original_max_position_embeddings", max_position_embeddings)
+    return float(rope_theta), {"rope_type": rope_type, **params}
