@@ -1,20 +1,48 @@
 """CAT losses: test-time strategies and strategy-aligned SFT/RL objectives (pure JAX on arrays)."""
+from jax_cat.losses.cat import (
+    cat_rl_loss,
+    cat_sft_loss,
+    cat_weights,
+    consensus_threshold,
+    dynamic_consensus_threshold,
+    estimate_success,
+    group_advantages,
+    group_quantiles,
+    success_from_group,
+    success_from_logprobs,
+    token_logprobs,
+)
 from jax_cat.losses.strategies import (
     BestOfN,
     MajorityAtN,
     PassAtN,
     Strategy,
     pass_at_k,
+    majority_rl_weight,
+    majority_sft_weight,
     pass_at_k_many,
     strategy_from_spec,
 )
 
 __all__ = [
+    "cat_rl_loss",
+    "cat_sft_loss",
+    "cat_weights",
+    "consensus_threshold",
+    "dynamic_consensus_threshold",
+    "estimate_success",
+    "group_advantages",
+    "group_quantiles",
+    "success_from_group",
+    "success_from_logprobs",
+    "token_logprobs",
     "BestOfN",
     "MajorityAtN",
     "PassAtN",
     "Strategy",
     "pass_at_k",
+    "majority_rl_weight",
+    "majority_sft_weight",
     "pass_at_k_many",
     "strategy_from_spec",
 ]

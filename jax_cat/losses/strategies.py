@@ -37,6 +37,8 @@ __all__ = [
     "Strategy",
     "pass_at_k",
     "pass_at_k_many",
+    "majority_rl_weight",
+    "majority_sft_weight",
     "strategy_from_spec",
     "MAJORITY_EXACT_LIMIT",
     "MAJORITY_MC_SAMPLES",
@@ -302,25 +304,14 @@ class MajorityAtN:
         return jnp.where(jnp.isneginf(a), a, out)
 
     @_jit_method
-    def rl_weight(self, p: Any) -> jax.Array:
-        """dS/dp = N C(N-1,k-1) p^(k-1) (1-p)^(N-k)."""
-        p = _as_float(p)
-        n, k = self.n, self.k
-        logc = math.log(n) + float(_log_comb(n - 1, np.array(k - 1)))
-        return jnp.exp(logc + xlogy(jnp.asarray(k - 1, p.dtype), p) + xlog1py(jnp.asarray(n - k, p.dtype), -p))
+    def rl_weight(self, p: Any, k: Any = None) -> jax.Array:
+        """dS/dp = N C(N-1,k-1) p^(k-1) (1-p)^(N-k). ``k`` (int array broadcastable to p) overrides self.k."""
+        return majority_rl_weight(p, self.n, self.k if k is None else k)
 
     @_jit_method
-    def sft_weight(self, p: Any) -> jax.Array:
-        """p S'/S = k C(N,k) p^k (1-p)^(N-k) / S(p); k at p = 0, 0 at p = 1 (N at p = 1 when k = N)."""
-        p = _as_float(p)
-        n, k = self.n, self.k
-        # = k / sum_{i>=k} [C(N,i)/C(N,k)] (p/(1-p))^(i-k): no 0/0 at either end.
-        i = np.arange(k, n + 1)
-        j = jnp.asarray(i - k, p.dtype)
-        lc = jnp.asarray(_log_comb(n, i) - _log_comb(n, np.array(k)), p.dtype)
-        pp = p[..., None]
-        odds = xlogy(j, pp) - xlog1py(j, -pp)  # j * logit(p); 0 for j = 0 (even at p in {0, 1})
-        return k * jnp.exp(-jax.nn.logsumexp(lc + odds, axis=-1))
+    def sft_weight(self, p: Any, k: Any = None) -> jax.Array:
+        """p S'/S = k C(N,k) p^k (1-p)^(N-k) / S(p); k at p = 0, 0 at p = 1 (N when k = N). ``k`` overrides self.k."""
+        return majority_sft_weight(p, self.n, self.k if k is None else k)
 
     def estimate(self, correct: Any, *, answers: Sequence[Hashable] | None = None, scores: Any = None) -> float:
         """Expected plurality-vote success over n-subsets of the pool (None answers never win; ties split evenly).
@@ -429,6 +420,42 @@ class BestOfN:
 Strategy = PassAtN | MajorityAtN | BestOfN
 
 
+# ----------------------------------------------------------------------------------------------------------
+# majority weights with a per-element threshold k (the dynamic consensus threshold varies by prompt)
+# ----------------------------------------------------------------------------------------------------------
+def _k_array(k: Any, n: int, like: jax.Array) -> jax.Array:
+    if isinstance(k, (int, np.integer)) and not 1 <= k <= n:
+        raise ValueError(f"majority threshold k must be in [1, n={n}], got {k}")
+    return jnp.clip(jnp.asarray(k, jnp.int32), 1, n)  # traced k cannot be checked; clipped into range
+
+
+def majority_rl_weight(p: Any, n: int, k: Any) -> jax.Array:
+    """N C(N-1,k-1) p^(k-1) (1-p)^(N-k) = k C(N,k) p^(k-1) (1-p)^(N-k), with k an int or an int array."""
+    p = _as_float(p)
+    _check_n(n)
+    kk = _k_array(k, n, p)
+    log_c = jnp.asarray(_log_comb(n, np.arange(n + 1)), p.dtype)[kk]  # log C(n, k), table built in float64
+    kf = kk.astype(p.dtype)
+    return jnp.exp(jnp.log(kf) + log_c + xlogy(kf - 1, p) + xlog1py(n - kf, -p))
+
+
+def majority_sft_weight(p: Any, n: int, k: Any) -> jax.Array:
+    """k C(N,k) p^k (1-p)^(N-k) / P(Bin(N,p) >= k), as k / sum_{i>=k} [C(N,i)/C(N,k)] (p/(1-p))^(i-k)."""
+    p = _as_float(p)
+    _check_n(n)
+    kk = _k_array(k, n, p)
+    table = jnp.asarray(_log_comb(n, np.arange(n + 1)), p.dtype)
+    kk, p = jnp.broadcast_arrays(kk, p)
+    i = jnp.arange(n + 1, dtype=jnp.int32)
+    j = i - kk[..., None]  # [..., n+1]
+    use = j >= 0
+    jf = jnp.where(use, j, 0).astype(p.dtype)
+    pp = p[..., None]
+    odds = xlogy(jf, pp) - xlog1py(jf, -pp)  # j * logit(p); exactly 0 for j = 0, even at p in {0, 1}
+    terms = jnp.where(use, table - table[kk][..., None] + odds, -jnp.inf)
+    return kk.astype(p.dtype) * jnp.exp(-jax.nn.logsumexp(terms, axis=-1))
+
+
 def strategy_from_spec(spec: str) -> Strategy:
     """Parse 'pass@16', 'maj@8', 'maj@8:k=3' (or 'maj@8,k=3'), 'bon@4' into a strategy object."""
     m = re.fullmatch(r"\s*(pass|maj|majority|bon|best_of_n|best-of-n)\s*@\s*(\d+)\s*(?:[:,]\s*k\s*=\s*(\d+))?\s*",
@@ -467,13 +494,12 @@ def _majority_estimate(correct: np.ndarray, answers: Sequence[Hashable], n: int)
         subsets = np.array(list(itertools.combinations(range(m), n)), dtype=np.int64).reshape(-1, n)
     else:
         rng = np.random.default_rng(MAJORITY_MC_SEED)
-        subsets = np.argsort(rng.random((MAJORITY_MC_SAMPLES, m)), axis=1)[:, :n]
+        subsets = np.argpartition(rng.random((MAJORITY_MC_SAMPLES, m)), n - 1, axis=1)[:, :n]
     sub_codes = code[subsets]  # [S, n]
     # votes[S, A]: one-hot counts (answers with code -1 dropped).
-    votes = np.zeros((sub_codes.shape[0], num_answers), dtype=np.int32)
-    rows = np.broadcast_to(np.arange(sub_codes.shape[0])[:, None], sub_codes.shape)
-    valid = sub_codes >= 0
-    np.add.at(votes, (rows[valid], sub_codes[valid]), 1)
+    num_sub = sub_codes.shape[0]
+    flat = (np.arange(num_sub)[:, None] * (num_answers + 1) + (sub_codes + 1)).ravel()  # slot 0 = no answer
+    votes = np.bincount(flat, minlength=num_sub * (num_answers + 1)).reshape(num_sub, num_answers + 1)[:, 1:]
     top = votes.max(axis=1, keepdims=True)
     winners = (votes == top) & (top > 0)
     num_winners = winners.sum(axis=1)
