@@ -14,12 +14,25 @@ from math_verify import parse, verify
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
+def _virtual_memory_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def init_worker(memory_limit_mb: int | None) -> None:
-    """Process initialiser: cap the address space so a runaway sympy expansion dies with MemoryError."""
+    """Process initialiser: let the address space grow by at most ``memory_limit_mb`` beyond what the worker
+    already maps (its imports, including a re-imported ``__main__`` that may pull in JAX), so a runaway sympy
+    expansion dies with MemoryError (-> reward 0) instead of swapping the machine."""
     if memory_limit_mb:
         import resource
 
-        limit = int(memory_limit_mb) * 1024 * 1024
+        current = _virtual_memory_bytes()
+        if not current:  # no /proc (not Linux): leave the limit alone rather than guess a baseline
+            return
+        limit = current + int(memory_limit_mb) * 1024 * 1024
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)

@@ -137,19 +137,27 @@ def _strip_delims(s: str) -> str:
     return s
 
 
+_CURRENCY_RE = re.compile(r"^(-?)\s*\\?\$\s*(?=[\d.])")
+_TRAILING_CURRENCY_RE = re.compile(r"(-?[\d.,]+)\s*\\?\$")
+_PLAIN_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+
+
 def _strip_currency(s: str) -> str:
-    return re.sub(r"^(-?)\s*\\?\$\s*(?=[\d.])", r"\1", s)
+    return _CURRENCY_RE.sub(r"\1", s) if "$" in s else s
 
 
 def clean_answer(raw: str) -> str:
     """Strip delimiters, currency signs, trailing punctuation and unit words around an extracted answer."""
     s = raw.strip()
+    if _PLAIN_NUMBER_RE.fullmatch(s):  # the common case (arithmetic, GSM8K): nothing to strip
+        return s
     for _ in range(3):  # delimiters and punctuation can nest: "$5$." / "(\$5)."
         before = s
         s = s.rstrip(" \t.,;:!?")
         s = _strip_delims(s)
         s = _strip_currency(s)
-        s = re.sub(r"\s*\\?\$$", "", s) if re.fullmatch(r"-?[\d.,]+\s*\\?\$", s) else s
+        if trailing := _TRAILING_CURRENCY_RE.fullmatch(s):  # "5$"
+            s = trailing.group(1)
         if s == before:
             break
     number_then_rest = _LEADING_NUMBER_RE.match(s)
@@ -178,7 +186,10 @@ def normalize_answer(answer: str | None) -> str:
     commas, a leading ``x =`` and whitespace removed; lower-cased when it has no LaTeX commands."""
     if not isinstance(answer, str):
         return ""
-    s = clean_answer(answer)
+    s = answer.strip()
+    if _PLAIN_NUMBER_RE.fullmatch(s):
+        return s
+    s = clean_answer(s)
     s = s.replace("{,}", ",")
     s = _LATEX_SPACES_RE.sub(" ", s)
     s = s.replace("\\left", "").replace("\\right", "")

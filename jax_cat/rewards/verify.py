@@ -53,6 +53,8 @@ def fast_verdict(pred: str | None, gold: str | None, *, max_answer_chars: int = 
         return False
     if len(pred) > max_answer_chars:
         return False
+    if _INT_RE.fullmatch(pred) and _INT_RE.fullmatch(gold):  # the arithmetic task's only case
+        return int(pred) == int(gold)
     norm_pred, norm_gold = normalize_answer(pred), normalize_answer(gold)
     if not norm_pred or not norm_gold:
         return False
@@ -98,7 +100,7 @@ class MathVerifier:
         use_math_verify: bool = True,
         max_answer_chars: int = 1000,
         mp_context: str | None = None,
-        memory_limit_mb: int | None = 4096,
+        memory_limit_mb: int | None = 2048,
         startup_timeout_s: float = 120.0,
         cache_size: int = 65536,
         pair_fn: Callable[[str, str, int], bool] | None = None,
@@ -134,31 +136,30 @@ class MathVerifier:
 
     def check_many(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[bool]:
         """Verdicts for many (prediction, gold) pairs: fast path in-process, the rest in the pool."""
-        verdicts: list[bool | None] = []
-        undecided: dict[tuple[str, str], list[int]] = {}
-        for i, (pred, gold) in enumerate(pairs):
-            verdict = fast_verdict(pred, gold, max_answer_chars=self.max_answer_chars)
-            if verdict is None:
-                key = (pred, gold)
-                if not self.use_math_verify:
-                    verdict = False
-                elif key in self._cache:
-                    self._cache.move_to_end(key)
-                    verdict = self._cache[key]
-                    self.stats["cache_hits"] += 1
+        with self._lock:
+            verdicts: list[bool | None] = []
+            undecided: dict[tuple[str, str], list[int]] = {}
+            for i, (pred, gold) in enumerate(pairs):
+                verdict = fast_verdict(pred, gold, max_answer_chars=self.max_answer_chars)
+                if verdict is None:
+                    key = (pred, gold)
+                    if not self.use_math_verify:
+                        verdict = False
+                    elif key in self._cache:
+                        self._cache.move_to_end(key)
+                        verdict = self._cache[key]
+                        self.stats["cache_hits"] += 1
+                    else:
+                        undecided.setdefault(key, []).append(i)
                 else:
-                    undecided.setdefault(key, []).append(i)
-            else:
-                self.stats["fast"] += 1
-            verdicts.append(verdict)
-        if undecided:
-            with self._lock:
-                results = self._run_in_pool(list(undecided))
-            for key, value in results.items():
-                self._remember(key, value)
-                for i in undecided[key]:
-                    verdicts[i] = value
-        return [bool(v) for v in verdicts]
+                    self.stats["fast"] += 1
+                verdicts.append(verdict)
+            if undecided:
+                for key, value in self._run_in_pool(list(undecided)).items():
+                    self._remember(key, value)
+                    for i in undecided[key]:
+                        verdicts[i] = value
+            return [bool(v) for v in verdicts]
 
     def rewards(self, completions: Sequence[Any], golds: Sequence[Any], *, style: ExtractStyle = "auto") -> np.ndarray:
         """float32 0/1 reward per completion: its extracted answer checked against the gold at the same index."""

@@ -95,7 +95,7 @@ def test_parse_number_is_exact(answer, value):
 
 
 def test_extraction_is_linear_on_huge_inputs():
-    """1 MB completions (digits, unclosed boxes, many braces) are handled in well under a second each."""
+    """1 MB completions (digits, unclosed boxes, many braces): linear time, well under a second each when idle."""
     import time
 
     huge = [
@@ -109,4 +109,4 @@ def test_extraction_is_linear_on_huge_inputs():
         start = time.perf_counter()
         extract_answer(text)
         normalize_answer(text)
-        assert time.perf_counter() - start < 2.0, text[:20]
+        assert time.perf_counter() - start < 5.0, text[:20]  # quadratic would take minutes

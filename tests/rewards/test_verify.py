@@ -134,6 +134,16 @@ def test_hung_crashed_and_raising_checks_score_zero_and_the_pool_recovers():
         assert v.check("f ok", "x") is True and v.check("f no", "x") is False
 
 
+def test_worker_memory_is_capped():
+    from tests.rewards import _faulty
+
+    with MathVerifier(max_workers=1, timeout_s=10.0, memory_limit_mb=128, pair_fn=_faulty.ok_or_misbehave) as v:
+        assert v.check_many([("alloc", "x"), ("a ok", "x")]) == [False, True]
+        assert v.stats["errors"] == 1 and v.stats["recycles"] == 0  # a MemoryError is a wrong answer, not a crash
+    with MathVerifier(max_workers=1, timeout_s=10.0, memory_limit_mb=None, pair_fn=_faulty.ok_or_misbehave) as v:
+        assert v.check("alloc", "x") is True  # the same allocation succeeds without the cap
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="completions .3. and golds .2."):
         compute_rewards(["1", "2", "3"], ["1", "2"], use_math_verify=False)
