@@ -190,7 +190,8 @@ def load_prompt_dataset(
 
     Known hub ids and aliases (``gsm8k``, ``math500``, ``hendrycks_math``/``math``) get their config(s),
     default split (test) and schema filled in; ``hendrycks_math`` loads and concatenates all seven subjects
-    unless ``config`` names some. ``limit`` keeps the first rows.
+    unless ``config`` names some. ``split`` applies to hub datasets and the arithmetic task (a local file or
+    folder is one table). ``limit`` keeps the first rows.
     """
     source_str = str(source)
     if source_str == "arithmetic" or source_str.startswith("arithmetic:"):

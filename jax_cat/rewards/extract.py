@@ -35,9 +35,8 @@ _NUMBER_RE = re.compile(rf"{_LATEX_FRAC}|{_SIGN}(?:{_NUM_CORE})(?:\s*/\s*\d+)?")
 _BOX_TOKEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|[{}]")
 _BOX_BARE_RE = re.compile(r"\\boxed[ \t]+([^\s${}]+)")
 _GSM8K_RE = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:|=)\s*:?[ \t]*([^\n]*)", re.IGNORECASE
-)
+_ANSWER_IS_RE = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:|=)\s*:?[ \t]*", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
 _MATH_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _UNIT_WORDS_RE = re.compile(r"\s+[A-Za-z][A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,2}\s*$")
 _TEXT_UNIT_RE = re.compile(r"\s*\\(?:text|mbox|mathrm|textrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
@@ -102,18 +101,19 @@ def _last_gsm8k(text: str) -> str | None:
 
 
 def _last_answer_is(text: str) -> str | None:
+    """What follows the last "the answer is" / "answer:" phrase, up to the end of that sentence; a leading
+    number followed by words ("5 because ...") is just the number."""
     found = None
     for found in _ANSWER_IS_RE.finditer(text):
         pass
     if found is None:
         return None
-    tail = found.group(1).strip()
-    leading = _LEADING_NUMBER_RE.match(_strip_currency(_strip_delims(tail)))
-    if leading is not None:
-        return leading.group(1)
-    # Otherwise the phrase up to the end of its sentence (a period followed by space/end, not a decimal point).
-    end = re.search(r"\.(?=\s|$)", tail)
-    return tail[: end.start()] if end else tail
+    line_end = text.find("\n", found.end())
+    tail = text[found.end() : line_end if line_end >= 0 else len(text)].strip()
+    end = _SENTENCE_END_RE.search(tail)  # a period followed by space/end: not a decimal point
+    sentence = tail[: end.start()] if end else tail
+    leading = _LEADING_NUMBER_RE.match(_strip_currency(_strip_delims(_strip_markdown(sentence))))
+    return leading.group(1) if leading is not None else sentence
 
 
 def _last_number(text: str) -> str | None:
@@ -142,6 +142,11 @@ _TRAILING_CURRENCY_RE = re.compile(r"(-?[\d.,]+)\s*\\?\$")
 _PLAIN_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+def _strip_markdown(s: str) -> str:
+    """'**42**' -> '42' (chat models bold their answers)."""
+    return s.strip("*").strip() if s.startswith("*") or s.endswith("*") else s
+
+
 def _strip_currency(s: str) -> str:
     return _CURRENCY_RE.sub(r"\1", s) if "$" in s else s
 
@@ -153,7 +158,7 @@ def clean_answer(raw: str) -> str:
         return s
     for _ in range(3):  # delimiters and punctuation can nest: "$5$." / "(\$5)."
         before = s
-        s = s.rstrip(" \t.,;:!?")
+        s = _strip_markdown(s.rstrip(" \t.,;:!?"))
         s = _strip_delims(s)
         s = _strip_currency(s)
         if trailing := _TRAILING_CURRENCY_RE.fullmatch(s):  # "5$"

@@ -25,6 +25,10 @@ EXTRACT_CASES = [
     ("The answer is 2x+1.", "2x+1"),
     ("Therefore, the answer is yes. Done", "yes"),
     ("answer: -7", "-7"),
+    ("Final Answer: The final answer is $42$. I hope it is correct.", "42"),  # Minerva format
+    ("The answer is: **42**", "42"),  # markdown bold
+    ("The answer is 5 because we add all of them together.", "5"),
+    ("The answer is 3.5 kg.", "3.5"),
     ("The answer is 1,000,000 people", "1,000,000"),
     ("We get 12-5 = 7.", "7"),  # binary minus is not a sign
     ("the temperature is -5", "-5"),
