@@ -1,4 +1,5 @@
 """CAT losses: test-time strategies and strategy-aligned SFT/RL objectives (pure JAX on arrays)."""
+from jax_cat.losses.alignment import AlignmentReport, alignment_coefficient
 from jax_cat.losses.cat import (
     cat_rl_loss,
     cat_sft_loss,
@@ -25,6 +26,8 @@ from jax_cat.losses.strategies import (
 )
 
 __all__ = [
+    "AlignmentReport",
+    "alignment_coefficient",
     "cat_rl_loss",
     "cat_sft_loss",
     "cat_weights",
