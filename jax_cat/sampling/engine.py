@@ -130,20 +130,23 @@ def _sample_core(
             top_p=top_p if use_top_p else None,
         )
 
+    # Prefill every prompt token but the last; its logits are unused, so XLA drops the vocabulary projection
+    # (the [B, P, V] logits would cost as much as the rest of the prefill). The last prompt token (always real:
+    # prompts are left-padded) is then the first input of the decode loop, which samples one token per step.
     cache = model.init_cache(batch, max_len, cache_dtype)
-    positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
-    logits, cache = model.forward_cached(prompt_ids, positions, cache, jnp.int32(0), prompt_mask_full)
     num_prompt_tokens = jnp.sum(prompt_mask.astype(jnp.int32), axis=-1)
+    if prompt_len > 1:
+        positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
+        _, cache = model.forward_cached(
+            prompt_ids[:, :-1], positions[:, :-1], cache, jnp.int32(0), prompt_mask_full & (slots < prompt_len - 1)
+        )
 
-    tok, lp, slp = pick(0, logits[:, -1])
-    live = ~inactive
-    tokens = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(jnp.where(live, tok, pad_token_id))
-    logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32).at[:, 0].set(jnp.where(live, lp, 0.0))
-    sample_lps = jnp.zeros((batch, max_new_tokens), jnp.float32).at[:, 0].set(jnp.where(live, slp, 0.0))
-    is_eos = jnp.isin(tok, eos) & live
     carry = dict(
-        step=jnp.int32(1), cache=cache, last=tok, done=inactive | is_eos, ended_eos=is_eos,
-        lengths=live.astype(jnp.int32), tokens=tokens, logprobs=logprobs, sample_lps=sample_lps,
+        step=jnp.int32(0), cache=cache, last=prompt_ids[:, -1], done=inactive, ended_eos=jnp.zeros((batch,), bool),
+        lengths=jnp.zeros((batch,), jnp.int32),
+        tokens=jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32),
+        logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+        sample_lps=jnp.zeros((batch, max_new_tokens), jnp.float32),
     )
 
     def cond(c):
@@ -151,9 +154,9 @@ def _sample_core(
 
     def body(c):
         step = c["step"]
-        slot = prompt_len + step - 1  # the cache slot of the token fed in now (the one sampled last step)
+        slot = prompt_len - 1 + step  # the cache slot of the token fed in now (the one sampled last step)
         kv_mask = prompt_mask_full | ((slots >= prompt_len) & (slots <= slot))[None, :]
-        pos = (num_prompt_tokens + step - 1)[:, None]
+        pos = (num_prompt_tokens - 1 + step)[:, None]
         step_logits, cache = model.forward_cached(c["last"][:, None], pos, c["cache"], slot, kv_mask)
         tok, lp, slp = pick(step, step_logits[:, -1])
         live = ~c["done"]
