@@ -74,3 +74,20 @@ def test_forward_cached_prefill_then_decode_matches_full_forward(loaded, model_t
     cached = np.concatenate(got, axis=1)
     assert cache.k[0].shape == (ids.shape[0], max_len, model.config.num_key_value_heads, model.config.head_dim)
     assert max_abs_diff_on_real_tokens(cached, full, mask) <= 1e-5
+
+
+def test_remat_layers_give_identical_gradients(loaded):
+    model, _ = loaded("qwen3")
+    ids, mask = left_padded_batch(model.config.vocab_size, lengths=(6, 4))
+
+    def loss(m):
+        return jnp.sum(m(jnp.asarray(ids), jnp.asarray(mask)) * mask[..., None])
+
+    plain = nnx.grad(loss)(model)
+    model.remat = True
+    try:
+        remat = nnx.grad(loss)(model)
+    finally:
+        model.remat = False
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
