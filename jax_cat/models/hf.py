@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from tqdm.auto import tqdm
 
 from jax_cat.models.config import ModelConfig
 from jax_cat.models.decoder import CausalLM
@@ -146,7 +148,12 @@ def resolve_checkpoint_dir(path_or_repo_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"checkpoint directory {text!r} does not exist")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
+    try:
+        return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # offline, unknown repo, gated repo, ...: say what we tried
+        raise FileNotFoundError(
+            f"{text!r} is not a local checkpoint directory, and fetching it as a hub repo id failed: {exc}"
+        ) from exc
 
 
 def safetensors_files(ckpt_dir: Path) -> dict[str, Path]:
@@ -162,7 +169,10 @@ def safetensors_files(ckpt_dir: Path) -> dict[str, Path]:
     single = ckpt_dir / SAFE_SINGLE
     candidates = [single] if single.exists() else sorted(ckpt_dir.glob("*.safetensors"))
     if not candidates:
-        raise CheckpointError(f"no {SAFE_SINGLE} / {SAFE_INDEX} / *.safetensors in {ckpt_dir}")
+        hint = " (only PyTorch .bin weights found: convert them to safetensors first)" if any(
+            ckpt_dir.glob("*.bin")
+        ) else ""
+        raise CheckpointError(f"no {SAFE_SINGLE} / {SAFE_INDEX} / *.safetensors in {ckpt_dir}{hint}")
     files: dict[str, Path] = {}
     for file in candidates:
         for name in _open(file).keys():
@@ -254,9 +264,11 @@ def load_hf(
     for name in table:
         by_file.setdefault(files[name], []).append(name)
     loaded: dict[NNXPath, Any] = {}
+    progress = tqdm(total=len(table), desc=f"loading {ckpt_dir.name}", unit="tensor", disable=not sys.stderr.isatty())
     for file, names in by_file.items():
         with _open(file) as handle:
             for name in names:
+                progress.update()
                 rule = table[name]
                 tensor = rule.to_nnx(handle.get_tensor(name))
                 expected = flat[rule.path].get_value()
@@ -266,6 +278,7 @@ def load_hf(
                 loaded[rule.path] = (
                     jax.device_put(value, shardings[rule.path]) if shardings is not None else jnp.asarray(value)
                 )
+    progress.close()
     for path, var in flat.items():
         var.set_value(loaded[path])
     state = nnx.from_flat_state(flat)

@@ -160,3 +160,22 @@ def test_missing_files_are_clear_errors(tmp_path):
     (ckpt / "config.json").unlink()
     with pytest.raises(CheckpointError, match="no config.json"):
         load_hf(ckpt)
+
+
+def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
+    """A repo id resolves through huggingface_hub's cache (offline here: a pre-filled cache stands in for the hub)."""
+    import huggingface_hub.constants as hub_constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--jax-cat--tiny"
+    build_tiny_checkpoint(repo / "snapshots" / commit, seed=5)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    model = load_hf("jax-cat/tiny")
+    direct = load_hf(repo / "snapshots" / commit)
+    ids = jnp.asarray([[5, 6, 7]])
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(direct(ids)))
+    with pytest.raises(FileNotFoundError, match="not a local checkpoint directory"):
+        load_hf("jax-cat/absent")
