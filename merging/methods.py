@@ -152,30 +152,27 @@ def merge_tensors(
             shared = [a + int(b) for a, b in zip(shared, np.asarray(sh))]
         global_rescales = jnp.asarray(ram_rescales(changed, shared, spec.ram_factor), jnp.float32)
 
-    vector_set = set(vector_names)
-    for name in progress(names, "merging", len(names)):
-        base = get_base(name)
-        if name not in vector_set:
-            yield name, base
-            continue
-        base = jnp.asarray(base)
+    def merge_one(name: str) -> Any:  # a function, so its temporaries are freed before the next tensor is read
+        base = jnp.asarray(get_base(name))
         ts = taus(name)
         if spec.method == "task_arithmetic":
-            merged = combine_leaf(base, tuple(ts), k)
-        elif spec.method in ("dots", "dare", "breadcrumbs"):
+            return combine_leaf(base, tuple(ts), k)
+        if spec.method in ("dots", "dare", "breadcrumbs"):
             sparse = tuple(apply_sparsifier(sp, t, name, plan) for sp, t, plan in zip(sparsifiers, ts, plans))
-            merged = combine_leaf(base, sparse, k)
-        elif spec.method == "ties":
+            return combine_leaf(base, sparse, k)
+        if spec.method == "ties":
             trimmed = tuple(apply_sparsifier(sp, t, name, plan) for sp, t, plan in zip(sparsifiers, ts, plans))
-            merged = combine_leaf(base, (ties_leaf(trimmed, k),), jnp.asarray([spec.lam], jnp.float32))
-        else:  # ram / ram_plus
-            if spec.ram_scope == "global":
-                rescales = global_rescales
-            else:
-                ch, sh = ram_counts_leaf(tuple(ts), ram_thr)
-                rescales = ram_rescales(ch, sh, spec.ram_factor, xp=jnp)
-            merged = combine_leaf(base, (ram_leaf(tuple(ts), k, rescales, ram_thr),), jnp.ones((1,), jnp.float32))
-        yield name, merged
+            return combine_leaf(base, (ties_leaf(trimmed, k),), jnp.asarray([spec.lam], jnp.float32))
+        if spec.ram_scope == "global":  # ram / ram_plus
+            rescales = global_rescales
+        else:
+            ch, sh = ram_counts_leaf(tuple(ts), ram_thr)
+            rescales = ram_rescales(ch, sh, spec.ram_factor, xp=jnp)
+        return combine_leaf(base, (ram_leaf(tuple(ts), k, rescales, ram_thr),), jnp.ones((1,), jnp.float32))
+
+    vector_set = set(vector_names)
+    for name in progress(names, "merging", len(names)):
+        yield name, merge_one(name) if name in vector_set else get_base(name)
 
 
 def merge(base: Any, finetuned: Sequence[Any], spec: MergeSpec) -> Any:

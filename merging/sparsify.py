@@ -361,6 +361,23 @@ def apply_sparsifier(sp: Sparsifier, x: Any, path: str, plan: _Plan) -> Any:
 ProgressFn = Callable[[Iterable[Any], str, int], Iterable[Any]]
 
 
+def _threshold_pass_step(
+    tensors: Sequence[Any],
+    ks: Mapping[int, int],
+    selectors: dict[int, "_RadixSelect"],
+    orig_parts: dict[int, list[float]] | None,
+    global_rescale: Mapping[int, Rescale],
+) -> None:
+    """One tensor of a radix-select pass (and, on the first pass, of the dense norms)."""
+    for i, k in ks.items():
+        if i not in selectors:
+            selectors[i] = _RadixSelect(k, compute_dtype(tensors[i].dtype))
+        selectors[i].update(tensors[i])
+    if orig_parts is not None:
+        for i, rescale in global_rescale.items():
+            orig_parts[i].append(norm_partial(tensors[i], rescale.norm))
+
+
 def _no_progress(it: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
     return it
 
@@ -399,15 +416,7 @@ def prepare(
     while ks and (not selectors or not all(s.done for s in selectors.values())):
         n_passes += 1
         for name in progress(names, f"stats pass {n_passes} (global top-k threshold)", len(names)):
-            tensors = get(name)
-            for i, k in ks.items():
-                x = tensors[i]
-                if i not in selectors:
-                    selectors[i] = _RadixSelect(k, compute_dtype(x.dtype))
-                selectors[i].update(x)
-            if not orig_done:
-                for i, rescale in global_rescale.items():
-                    orig_parts[i].append(norm_partial(tensors[i], rescale.norm))
+            _threshold_pass_step(get(name), ks, selectors, None if orig_done else orig_parts, global_rescale)
         orig_done = True
         for sel in selectors.values():
             sel.finish_level()
@@ -418,12 +427,12 @@ def prepare(
         n_passes += 1
         kept_parts: dict[int, list[float]] = {i: [] for i in global_rescale}
         for name in progress(names, f"stats pass {n_passes} (global norms)", len(names)):
-            tensors = get(name)
+            tensors = get(name)  # (one tensor per vector; released before the next name is read)
             for i, rescale in global_rescale.items():
-                x = tensors[i]
                 if not orig_done:
-                    orig_parts[i].append(norm_partial(x, rescale.norm))
-                kept_parts[i].append(norm_partial(sparsifiers[i].raw(x, name, plans[i]), rescale.norm))
+                    orig_parts[i].append(norm_partial(tensors[i], rescale.norm))
+                kept_parts[i].append(norm_partial(sparsifiers[i].raw(tensors[i], name, plans[i]), rescale.norm))
+            del tensors
         for i, rescale in global_rescale.items():
             plans[i].factor = _factor(finish_norm(orig_parts[i], rescale.norm), finish_norm(kept_parts[i], rescale.norm))
     return plans
