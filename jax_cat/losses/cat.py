@@ -7,7 +7,8 @@ See docs/losses.md for the formulas and conventions.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable, Literal, Sequence
+from functools import partial
+from typing import Hashable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +72,7 @@ def _masked_seq_sum(x: jax.Array, mask: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------
 # success estimates
 # ----------------------------------------------------------------------------------------------------------
+@jax.jit
 def success_from_logprobs(old_logprobs: jax.Array, mask: jax.Array, *, logp_floor: float = -50.0) -> jax.Array:
     """p per completion = exp(clip(sum of token log-probs under the rollout policy, logp_floor, 0)) -> [B].
 
@@ -80,6 +82,7 @@ def success_from_logprobs(old_logprobs: jax.Array, mask: jax.Array, *, logp_floo
     return jnp.exp(jnp.clip(seq, logp_floor, 0.0))
 
 
+@jax.jit
 def success_from_group(correct: jax.Array, group_ids: jax.Array, *, smoothing: float = 1.0,
                        sample_mask: jax.Array | None = None) -> jax.Array:
     """p per prompt, Laplace-smoothed: (c + s) / (M + 2s) with c correct of M completions, broadcast to [B]."""
@@ -92,6 +95,7 @@ def success_from_group(correct: jax.Array, group_ids: jax.Array, *, smoothing: f
     return (c + smoothing) / (m + 2.0 * smoothing)
 
 
+@jax.jit
 def group_quantiles(rewards: jax.Array, group_ids: jax.Array) -> jax.Array:
     """Reward quantile of each sample within its group: q = (#strictly lower + 1) / (M + 1) -> [B].
 
@@ -108,6 +112,7 @@ def group_quantiles(rewards: jax.Array, group_ids: jax.Array) -> jax.Array:
     return (lower + 1).astype(dt) / (m + 1).astype(dt)
 
 
+@partial(jax.jit, static_argnames=("n", "min_k"))
 def dynamic_consensus_threshold(answer_ids: jax.Array, correct: jax.Array, group_ids: jax.Array, n: int, *,
                                 min_k: int = 2) -> jax.Array:
     """The paper's dynamic majority threshold (App. K.2) per sample: k = clip(floor(n c_w / M) + 1, min_k, n//2+1).
@@ -177,6 +182,7 @@ def estimate_success(*, rewards: jax.Array | None = None, group_ids: jax.Array |
 # ----------------------------------------------------------------------------------------------------------
 # SFT
 # ----------------------------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnames=("strategy", "reduction"))
 def cat_sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, strategy: Strategy, *,
                  reduction: Literal["token_mean", "sequence_sum"] = "token_mean",
                  logprobs: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -217,6 +223,7 @@ def cat_sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, strateg
 # ----------------------------------------------------------------------------------------------------------
 # RL
 # ----------------------------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnames=("std_ddof",))
 def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1e-4, std_ddof: int = 1,
                      sample_mask: jax.Array | None = None) -> jax.Array:
     """GRPO advantages A = (r - mean_g) / (std_g + eps) within each group (std with ``std_ddof``; 1 = unbiased).
@@ -235,6 +242,7 @@ def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1
     return jnp.where(valid, dev / (jnp.sqrt(var) + eps), 0)
 
 
+@partial(jax.jit, static_argnames=("strategy", "form", "weight_clip", "normalize"))
 def cat_weights(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Array, form: Literal["raw", "log"] = "raw",
                 p: jax.Array | None = None, k: jax.Array | None = None, weight_clip: float | None = None,
                 normalize: bool = True, sample_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -315,6 +323,11 @@ def _reduce(per_token: jax.Array, mask: jax.Array, reduction: str, num_seqs: jax
     raise ValueError(f"reduction must be 'token_mean', 'sequence_mean' or 'token_sum', got {reduction!r}")
 
 
+_RL_STATIC = ("strategy", "form", "p_source", "smoothing", "logp_floor", "min_k", "weight_clip", "normalize",
+              "clip_eps_low", "clip_eps_high", "beta", "reduction", "adv_eps", "std_ddof")
+
+
+@partial(jax.jit, static_argnames=_RL_STATIC)
 def cat_rl_loss(logprobs: jax.Array, old_logprobs: jax.Array | None, ref_logprobs: jax.Array | None,
                 rewards: jax.Array, group_ids: jax.Array, mask: jax.Array, strategy: Strategy,
                 form: Literal["raw", "log"] = "raw", *,

@@ -40,8 +40,8 @@ def test_sft_pass_at_1_is_plain_cross_entropy(reduction):
     logits, targets = make_batch()
     f = lambda lg: cat_sft_loss(lg, targets, MASK, PassAtN(1), reduction=reduction)[0]  # noqa: E731
     g = lambda lg: plain_ce(lg, targets, MASK, reduction)  # noqa: E731
-    np.testing.assert_allclose(f(logits), g(logits), rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(f)(logits), jax.grad(g)(logits), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(jax.jit(f)(logits), jax.jit(g)(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(logits), jax.jit(jax.grad(g))(logits), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("strategy", [PassAtN(4), PassAtN(64), MajorityAtN(4), MajorityAtN(8, 8), BestOfN(4)],
@@ -54,13 +54,13 @@ def test_sft_gradient_is_weight_times_ce_gradient(strategy):
     assert float(jnp.max(p)) > 0.3 and float(jnp.min(p)) < 1e-3  # the batch spans both ends of the weight curve
     if not (isinstance(strategy, MajorityAtN) and strategy.k == strategy.n):  # k = N: constant weight N
         assert float(jnp.max(w) - jnp.min(w)) > 0.2  # ... so the weights really differ per sequence
-    grad = jax.grad(lambda lg: cat_sft_loss(lg, targets, MASK, strategy)[0])(logits)
+    grad = jax.jit(jax.grad(lambda lg: cat_sft_loss(lg, targets, MASK, strategy)[0]))(logits)
 
     def weighted_ce(lg):  # sum_b w_b * CE_b / num_tokens, w constant
         ce_b = -jnp.sum(token_logprobs(lg, targets) * MASK, axis=-1)
         return jnp.sum(jax.lax.stop_gradient(w) * ce_b) / jnp.sum(MASK)
 
-    np.testing.assert_allclose(grad, jax.grad(weighted_ce)(logits), rtol=2e-5, atol=1e-8)
+    np.testing.assert_allclose(grad, jax.jit(jax.grad(weighted_ce))(logits), rtol=2e-5, atol=1e-8)
     loss, metrics = cat_sft_loss(logits, targets, MASK, strategy)
     base = PassAtN(strategy.n) if isinstance(strategy, BestOfN) else strategy
     with jax.enable_x64(True):
@@ -75,7 +75,7 @@ def test_sft_long_sequences_do_not_underflow():
     mask = jnp.ones((2, 400), bool)
     for s, slope in [(PassAtN(16), 1.0), (MajorityAtN(16), 9.0)]:
         loss, _ = cat_sft_loss(None, None, mask, s, logprobs=logprobs, reduction="sequence_sum")
-        g = jax.grad(lambda lp: cat_sft_loss(None, None, mask, s, logprobs=lp, reduction="sequence_sum")[0])(logprobs)
+        g = jax.jit(jax.grad(lambda lp: cat_sft_loss(None, None, mask, s, logprobs=lp, reduction="sequence_sum")[0]))(logprobs)
         assert np.isfinite(loss) and np.all(np.isfinite(g))
         np.testing.assert_allclose(g, -slope / 2, rtol=1e-5)  # d(-log S)/d logp_t = -w / B with w -> k
         expected = 2000.0 * slope - float(jnp.log(jnp.exp(jax.scipy.special.gammaln(17.0) - jax.scipy.special.gammaln(slope + 1) - jax.scipy.special.gammaln(17.0 - slope))))
@@ -194,8 +194,8 @@ def test_rl_pass_at_1_is_plain_grpo(reduction, ppo):
     adv = reference_advantages(REWARDS, GROUPS)
     g = lambda x: reference_grpo(x, old_arg, ref, adv, RL_MASK, eps_low=kw.get("clip_eps_low"),  # noqa: E731
                                  eps_high=kw.get("clip_eps_high"), beta=beta, reduction=reduction)
-    np.testing.assert_allclose(f(lp), g(lp), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(jax.grad(f)(lp), jax.grad(g)(lp), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(jax.jit(f)(lp), g(lp), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(lp), jax.jit(jax.grad(g))(lp), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(group_advantages(REWARDS, GROUPS), adv, rtol=1e-5, atol=1e-6)
 
 
@@ -216,8 +216,8 @@ def test_rl_cat_weight_multiplies_advantage_and_normalises_over_mixed_prompts(st
     adv = reference_advantages(REWARDS, GROUPS) * w_tilde
     ref = reference_grpo(lp, None, None, adv, RL_MASK)
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
-    np.testing.assert_allclose(jax.grad(lambda x: cat_rl_loss(x, None, None, REWARDS, GROUPS, RL_MASK, strategy, form)[0])(lp),
-                               jax.grad(lambda x: reference_grpo(x, None, None, adv, RL_MASK))(lp), rtol=1e-5, atol=1e-8)
+    got = jax.jit(jax.grad(lambda x: cat_rl_loss(x, None, None, REWARDS, GROUPS, RL_MASK, strategy, form)[0]))(lp)
+    np.testing.assert_allclose(got, jax.grad(lambda x: reference_grpo(x, None, None, adv, RL_MASK))(lp), rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(metrics["weight_raw_mean"], scale, rtol=1e-5)
     np.testing.assert_allclose(metrics["weight_mean"], 1.0, rtol=1e-5)  # mixed prompts average 1 after normalising
     np.testing.assert_allclose(metrics["frac_mixed_groups"], 0.5)
