@@ -22,7 +22,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Hashable, Sequence
 
 import jax
@@ -255,7 +255,8 @@ class MajorityAtN:
 
     @property
     def name(self) -> str:
-        return f"maj@{self.n}" if self.k == self.n // 2 + 1 else f"maj@{self.n}(k={self.k})"
+        """'maj@N' (strict majority) or 'maj@N:k=K'; round-trips through `strategy_from_spec`."""
+        return f"maj@{self.n}" if self.k == self.n // 2 + 1 else f"maj@{self.n}:k={self.k}"
 
     # -- binomial tail in log space --------------------------------------------------------------------------
     def _tail_terms(self, log_p: jax.Array, log_1mp: jax.Array, i: np.ndarray) -> jax.Array:
@@ -475,6 +476,21 @@ def strategy_from_spec(spec: str) -> Strategy:
 # ----------------------------------------------------------------------------------------------------------
 # majority-vote estimate
 # ----------------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def _subsets(m: int, n: int, exact_limit: int, mc_samples: int, seed: int) -> np.ndarray:
+    """All n-subsets of range(m) if there are at most exact_limit, else mc_samples uniform ones (fixed seed).
+
+    The same index sets serve every problem with the same (m, n), so they are built once and cached (read-only).
+    """
+    if math.comb(m, n) <= exact_limit:
+        out = np.array(list(itertools.combinations(range(m), n)), dtype=np.int32).reshape(-1, n)
+    else:
+        rng = np.random.default_rng(seed)
+        out = np.argpartition(rng.random((mc_samples, m)), n - 1, axis=1)[:, :n].astype(np.int32)
+    out.setflags(write=False)
+    return out
+
+
 def _majority_estimate(correct: np.ndarray, answers: Sequence[Hashable], n: int) -> float:
     m = correct.size
     ids: dict[Hashable, int] = {}
@@ -490,11 +506,7 @@ def _majority_estimate(correct: np.ndarray, answers: Sequence[Hashable], n: int)
     counts_pool = np.bincount(code[code >= 0], minlength=num_answers)
     ans_correct = ans_correct / np.maximum(counts_pool, 1)
 
-    if math.comb(m, n) <= MAJORITY_EXACT_LIMIT:
-        subsets = np.array(list(itertools.combinations(range(m), n)), dtype=np.int64).reshape(-1, n)
-    else:
-        rng = np.random.default_rng(MAJORITY_MC_SEED)
-        subsets = np.argpartition(rng.random((MAJORITY_MC_SAMPLES, m)), n - 1, axis=1)[:, :n]
+    subsets = _subsets(m, n, MAJORITY_EXACT_LIMIT, MAJORITY_MC_SAMPLES, MAJORITY_MC_SEED)
     sub_codes = code[subsets]  # [S, n]
     # votes[S, A]: one-hot counts (answers with code -1 dropped).
     num_sub = sub_codes.shape[0]

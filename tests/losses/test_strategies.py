@@ -140,6 +140,8 @@ def test_strategy_from_spec():
     assert strategy_from_spec("BoN@4") == BestOfN(4)
     with pytest.raises(ValueError, match="not understood"):
         strategy_from_spec("top@3")
+    for s in (PassAtN(3), MajorityAtN(8), MajorityAtN(8, 2), BestOfN(5)):
+        assert strategy_from_spec(s.name) == s
 
 
 # ------------------------------------------------------------------------------------------------------------
