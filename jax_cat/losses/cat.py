@@ -42,8 +42,9 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     if logits.ndim != targets.ndim + 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"token_logprobs: logits {logits.shape} must be targets {targets.shape} + [V]")
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # logit[target] - logsumexp(logits): no second [B, T, V] array of log-probs (matters at 150k vocabularies)
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def group_index(group_ids: jax.Array) -> jax.Array:
