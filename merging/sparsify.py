@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 from typing import Any, Literal, Union
@@ -137,8 +137,13 @@ def kth_largest_abs(x: Any, k: int) -> Any:
     n = int(np.prod(x.shape))
     if _is_traced(x):
         return jnp.sort(jnp.abs(x).reshape(-1))[n - k]
-    a = np.abs(_host(x).astype(compute_dtype(x.dtype)))
-    return a.dtype.type(np.partition(a, n - k)[n - k])
+    # Radix select, not np.partition: introselect degrades badly on many equal values (a sparse RL task vector
+    # is mostly zeros: 9 s instead of 0.4 s for 33M entries).
+    sel = _RadixSelect(k, compute_dtype(x.dtype))
+    while not sel.done:
+        sel.update(x)
+        sel.finish_level()
+    return sel.value()
 
 
 class _RadixSelect:
@@ -160,13 +165,11 @@ class _RadixSelect:
 
     def update(self, x: Any) -> None:
         h = _host(x)
-        if h.dtype != self.dtype and np.dtype(compute_dtype(h.dtype)) == self.dtype:
-            h = h.astype(self.dtype)  # bf16/f16 leaves: exact in float32
-        if h.dtype != self.dtype:
+        if np.dtype(compute_dtype(h.dtype)) != self.dtype:
             raise TypeError(f"global top-k over mixed dtypes ({h.dtype} vs {self.dtype}) is not supported")
         shift = self.nbits - 16 * (self.level + 1)
         for c in _chunks(h):
-            u = np.abs(c).view(self.uint)
+            u = np.abs(c.astype(self.dtype, copy=False)).view(self.uint)  # bf16/f16: exact in float32
             if self.level:
                 u = u[(u >> self.uint(shift + 16)) == self.uint(self.prefix)]
             self.hist += np.bincount(((u >> self.uint(shift)) & self.uint(0xFFFF)).astype(np.intp), minlength=1 << 16)
@@ -253,6 +256,7 @@ class _Plan:
     threshold: Any = None  # global top-k threshold; None = not global
     keep_none: bool = False  # global top-k with k == 0
     factor: float | None = None  # global norm-preserving factor
+    tensor_thresholds: dict[str, Any] = field(default_factory=dict)  # per-tensor top-k thresholds, found once
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,11 @@ class TopK:
             return x
         if k == 0:
             return jnp.zeros_like(x)
-        return _keep_above(x, jnp.asarray(kth_largest_abs(x, k)))
+        if _is_traced(x):
+            return _keep_above(x, jnp.asarray(kth_largest_abs(x, k)))
+        if path not in plan.tensor_thresholds:  # the statistics pass and the merge pass select the same entries
+            plan.tensor_thresholds[path] = kth_largest_abs(x, k)
+        return _keep_above(x, jnp.asarray(plan.tensor_thresholds[path]))
 
 
 @dataclass(frozen=True)
