@@ -59,6 +59,7 @@ def run_jax(ckpt: Path, b: int, t: int, warmup: int, repeats: int) -> dict:
     model = load_hf(ckpt)
     ids = jnp.asarray(batch(model.config.vocab_size, b, t))
     graphdef, params = nnx.split(model, nnx.Param)
+    loaded_rss = peak_rss_mib()
 
     def loss_fn(params, ids):
         logits = nnx.merge(graphdef, params)(ids)
@@ -77,7 +78,7 @@ def run_jax(ckpt: Path, b: int, t: int, warmup: int, repeats: int) -> dict:
         jax.block_until_ready(step(params, ids))
         times.append(time.perf_counter() - start)
     return dict(side="jax", loss=float(loss), times=times, compile_s=compile_s, params=model.num_params,
-                peak_rss_mib=peak_rss_mib(), device=str(jax.devices()[0].platform))
+                peak_rss_mib=peak_rss_mib(), loaded_rss_mib=loaded_rss, device=str(jax.devices()[0].platform))
 
 
 def run_torch(ckpt: Path, b: int, t: int, warmup: int, repeats: int) -> dict:
@@ -86,6 +87,7 @@ def run_torch(ckpt: Path, b: int, t: int, warmup: int, repeats: int) -> dict:
 
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).train()
     ids = torch.from_numpy(batch(model.config.vocab_size, b, t).astype("int64"))
+    loaded_rss = peak_rss_mib()
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -102,7 +104,7 @@ def run_torch(ckpt: Path, b: int, t: int, warmup: int, repeats: int) -> dict:
         step()
         times.append(time.perf_counter() - start)
     return dict(side="torch", loss=float(loss), times=times, params=sum(p.numel() for p in model.parameters()),
-                peak_rss_mib=peak_rss_mib(), threads=torch.get_num_threads(),
+                peak_rss_mib=peak_rss_mib(), loaded_rss_mib=loaded_rss, threads=torch.get_num_threads(),
                 attn=model.config._attn_implementation)
 
 
@@ -124,6 +126,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate torch/jax worker pairs this many times; the ratio is the median over rounds "
+                             "(robust to load drifting on a shared machine)")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,28 +139,34 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = build_checkpoint(args.size, Path(tmp) / f"bench-{args.size}")
-        results = {side: worker(side, ckpt, args.batch, args.seq, args.warmup, args.repeats)
-                   for side in ("torch", "jax")}
+        rounds = [
+            {side: worker(side, ckpt, args.batch, args.seq, args.warmup, args.repeats) for side in ("torch", "jax")}
+            for _ in range(args.rounds)
+        ]
     tokens = args.batch * args.seq
-    rows = {}
-    for side, r in results.items():
-        median = statistics.median(r["times"])
-        rows[side] = dict(tok_s=tokens / median, median_s=median, peak_rss_mib=r["peak_rss_mib"], loss=r["loss"])
-    ratio = rows["jax"]["tok_s"] / rows["torch"]["tok_s"]
-    n_params = results["jax"]["params"]
+    n_params = rounds[0]["jax"]["params"]
     print(f"model {args.size}: {n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq} tokens, "
-          f"median of {args.repeats} (after {args.warmup} warm-up)")
-    for side in ("torch", "jax"):
-        r = rows[side]
-        gflops = 6 * n_params * tokens / r["median_s"] / 1e9
-        print(f"  {side:5s}: {r['tok_s']:8.0f} tok/s  ({r['median_s'] * 1e3:7.1f} ms/step, ~{gflops:5.1f} GFLOP/s by 6ND)"
-              f"  peak RSS {r['peak_rss_mib']:7.0f} MiB  loss {r['loss']:.4f}")
-    print(f"  jax compile: {results['jax']['compile_s']:.1f}s; torch threads: {results['torch']['threads']}, "
-          f"attention: {results['torch']['attn']}")
-    print(f"  ratio ours/torch tokens/s: {ratio:.2f}x;  peak RSS ratio: "
-          f"{rows['jax']['peak_rss_mib'] / rows['torch']['peak_rss_mib']:.2f}x")
-    if abs(rows["jax"]["loss"] - rows["torch"]["loss"]) > 1e-3:
-        raise SystemExit(f"loss mismatch: jax {rows['jax']['loss']} vs torch {rows['torch']['loss']}")
+          f"median of {args.repeats} steps (after {args.warmup} warm-up), {args.rounds} round(s)")
+    ratios = []
+    for i, results in enumerate(rounds):
+        rows = {}
+        for side, r in results.items():
+            median = statistics.median(r["times"])
+            rows[side] = dict(tok_s=tokens / median, median_s=median, **{k: r[k] for k in
+                                                                        ("peak_rss_mib", "loaded_rss_mib", "loss")})
+            gflops = 6 * n_params * tokens / median / 1e9
+            print(f"  round {i} {side:5s}: {rows[side]['tok_s']:7.0f} tok/s ({median * 1e3:7.0f} ms/step, "
+                  f"~{gflops:5.1f} GFLOP/s by 6ND)  peak RSS {r['peak_rss_mib']:6.0f} MiB "
+                  f"(after load {r['loaded_rss_mib']:6.0f})  loss {r['loss']:.4f}")
+        ratios.append(rows["jax"]["tok_s"] / rows["torch"]["tok_s"])
+        if abs(rows["jax"]["loss"] - rows["torch"]["loss"]) > 1e-3:
+            raise SystemExit(f"loss mismatch: jax {rows['jax']['loss']} vs torch {rows['torch']['loss']}")
+    last = rounds[-1]
+    print(f"  jax compile: {last['jax']['compile_s']:.1f}s; torch threads: {last['torch']['threads']}, "
+          f"attention: {last['torch']['attn']}")
+    print(f"  ratio ours/torch tokens/s: {statistics.median(ratios):.2f}x (per round: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)});  peak RSS ratio: "
+          f"{last['jax']['peak_rss_mib'] / last['torch']['peak_rss_mib']:.2f}x")
 
 
 if __name__ == "__main__":
