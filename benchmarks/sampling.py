@@ -174,7 +174,7 @@ def main() -> None:
         same = sum(a == b for a, b in zip(ours_info["tokens"], ref_info["tokens"]))
         ours_tps, ref_tps = new_tokens / med["jax"], new_tokens / med["torch"]
         print(f"| {shape} | {params / 1e6:.1f}M | {ours_tps:,.0f} | {ref_tps:,.0f} | {ours_tps / ref_tps:.2f}x | "
-              f"{first_call - med['jax']:.1f} | {ours_info['peak_rss_mib']:,.0f} / {ref_info['peak_rss_mib']:,.0f} | "
+              f"{first_call - med['jax']:.1f} | {ours_info['peak_rss_mib']:,.1f} / {ref_info['peak_rss_mib']:,.1f} | "
               f"{same}/{args.batch} rows | {ref_info['threads']} |")
         print(f"  raw seconds: jax {['%.3f' % t for t in times['jax']]}, torch {['%.3f' % t for t in times['torch']]}",
               file=sys.stderr)

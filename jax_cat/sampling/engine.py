@@ -398,8 +398,10 @@ def generate(
                 f"model's max_position_embeddings={max_positions} ({len(too_long)} prompt(s) too long)"
             )
 
-    # Rows = (prompt, sample) pairs, longest prompts first so each batch pads little.
-    rows = [(i, j) for i in range(len(token_lists)) for j in range(n)]
+    # Rows = (prompt, sample) pairs, longest prompts first so each batch pads little. Greedy decoding gives n equal
+    # samples: decode one row per prompt and copy it.
+    draws = 1 if params.greedy else n
+    rows = [(i, j) for i in range(len(token_lists)) for j in range(draws)]
     rows.sort(key=lambda r: -len(token_lists[r[0]]))
     dp = _data_parallel_size(mesh)
     batch_bucket = _next_pow2(len(rows)) if len(rows) <= batch_size else batch_size
@@ -411,7 +413,7 @@ def generate(
 
         data_sharding = batch_sharding(mesh)
 
-    results: list[list[Completion | None]] = [[None] * n for _ in token_lists]
+    results: list[list[Completion | None]] = [[None] * draws for _ in token_lists]
     chunks = [rows[s: s + batch_bucket] for s in range(0, len(rows), batch_bucket)]
     if progress is None:
         progress = sys.stderr.isatty()
@@ -442,4 +444,6 @@ def generate(
                 tokenizer, out.tokens[r, :length], out.logprobs[r, :length], out.sample_logprobs[r, :length],
                 bool(out.ended_with_eos[r]), stops, i, j,
             )
+    if draws < n:
+        results = [[dataclasses.replace(row[0], sample_index=j) for j in range(n)] for row in results]
     return results  # type: ignore[return-value]
