@@ -92,8 +92,8 @@ def worker_ours(root: Path, method: str, out: Path) -> dict:
     from merging.stream import merge_checkpoints
 
     t1 = time.perf_counter()
-    merge_checkpoints(root / "base", [root / "sft", root / "rl"], MergeSpec(method, coeffs=(0.5, 0.5), density=0.3),
-                      out, progress=False)
+    spec = MergeSpec(method, coeffs=(0.5, 0.5), density=0.3 if method == "dots" else None)
+    merge_checkpoints(root / "base", [root / "sft", root / "rl"], spec, out, progress=False)
     return {"import_s": t1 - t0, "merge_s": time.perf_counter() - t1}
 
 
@@ -211,6 +211,7 @@ def main() -> None:
             for r in range(args.repeats):
                 for kind in ("ours", "torch"):  # interleaved, so load changes hit both
                     out = root / f"out-{kind}-{method}-{r}"
+                    shutil.rmtree(out, ignore_errors=True)
                     runs[kind].append(run_worker(kind, root, method, out))
             check = compare_outputs(root / f"out-ours-{method}-0", root / f"out-torch-{method}-0")
             med = {k: {m: statistics.median(x[m] for x in v) for m in ("merge_s", "process_s", "peak_rss_mib")}

@@ -71,6 +71,8 @@ class MergeSpec:
         Rescale(self.norm, self.scope)  # validates norm / scope
         if self.topk_scope not in ("tensor", "global") or self.ram_scope not in ("tensor", "global"):
             raise ValueError("topk_scope and ram_scope must be 'tensor' or 'global'")
+        if self.density is not None and self.method not in DEFAULT_DENSITY:
+            raise ValueError(f"density has no effect with method {self.method!r} (it applies to {tuple(DEFAULT_DENSITY)})")
         for i in range(2):  # validate the sparsifier arguments early, with their names
             self.sparsifier(i)
 

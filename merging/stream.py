@@ -325,6 +325,8 @@ def merge_checkpoints(
     model_ckpts = [Checkpoint(m) for m in models]
     aliases = [_aliases(base_ckpt, m, f"models[{i}]") for i, m in enumerate(model_ckpts)]
     spec.coefficients(len(model_ckpts))  # validates the number of coefficients before any work
+    if copy_files_from is not None and not 0 <= copy_files_from < len(model_ckpts):
+        raise ValueError(f"copy_files_from={copy_files_from}: there are only {len(model_ckpts)} models")
     names = base_ckpt.names
     info = base_ckpt.info
 

@@ -1,0 +1,13 @@
+"""The wall: the merging package (core and streaming CLIs) imports nothing from jax_cat."""
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_merging_imports_nothing_from_jax_cat():
+    code = ("import sys, merging, merging.stream, merging.merge, merging.analyze; "
+            "bad = sorted(m for m in sys.modules if m == 'jax_cat' or m.startswith('jax_cat.')); "
+            "assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
