@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-# Model shapes (HF Qwen2 config fields). qwen2-40m: ~40M parameters with a 32k vocabulary (tied embeddings).
+# Model shapes (HF Qwen2 config fields). qwen2-40m: 39.3M parameters, the same shape as benchmarks/model_forward.py's.
 SHAPES = {
     "tiny": dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
-    "qwen2-40m": dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                      num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
+    "qwen2-40m": dict(vocab_size=16384, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False),
 }
 
 
