@@ -202,7 +202,7 @@ def sample_tokens(
     inactive: jax.Array | np.ndarray | None = None,
     cache_dtype: Any = None,
 ) -> SampleOutput:
-    """Sample continuations of left-padded token prompts [B, P] (mask 1 = real token) in one jitted call.
+    """Sample continuations of LEFT-padded token prompts [B, P] (mask 1 = real token) in one jitted call.
 
     Compiles once per (B, P, max_new_tokens, top_k, greedy-or-not, top_p-or-not, eos ids); temperature and top_p
     values are traced, so changing them does not recompile. Give either `key` (row r gets fold_in(key, r)) or
@@ -224,11 +224,12 @@ def sample_tokens(
         row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(batch, dtype=jnp.uint32))
     if row_keys.shape[0] != batch:
         raise ValueError(f"row_keys has {row_keys.shape[0]} rows, prompt_ids has {batch}")
-    if inactive is None:
-        inactive = jnp.zeros((batch,), bool)
+    inactive = jnp.zeros((batch,), bool) if inactive is None else jnp.asarray(inactive, bool)
+    if not bool(jnp.all(prompt_mask[:, -1] | inactive)):
+        raise ValueError("prompt_mask: every active row must end with a real token (prompts are left-padded)")
     graphdef, state = nnx.split(model)
     return _sample_core(
-        graphdef, state, prompt_ids, prompt_mask, row_keys, jnp.asarray(inactive, bool),
+        graphdef, state, prompt_ids, prompt_mask, row_keys, inactive,
         jnp.float32(max(params.temperature, 1e-30)), jnp.float32(params.top_p),
         max_new_tokens=int(max_new_tokens), greedy=params.greedy, top_k=params.top_k,
         use_top_p=params.top_p < 1.0, eos_token_ids=tuple(int(e) for e in eos_token_ids),

@@ -96,3 +96,9 @@ def test_bad_arguments_are_named():
         generate(model, tok, ["a", ""], max_new_tokens=2, add_special_tokens=False)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         generate(model, tok, ["a"], max_new_tokens=100)
+
+
+def test_right_padded_prompts_are_refused():
+    model, _, _ = chain_model()
+    with pytest.raises(ValueError, match="left-padded"):
+        sample_tokens(model, np.array([[3, 4, 0]]), np.array([[1, 1, 0]]), max_new_tokens=2)
