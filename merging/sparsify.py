@@ -133,7 +133,7 @@ def _factor(original: float, kept: float) -> float:
 
 
 def kth_largest_abs(x: Any, k: int) -> Any:
-    """The k-th largest |x| (1 <= k <= x.size), exact. Host partition for concrete arrays, sort under jit."""
+    """The k-th largest |x| (1 <= k <= x.size), exact: radix select on the host for concrete arrays, sort under jit."""
     n = int(np.prod(x.shape))
     if _is_traced(x):
         return jnp.sort(jnp.abs(x).reshape(-1))[n - k]
