@@ -17,6 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # ---------------------------------------------------------------------------------------------- models fixtures
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -28,7 +30,7 @@ def tiny_hf_checkpoint(tmp_path_factory):
 
     cache: dict = {}
 
-    def get(model_type: str, **overrides) -> "Path":  # noqa: F821
+    def get(model_type: str, **overrides) -> Path:
         key = (model_type, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"hf-{model_type}")
