@@ -118,9 +118,10 @@ def dynamic_consensus_threshold(answer_ids: jax.Array, correct: jax.Array, group
                                 min_k: int = 2) -> jax.Array:
     """The paper's dynamic majority threshold (App. K.2) per sample: k = clip(floor(n c_w / M) + 1, min_k, n//2+1).
 
-    c_w is the count of the most common WRONG answer among the M rollouts of the prompt (answer ids < 0, i.e. no
-    extracted answer, all share one wrong key): the correct answer must out-vote the strongest rival scaled to n
-    votes. Capped at a strict majority; ``min_k=2`` keeps it from degenerating to pass@n.
+    c_w is the count of the most common WRONG answer among the M rollouts of the prompt: the correct answer must
+    out-vote the strongest rival scaled to n votes. Rollouts without an extracted answer (answer id < 0) cast no
+    vote (as in the plurality vote at test time, where a missing answer never wins), so they are no rival.
+    Capped at a strict majority; ``min_k=2`` keeps it from degenerating to pass@n.
     """
     answer_ids = jnp.asarray(answer_ids)
     correct = jnp.asarray(correct).astype(bool)
@@ -130,10 +131,11 @@ def dynamic_consensus_threshold(answer_ids: jax.Array, correct: jax.Array, group
     if not 1 <= min_k <= n // 2 + 1:
         raise ValueError(f"min_k must be in [1, n//2+1={n // 2 + 1}], got {min_k}")
     seg = group_index(group_ids)
-    key = jnp.where(answer_ids < 0, -1, answer_ids)
+    votes = answer_ids >= 0  # no extracted answer: no vote, never a rival
     same_group = seg[:, None] == seg[None, :]
-    same_wrong = same_group & (key[:, None] == key[None, :]) & ~correct[None, :] & ~correct[:, None]
-    wrong_count = jnp.sum(same_wrong, axis=1)  # votes of sample i's answer if it is wrong, else 0
+    wrong = votes & ~correct
+    same_wrong = same_group & (answer_ids[:, None] == answer_ids[None, :]) & wrong[None, :] & wrong[:, None]
+    wrong_count = jnp.sum(same_wrong, axis=1)  # votes of sample i's answer if it is a wrong answer, else 0
     strongest = jax.ops.segment_max(wrong_count, seg, num_segments=b)[seg]
     m = jnp.sum(same_group, axis=1)
     k = (n * strongest) // m + 1
@@ -141,12 +143,12 @@ def dynamic_consensus_threshold(answer_ids: jax.Array, correct: jax.Array, group
 
 
 def consensus_threshold(answers: Sequence[Hashable | None], correct: Sequence[bool], n: int, *, min_k: int = 2) -> int:
-    """Host version of `dynamic_consensus_threshold` for one prompt (answers hashable, None = no answer)."""
+    """Host version of `dynamic_consensus_threshold` for one prompt (answers hashable, None = no answer, no vote)."""
     if len(answers) != len(correct) or not answers:
         raise ValueError("consensus_threshold: answers and correct must be non-empty and of equal length")
-    counts: dict[Hashable | None, int] = {}
+    counts: dict[Hashable, int] = {}
     for a, c in zip(answers, correct):
-        if not c:
+        if not c and a is not None:
             counts[a] = counts.get(a, 0) + 1
     strongest = max(counts.values(), default=0)
     return int(max(min_k, min(n // 2 + 1, (n * strongest) // len(answers) + 1)))

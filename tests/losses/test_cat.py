@@ -130,10 +130,17 @@ def test_dynamic_consensus_threshold():
         sel = [i for i in range(16) if groups[i] == gid]
         for nn, kk in [(4, k), (8, k8)]:
             assert consensus_threshold([answers[i] for i in sel], [correct[i] for i in sel], nn) == int(kk[sel[0]])
-    # no-answer samples pool into one wrong key: 3 Nones of M=4 at n=8 -> floor(6)+1 = 7 -> cap 5
+    # rollouts without an answer cast no vote (as in the test-time plurality vote), so they are no rival:
+    # 3 Nones + 1 correct of M=4 at n=8 -> no wrong answer -> floor(0)+1 = 1 -> min_k 2 (pooling them would give 5)
     kn = dynamic_consensus_threshold(jnp.asarray([-1, -1, -1, 0]), jnp.asarray([0, 0, 0, 1], bool),
                                      jnp.zeros(4, jnp.int32), 8)
-    np.testing.assert_array_equal(kn, [5] * 4)
+    np.testing.assert_array_equal(kn, [2] * 4)
+    # 3 Nones, wrong "2" x2, correct x3 of M=8 at n=8 -> c_w = 2 -> floor(8*2/8)+1 = 3 (not floor(8*3/8)+1 = 4)
+    ids = jnp.asarray([-1, -1, -1, 2, 2, 0, 0, 0])
+    ok = jnp.asarray([0, 0, 0, 0, 0, 1, 1, 1], bool)
+    np.testing.assert_array_equal(dynamic_consensus_threshold(ids, ok, jnp.zeros(8, jnp.int32), 8), [3] * 8)
+    assert consensus_threshold([None] * 3 + ["2"] * 2 + ["0"] * 3, [False] * 5 + [True] * 3, 8) == 3
+    assert consensus_threshold([None, None, None, "0"], [False, False, False, True], 8) == 2
 
 
 # ------------------------------------------------------------------------------------------------------------
