@@ -46,7 +46,8 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "generation_config.json",
 )
-HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", SAFE_INDEX, *TOKENIZER_FILES]
+# Fetched first from the hub; the weight files are then chosen from the index (see `_hub_snapshot`).
+HUB_META_PATTERNS = ["config.json", SAFE_INDEX, *TOKENIZER_FILES]
 # Tensors that HF checkpoints may carry but that are derived, not learned: skipped silently.
 _IGNORED = (re.compile(r".*\.rotary_emb\.inv_freq$"),)
 
@@ -146,14 +147,33 @@ def resolve_checkpoint_dir(path_or_repo_id: str | os.PathLike) -> Path:
     text = str(path_or_repo_id)
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise FileNotFoundError(f"checkpoint directory {text!r} does not exist")
-    from huggingface_hub import snapshot_download
-
     try:
-        return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
+        return _hub_snapshot(text)
     except Exception as exc:  # offline, unknown repo, gated repo, ...: say what we tried
         raise FileNotFoundError(
-            f"{text!r} is not a local checkpoint directory, and fetching it as a hub repo id failed: {exc}"
+            f"{text!r} is not a local checkpoint directory, and fetching it as a hub repo id failed "
+            f"(offline? set HF_HUB_OFFLINE=0 / log in, or pass a local folder): {exc}"
         ) from exc
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """Downloads config, tokenizer and exactly the safetensors files the checkpoint uses.
+
+    Only the shards the index names (else model.safetensors, else any *.safetensors): repos such as Mistral's also
+    ship `consolidated.safetensors`, a second full copy of the weights in another layout, which a blanket
+    "*.safetensors" pattern would download too.
+    """
+    from huggingface_hub import snapshot_download
+
+    meta = Path(snapshot_download(repo_id=repo_id, allow_patterns=HUB_META_PATTERNS))
+    index = meta / SAFE_INDEX
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=shards))
+    snapshot = Path(snapshot_download(repo_id=repo_id, allow_patterns=[SAFE_SINGLE]))
+    if (snapshot / SAFE_SINGLE).exists():
+        return snapshot
+    return Path(snapshot_download(repo_id=repo_id, allow_patterns=["*.safetensors"]))
 
 
 def safetensors_files(ckpt_dir: Path) -> dict[str, Path]:

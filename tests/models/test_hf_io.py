@@ -179,3 +179,40 @@ def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(direct(ids)))
     with pytest.raises(FileNotFoundError, match="not a local checkpoint directory"):
         load_hf("jax-cat/absent")
+
+
+def test_hub_download_fetches_only_the_weights_the_index_names(tmp_path, monkeypatch):
+    """A repo that also ships `consolidated.safetensors` (Mistral's layout) must not have that copy downloaded."""
+    import fnmatch
+
+    import huggingface_hub
+
+    tiny = build_tiny_checkpoint(tmp_path / "tiny", seed=6)
+    sharded = save_hf(load_hf(tiny), tmp_path / "repo", tokenizer=tiny, max_shard_bytes=40_000)
+    (sharded / "consolidated.safetensors").write_bytes(b"a second copy of the weights")
+    single = build_tiny_checkpoint(tmp_path / "single", seed=6)
+    (single / "consolidated.safetensors").write_bytes(b"a second copy of the weights")
+    repos = {"org/sharded": sharded, "org/single": single}
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns):  # a local "hub" that copies what the patterns select
+        calls.append((repo_id, list(allow_patterns)))
+        snap = tmp_path / "cache" / repo_id.replace("/", "--")
+        snap.mkdir(parents=True, exist_ok=True)
+        for f in repos[repo_id].iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy2(f, snap / f.name)
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    ids = jnp.asarray([[5, 6, 7]])
+    for repo_id, path in repos.items():
+        calls.clear()
+        model = load_hf(repo_id)
+        np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(load_hf(path)(ids)))
+        fetched = {p.name for p in (tmp_path / "cache" / repo_id.replace("/", "--")).iterdir()}
+        assert "consolidated.safetensors" not in fetched
+        assert "config.json" in fetched and "tokenizer.json" in fetched
+        assert not any("*.safetensors" in patterns for _, patterns in calls)
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 2 and calls[-1][1] == ["model.safetensors"]
