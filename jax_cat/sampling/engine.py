@@ -405,7 +405,7 @@ def generate(
     rows = [(i, j) for i in range(len(token_lists)) for j in range(draws)]
     rows.sort(key=lambda r: -len(token_lists[r[0]]))
     dp = _data_parallel_size(mesh)
-    batch_bucket = _next_pow2(len(rows)) if len(rows) <= batch_size else batch_size
+    batch_bucket = min(_next_pow2(len(rows)), batch_size)  # padding to a power of two never exceeds the cap
     batch_bucket = -(-batch_bucket // dp) * dp
     base_key = jax.random.key(seed)
     data_sharding = None

@@ -102,3 +102,28 @@ def test_right_padded_prompts_are_refused():
     model, _, _ = chain_model()
     with pytest.raises(ValueError, match="left-padded"):
         sample_tokens(model, np.array([[3, 4, 0]]), np.array([[1, 1, 0]]), max_new_tokens=2)
+
+
+def test_batch_size_caps_the_rows_decoded_together(monkeypatch):
+    """5 rows with batch_size=5: one batch of 5 rows (not a power-of-two bucket of 8 beyond the cap)."""
+    import jax_cat.sampling.engine as engine
+
+    model, _, _ = chain_model(noise=1.0)
+    tok = CharTokenizer(V)
+    shapes = []
+    real = engine.sample_tokens
+
+    def spy(model, ids, mask, **kw):
+        shapes.append(tuple(ids.shape))
+        return real(model, ids, mask, **kw)
+
+    monkeypatch.setattr(engine, "sample_tokens", spy)
+    kw = dict(n=5, max_new_tokens=4, temperature=1.0, seed=3, eos_token_ids=[])
+    capped = generate(model, tok, ["ab"], batch_size=5, **kw)
+    assert shapes == [(5, 16)]
+    shapes.clear()
+    generate(model, tok, ["ab"], batch_size=3, **kw)
+    assert [s[0] for s in shapes] == [3, 3]  # 3 + 2 real rows (+1 filler)
+    monkeypatch.undo()
+    toks = lambda out: [[x.tokens.tolist() for x in row] for row in out]
+    assert toks(capped) == toks(generate(model, tok, ["ab"], **kw))  # batching never changes the draws
