@@ -162,6 +162,11 @@ def estimate_success(*, rewards: jax.Array | None = None, group_ids: jax.Array |
 
     "group": Laplace (c+s)/(M+2s) per prompt from ``correct`` (default rewards > 0);
     "sequence": exp of the clamped rollout-policy sequence log-prob; "quantile": BoN reward quantile in group.
+    The majority threshold per prompt is `dynamic_consensus_threshold`.
+
+    >>> import jax.numpy as jnp
+    >>> estimate_success(rewards=jnp.array([1.0, 0.0, 0.0, 0.0]), group_ids=jnp.array([0, 0, 0, 0])).tolist()
+    [0.3333333432674408, 0.3333333432674408, 0.3333333432674408, 0.3333333432674408]
     """
     if method == "sequence":
         if old_logprobs is None or mask is None:
@@ -195,6 +200,10 @@ def cat_sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, strateg
     reduction "token_mean": sum over sequences / number of target tokens (plain CE SFT's normalisation);
     "sequence_sum": mean over sequences of the per-sequence loss (CE summed over each sequence's tokens).
     ``PassAtN(1)`` is exactly plain cross-entropy. Pass ``logprobs`` [B, T] instead of logits to skip the softmax.
+
+    >>> import jax, jax.numpy as jnp
+    >>> logits, targets, mask = jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 3))
+    >>> grads = jax.grad(lambda x: cat_sft_loss(x, targets, mask, PassAtN(16))[0])(logits)
     """
     mask = jnp.asarray(mask).astype(bool)
     if logprobs is None:
@@ -352,6 +361,11 @@ def cat_rl_loss(logprobs: jax.Array, old_logprobs: jax.Array | None, ref_logprob
     p_source="sequence"; BestOfN uses the in-group reward quantile; MajorityAtN with ``answer_ids`` uses the dynamic
     consensus threshold). Per token: -min(rho A', clip(rho, 1-eps_low, 1+eps_high) A') (no clipping when both eps
     are None: -rho A') + beta (exp(ref-lp) - (ref-lp) - 1). ``PassAtN(1)`` with weight_clip None is plain GRPO.
+
+    >>> import jax.numpy as jnp
+    >>> lp, mask = -jnp.ones((4, 3)), jnp.ones((4, 3))
+    >>> rewards, group_ids = jnp.array([1.0, 0.0, 0.0, 1.0]), jnp.array([0, 0, 1, 1])
+    >>> loss, metrics = cat_rl_loss(lp, lp, None, rewards, group_ids, mask, PassAtN(8), "log", clip_eps_low=0.2)
     """
     logprobs = jnp.asarray(logprobs)
     mask = jnp.asarray(mask).astype(bool)

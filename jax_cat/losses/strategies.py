@@ -15,6 +15,13 @@ take their limits at the end points (no NaN/inf), follow the dtype of ``p`` and 
 ``estimate(correct, answers=, scores=)`` is the empirical counterpart: the expected success of the strategy
 when its ``n`` samples are drawn without replacement from a pool of ``M >= n`` samples of ONE problem
 (numpy, host side; used by evaluation and by the DoTS consistency objective). See docs/losses.md.
+
+>>> from jax_cat.losses import MajorityAtN
+>>> maj = MajorityAtN(8)  # k = floor(8/2) + 1 = 5 votes needed
+>>> round(float(maj.success_probability(0.5)), 4), float(maj.sft_weight(0.0)), round(float(maj.rl_weight(0.5)), 4)
+(0.3633, 5.0, 2.1875)
+>>> MajorityAtN(3).estimate([1, 0, 1, 0], answers=["a", "b", "a", None])  # plurality vote over 3-subsets of 4
+0.75
 """
 from __future__ import annotations
 
