@@ -126,6 +126,11 @@ def task_vector(
 
     `dtype=None` keeps each leaf's dtype (bf16 in, bf16 out); pass `jnp.float32` to keep the difference exact.
     Leaves not selected by `filter`/`exclude` (regex or predicate on "a/b/0/c" paths) are zero.
+
+    >>> import jax.numpy as jnp
+    >>> tau = task_vector({"w": jnp.array([1.5, 2.0])}, {"w": jnp.array([1.0, 2.0])}, exclude=r"embed|lm_head")
+    >>> tau["w"].tolist()
+    [0.5, 0.0]
     """
     selected = make_selector(filter, exclude)
     leaves = []
@@ -166,6 +171,11 @@ def combine(
 
     Task vectors may be stored in a wider dtype than the base (float32 vectors onto a bf16 base); the result has
     the base's dtypes. Leaves not selected by `filter`/`exclude` keep the base value.
+
+    >>> import jax.numpy as jnp
+    >>> base = (jnp.array([1.0, 1.0]), {"b": jnp.array([0.0])})  # any pytree: dicts, tuples, nnx.State, ...
+    >>> combine(base, [(jnp.array([2.0, 0.0]), {"b": jnp.array([4.0])})], [0.5])[0].tolist()
+    [2.0, 1.0]
     """
     taus = list(taus)
     if isinstance(coeffs, jax.Array):
