@@ -5,7 +5,8 @@ Two levels:
   sampling log-probs, lengths); no text, no host round trip per token. For RL rollouts.
 - `generate(model, tokenizer, prompts, *, n, max_new_tokens, ...)`: strings in, `Completion`s out. Tokenises, left-pads,
   repeats each prompt n times, groups rows into static-shape buckets (batch and prompt length rounded up to powers of
-  two), so XLA compiles once per bucket, then decodes text and applies stop strings.
+  two), so XLA compiles once per bucket, then decodes text and applies stop strings. The distinct prompts of a
+  batch are prefilled once each and their KV caches copied to their n sample rows.
 
 Shapes are static inside one call: the KV cache holds prompt_bucket + max_new_tokens slots, allocated inside the
 jitted function so XLA updates it in place through the loop (nothing to donate, nothing copied back to the host).
@@ -105,6 +106,7 @@ def _sample_core(
     inactive: jax.Array,
     temperature: jax.Array,
     top_p: jax.Array,
+    row_prompt: jax.Array | None = None,
     *,
     max_new_tokens: int,
     greedy: bool,
@@ -114,14 +116,19 @@ def _sample_core(
     pad_token_id: int,
     cache_dtype: Any,
 ) -> SampleOutput:
-    """Prefill the left-padded prompts, then decode up to max_new_tokens tokens per row (see module docstring)."""
+    """Prefill the left-padded prompts, then decode up to max_new_tokens tokens per row (see module docstring).
+
+    With `row_prompt` [B], the U prompt rows are prefilled once each and row r continues prompt row_prompt[r]
+    (its KV cache is copied from that prompt's); without it, row r continues prompt r.
+    """
     model = nnx.merge(graphdef, state)
-    batch, prompt_len = prompt_ids.shape
+    num_prompts, prompt_len = prompt_ids.shape
+    batch = num_prompts if row_prompt is None else row_prompt.shape[0]
     max_len = prompt_len + max_new_tokens
     prompt_mask = prompt_mask.astype(bool)
     eos = jnp.asarray(eos_token_ids if eos_token_ids else (-1,), jnp.int32)
     slots = jnp.arange(max_len, dtype=jnp.int32)
-    prompt_mask_full = jnp.zeros((batch, max_len), bool).at[:, :prompt_len].set(prompt_mask)
+    prompt_mask_full = jnp.zeros((num_prompts, max_len), bool).at[:, :prompt_len].set(prompt_mask)
 
     def pick(step, last_logits):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
@@ -133,16 +140,21 @@ def _sample_core(
     # Prefill every prompt token but the last; its logits are unused, so XLA drops the vocabulary projection
     # (the [B, P, V] logits would cost as much as the rest of the prefill). The last prompt token (always real:
     # prompts are left-padded) is then the first input of the decode loop, which samples one token per step.
-    cache = model.init_cache(batch, max_len, cache_dtype)
+    cache = model.init_cache(num_prompts, max_len, cache_dtype)
     num_prompt_tokens = jnp.sum(prompt_mask.astype(jnp.int32), axis=-1)
     if prompt_len > 1:
         positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
         _, cache = model.forward_cached(
             prompt_ids[:, :-1], positions[:, :-1], cache, jnp.int32(0), prompt_mask_full & (slots < prompt_len - 1)
         )
+    last = prompt_ids[:, -1]
+    if row_prompt is not None:  # every sample of a prompt starts from that prompt's one prefill
+        take = lambda x: jnp.take(x, row_prompt, axis=0)
+        cache = jax.tree.map(take, cache)
+        prompt_mask_full, num_prompt_tokens, last = take(prompt_mask_full), take(num_prompt_tokens), take(last)
 
     carry = dict(
-        step=jnp.int32(0), cache=cache, last=prompt_ids[:, -1], done=inactive, ended_eos=jnp.zeros((batch,), bool),
+        step=jnp.int32(0), cache=cache, last=last, done=inactive, ended_eos=jnp.zeros((batch,), bool),
         lengths=jnp.zeros((batch,), jnp.int32),
         tokens=jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32),
         logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
@@ -201,12 +213,15 @@ def sample_tokens(
     pad_token_id: int = 0,
     inactive: jax.Array | np.ndarray | None = None,
     cache_dtype: Any = None,
+    row_prompt: jax.Array | np.ndarray | None = None,
 ) -> SampleOutput:
     """Sample continuations of LEFT-padded token prompts [B, P] (mask 1 = real token) in one jitted call.
 
     Compiles once per (B, P, max_new_tokens, top_k, greedy-or-not, top_p-or-not, eos ids); temperature and top_p
     values are traced, so changing them does not recompile. Give either `key` (row r gets fold_in(key, r)) or
     `row_keys` [B]. `inactive` [B] marks filler rows (no output, never block the early exit).
+    `row_prompt` [B] (optional): prompt_ids then holds U distinct prompts [U, P], each prefilled once, and output row
+    r continues prompt row_prompt[r] (n samples of a prompt share one prefill instead of n).
     """
     params = SamplingParams(float(temperature), float(top_p), int(top_k))
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
@@ -217,7 +232,13 @@ def sample_tokens(
         )
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    batch = prompt_ids.shape[0]
+    if row_prompt is not None:
+        row_prompt = jnp.asarray(row_prompt, jnp.int32)
+        if row_prompt.ndim != 1 or row_prompt.shape[0] < 1:
+            raise ValueError(f"row_prompt must be a non-empty [batch] index vector, got shape {row_prompt.shape}")
+        if not bool(jnp.all((row_prompt >= 0) & (row_prompt < prompt_ids.shape[0]))):
+            raise ValueError(f"row_prompt indices must lie in [0, {prompt_ids.shape[0]}) (the prompt rows)")
+    batch = prompt_ids.shape[0] if row_prompt is None else row_prompt.shape[0]
     if row_keys is None:
         if key is None:
             key = jax.random.key(0)
@@ -225,12 +246,13 @@ def sample_tokens(
     if row_keys.shape[0] != batch:
         raise ValueError(f"row_keys has {row_keys.shape[0]} rows, prompt_ids has {batch}")
     inactive = jnp.zeros((batch,), bool) if inactive is None else jnp.asarray(inactive, bool)
-    if not bool(jnp.all(prompt_mask[:, -1] | inactive)):
+    last_is_real = prompt_mask[:, -1] if row_prompt is None else prompt_mask[row_prompt, -1]
+    if not bool(jnp.all(last_is_real | inactive)):
         raise ValueError("prompt_mask: every active row must end with a real token (prompts are left-padded)")
     graphdef, state = nnx.split(model)
     return _sample_core(
         graphdef, state, prompt_ids, prompt_mask, row_keys, inactive,
-        jnp.float32(max(params.temperature, 1e-30)), jnp.float32(params.top_p),
+        jnp.float32(max(params.temperature, 1e-30)), jnp.float32(params.top_p), row_prompt,
         max_new_tokens=int(max_new_tokens), greedy=params.greedy, top_k=params.top_k,
         use_top_p=params.top_p < 1.0, eos_token_ids=tuple(int(e) for e in eos_token_ids),
         pad_token_id=int(pad_token_id), cache_dtype=cache_dtype,
@@ -427,16 +449,29 @@ def generate(
         filler = batch_bucket - len(chunk)
         chunk_rows = chunk + [chunk[0]] * filler  # filler rows repeat a real one and are marked inactive
         prompt_bucket = _next_pow2(max(len(token_lists[i]) for i, _ in chunk), minimum=min_prompt_bucket)
-        ids, mask = left_pad([token_lists[i] for i, _ in chunk_rows], prompt_bucket, pad)
+        # Prefill each distinct prompt of the chunk once (its n samples share it), in a bucket of its own.
+        distinct = list(dict.fromkeys(i for i, _ in chunk))
+        prompt_rows = min(_next_pow2(len(distinct)), batch_bucket)
+        prompt_rows = -(-prompt_rows // dp) * dp
+        row_prompt = None
+        if prompt_rows < batch_bucket:
+            position = {i: r for r, i in enumerate(distinct)}
+            row_prompt = jnp.asarray([position[i] for i, _ in chunk_rows], jnp.int32)
+            prompt_lists = [token_lists[i] for i in distinct + [distinct[0]] * (prompt_rows - len(distinct))]
+        else:
+            prompt_lists = [token_lists[i] for i, _ in chunk_rows]
+        ids, mask = left_pad(prompt_lists, prompt_bucket, pad)
         inactive = np.arange(batch_bucket) >= len(chunk)
         keys = row_keys_for(base_key, [i for i, _ in chunk_rows], [j for _, j in chunk_rows])
         ids_j, mask_j, inactive_j = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(inactive)
         if data_sharding is not None:
             ids_j, mask_j, inactive_j, keys = jax.device_put((ids_j, mask_j, inactive_j, keys), data_sharding)
+            if row_prompt is not None:
+                row_prompt = jax.device_put(row_prompt, data_sharding)
         out = sample_tokens(
             model, ids_j, mask_j, max_new_tokens=max_new_tokens, row_keys=keys,
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-            eos_token_ids=eos, pad_token_id=pad, inactive=inactive_j, cache_dtype=cache_dtype,
+            eos_token_ids=eos, pad_token_id=pad, inactive=inactive_j, cache_dtype=cache_dtype, row_prompt=row_prompt,
         )
         out = jax.device_get(out)
         for r, (i, j) in enumerate(chunk):

@@ -82,3 +82,27 @@ def test_low_temperature_equals_greedy_and_seeds(qwen3):
     # top-k = 1 is greedy too, whatever the temperature
     top1 = generate(model, tokenizer, PROMPTS, temperature=1.0, top_k=1, seed=5, **kw)
     assert toks(top1) == toks(greedy)
+
+
+def test_shared_prefill_equals_one_prefill_per_row(qwen3):
+    """sample_tokens(row_prompt=...) (a prompt's KV cache copied to its rows) = prefilling every row, on a real
+    KV-cached model with left-padded prompts of different lengths."""
+    import jax
+
+    from jax_cat.sampling import row_keys_for, sample_tokens
+    from jax_cat.sampling.engine import left_pad
+
+    _, model, tokenizer = qwen3
+    lists = tokenizer(PROMPTS[:2])["input_ids"]
+    ids, mask = left_pad(lists, 32, PAD)
+    row_prompt = np.array([1, 0, 1, 1, 0, 0])
+    keys = row_keys_for(jax.random.key(2), row_prompt, np.arange(6))
+    kw = dict(max_new_tokens=MAX_NEW, row_keys=keys, temperature=1.0, eos_token_ids=[EOS], pad_token_id=PAD)
+    shared = sample_tokens(model, ids, mask, row_prompt=row_prompt, **kw)
+    per_row = sample_tokens(model, ids[row_prompt], mask[row_prompt], **kw)
+    np.testing.assert_array_equal(shared.tokens, per_row.tokens)
+    np.testing.assert_array_equal(shared.lengths, per_row.lengths)
+    np.testing.assert_allclose(shared.logprobs, per_row.logprobs, atol=1e-5)
+    assert len({tuple(t) for t in np.asarray(shared.tokens).tolist()}) == 6  # six different samples
+    with pytest.raises(ValueError, match="row_prompt indices"):
+        sample_tokens(model, ids, mask, row_prompt=np.array([0, 2]), max_new_tokens=2)

@@ -113,17 +113,46 @@ def test_batch_size_caps_the_rows_decoded_together(monkeypatch):
     shapes = []
     real = engine.sample_tokens
 
-    def spy(model, ids, mask, **kw):
-        shapes.append(tuple(ids.shape))
-        return real(model, ids, mask, **kw)
+    def spy(model, ids, mask, *, row_prompt=None, **kw):
+        shapes.append(len(ids) if row_prompt is None else len(row_prompt))
+        return real(model, ids, mask, row_prompt=row_prompt, **kw)
 
     monkeypatch.setattr(engine, "sample_tokens", spy)
     kw = dict(n=5, max_new_tokens=4, temperature=1.0, seed=3, eos_token_ids=[])
     capped = generate(model, tok, ["ab"], batch_size=5, **kw)
-    assert shapes == [(5, 16)]
+    assert shapes == [5]
     shapes.clear()
     generate(model, tok, ["ab"], batch_size=3, **kw)
-    assert [s[0] for s in shapes] == [3, 3]  # 3 + 2 real rows (+1 filler)
+    assert shapes == [3, 3]  # 3 + 2 real rows (+1 filler)
     monkeypatch.undo()
     toks = lambda out: [[x.tokens.tolist() for x in row] for row in out]
     assert toks(capped) == toks(generate(model, tok, ["ab"], **kw))  # batching never changes the draws
+
+
+def test_each_distinct_prompt_is_prefilled_once(monkeypatch):
+    """n samples of a prompt share one prefill: the prompt batch holds the distinct prompts, not n copies."""
+    import jax_cat.sampling.engine as engine
+
+    model, _, _ = chain_model(noise=2.0, seed=2)
+    tok = CharTokenizer(V)
+    calls = []
+    real = engine.sample_tokens
+
+    def spy(model, ids, mask, *, row_prompt=None, **kw):
+        calls.append((len(ids), None if row_prompt is None else np.asarray(row_prompt).tolist()))
+        return real(model, ids, mask, row_prompt=row_prompt, **kw)
+
+    monkeypatch.setattr(engine, "sample_tokens", spy)
+    kw = dict(max_new_tokens=6, temperature=1.0, seed=4, eos_token_ids=[])
+    prompts = ["abc", "d", "efgh"]
+    out = generate(model, tok, prompts, n=8, **kw)
+    # rows sorted longest prompt first: efgh x8, abc x8, d x8, then 8 filler rows (bucket 32) repeating row 0
+    assert calls == [(4, [0] * 8 + [1] * 8 + [2] * 8 + [0] * 8)]
+    calls.clear()
+    alone = [generate(model, tok, prompts[: i + 1], n=8, batch_size=8, **kw)[i] for i in range(3)]
+    assert all(rows == 1 and row_prompt == [0] * 8 for rows, row_prompt in calls)  # one prefill row per batch
+    calls.clear()
+    generate(model, tok, prompts, n=1, **kw)
+    assert calls == [(4, None)]  # all prompts distinct: nothing to share, no copy
+    toks = lambda rows: [[c.tokens.tolist() for c in row] for row in rows]
+    assert toks(out) == toks(alone)  # the draws depend on (seed, prompt, sample) only
