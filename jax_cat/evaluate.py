@@ -333,7 +333,7 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, *, plot_title:
 
 
 def load_model_and_tokenizer(model: str | os.PathLike, *, dtype: str = "float32") -> tuple[Any, Any, Path]:
-    """(CausalLM, tokenizer, checkpoint path) from an HF-format folder; "tiny" builds the offline default model."""
+    """(CausalLM, tokenizer, checkpoint path) from an HF-format folder or hub id; "tiny" builds the offline default."""
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
@@ -343,10 +343,14 @@ def load_model_and_tokenizer(model: str | os.PathLike, *, dtype: str = "float32"
         from jax_cat.models.tiny import build_tiny_checkpoint
 
         path = build_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="jax-cat-tiny-")) / "tiny")
-    else:
+    elif Path(model).expanduser().exists():
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"--model {model}: no config.json there (expected an HF-format checkpoint folder)")
+    else:  # a hub id such as "Qwen/Qwen2.5-Math-1.5B": fetched once, then read from the local snapshot
+        from jax_cat.models.hf import resolve_checkpoint_dir
+
+        path = resolve_checkpoint_dir(str(model))
     dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")

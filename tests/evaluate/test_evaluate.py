@@ -118,3 +118,19 @@ def test_cli_writes_json_and_png(tiny, tmp_path):
     assert not list(out.glob(".*"))  # no temp files left behind
     with pytest.raises(SystemExit):
         main(["--model", str(path), "--n", "4", "--k", "1,8"])
+
+
+def test_model_argument_takes_a_hub_id(tiny, monkeypatch):
+    """A non-existent path that looks like "org/name" goes through load_hf's hub resolution, not a path error."""
+    import jax_cat.models.hf as hf
+    from jax_cat.evaluate import load_model_and_tokenizer
+
+    ckpt, reference, _ = tiny
+    asked = []
+    monkeypatch.setattr(hf, "resolve_checkpoint_dir", lambda repo_id: asked.append(repo_id) or ckpt)
+    model, tokenizer, path = load_model_and_tokenizer("someorg/some-model")
+    assert asked[0] == "someorg/some-model" and path == ckpt  # (load_hf then resolves the local snapshot again)
+    ids = np.array([tokenizer.encode("12+3=")])
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(reference(ids)))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model_and_tokenizer(ckpt.parent)  # an existing folder that is not a checkpoint
