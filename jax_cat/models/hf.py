@@ -246,11 +246,23 @@ def check_checkpoint(table: dict[str, TensorRule], shapes: dict[str, tuple[int, 
 
 
 def read_config(ckpt_dir: Path) -> ModelConfig:
-    """ModelConfig from ckpt_dir/config.json."""
+    """ModelConfig from ckpt_dir/config.json, with the stop ids that generation_config.json adds.
+
+    Instruct checkpoints often list extra end-of-turn ids only in generation_config.json (transformers' `generate`
+    stops on those); they are merged into `eos_token_id` so our sampler stops where transformers does.
+    """
     config_file = ckpt_dir / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"no config.json in {ckpt_dir}")
-    return ModelConfig.from_hf(json.loads(config_file.read_text()))
+    config = ModelConfig.from_hf(json.loads(config_file.read_text()))
+    generation_file = ckpt_dir / "generation_config.json"
+    if generation_file.exists():
+        extra = json.loads(generation_file.read_text()).get("eos_token_id")
+        extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+        ids = list(config.eos_token_ids) + [int(i) for i in extra if int(i) not in config.eos_token_ids]
+        if len(ids) > len(config.eos_token_ids):
+            config = dataclasses.replace(config, eos_token_id=ids[0] if len(ids) == 1 else tuple(ids))
+    return config
 
 
 # ---------------------------------------------------------------------------------------------------- load / save

@@ -216,3 +216,13 @@ def test_hub_download_fetches_only_the_weights_the_index_names(tmp_path, monkeyp
         assert not any("*.safetensors" in patterns for _, patterns in calls)
     shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
     assert len(shards) > 2 and calls[-1][1] == ["model.safetensors"]
+
+
+def test_generation_config_stop_ids_are_merged_into_eos(tmp_path):
+    """Instruct models list end-of-turn ids only in generation_config.json; we stop on them as transformers does."""
+    ckpt = build_tiny_checkpoint(tmp_path / "tiny")
+    own = load_hf(ckpt).config.eos_token_ids
+    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": [own[0], 7, 9]}))
+    assert load_hf(ckpt).config.eos_token_ids == (*own, 7, 9)
+    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": own[0], "do_sample": True}))
+    assert load_hf(ckpt).config.eos_token_ids == own
