@@ -35,6 +35,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got data={data}, fsdp={fsdp}, tensor={tensor}")
+    bad = {name: size for name, size in zip(MESH_AXES, sizes) if size != -1 and (not isinstance(size, int) or size < 1)}
+    if bad:
+        raise ValueError(f"mesh axis sizes must be positive ints (or -1 for the rest), got {bad}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:

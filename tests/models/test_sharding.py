@@ -37,6 +37,8 @@ def test_make_mesh_sizes():
         make_mesh(data=3, fsdp=2, tensor=2, devices=devices)
     with pytest.raises(ValueError, match="at most one"):
         make_mesh(data=-1, fsdp=-1, devices=devices)
+    with pytest.raises(ValueError, match="positive ints.*'tensor': 0"):
+        make_mesh(fsdp=2, tensor=0, devices=devices)
 
 
 def test_sharded_forward_and_grad_equal_single_device(tmp_path):
