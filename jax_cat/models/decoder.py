@@ -56,20 +56,21 @@ class RMSNorm(nnx.Module):
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention: q[B,T,H,D], k/v[B,S,K,D], mask[B,T,S] bool -> [B,T,H,D]; softmax in float32.
+    """Grouped-query attention: q[B,T,H,D], k/v[B,K,S,D] (head-major, the cache layout), mask[B,T,S] bool -> [B,T,H,D].
 
     Queries are regrouped to [B, K, G*T, D] so both products are plain batched matmuls with large M (on XLA:CPU
-    the direct 5-d einsum ran ~3x slower); keys/values stay in the cache layout.
+    the direct 5-d einsum ran ~3x slower). Keys/values come head-major so that the batch dims (B, K) lead and the
+    cache feeds both dots as is: with a [B, S, K, D] cache XLA re-laid-out every layer's K and V each decode step.
     """
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     groups = h // kv_heads
     q = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
-    scores = jnp.einsum("bkqd,bskd->bkqs", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
     scores = scores.reshape(b, kv_heads, groups, t, -1)
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, groups * t, -1)
-    out = jnp.einsum("bkqs,bskd->bkqd", probs, v).reshape(b, kv_heads, groups, t, d)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kv_heads, groups, t, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
@@ -114,10 +115,11 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # head-major [B, K, T, D], as attention() takes
         new_cache = None
         if cache is not None:
             cache_k, cache_v = cache
-            start = (0, cache_index, 0, 0)
+            start = (0, 0, cache_index, 0)
             cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             new_cache = (cache_k, cache_v)
@@ -175,14 +177,17 @@ class DecoderLayer(nnx.Module):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Per-layer key/value buffers, each [B, max_len, num_kv_heads, head_dim] (rotary already applied to keys)."""
+    """Per-layer key/value buffers, each [B, num_kv_heads, max_len, head_dim] (rotary already applied to keys).
+
+    Head-major so the decode-step attention dots read the cache in place (no per-step re-layout of K and V).
+    """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
     @property
     def batch_size(self) -> int:
@@ -272,10 +277,13 @@ class CausalLM(nnx.Module):
 
     # ------------------------------------------------------------------ cached decoding
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
-        """An all-zero KV cache for `batch_size` rows of up to `max_len` slots (dtype defaults to the model's)."""
+        """An all-zero KV cache for `batch_size` rows of up to `max_len` slots (dtype defaults to the model's).
+
+        Each layer's K and V buffer is [batch_size, num_kv_heads, max_len, head_dim] (see `KVCache`).
+        """
         c = self.config
         dtype = self.dtype if dtype is None else dtype
-        shape = (batch_size, max_len, c.num_key_value_heads, c.head_dim)
+        shape = (batch_size, c.num_key_value_heads, max_len, c.head_dim)
         n = c.num_hidden_layers
         return KVCache(k=tuple(jnp.zeros(shape, dtype) for _ in range(n)), v=tuple(jnp.zeros(shape, dtype) for _ in range(n)))
 

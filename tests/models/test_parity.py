@@ -72,7 +72,8 @@ def test_forward_cached_prefill_then_decode_matches_full_forward(loaded, model_t
         logits, cache = step(state, ids[:, t : t + 1], positions[:, t : t + 1], cache, jnp.int32(t), kv_mask)
         got.append(np.asarray(logits))
     cached = np.concatenate(got, axis=1)
-    assert cache.k[0].shape == (ids.shape[0], max_len, model.config.num_key_value_heads, model.config.head_dim)
+    assert cache.k[0].shape == (ids.shape[0], model.config.num_key_value_heads, max_len, model.config.head_dim)
+    assert (cache.batch_size, cache.max_len) == (ids.shape[0], max_len)
     assert max_abs_diff_on_real_tokens(cached, full, mask) <= 1e-5
 
 
