@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = Path("artifacts") / "tiny-default"
+from jax_cat.models.tiny import DEFAULT_CHECKPOINT
 PROMPTS = ("12+7=", "3*4=", "45-17=", "8+8+8=")
 
 

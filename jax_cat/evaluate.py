@@ -333,16 +333,16 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, *, plot_title:
 
 
 def load_model_and_tokenizer(model: str | os.PathLike, *, dtype: str = "float32") -> tuple[Any, Any, Path]:
-    """(CausalLM, tokenizer, checkpoint path) from an HF-format folder or hub id; "tiny" builds the offline default."""
+    """(CausalLM, tokenizer, checkpoint path) from an HF-format folder or hub id; "tiny" is the embedded default."""
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
     from jax_cat.models import load_hf
 
-    if str(model) == "tiny":
-        from jax_cat.models.tiny import build_tiny_checkpoint
+    if str(model) == "tiny":  # the main job's embedded default, built once
+        from jax_cat.models.tiny import default_checkpoint
 
-        path = build_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="jax-cat-tiny-")) / "tiny")
+        path = default_checkpoint()
     elif Path(model).expanduser().exists():
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():

@@ -25,6 +25,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
 
+DEFAULT_CHECKPOINT = Path("artifacts") / "tiny-default"  # where the main job and `--model tiny` keep it
+
 DEFAULT_TINY_CONFIG: dict[str, Any] = dict(
     model_type="qwen2",
     vocab_size=128,
@@ -111,3 +113,10 @@ def build_tiny_checkpoint(out_dir: str | os.PathLike, *, seed: int = 0, dtype=jn
     config = tiny_model_config(**config_overrides)
     model = CausalLM(config, rngs=nnx.Rngs(seed), dtype=dtype)
     return save_hf(model, out_dir, tokenizer=build_char_tokenizer())
+
+
+def default_checkpoint(*, rebuild: bool = False) -> Path:
+    """The embedded default checkpoint (artifacts/tiny-default), built once offline and reused after."""
+    if rebuild or not (DEFAULT_CHECKPOINT / "config.json").exists():
+        build_tiny_checkpoint(DEFAULT_CHECKPOINT)
+    return DEFAULT_CHECKPOINT

@@ -134,3 +134,15 @@ def test_model_argument_takes_a_hub_id(tiny, monkeypatch):
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(reference(ids)))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model_and_tokenizer(ckpt.parent)  # an existing folder that is not a checkpoint
+
+
+def test_model_tiny_is_the_main_jobs_default_checkpoint_built_once(tmp_path, monkeypatch):
+    from jax_cat.evaluate import load_model_and_tokenizer
+    from jax_cat.models.tiny import DEFAULT_CHECKPOINT
+
+    monkeypatch.chdir(tmp_path)
+    _, _, path = load_model_and_tokenizer("tiny")
+    assert path == DEFAULT_CHECKPOINT and (tmp_path / path / "model.safetensors").exists()
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert load_model_and_tokenizer("tiny")[2] == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
