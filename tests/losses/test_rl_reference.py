@@ -1,0 +1,263 @@
+"""The CAT RL objective against independent numbers: the authors' reference (compute-aligned-training) and hand
+computations, and exactness under micro-batching (issue 9)."""
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_cat.losses import (REFERENCE_MAJORITY, REFERENCE_PASS_AT_N, BestOfN, CATLossConfig, MajorityAtN, PassAtN,
+                            cat_advantages, cat_rl_loss, cat_sft_loss, cat_weights, consensus_threshold,
+                            dynamic_consensus_threshold, init_cat_state, loss_denominator)
+
+# 4 prompts x 4 rollouts with 1, 4, 0 and 0 correct (the issue's worked case; the paper's 4 prompts x 4 rollouts)
+WORKED_REWARDS = jnp.asarray([1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0], jnp.float32)
+WORKED_GROUPS = jnp.repeat(jnp.arange(4), 4)
+
+
+def worked_raw_weights():
+    """pass@16 raw weight 16 (1-p)^15 at Laplace p = (c+1)/(4+2), in float64 by hand."""
+    p = np.array([2 / 6, 5 / 6, 1 / 6, 1 / 6]).repeat(4)
+    return 16 * (1 - p) ** 15
+
+
+# ------------------------------------------------------------------------------------------------------------
+# normalisation scope
+# ------------------------------------------------------------------------------------------------------------
+def test_batch_normalisation_worked_case_gives_0069():
+    """Reference: weights divided by their mean over ALL samples of the logical batch -> prompt 0 gets 0.069."""
+    raw = worked_raw_weights()
+    want = raw / raw.mean()
+    assert round(want[0], 3) == 0.069  # the issue's figure, from the hand formula
+    w, m = cat_weights(PassAtN(16), rewards=WORKED_REWARDS, group_ids=WORKED_GROUPS,
+                       p=jnp.asarray(np.array([2 / 6, 5 / 6, 1 / 6, 1 / 6]).repeat(4), jnp.float32))
+    np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(m["weight_scale"], raw.mean(), rtol=1e-5)
+    # the same through cat_advantages (Laplace p computed from the rewards): A'_0 = A_0 * 0.069
+    adv, _ = cat_advantages(PassAtN(16), rewards=WORKED_REWARDS, group_ids=WORKED_GROUPS)
+    a0 = 0.75 / (0.5 + 1e-4)  # r - mean = 0.75, unbiased std = 0.5
+    np.testing.assert_allclose(adv[:4], np.array([a0, -0.25 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001]) * want[0],
+                               rtol=1e-5)
+    np.testing.assert_array_equal(adv[4:], 0.0)  # unmixed prompts: A = 0
+
+
+def test_one_mixed_prompt_under_each_mode():
+    """Only prompt 0 is mixed: "mixed" makes its weight exactly 1 (CAT vanishes); "batch" 0.069; "none" raw."""
+    raw = worked_raw_weights()
+    p = jnp.asarray(np.array([2 / 6, 5 / 6, 1 / 6, 1 / 6]).repeat(4), jnp.float32)
+    kw = dict(rewards=WORKED_REWARDS, group_ids=WORKED_GROUPS, p=p)
+    got = {mode: float(cat_weights(PassAtN(16), normalize=mode, **kw)[0][0]) for mode in ("batch", "mixed", "none")}
+    np.testing.assert_allclose(got["mixed"], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(got["batch"], raw[0] / raw.mean(), rtol=1e-5)
+    np.testing.assert_allclose(got["none"], 16 * (2 / 3) ** 15, rtol=1e-5)
+    # running: the first step equals "batch"; the second divides by the bias-corrected exponential mean
+    state = init_cat_state()
+    w1, m1 = cat_weights(PassAtN(16), normalize="running", state=state, **kw)
+    np.testing.assert_allclose(w1, raw / raw.mean(), rtol=1e-5, atol=1e-12)
+    p2 = jnp.full((16,), 0.5, jnp.float32)  # a second batch with mean weight 16 * 0.5^15
+    w2, m2 = cat_weights(PassAtN(16), normalize="running", state=m1["state"], rewards=WORKED_REWARDS,
+                         group_ids=WORKED_GROUPS, p=p2)
+    mean2 = 16 * 0.5 ** 15
+    scale2 = (0.9 * 0.1 * raw.mean() + 0.1 * mean2) / (1 - 0.9 ** 2)
+    np.testing.assert_allclose(m2["weight_scale"], scale2, rtol=1e-5)
+    np.testing.assert_allclose(w2[0], mean2 / scale2, rtol=1e-5)
+    assert int(m2["state"].norm_steps) == 2
+
+
+def test_single_prompt_batch_stays_raw_as_in_reference():
+    """Dividing one prompt's weight by itself would cancel CAT: the reference keeps it raw (so do we)."""
+    r = jnp.asarray([1.0, 0.0, 0.0, 0.0])
+    w, m = cat_weights(PassAtN(4), rewards=r, group_ids=jnp.zeros(4, jnp.int32), p=jnp.full((4,), 1 / 3))
+    np.testing.assert_allclose(w, 4 * (2 / 3) ** 3, rtol=1e-6)
+    np.testing.assert_allclose(m["weight_scale"], 1.0)
+
+
+def test_reference_two_prompt_normalisation_keeps_ratios():
+    """Reference test: [[1,0,0,0],[1,1,1,0]], pass@4 -> mean 1 and the prompts' raw weight ratio is kept."""
+    r = jnp.asarray([1.0, 0, 0, 0, 1, 1, 1, 0])
+    g = jnp.repeat(jnp.arange(2), 4)
+    p = np.array([2 / 6] * 4 + [4 / 6] * 4)
+    wn, m = cat_weights(PassAtN(4), rewards=r, group_ids=g, p=jnp.asarray(p, jnp.float32))
+    raw = 4 * (1 - p) ** 3
+    np.testing.assert_allclose(float(jnp.mean(wn)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(wn[0] / wn[4], raw[0] / raw[4], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# dynamic majority threshold
+# ------------------------------------------------------------------------------------------------------------
+def test_no_answer_rollouts_are_one_rival_k5():
+    """Reference test: answers [None, None, correct, correct], N = 8 -> k = 5 (ours used to give 2)."""
+    ids, ok, g = jnp.asarray([-1, -1, 0, 0]), jnp.asarray([0, 0, 1, 1], bool), jnp.zeros(4, jnp.int32)
+    np.testing.assert_array_equal(dynamic_consensus_threshold(ids, ok, g, 8), [5] * 4)
+    np.testing.assert_array_equal(dynamic_consensus_threshold(ids, ok, g, 8, no_answer="abstain"), [2] * 4)
+    assert consensus_threshold([None, None, "yes", "yes"], [False, False, True, True], 8) == 5
+    assert consensus_threshold([None, None, "yes", "yes"], [False, False, True, True], 8, no_answer="abstain") == 2
+
+
+@pytest.mark.parametrize("n,c,m,expected", [(8, 0, 8, 2), (8, 1, 8, 2), (8, 3, 8, 4), (8, 8, 8, 5), (4, 8, 8, 3)])
+def test_threshold_table_from_reference(n, c, m, expected):
+    ids = jnp.asarray([1] * c + [0] * (m - c))
+    ok = jnp.asarray([False] * c + [True] * (m - c))
+    np.testing.assert_array_equal(dynamic_consensus_threshold(ids, ok, jnp.zeros(m, jnp.int32), n), expected)
+
+
+def test_majority_weight_is_binomial_formula_at_dynamic_k():
+    """Reference test: rewards [[1,0,0,0],[1,1,1,0]], keys [[yes,a,b,c],[yes,yes,yes,a]], maj@8: closed form."""
+    from math import comb
+    r = jnp.asarray([1.0, 0, 0, 0, 1, 1, 1, 0])
+    ids = jnp.asarray([0, 1, 2, 3, 0, 0, 0, 1])
+    g = jnp.repeat(jnp.arange(2), 4)
+    adv, m = cat_advantages(MajorityAtN(8), rewards=r, group_ids=g, answer_ids=ids, normalize="none")
+    base, _ = cat_advantages(PassAtN(1), rewards=r, group_ids=g, normalize="none")
+    for i, c in ((0, 1), (4, 3)):
+        k = max(2, min(5, (8 * 1) // 4 + 1))  # each prompt's strongest wrong answer has 1 vote -> k = 3
+        p = (c + 1) / 6
+        want = 8 * comb(7, k - 1) * p ** (k - 1) * (1 - p) ** (8 - k)
+        np.testing.assert_allclose(adv[i] / base[i], want, rtol=1e-5)
+    np.testing.assert_allclose(m["consensus_k_mean"], 3.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# advantages: penalty, clip, refusal
+# ------------------------------------------------------------------------------------------------------------
+def test_all_wrong_penalty_and_advantage_clip():
+    """Reference test: [[0,0],[1,1]] with penalty 0.5 -> advantages [[-.5,-.5],[0,0]] (weights 1 for pass@1)."""
+    r, g = jnp.asarray([0.0, 0.0, 1.0, 1.0]), jnp.asarray([0, 0, 1, 1])
+    adv, m = cat_advantages(PassAtN(1), rewards=r, group_ids=g, all_wrong_penalty=0.5)
+    np.testing.assert_allclose(adv, [-0.5, -0.5, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(m["frac_all_wrong"], 0.5)
+    r2, g2 = jnp.asarray([1.0, 0, 0, 0, 0, 0, 0, 0]), jnp.zeros(8, jnp.int32)  # A_0 = 0.875/0.3536 = 2.47
+    adv2, _ = cat_advantages(PassAtN(1), rewards=r2, group_ids=g2, advantage_clip=1.0)
+    np.testing.assert_allclose(adv2[:2], [1.0, -0.125 / (np.sqrt(0.125) + 1e-4)], rtol=1e-5)
+
+
+def test_non_binary_rewards_are_refused_for_pass_and_majority():
+    r, g = jnp.asarray([0.5, 0.0, 1.0, 0.0]), jnp.asarray([0, 0, 1, 1])
+    for s in (PassAtN(4), MajorityAtN(4)):
+        with pytest.raises(ValueError, match="0/1"):
+            cat_advantages(s, rewards=r, group_ids=g)
+        with pytest.raises(ValueError, match="0/1"):
+            cat_rl_loss(-jnp.ones((4, 2)), None, None, r, g, jnp.ones((4, 2)), s)
+        adv, _ = cat_advantages(s, rewards=r, group_ids=g, correct=r > 0.7)  # explicit correctness: accepted
+        assert np.all(np.isfinite(adv))
+    adv, _ = cat_advantages(BestOfN(2), rewards=r, group_ids=g)  # BoN ranks any reward
+    assert np.all(np.isfinite(adv))
+    # under an outer jit the value cannot raise: the advantages are NaN and the metric says why
+    adv, m = jax.jit(lambda rr: cat_advantages(PassAtN(4), rewards=rr, group_ids=g))(r)
+    assert np.all(np.isnan(adv)) and float(m["rewards_binary"]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# KL scale
+# ------------------------------------------------------------------------------------------------------------
+def test_kl_scale_against_hand_computation():
+    """k3(δ) = e^δ - δ - 1; per-sequence mean (reference) vs per token (L times larger under token_sum)."""
+    lengths = np.array([8, 4])
+    mask = jnp.asarray(np.arange(8)[None, :] < lengths[:, None])
+    lp = jnp.full((2, 8), -1.0)
+    ref = lp + jnp.asarray([[0.5], [-0.3]])  # δ = ref - lp per sequence
+    k3 = np.exp([0.5, -0.3]) - np.array([0.5, -0.3]) - 1  # [0.148721, 0.040818]
+    r, g = jnp.asarray([1.0, 1.0]), jnp.asarray([0, 0])  # equal rewards: A = 0, the loss is the KL term alone
+    beta = 0.1
+    for red in ("token_mean", "sequence_mean", "token_sum"):
+        loss, _ = cat_rl_loss(lp, None, ref, r, g, mask, PassAtN(1), beta=beta, reduction=red)
+        np.testing.assert_allclose(loss, beta * k3.mean(), rtol=1e-5)  # β · mean_b (token mean of k3)
+    tok = {red: float(cat_rl_loss(lp, None, ref, r, g, mask, PassAtN(1), beta=beta, reduction=red, kl="token")[0])
+           for red in ("token_mean", "sequence_mean", "token_sum")}
+    np.testing.assert_allclose(tok["token_sum"], beta * (8 * k3[0] + 4 * k3[1]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(tok["token_mean"], beta * (8 * k3[0] + 4 * k3[1]) / 12, rtol=1e-5)
+    np.testing.assert_allclose(tok["sequence_mean"], beta * k3.mean(), rtol=1e-5)
+    # so one sequence of L = 8 tokens under token_sum carries an 8x larger KL per token than per sequence
+    # (the issue's measured 8.0x): here (8 k3_0 + 4 k3_1) / 2 against mean(k3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# micro-batching
+# ------------------------------------------------------------------------------------------------------------
+MB, MT = 16, 6
+MB_LENGTHS = np.array([6, 3, 5, 1, 6, 6, 2, 4, 5, 6, 3, 6, 1, 2, 6, 4])
+MB_MASK = jnp.asarray(np.arange(MT)[None, :] < MB_LENGTHS[:, None])
+MB_GROUPS = jnp.repeat(jnp.asarray([3, 11, 7, 0]), 4)
+MB_REWARDS = jnp.asarray([1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0], jnp.float32)
+MB_ANSWERS = jnp.asarray([0, 1, -1, 0, 0, 0, 0, 2, 1, 1, -1, 2, 0, -1, -1, 3])
+
+
+def mb_inputs():
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    lp = -jnp.abs(jax.random.normal(k1, (MB, MT))) * 0.5
+    old = lp + 0.05 * jax.random.normal(k2, (MB, MT))
+    ref = lp + 0.3 * jax.random.normal(k3, (MB, MT))
+    return lp, old, ref
+
+
+@partial(jax.jit, static_argnames=("strategy", "cfg"))
+def _rl_value_and_grad(strategy, cfg, x, old, ref, mask, adv, den):
+    f = lambda y: cat_rl_loss(y, old, ref, None, None, mask, strategy, advantages=adv,  # noqa: E731
+                              loss_denominator=den, config=cfg)[0]
+    return jax.value_and_grad(f)(x)
+
+
+@pytest.mark.parametrize("reduction", ["token_mean", "sequence_mean", "token_sum"])
+def test_micro_batches_sum_to_the_whole_batch(reduction):
+    """2 and 4 micro-batches (groups intact) x every normalisation mode x both surrogates, PPO clip + KL + penalty:
+    with the whole batch's advantages and denominator, losses and gradients sum to the whole batch's."""
+    lp, old, ref = mb_inputs()
+    s = MajorityAtN(8)
+    den = loss_denominator(MB_MASK, reduction)
+    for normalize in ("batch", "mixed", "none", "running"):
+        surrogate = "sequence" if normalize in ("mixed", "running") else "token"
+        cfg = CATLossConfig(normalize=normalize, reduction=reduction, surrogate=surrogate, clip_eps_low=0.2,
+                            clip_eps_high=0.28, beta=0.04, weight_clip=6.0, all_wrong_penalty=0.3)
+        state = init_cat_state() if normalize == "running" else None
+        adv, _ = cat_advantages(s, rewards=MB_REWARDS, group_ids=MB_GROUPS, answer_ids=MB_ANSWERS, state=state,
+                                config=cfg)
+        # with advantages given, the advantage-side settings play no role: one compiled loss per surrogate
+        loss_cfg = dataclasses.replace(cfg, normalize="batch")
+        whole, g_whole = _rl_value_and_grad(s, loss_cfg, lp, old, ref, MB_MASK, adv, den)
+        own = cat_rl_loss(lp, old, ref, MB_REWARDS, MB_GROUPS, MB_MASK, s, answer_ids=MB_ANSWERS, state=state,
+                          config=cfg)[0]  # the whole batch computing its own advantages agrees
+        np.testing.assert_allclose(own, whole, rtol=1e-6, err_msg=normalize)
+        assert abs(float(whole)) > 1e-3
+        for parts in (2, 4):
+            size = MB // parts
+            outs = [_rl_value_and_grad(s, loss_cfg, *(a[i * size:(i + 1) * size] for a in (lp, old, ref, MB_MASK,
+                                                                                           adv)), den)
+                    for i in range(parts)]
+            np.testing.assert_allclose(sum(v for v, _ in outs), whole, rtol=1e-5, err_msg=normalize)
+            np.testing.assert_allclose(jnp.concatenate([gr for _, gr in outs]), g_whole, rtol=1e-5, atol=1e-8,
+                                       err_msg=normalize)
+
+
+@pytest.mark.parametrize("reduction", ["token_mean", "sequence_mean", "token_sum"])
+def test_sft_micro_batches_sum_to_the_whole_batch(reduction):
+    lp, _, _ = mb_inputs()
+    den = loss_denominator(MB_MASK, reduction)
+    f = lambda x, rows: cat_sft_loss(None, None, MB_MASK[rows], MajorityAtN(4), logprobs=x,  # noqa: E731
+                                     reduction=reduction, loss_denominator=den)[0]
+    whole, g_whole = jax.value_and_grad(f)(lp, slice(0, MB))
+    plain = cat_sft_loss(None, None, MB_MASK, MajorityAtN(4), logprobs=lp, reduction=reduction)[0]
+    np.testing.assert_allclose(plain, whole, rtol=1e-6)
+    for parts in (2, 4):
+        size = MB // parts
+        outs = [jax.value_and_grad(f)(lp[i * size:(i + 1) * size], slice(i * size, (i + 1) * size))
+                for i in range(parts)]
+        np.testing.assert_allclose(sum(v for v, _ in outs), whole, rtol=1e-5)
+        np.testing.assert_allclose(jnp.concatenate([gr for _, gr in outs]), g_whole, rtol=1e-5, atol=1e-8)
+
+
+def test_presets_follow_the_reference_configs():
+    assert (REFERENCE_PASS_AT_N.p_source, REFERENCE_PASS_AT_N.normalize, REFERENCE_PASS_AT_N.weight_clip,
+            REFERENCE_PASS_AT_N.beta) == ("sequence", "none", 50.0, 0.05)
+    assert (REFERENCE_MAJORITY.p_source, REFERENCE_MAJORITY.normalize, REFERENCE_MAJORITY.weight_clip,
+            REFERENCE_MAJORITY.all_wrong_penalty, REFERENCE_MAJORITY.beta) == ("group", "batch", 10.0, 0.5, 0.0)
+    for cfg in (REFERENCE_PASS_AT_N, REFERENCE_MAJORITY):
+        assert (cfg.reduction, cfg.kl, cfg.surrogate, cfg.clip_eps_low, cfg.no_answer, cfg.adv_eps) == (
+            "token_sum", "sequence_mean", "sequence", None, "rival", 1e-4)
+    assert dataclasses.replace(REFERENCE_MAJORITY, form="log").form == "log"
+    with pytest.raises(ValueError, match="normalize"):
+        CATLossConfig(normalize="prompt")
+    with pytest.raises(ValueError, match="weight_clip"):
+        CATLossConfig(weight_clip=0.0)
