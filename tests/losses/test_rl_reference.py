@@ -261,3 +261,140 @@ def test_presets_follow_the_reference_configs():
         CATLossConfig(normalize="prompt")
     with pytest.raises(ValueError, match="weight_clip"):
         CATLossConfig(weight_clip=0.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# surrogates, reductions, presets end to end
+# ------------------------------------------------------------------------------------------------------------
+def test_sequence_surrogate_clips_the_sequence_ratio_by_hand():
+    """ρ = exp(Σ_t (lp - old)) = e^0.3 = 1.3499: clipped to 1.2 for A > 0 (no gradient), kept for A < 0."""
+    lp = jnp.zeros((2, 3))
+    old = lp - 0.1
+    mask = jnp.ones((2, 3), bool)
+    adv = jnp.asarray([1.0, -1.0])
+    f = lambda x: cat_rl_loss(x, old, None, None, None, mask, PassAtN(1), advantages=adv,  # noqa: E731
+                              surrogate="sequence", clip_eps_low=0.2, clip_eps_high=0.2, reduction="token_sum")[0]
+    rho = np.exp(0.3)
+    np.testing.assert_allclose(f(lp), (-1.2 + rho) / 2, rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(f)(lp), [[0.0] * 3, [rho / 2] * 3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["token_mean", "sequence_mean", "token_sum"])
+def test_unclipped_surrogates_share_the_reinforce_gradient(reduction):
+    lp, _, _ = mb_inputs()
+    adv = jnp.linspace(-1.0, 1.0, MB)
+    grads = [jax.grad(lambda x: cat_rl_loss(x, None, None, None, None, MB_MASK, PassAtN(1), advantages=adv,
+                                            surrogate=sur, reduction=reduction)[0])(lp) for sur in ("token", "sequence")]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-9)
+
+
+def test_reference_pass_at_n_preset_matches_the_reference_objective():
+    """REFERENCE_PASS_AT_N against jax.grad of the authors' objective written out by hand: per completion
+    -(Σ_t lp) A w + β mean_t k3, summed and divided by the number of completions; p = exp(Σ old), w = min(S', 50).
+    The reference recomputes old log-probs with the current model at update time (one update per rollout batch),
+    so old = lp here: the ratio is 1 and the REINFORCE gradients must agree."""
+    lp, _, ref = mb_inputs()
+    old = lp
+    s = PassAtN(4)
+    r, g, m = np.asarray(MB_REWARDS), np.asarray(MB_GROUPS), np.asarray(MB_MASK, np.float64)
+    p = np.exp(np.clip((np.asarray(old, np.float64) * m).sum(1), -50, 0))
+    w = np.minimum(4 * (1 - p) ** 3, 50.0)
+    a = np.zeros(MB)
+    for gid in np.unique(g):
+        sel = g == gid
+        a[sel] = (r[sel] - r[sel].mean()) / (r[sel].std(ddof=1) + 1e-4)
+
+    def reference(x):
+        seq = jnp.sum(x * MB_MASK, axis=1)
+        d = ref - x
+        k3 = jnp.sum((jnp.expm1(d) - d) * MB_MASK, axis=1) / MB_MASK.sum(1)
+        return jnp.sum(-seq * jnp.asarray(a * w, jnp.float32) + 0.05 * k3) / MB
+
+    got = jax.grad(lambda x: cat_rl_loss(x, old, ref, MB_REWARDS, MB_GROUPS, MB_MASK, s,
+                                         config=REFERENCE_PASS_AT_N)[0])(lp)
+    np.testing.assert_allclose(got, jax.grad(reference)(lp), rtol=1e-5, atol=1e-7)
+
+
+def test_sft_reductions_one_vocabulary_by_hand():
+    lp = jnp.full((2, 3), -0.5)
+    mask = jnp.asarray([[1, 1, 0], [1, 1, 1]], bool)
+    vals = {red: float(cat_sft_loss(None, None, mask, PassAtN(1), logprobs=lp, reduction=red)[0])
+            for red in ("token_mean", "sequence_mean", "token_sum")}
+    np.testing.assert_allclose([vals["token_mean"], vals["sequence_mean"], vals["token_sum"]],
+                               [2.5 / 5, 0.5, 2.5 / 2], rtol=1e-6)
+    with pytest.warns(DeprecationWarning, match="token_sum"):
+        alias = cat_sft_loss(None, None, mask, PassAtN(1), logprobs=lp, reduction="sequence_sum")[0]
+    np.testing.assert_allclose(alias, vals["token_sum"], rtol=1e-7)
+
+
+def test_padding_rows_enter_no_statistic():
+    """sample_mask=False rows (a padded dummy group) get A' = 0 and leave the batch normaliser unchanged."""
+    r = jnp.concatenate([WORKED_REWARDS, jnp.zeros(4)])
+    g = jnp.concatenate([WORKED_GROUPS, jnp.full((4,), 99)])
+    keep = jnp.arange(20) < 16
+    adv, _ = cat_advantages(PassAtN(16), rewards=r, group_ids=g, sample_mask=keep, all_wrong_penalty=0.5)
+    ref, _ = cat_advantages(PassAtN(16), rewards=WORKED_REWARDS, group_ids=WORKED_GROUPS, all_wrong_penalty=0.5)
+    np.testing.assert_allclose(adv[:16], ref, rtol=1e-6)
+    np.testing.assert_array_equal(adv[16:], 0.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# BoN quantiles: within the prompt, and against a reward history
+# ------------------------------------------------------------------------------------------------------------
+def test_within_prompt_quantiles_reference_case():
+    """Reference: [[2,2,9],[100,200,300]] -> q = [.25,.25,.75] (strict-less rank, prompts never mixed)."""
+    from jax_cat.losses import estimate_success
+    r = jnp.asarray([2.0, 2.0, 9.0, 100.0, 200.0, 300.0])
+    g = jnp.asarray([0, 0, 0, 1, 1, 1])
+    q = estimate_success(rewards=r, group_ids=g, method="quantile")
+    np.testing.assert_allclose(q, [0.25, 0.25, 0.75, 0.25, 0.5, 0.75], rtol=1e-6)
+    w, _ = cat_weights(BestOfN(4), rewards=r, group_ids=g, normalize="none")
+    np.testing.assert_allclose(w, 4 * np.asarray(q) ** 3, rtol=1e-6)
+
+
+def test_reward_history_on_a_hand_sequence():
+    """Reference: capacity 3; empty -> q = 1/2; append [0,2,4,6] keeps [2,4,6] (FIFO) -> q(1) = q(2) = 1/5."""
+    from jax_cat.losses import history_append, history_quantiles
+    st = init_cat_state(3)
+    np.testing.assert_allclose(history_quantiles(st, jnp.asarray([1.0, 2.0])), [0.5, 0.5])
+    st = history_append(st, jnp.asarray([0.0, 2.0, 4.0, 6.0]))
+    assert sorted(np.asarray(st.history).tolist()) == [2.0, 4.0, 6.0] and int(st.history_len) == 3
+    np.testing.assert_allclose(history_quantiles(st, jnp.asarray([1.0, 2.0])), [0.2, 0.2], rtol=1e-6)
+    st = jax.jit(history_append)(st, jnp.asarray([7.0]))  # oldest (2) leaves: [4, 6, 7]
+    np.testing.assert_allclose(history_quantiles(st, jnp.asarray([5.0, 8.0])), [2 / 5, 4 / 5], rtol=1e-6)
+    big = history_append(init_cat_state(2000), jnp.zeros(2000))  # clamp: 1/2002 -> 0.001, 2001/2002 -> 0.999
+    np.testing.assert_allclose(history_quantiles(big, jnp.asarray([-1.0, 1.0])), [0.001, 0.999], rtol=1e-6)
+
+
+def test_bon_history_threads_through_cat_advantages():
+    """Query before append: step 1 ranks against an empty history (q = 1/2 for all: plain GRPO after batch
+    normalisation); step 2 ranks step 2's rewards against step 1's."""
+    s = BestOfN(4)
+    r1 = jnp.asarray([0.1, 0.5, 0.9, 0.3])
+    g = jnp.zeros(4, jnp.int32)
+    step = jax.jit(lambda st, r: cat_advantages(s, rewards=r, group_ids=g, bon_quantile="history", state=st))
+    adv1, m1 = step(init_cat_state(8), r1)
+    a1 = (np.asarray(r1) - 0.45) / (np.std(np.asarray(r1), ddof=1) + 1e-4)
+    np.testing.assert_allclose(adv1, a1, rtol=1e-5)
+    r2 = jnp.asarray([0.0, 0.4, 1.0, 0.6])
+    adv2, m2 = step(m1["state"], r2)
+    q = np.array([1, 3, 5, 4]) / 6  # #history<r + 1 over 4 + 2
+    w = 4 * q ** 3
+    a2 = (np.asarray(r2) - 0.5) / (np.std(np.asarray(r2), ddof=1) + 1e-4)
+    np.testing.assert_allclose(adv2, a2 * w / w.mean(), rtol=1e-5)
+    assert int(m2["state"].history_len) == 8
+
+
+def test_majority_estimate_tie_failure():
+    """Pool a,b,a,b (2 right, 2 wrong), n = 4: the 2-2 tie splits to 1/2, or fails (0) with ties="failure";
+    n = 3 never ties between two answers here -> both modes agree (1/2)."""
+    c, ans = [1, 0, 1, 0], ["a", "b", "a", "b"]
+    assert MajorityAtN(4).estimate(c, answers=ans) == pytest.approx(0.5)
+    assert MajorityAtN(4).estimate(c, answers=ans, ties="failure") == 0.0
+    assert MajorityAtN(3).estimate(c, answers=ans, ties="failure") == pytest.approx(0.5)
+    # a,b,None,a with n = 2: subsets {a,b}: tie; {a,None}: a; {b,None}: b; {None,a}: a; {a,b}; {a,a}: a -> 6 subsets
+    c2, a2 = [1, 0, 0, 1], ["a", "b", None, "a"]
+    assert MajorityAtN(2).estimate(c2, answers=a2, ties="failure") == pytest.approx(3 / 6)
+    assert MajorityAtN(2).estimate(c2, answers=a2) == pytest.approx((3 + 2 * 0.5) / 6)
+    with pytest.raises(ValueError, match="ties"):
+        MajorityAtN(2).estimate(c2, answers=a2, ties="first")
