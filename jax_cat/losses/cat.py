@@ -7,6 +7,7 @@ See docs/losses.md for the formulas and conventions.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any, Hashable, Literal, Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 from jax_cat.losses.config import NORMALIZE_MODES, CATLossConfig, resolve_config
 from jax_cat.losses.reduce import (LossDenominator, Reduction, as_denominator, canonical_reduction, local_denominator,
                                    reduce_sequences)
+from jax_cat.losses.reduce import loss_denominator as _loss_denominator
 from jax_cat.losses.state import CATState, history_append, history_quantiles, running_scale
 from jax_cat.losses.strategies import BestOfN, MajorityAtN, PassAtN, Strategy
 
@@ -458,11 +460,16 @@ def cat_advantages(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Arr
                          "(jax_cat.losses.init_cat_state()), carried from step to step")
     if isinstance(strategy, MajorityAtN) and answer_ids is not None and not 1 <= cfg.min_k <= strategy.n // 2 + 1:
         raise ValueError(f"min_k must be in [1, n//2+1={strategy.n // 2 + 1}], got {cfg.min_k}")
-    adv, metrics, new_state = _advantages(strategy, cfg, need_binary, rewards, group_ids, correct, answer_ids,
+    adv_cfg = dataclasses.replace(cfg, **_LOSS_SIDE_DEFAULTS)  # loss-side fields play no role: share compiles
+    adv, metrics, new_state = _advantages(strategy, adv_cfg, need_binary, rewards, group_ids, correct, answer_ids,
                                           old_logprobs if seq_p else None, mask if seq_p else None, sample_mask, state)
     if state is not None:
         metrics["state"] = new_state
     return adv, metrics
+
+
+_LOSS_SIDE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CATLossConfig)
+                       if f.name in ("surrogate", "clip_eps_low", "clip_eps_high", "beta", "kl", "reduction")}
 
 
 @partial(jax.jit, static_argnames=("strategy", "cfg", "need_binary"))
@@ -576,6 +583,8 @@ def cat_rl_loss(logprobs: jax.Array, old_logprobs: jax.Array | None, ref_logprob
         _check_1d("advantages", advantages, b)
         if rewards is not None:
             _check_1d("rewards", jnp.asarray(rewards), b)
+    if loss_denominator is None and sample_mask is not None:  # padding rows do not count for "token_sum" either
+        loss_denominator = _loss_denominator(mask, cfg.reduction, sample_mask=sample_mask)
     den = as_denominator(loss_denominator, cfg.reduction, "cat_rl_loss")
     if den is not None and den.sequences is None and cfg.beta and cfg.kl == "sequence_mean":
         raise ValueError("cat_rl_loss: with reduction='token_mean' and the per-sequence KL, loss_denominator must "

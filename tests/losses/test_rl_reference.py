@@ -336,6 +336,12 @@ def test_padding_rows_enter_no_statistic():
     ref, _ = cat_advantages(PassAtN(16), rewards=WORKED_REWARDS, group_ids=WORKED_GROUPS, all_wrong_penalty=0.5)
     np.testing.assert_allclose(adv[:16], ref, rtol=1e-6)
     np.testing.assert_array_equal(adv[16:], 0.0)
+    lp = -jnp.ones((20, 3))  # the loss: padding rows (mask 0) do not count for "token_sum"'s row divisor either
+    mask = jnp.ones((20, 3), bool).at[16:].set(False)
+    kw = dict(reduction="token_sum", all_wrong_penalty=0.5)
+    padded = cat_rl_loss(lp, None, None, r, g, mask, PassAtN(16), sample_mask=keep, **kw)[0]
+    plain = cat_rl_loss(lp[:16], None, None, WORKED_REWARDS, WORKED_GROUPS, mask[:16], PassAtN(16), **kw)[0]
+    np.testing.assert_allclose(padded, plain, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------------------
