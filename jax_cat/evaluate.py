@@ -37,24 +37,12 @@ import numpy as np
 STRATEGY_LABELS = {"pass": "pass@k", "maj": "maj@k", "bon": "bon@k"}
 BON_SCORERS = ("logprob", "verifier")
 
+from jax_cat.rewards.answers import answer_key  # noqa: E402  (its home; kept here under its old name)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Answers and scores
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def answer_key(text: str | None) -> str | None:
-    """The vote key of a completion: its extracted final answer, as an exact rational when numeric, else normalised."""
-    from jax_cat.rewards.extract import extract_answer, normalize_answer, parse_number
-
-    answer = extract_answer(text)
-    if answer is None:
-        return None
-    value = parse_number(answer)
-    if value is not None:
-        return str(value)
-    key = normalize_answer(answer)
-    return key or None
 
 
 def bootstrap_ci(per_problem: np.ndarray, *, num_resamples: int = 1000, confidence: float = 0.95,
