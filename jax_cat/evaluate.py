@@ -36,6 +36,22 @@ import numpy as np
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
 from jax_cat.rewards.answers import answer_key  # its home is jax_cat.rewards; kept here under its old name
 
+__all__ = [
+    "BON_SCORERS",
+    "answer_key",
+    "bootstrap_ci",
+    "build_parser",
+    "default_reward_fn",
+    "evaluate",
+    "load_model_and_tokenizer",
+    "load_problems",
+    "main",
+    "plot_scaling",
+    "scaling_metrics",
+    "to_json",
+    "write_results",
+]
+
 PROG = "python -m jax_cat.evaluate"
 STRATEGY_LABELS = {"pass": "pass@k", "maj": "maj@k", "bon": "bon@k"}
 BON_SCORERS = ("logprob", "verifier")
