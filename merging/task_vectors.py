@@ -83,8 +83,8 @@ def check_compatible(
 # --- leaf kernels (jitted once per shape/dtype; the streaming merge calls the very same kernels) -----------------
 @partial(jax.jit, static_argnames=("out_dtype",))
 def tv_leaf(finetuned: jax.Array, base: jax.Array, out_dtype: Any) -> jax.Array:
-    """finetuned - base in the compute dtype, cast to `out_dtype`."""
-    c = compute_dtype(base.dtype)
+    """finetuned - base in the compute dtype (float32, or the wider input float type), cast to `out_dtype`."""
+    c = jnp.promote_types(compute_dtype(base.dtype), compute_dtype(finetuned.dtype))
     return (finetuned.astype(c) - base.astype(c)).astype(out_dtype)
 
 
