@@ -54,7 +54,7 @@ def check_finite(name: str, arrays: Sequence[Any], labels: Sequence[str]) -> Non
 def check_float64(name: str, dtype: Any, label: str) -> None:
     """Refuse a float64 tensor up front when JAX runs without x64 (it would be merged in float32 and written as
     something else than planned); with x64 enabled float64 inputs are merged in float64."""
-    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+    if np.dtype(dtype) == np.float64 and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
         raise ValueError(
             f"tensor {name!r} of {label} is float64, but JAX runs in 32-bit mode and would merge it in float32: "
             f"enable float64 first (jax.config.update('jax_enable_x64', True), or JAX_ENABLE_X64=1) to merge in "

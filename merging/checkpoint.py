@@ -121,7 +121,10 @@ class Checkpoint:
                         f"{path}: no model.safetensors, model.safetensors.index.json or *.safetensors file{bins}"
                     )
         else:
-            raise FileNotFoundError(f"no checkpoint at {path}")
+            raise FileNotFoundError(
+                f"no checkpoint at {path}: give a folder holding model.safetensors (or model.safetensors.index.json "
+                f"and its shards), or a .safetensors file"
+            )
         self.path = path
         self.info: dict[str, TensorInfo] = {}
         for file in files:
