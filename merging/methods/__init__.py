@@ -71,6 +71,7 @@ def method_settings(method: str, **settings: Any) -> MergeMethod:
     fields = {f.name for f in dataclasses.fields(cls)}
     aliases = {**_COMMON_ALIASES, **cls.aliases}
     kwargs: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for key, value in settings.items():
         if value is None:
             continue
@@ -81,7 +82,8 @@ def method_settings(method: str, **settings: Any) -> MergeMethod:
                 f"{', '.join(sorted(fields))} (see docs/merging.md)"
             )
         if target in kwargs:
-            raise ValueError(f"{key!r} and {target!r} name the same setting of {method!r}: pass only one")
+            raise ValueError(f"{given[target]!r} and {key!r} name the same setting of {method!r}: pass only one")
+        given[target] = key
         kwargs[target] = tuple(value) if target == "coefficients" else value
     return cls(**kwargs)
 
