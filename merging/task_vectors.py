@@ -162,12 +162,16 @@ def scale(tau: Any, coeff: float | jax.Array) -> Any:
 def combine(
     base: Any,
     taus: Sequence[Any],
-    coeffs: Sequence[float] | jax.Array,
+    coeffs: Sequence[float] | jax.Array | None = None,
     *,
+    coefficients: Sequence[float] | jax.Array | None = None,
     filter: PathSelector = None,
     exclude: PathSelector = None,
 ) -> Any:
     """base + sum_i coeffs[i] * taus[i]: the merged model (task arithmetic, Ilharco et al. 2023).
+
+    The coefficients are given positionally or as `coefficients=` (the name every merge uses; `coeffs` is the
+    older one).
 
     Task vectors may be stored in a wider dtype than the base (float32 vectors onto a bf16 base); the result has
     the base's dtypes. Leaves not selected by `filter`/`exclude` keep the base value.
@@ -177,6 +181,9 @@ def combine(
     >>> combine(base, [(jnp.array([2.0, 0.0]), {"b": jnp.array([4.0])})], [0.5])[0].tolist()
     [2.0, 1.0]
     """
+    if (coeffs is None) == (coefficients is None):
+        raise TypeError("combine needs the coefficients once: positionally (coeffs) or as coefficients=")
+    coeffs = coeffs if coeffs is not None else coefficients
     taus = list(taus)
     if isinstance(coeffs, jax.Array):
         if coeffs.shape != (len(taus),):

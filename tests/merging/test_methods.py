@@ -68,6 +68,9 @@ def test_old_keywords_are_aliases_of_one_vocabulary():
     for f in (lambda **kw: sp.ties(taus, 0.5, **kw), lambda **kw: sp.ram(taus, **kw)):  # old import location
         np.testing.assert_array_equal(f(coefficients=[0.5, 2.0])["w"], f(weights=[0.5, 2.0])["w"])
     assert merging.ties is sp.ties and merging.ram is sp.ram
+    base = {"w": jnp.zeros(4)}
+    np.testing.assert_array_equal(tv.combine(base, taus, coefficients=[0.5, 2.0])["w"],
+                                  tv.combine(base, taus, [0.5, 2.0])["w"])
 
 
 def test_a_new_method_registers_and_runs_on_both_paths(tmp_path):
