@@ -272,10 +272,12 @@ def load_hf(
     dtype=jnp.float32,
     mesh: jax.sharding.Mesh | None = None,
     config: ModelConfig | None = None,
+    allow_nonfinite: bool = False,
 ) -> CausalLM:
     """Loads an HF checkpoint (local dir or hub id) into a CausalLM, tensor by tensor, without torch.
 
     With `mesh`, each tensor is placed directly with the sharding its logical axes get (see `jax_cat.sharding`).
+    A tensor holding NaN/Inf is refused (CheckpointError naming it) unless `allow_nonfinite`.
     """
     ckpt_dir = resolve_checkpoint_dir(path_or_repo_id)
     config = config or read_config(ckpt_dir)
@@ -303,6 +305,9 @@ def load_hf(
                 progress.update()
                 rule = table[name]
                 tensor = rule.to_nnx(handle.get_tensor(name))
+                if not allow_nonfinite and not np.isfinite(tensor).all():  # one vectorised pass: corrupt weights
+                    raise CheckpointError(f"tensor {name!r} in {file} holds NaN or Inf (corrupt weights); "
+                                          "pass allow_nonfinite=True to load it anyway")
                 expected = flat[rule.path].get_value()
                 if tensor.shape != expected.shape:  # guards the table itself
                     raise CheckpointError(f"{name}: converted shape {tensor.shape} != parameter {expected.shape}")
