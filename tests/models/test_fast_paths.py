@@ -24,17 +24,18 @@ VARIANTS = {
 GRAD_TOL = 1e-5  # float32: |fast - plain| <= GRAD_TOL * max |plain| of each tensor
 
 
-def _loss_and_grads(model, ids, mask):
-    """Sum of logits on real tokens weighted by a fixed random tensor, and its gradient w.r.t. every HF tensor."""
+def _logits_loss_grads(model, ids, mask):
+    """Logits, and the sum of real-token logits weighted by a fixed random tensor with its gradient w.r.t. every
+    HF tensor (one jitted call)."""
     graphdef, state = nnx.split(model)
     weights = jax.random.normal(jax.random.key(0), (*ids.shape, model.config.vocab_size))
 
     def loss(s):
         logits = nnx.merge(graphdef, s)(jnp.asarray(ids), jnp.asarray(mask))
-        return jnp.sum(logits * weights * mask[..., None])
+        return jnp.sum(logits * weights * mask[..., None]), logits
 
-    value, grads = jax.jit(jax.value_and_grad(loss))(state)
-    return float(value), dict(_hf_named(nnx.merge(graphdef, grads)))
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+    return np.asarray(logits), float(value), dict(_hf_named(nnx.merge(graphdef, grads)))
 
 
 def _hf_named(model):
@@ -55,17 +56,15 @@ def qwen3_sliding(tiny_hf_checkpoint):
 @pytest.fixture(scope="module")
 def plain_reference(qwen3_sliding):
     ids, mask = left_padded_batch(128, lengths=(9, 5, 2))
-    plain = load_hf(qwen3_sliding)
-    return ids, mask, np.asarray(plain(jnp.asarray(ids), jnp.asarray(mask))), *_loss_and_grads(plain, ids, mask)
+    return ids, mask, *_logits_loss_grads(load_hf(qwen3_sliding), ids, mask)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_fast_path_logits_and_grads_equal_plain(qwen3_sliding, plain_reference, variant):
     ids, mask, plain_logits, plain_loss, plain_grads = plain_reference
-    fast = load_hf(qwen3_sliding, **VARIANTS[variant])
+    fast_logits, fast_loss, fast_grads = _logits_loss_grads(load_hf(qwen3_sliding, **VARIANTS[variant]), ids, mask)
     real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(fast(jnp.asarray(ids), jnp.asarray(mask)))[real], plain_logits[real], atol=1e-5)
-    fast_loss, fast_grads = _loss_and_grads(fast, ids, mask)
+    np.testing.assert_allclose(fast_logits[real], plain_logits[real], atol=1e-5)
     assert abs(fast_loss - plain_loss) <= 1e-5 * abs(plain_loss)
     assert plain_grads.keys() == fast_grads.keys()
     for name, g in plain_grads.items():
@@ -91,9 +90,9 @@ def test_scan_layers_stacks_parameters_and_saves_the_same_checkpoint(tiny_hf_che
 def test_cached_decode_equals_full_forward(qwen3_sliding, scan_layers):
     model = load_hf(qwen3_sliding, scan_layers=scan_layers)
     ids, mask = left_padded_batch(128, lengths=(7, 4), seed=1)
-    full = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
-    total, prompt_len = ids.shape[1], 3
     graphdef, state = nnx.split(model)
+    full = np.asarray(jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, ids, mask))
+    total, prompt_len = ids.shape[1], 3
     step = jax.jit(lambda s, *a: nnx.merge(graphdef, s).forward_cached(*a))
     positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int32)
     kv_mask = np.zeros((ids.shape[0], total + 1), bool)
@@ -109,24 +108,24 @@ def test_cached_decode_equals_full_forward(qwen3_sliding, scan_layers):
     assert max_abs_diff_on_real_tokens(np.concatenate(got, axis=1), full, mask) <= 1e-5
 
 
-def test_bf16_compute_on_float32_params(qwen3_sliding):
+def test_bf16_compute_on_float32_params(qwen3_sliding, plain_reference):
     """param_dtype float32 + dtype bfloat16: float32 storage, bf16 math, logits within bf16 tolerance of float32."""
-    ids, mask = left_padded_batch(128, lengths=(9, 5, 2))
-    ref = np.asarray(load_hf(qwen3_sliding)(jnp.asarray(ids), jnp.asarray(mask)))
+    ids, mask, ref, _, _ = plain_reference
     mixed = load_hf(qwen3_sliding, dtype=jnp.bfloat16, param_dtype=jnp.float32)
     assert {x.dtype for x in jax.tree.leaves(nnx.state(mixed, nnx.Param))} == {jnp.dtype(jnp.float32)}
     assert mixed.init_cache(1, 4).k[0].dtype == jnp.bfloat16  # the cache follows the compute dtype
     graphdef, state = nnx.split(mixed)
     forward = lambda s: nnx.merge(graphdef, s)(jnp.asarray(ids), jnp.asarray(mask))
     assert "bf16[3,9,4,16]" in str(jax.make_jaxpr(forward)(state))  # the queries really are computed in bf16
-    got = np.asarray(forward(state))
+    loss = lambda s: (jnp.sum(forward(s) * mask[..., None]), forward(s))
+    (_, got), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+    got = np.asarray(got)
     assert got.dtype == np.float32
     real = mask.astype(bool)
     scale = np.abs(ref[real]).max()
     err = np.abs(got[real] - ref[real]).max()
     assert 1e-4 * scale < err <= 0.05 * scale  # bf16 rounding shows (it is not float32 math), within bf16 tolerance
     # gradients come back in the storage dtype, ready for a float32 optimizer
-    grads = jax.grad(lambda s: jnp.sum(forward(s)))(nnx.state(mixed))
     assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
 
 
