@@ -410,6 +410,33 @@ class CausalLM(nnx.Module):
         weight = self.lm_head[...].astype(self.dtype)
         return jnp.einsum("...d,dv->...v", hidden, weight, preferred_element_type=jnp.float32)
 
+    def token_logprobs_from_hidden(
+        self, hidden: jax.Array, targets: jax.Array, *, chunk_size: int | None = 1024
+    ) -> jax.Array:
+        """log p(targets) [B, T] (float32) from final-norm hidden states [B, T, hidden], without [B, T, vocab] arrays.
+
+        The vocabulary projection and log-softmax run over `chunk_size` positions at a time under `jax.checkpoint`,
+        so neither the forward nor the backward pass holds more than one chunk's [chunk_size, vocab] logits (the
+        plain route keeps the logits, their softmax and their gradient: three [B, T, vocab] float32 arrays, 15 GiB
+        at B=8, T=1024 on Qwen's 152k vocabulary). `chunk_size=None` computes it in one piece.
+        """
+        b, t, d = hidden.shape
+        targets = jnp.asarray(targets, jnp.int32)
+
+        def logprobs(h, y):
+            logits = self.logits_from_hidden(h)
+            return jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+
+        n = b * t
+        if chunk_size is None or chunk_size >= n:
+            return logprobs(hidden, targets)
+        chunks = -(-n // chunk_size)
+        pad = chunks * chunk_size - n
+        h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(chunks, chunk_size, d)
+        y = jnp.pad(targets.reshape(n), (0, pad)).reshape(chunks, chunk_size)
+        out = jax.lax.map(lambda hy: jax.checkpoint(logprobs)(*hy), (h, y))
+        return out.reshape(-1)[:n].reshape(b, t)
+
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states [B, T, hidden] (for losses that chunk the vocab projection)."""
         input_ids = jnp.asarray(input_ids, jnp.int32)

@@ -137,3 +137,27 @@ def test_bad_options_are_named():
         CausalLM(tiny_model_config(), rngs=nnx.Rngs(0), remat="sometimes")
     with pytest.raises(ValueError, match="attention_impl='flash'"):
         CausalLM(tiny_model_config(), rngs=nnx.Rngs(0), attention_impl="flash")
+
+
+def test_chunked_token_logprobs_equal_log_softmax(tiny_hf_checkpoint):
+    """Chunked vocabulary projection (no [B, T, V] arrays) = log_softmax(logits)[target], values and gradients."""
+    model = load_hf(tiny_hf_checkpoint("llama"))
+    ids, mask = left_padded_batch(128, lengths=(9, 5, 2))
+    graphdef, state = nnx.split(model)
+    targets = jnp.asarray(np.roll(ids, -1, axis=1))
+
+    def loss(s, chunk_size):
+        m = nnx.merge(graphdef, s)
+        hidden = m.hidden_states(jnp.asarray(ids), jnp.asarray(mask))
+        if chunk_size == 0:  # the plain route: full logits, then log-softmax
+            logp = jnp.take_along_axis(jax.nn.log_softmax(m.logits_from_hidden(hidden)), targets[..., None], -1)[..., 0]
+        else:
+            logp = m.token_logprobs_from_hidden(hidden, targets, chunk_size=chunk_size)
+        return jnp.sum(logp * mask), logp
+
+    (plain, plain_lp), plain_g = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(state, 0)
+    (chunked, chunked_lp), chunked_g = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(state, 5)
+    np.testing.assert_allclose(np.asarray(chunked_lp), np.asarray(plain_lp), atol=1e-5)
+    assert abs(float(chunked) - float(plain)) <= 1e-5 * abs(float(plain))
+    for a, b in zip(jax.tree.leaves(chunked_g), jax.tree.leaves(plain_g)):
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max())
