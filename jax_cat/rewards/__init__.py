@@ -11,6 +11,7 @@ from jax_cat.rewards.extract import (
 )
 from jax_cat.rewards.verify import (
     MathVerifier,
+    WorkerStartError,
     close,
     compute_rewards,
     default_verifier,
@@ -21,6 +22,7 @@ from jax_cat.rewards.verify import (
 
 __all__ = [
     "MathVerifier",
+    "WorkerStartError",
     "clean_answer",
     "close",
     "compute_rewards",
