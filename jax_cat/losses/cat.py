@@ -266,7 +266,9 @@ def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1
     dt = jnp.promote_types(rewards.dtype, jnp.float32)
     r = rewards.astype(dt)
     seg = group_index(group_ids)
+    _check_1d("group_advantages: rewards (one per group_ids entry)", r, seg.shape[0])
     valid = jnp.ones(r.shape, bool) if sample_mask is None else jnp.asarray(sample_mask).astype(bool)
+    _check_1d("group_advantages: sample_mask", valid, seg.shape[0])
     m = _segment_sum(valid.astype(dt), seg)
     mean = _segment_sum(jnp.where(valid, r, 0), seg) / jnp.maximum(m, 1)
     dev = jnp.where(valid, r - mean, 0)
@@ -314,7 +316,9 @@ def _cat_weights(strategy, form, weight_clip, mode, norm_decay, rewards, group_i
     rewards = jnp.asarray(rewards)
     b = rewards.shape[0]
     seg = group_index(group_ids)
+    _check_1d("cat_weights: rewards (one per group_ids entry)", rewards, seg.shape[0])
     valid = jnp.ones((b,), bool) if sample_mask is None else jnp.asarray(sample_mask).astype(bool)
+    _check_1d("cat_weights: sample_mask", valid, b)
     if form not in ("raw", "log"):
         raise ValueError(f"form must be 'raw' (rl_weight) or 'log' (sft_weight), got {form!r}")
     if isinstance(strategy, BestOfN):

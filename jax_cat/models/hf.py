@@ -180,7 +180,9 @@ def safetensors_files(ckpt_dir: Path) -> dict[str, Path]:
     """tensor name -> file holding it, from the sharded index or the single model.safetensors."""
     index = ckpt_dir / SAFE_INDEX
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map' object (tensor name -> shard file)")
         files = {name: ckpt_dir / fname for name, fname in weight_map.items()}
         missing_files = sorted({str(p) for p in files.values() if not p.exists()})
         if missing_files:
@@ -245,6 +247,17 @@ def check_checkpoint(table: dict[str, TensorRule], shapes: dict[str, tuple[int, 
         raise CheckpointError(f"checkpoint {where} does not match its config.json:\n  " + "\n  ".join(problems))
 
 
+def _read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict; CheckpointError naming the file when it is not a JSON object."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_config(ckpt_dir: Path) -> ModelConfig:
     """ModelConfig from ckpt_dir/config.json, with the stop ids that generation_config.json adds.
 
@@ -254,10 +267,10 @@ def read_config(ckpt_dir: Path) -> ModelConfig:
     config_file = ckpt_dir / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"no config.json in {ckpt_dir}")
-    config = ModelConfig.from_hf(json.loads(config_file.read_text()))
+    config = ModelConfig.from_hf(_read_json_object(config_file))
     generation_file = ckpt_dir / "generation_config.json"
     if generation_file.exists():
-        extra = json.loads(generation_file.read_text()).get("eos_token_id")
+        extra = _read_json_object(generation_file).get("eos_token_id")
         extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
         ids = list(config.eos_token_ids) + [int(i) for i in extra if int(i) not in config.eos_token_ids]
         if len(ids) > len(config.eos_token_ids):
@@ -401,7 +414,13 @@ def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int) -> None
 
     def flush() -> None:
         path = out / f".shard-{len(written)}.tmp"
-        save_file(shard, str(path), metadata=metadata)
+        try:
+            save_file(shard, str(path), metadata=metadata)
+        except Exception as exc:  # safetensors reports a failed write (e.g. a full disk) as its own error type
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))}: writing {path} ({exc})") from exc
         written.append((path, list(shard)))
         shard.clear()
 
