@@ -325,7 +325,7 @@ def run_search(
         bad = [m.name for m in metrics if not math.isfinite(values[m.name])]
         if bad:
             trial.complete(vz.Measurement({k: v for k, v in values.items() if math.isfinite(v)}),
-                           infeasibility_reason=f"non-finite {bad}")
+                           infeasible_reason=f"non-finite {bad}")
         else:
             trial.complete(vz.Measurement(values))
             record = TrialRecord(int(trial.id), params, values)
