@@ -130,8 +130,13 @@ def test_quiet_third_party_silences_transformers_advice(monkeypatch, capfd):
         monkeypatch.setenv(name, "")  # recorded, so the test leaves the environment as it found it
         monkeypatch.delenv(name)
     logger = hf_logging.get_logger("transformers.jax_cat_test")
-    logger.warning_advice("advice before")
-    assert "advice before" in capfd.readouterr().err  # the notice is printed by default ...
-    quiet_third_party()
-    logger.warning_advice("advice after")
-    assert "advice after" not in capfd.readouterr().err  # ... and not after quiet_third_party()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # transformers' default (an earlier in-process CLI run may have lowered it)
+    try:
+        logger.warning_advice("advice before")
+        assert "advice before" in capfd.readouterr().err  # the notice is printed by default ...
+        quiet_third_party()
+        logger.warning_advice("advice after")
+        assert "advice after" not in capfd.readouterr().err  # ... and not after quiet_third_party()
+    finally:
+        hf_logging.set_verbosity(verbosity)
