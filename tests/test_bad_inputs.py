@@ -325,17 +325,22 @@ def test_evaluate_refuses(case):
 
 
 def test_evaluate_cli_refuses_before_writing(tmp_path, capsys):
+    """Bad CLI input: exit status 2, one stderr line naming the problem (jax_cat.cli), nothing written."""
     from jax_cat.evaluate import main
 
     out = tmp_path / "results"
-    with expect(SystemExit, r"--k: every k must be <= --n=4", tmp_path):
-        main(["--model", str(tmp_path / "nowhere"), "--dataset", "arithmetic", "--n", "4", "--k", "1,8",
-              "--out", str(out)])
-    with expect(SystemExit, r"2", tmp_path):  # argparse: exit status 2, the flag named on stderr
-        main(["--model", "x", "--dataset", "arithmetic", "--n", "many", "--out", str(out)])
-    assert "--n" in capsys.readouterr().err
-    with expect(FileNotFoundError, r"nowhere", tmp_path):
-        main(["--model", str(tmp_path / "nowhere"), "--dataset", "arithmetic", "--n", "2", "--out", str(out)])
+    before = snapshot(tmp_path)
+    cases = [
+        (["--model", str(tmp_path / "nowhere"), "--dataset", "arithmetic", "--n", "4", "--k", "1,8"],
+         "--k: every k must be in [1, --n=4]"),
+        (["--model", "x", "--dataset", "arithmetic", "--n", "many"], "--n"),  # argparse, still one line
+        (["--model", str(tmp_path / "nowhere"), "--dataset", "arithmetic", "--n", "2"], "nowhere"),
+    ]
+    for argv, words in cases:
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert_nothing_new(before)
 
 
 # ------------------------------------------------------------------------------------------------ merging
