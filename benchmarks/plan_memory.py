@@ -89,7 +89,8 @@ def plan(name: str, *, layers: int | None, batch: int, seq: int, scan: bool, rem
                      out_shardings=(p_shard, o_shard, None), donate_argnums=(0, 1))
     abstract_args = (_with_shardings(params, p_shard), _with_shardings(opt_state, o_shard), ids)
     start = time.perf_counter()
-    lowered = jitted.lower(*abstract_args)
+    with jax.set_mesh(mesh):  # lets the model constrain activations to batch sharding (decoder.shard_batch)
+        lowered = jitted.lower(*abstract_args)
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
