@@ -110,6 +110,54 @@ def plan(name: str, *, layers: int | None, batch: int, seq: int, scan: bool, rem
     )
 
 
+def plan_sampler(name: str, *, layers: int | None, batch: int, prompt: int, new: int, scan: bool, dtype: str) -> dict:
+    """Compile time and memory of a greedy decode loop (prefill, then `lax.while_loop` over forward_cached steps),
+    the shape of the project's sampler, on one device from abstract shapes."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jax_cat.models import CausalLM
+
+    config = model_config(name, layers)
+    compute = {"bf16": jnp.bfloat16, "f32": jnp.float32}[dtype]
+    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), dtype=compute, scan_layers=scan))
+    graphdef, state = nnx.split(abstract)
+    max_len = prompt + new
+
+    def decode(state, prompt_ids):
+        model = nnx.merge(graphdef, state)
+        cache = model.init_cache(batch, max_len)
+        slots = jnp.arange(max_len)
+        positions = jnp.broadcast_to(jnp.arange(prompt), (batch, prompt))
+        logits, cache = model.forward_cached(prompt_ids, positions, cache, 0, jnp.broadcast_to(slots < prompt, (batch, max_len)))
+        tokens = jnp.zeros((batch, new), jnp.int32)
+
+        def body(carry):
+            step, cache, last, tokens = carry
+            slot = prompt + step
+            kv_mask = jnp.broadcast_to(slots <= slot, (batch, max_len))
+            logits, cache = model.forward_cached(last[:, None], jnp.full((batch, 1), slot), cache, slot, kv_mask)
+            tok = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+            return step + 1, cache, tok, tokens.at[:, step].set(tok)
+
+        last = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        return jax.lax.while_loop(lambda c: c[0] < new - 1, body, (jnp.int32(0), cache, last, tokens))[3]
+
+    ids = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
+    start = time.perf_counter()
+    lowered = jax.jit(decode).lower(state, ids)
+    lower_s = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    compiled = lowered.compile()
+    compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    mem = compiled.memory_analysis()
+    return dict(model=name, what="sampler", layers=config.num_hidden_layers, batch=batch, prompt=prompt, new=new,
+                scan=scan, lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
+                compile_cpu_s=round(compile_cpu_s, 2), temp_gib=mem.temp_size_in_bytes / GIB,
+                argument_gib=mem.argument_size_in_bytes / GIB)
+
+
 def _moment_shardings(opt_state, params, p_shard, mesh):
     """Shardings for optax state: any subtree shaped like `params` gets the parameters' shardings."""
     import jax
@@ -186,6 +234,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--lm-chunk", type=int, default=None, help="vocab projection + loss in chunks of T")
     parser.add_argument("--json", type=Path, default=None, help="append each result as a JSON line here")
+    parser.add_argument("--sampler", action="store_true", help="compile the greedy decode loop instead (1 device)")
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--new", type=int, default=512)
     parser.add_argument("--table", type=Path, default=None, help="print docs/planning.md's table from a --json file")
     args = parser.parse_args()
     if args.table:
@@ -194,6 +245,17 @@ def main() -> None:
     mesh_shape = tuple(int(x) for x in args.mesh.split(","))
     depths = [int(d) for d in args.depths.split(",")] if args.depths else [args.layers]
     for depth in depths:
+        if args.sampler:
+            result = plan_sampler(args.model, layers=depth, batch=args.batch, prompt=args.prompt, new=args.new,
+                                  scan=args.scan, dtype=args.dtype)
+            print(f"sampler {args.model} L={result['layers']} B={args.batch} prompt {args.prompt} + {args.new} new "
+                  f"{'scan' if args.scan else 'loop'}: compile {result['compile_s']:.1f}s wall, "
+                  f"{result['compile_cpu_s']:.1f}s CPU (lower {result['lower_s']:.1f}s); temp "
+                  f"{result['temp_gib']:.2f} GiB", flush=True)
+            if args.json:
+                with args.json.open("a") as f:
+                    f.write(json.dumps(result) + "\n")
+            continue
         result = plan(args.model, layers=depth, batch=args.batch, seq=args.seq, scan=args.scan, remat=args.remat,
                       dtype=args.dtype, mesh_shape=mesh_shape, lm_chunk=args.lm_chunk)
         print(f"{result['model']} L={result['layers']} ({result['params'] / 1e9:.2f}B) B={args.batch} T={args.seq} "
