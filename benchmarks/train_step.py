@@ -167,6 +167,8 @@ def worker(side: str, args, ckpt: Path, kind: str, variant: str = "") -> dict:
     if args.threads == 1:
         env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    if args.compile_cache:  # later rounds reuse the first round's executables (compile time is reported, not timed)
+        env["JAX_COMPILATION_CACHE_DIR"] = str(args.compile_cache)
     cmd = ["taskset", "-c", args.cpus, sys.executable, __file__, "--worker", side, "--ckpt", str(ckpt),
            "--kind", kind, "--variant", variant, "--batch", str(args.batch), "--seq", str(args.seq),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads)]
@@ -194,6 +196,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpus", default=None, help="taskset CPU list for both sides (default 0..threads-1)")
+    parser.add_argument("--compile-cache", type=Path, default=None, help="JAX persistent compilation cache dir")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
