@@ -2,6 +2,7 @@
 
 Importing this package never imports JAX (the verifier's worker processes import it too).
 """
+from jax_cat.rewards.answers import answer_ids, answer_key, canonical_answer
 from jax_cat.rewards.extract import (
     clean_answer,
     extract_answer,
@@ -23,6 +24,9 @@ from jax_cat.rewards.verify import (
 __all__ = [
     "MathVerifier",
     "WorkerStartError",
+    "answer_ids",
+    "answer_key",
+    "canonical_answer",
     "clean_answer",
     "close",
     "compute_rewards",
