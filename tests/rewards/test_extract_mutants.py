@@ -41,3 +41,28 @@ def test_parse_number_forms(text, value):
 def test_is_integer_answer():
     assert is_integer_answer("12") and is_integer_answer("-3") and is_integer_answer("0363")
     assert not is_integer_answer("1.5") and not is_integer_answer("x") and not is_integer_answer("")
+
+
+def test_nested_and_bare_boxes():
+    from jax_cat.rewards.extract import extract_answer
+
+    assert extract_answer("\\boxed{\\fbox{7}}") == "7"
+    assert extract_answer("\\fbox{\\boxed{8}}") == "8"
+    assert extract_answer("so \\boxed 5") == "5"
+
+
+def test_normalize_answer_details():
+    from jax_cat.rewards.extract import normalize_answer
+
+    assert normalize_answer("\\tfrac{1}{2}") == normalize_answer("\\frac{1}{2}") == "\\frac{1}{2}"
+    assert normalize_answer("50%") == "50" and normalize_answer("5$") == "5"
+    assert normalize_answer("5.") == "5" and normalize_answer(".5") == ".5"  # a trailing period only
+    assert normalize_answer("{{5}}") == "5"
+    assert normalize_answer(None) == ""
+
+
+def test_non_strings_and_length_limit():
+    assert parse_number(None) is None and parse_number(5) is None
+    assert not is_integer_answer(None) and not is_integer_answer(12)
+    assert parse_number("1" * 400) == int("1" * 400) and parse_number("1" * 401) is None  # 400 chars at most
+    assert clean_answer("-4 \\$") == "-4"  # a trailing escaped dollar after a number
