@@ -255,11 +255,10 @@ def run(args: argparse.Namespace) -> int:
 
     from jax_cat.models import load_hf
     from jax_cat.sharding import make_mesh
-    from merging import task_vector
+    from merging import Rescale, task_vector, topk
     from merging.objectives import (
         Candidates, chat_prompt_ids, evaluate_candidate, query_difficulty, select_queries,
     )
-    from merging.sparsify import Rescale, topk
 
     if args.mesh:
         d, f, t = args.mesh
