@@ -42,6 +42,8 @@ class TrainConfig:
       log_every: host sync + metrics line every this many steps (the only per-step host traffic).
       eval_at_end: run the pass@k / maj@k evaluation on held-out prompts after training.
       save_final: write `<out>/final/` (HF checkpoint + tokenizer) at the end.
+      stop_after: end this invocation (with a checkpoint) after this many steps of the stage, keeping the schedule
+        of `steps`; continue later with --resume (for jobs with a time limit). None = run to the end.
     """
 
     method: Literal["sft", "grpo"] = "sft"
@@ -53,6 +55,7 @@ class TrainConfig:
     log_every: int = 10
     eval_at_end: bool = True
     save_final: bool = True
+    stop_after: int | None = None
 
 
 @dataclasses.dataclass(**_FROZEN)

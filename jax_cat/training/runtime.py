@@ -104,6 +104,8 @@ def run_steps(*, cfg: Config, stage: str, state: TrainState, start_step: int, to
     """Runs steps start_step..total_steps-1: log every train.log_every, checkpoint every train.checkpoint_every (and
     at the end), stop with NonFiniteLoss at the first non-finite step (that step's update was skipped)."""
     every, log_every = cfg.train.checkpoint_every, cfg.train.log_every
+    if cfg.train.stop_after is not None:
+        total_steps = min(total_steps, cfg.train.stop_after)
     step = start_step
     saved = checkpointer.latest_step() if checkpointer is not None else None
     while step < total_steps:

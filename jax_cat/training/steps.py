@@ -94,7 +94,8 @@ def state_shardings_for(tx: optax.GradientTransformation, model: nnx.Module, mes
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
     """A fresh TrainState (params copied from `model`, zeroed optimizer state, step 0) placed by `shardings`."""
     _, params = split_model(model)
-    params = jax.device_put(params, shardings.params, may_alias=False)  # the step donates: never alias the model
+    # The step donates the state: copy first, so no buffer of `model` is shared (device_put may alias one shard).
+    params = jax.device_put(jax.tree.map(jnp.copy, params), shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step))
 
