@@ -46,17 +46,15 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         model, tokenizer = load_model(cfg, mesh)
     out = Path(out) if out is not None else None
     t, r = cfg.train, cfg.rollout
-    graphdef, _ = steps.split_model(model)
-    tx = steps.make_optimizer(cfg.optimizer, t.steps)
-    shardings = steps.state_shardings_for(tx, model, mesh)
+    graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, t.steps)
     compute = steps.DTYPES[cfg.model.compute_dtype]
     prompt_len = cfg.data.max_prompt_len
-    step_fn = steps.make_grpo_step(
-        graphdef, tx, shardings, mesh, strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss,
-        prompt_len=prompt_len, micro_batches=t.micro_batches, compute_dtype=compute, remat=cfg.model.remat,
-        schedule=steps.learning_rate_schedule(cfg.optimizer, t.steps),
-    )
-    logprob_fn = steps.make_logprob_fn(graphdef, shardings, mesh, prompt_len=prompt_len, compute_dtype=compute)
+    settings = dict(strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss, prompt_len=prompt_len,
+                    micro_batches=t.micro_batches, compute_dtype=compute, remat=cfg.model.remat)
+    step_fn = steps.cached("grpo_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
+                           lambda: steps.make_grpo_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
+    logprob_fn = steps.cached("logprob", (graphdef, mesh, prompt_len, compute), lambda: steps.make_logprob_fn(
+        graphdef, shardings, mesh, prompt_len=prompt_len, compute_dtype=compute))
     checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save) if out is not None else None)
     state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,
@@ -73,7 +71,7 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         iterator.set_state(extra["data_iterator"])
     eos, pad = _token_ids(model, tokenizer)
     base_key = jax.random.key(t.seed)
-    cast = jax.jit(lambda p: steps.cast_floats(p, compute))
+    cast = steps.cached("cast", (compute,), lambda: jax.jit(lambda p: steps.cast_floats(p, compute)))
     logger = MetricsLogger(out, stage=stage, total_steps=t.steps, start_step=start, progress=cfg.logging.progress,
                            tensorboard=cfg.logging.tensorboard, enabled=is_primary())
     current: dict[str, Any] = {}

@@ -362,3 +362,28 @@ __all__ = [
     "make_grpo_step", "make_logprob_fn", "make_optimizer", "make_sft_step", "opt_state_shardings",
     "param_shardings", "rl_loss_kwargs", "sft_loss", "split_micro_batches", "split_model", "state_shardings_for",
 ]
+
+
+# ------------------------------------------------------------------------------------------------ cached builders
+_BUILT: dict[Any, Any] = {}
+
+
+def cached(kind: str, key: tuple, build: Callable[[], Any]) -> Any:
+    """build() once per (kind, key) in this process: loops re-run with the same settings (resume, several variants
+    from one warm start) reuse the jitted step and its compiled executables instead of recompiling."""
+    full = (kind, *key)
+    if full not in _BUILT:
+        _BUILT[full] = build()
+    return _BUILT[full]
+
+
+def build_training(model: nnx.Module, mesh: Mesh, opt: OptimizerConfig, total_steps: int
+                   ) -> tuple[nnx.GraphDef, optax.GradientTransformation, TrainState, optax.Schedule]:
+    """(graphdef, optimizer, state shardings, schedule) for `model` on `mesh`, cached per settings."""
+    graphdef, _ = split_model(model)
+
+    def build():
+        tx = make_optimizer(opt, total_steps)
+        return graphdef, tx, state_shardings_for(tx, model, mesh), learning_rate_schedule(opt, total_steps)
+
+    return cached("training", (graphdef, mesh, opt, total_steps), build)

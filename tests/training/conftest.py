@@ -35,12 +35,21 @@ def make_model(seed: int = 0):
     return _MODELS[seed]
 
 
+def one_device():
+    """A mesh of one CPU device (the session has 8 forced host devices; tiny runs are faster on one)."""
+    import jax
+
+    from jax_cat.sharding import make_mesh
+
+    return make_mesh(data=1, devices=jax.devices()[:1])
+
+
 def small_config(**overrides):
     """A config sized for tests: tiny batches, no eval, no progress bar, no TensorBoard."""
     from jax_cat.training import load_config
 
     base = {"data.batch_size": 8, "train.log_every": 1, "train.eval_at_end": False, "logging.progress": False,
-            "logging.tensorboard": False, "mesh.data": 1, "rollout.group_size": 4, "rollout.max_new_tokens": 6,
+            "logging.tensorboard": False, "rollout.group_size": 4, "rollout.max_new_tokens": 6,
             "checkpoint.async_save": False}
     base.update(overrides)
     return load_config(None, base)
