@@ -296,9 +296,10 @@ def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
-    if not close:  # a bare field name: suggest its section
-        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    close = []
+    if "." not in key:  # a bare field name: suggest the first section that has it
+        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == key][:1]
+    close = close or difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
