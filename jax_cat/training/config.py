@@ -67,13 +67,16 @@ class ModelSource:
       param_dtype: dtype of the master weights and optimizer state ("float32").
       compute_dtype: dtype of the forward/backward pass ("float32", or "bfloat16" on accelerators); parameters
         are cast inside the step, gradients come back in param_dtype.
-      remat: rematerialise each decoder layer in the backward pass (less activation memory, ~1/3 more compute).
+      remat: rematerialise decoder layers in the backward pass: false, true (= "full"), "dots" or "dots_no_batch"
+        (`jax_cat.models.decoder.REMAT_POLICIES`; saves memory with scan_layers).
+      scan_layers: run the layers as one `lax.scan` over stacked parameters (one layer compiled, not L).
     """
 
     path: str = "tiny"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: bool = False
+    remat: bool | Literal["full", "dots", "dots_no_batch"] = False
+    scan_layers: bool = False
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -152,30 +155,61 @@ class RolloutConfig:
 
 @dataclasses.dataclass(**_FROZEN)
 class LossConfig:
-    """The CAT objective's settings (see `jax_cat.losses.cat_rl_loss` / `cat_sft_loss` and docs/losses.md).
+    """The CAT objective's settings: the fields of `jax_cat.losses.CATLossConfig` (see its docstring and
+    docs/losses.md for each one's meaning and the authors' reference value), with the same defaults.
 
     Attributes:
+      preset: start from a named reference configuration ("reference_pass_at_n", "reference_majority"); the
+        fields set explicitly in the recipe or with --set override it. None = the library defaults below.
       form: RL weight form: "raw" (dS/dp) or "log" (p S'/S).
-      reduction: "token_mean", "sequence_mean" or "token_sum" (RL); SFT takes "token_mean" or "sequence_sum".
+      reduction: "token_mean", "sequence_mean" or "token_sum" (one vocabulary for SFT and RL).
       p_source: success estimate: "group" (Laplace over the prompt's samples) or "sequence" (rollout log-prob).
-      smoothing: Laplace smoothing of the group estimate.
+      smoothing, logp_floor: Laplace pseudo-count; floor of the sequence log-prob.
+      min_k, no_answer: dynamic majority threshold's floor; whether no-answer rollouts are one "rival" or "abstain".
       weight_clip: cap on the CAT weight before normalising (None = off).
-      normalize: divide the weights by their mean so the step size stays comparable to plain GRPO.
-      clip_eps_low, clip_eps_high: PPO ratio clipping (None = off).
-      beta: k3 KL penalty to the initial (reference) model (0 = off, no reference forward).
-      min_k: floor of the dynamic majority threshold (maj@N).
+      normalize: "batch" (mean weight over the rollout batch = 1), "mixed", "none" or "running" (across steps).
+      norm_decay: decay of the running normalisation.
+      bon_quantile: BestOfN's reward quantile: "group" or "history" (a FIFO of past rewards, carried in the state).
+      adv_eps, std_ddof: GRPO advantage std epsilon and degrees of freedom.
+      all_wrong_penalty, advantage_clip: advantage shaping (0 / None = off).
+      surrogate: "token" (per-token PPO ratio) or "sequence" (one ratio per sequence).
+      clip_eps_low, clip_eps_high: PPO ratio clipping (None = off; matters with train.updates_per_batch > 1).
+      beta, kl: KL penalty to the initial (reference) model (0 = off: no reference forward) and its form.
     """
 
+    preset: Literal["reference_pass_at_n", "reference_majority"] | None = None
     form: Literal["raw", "log"] = "raw"
-    reduction: Literal["token_mean", "sequence_mean", "token_sum", "sequence_sum"] = "token_mean"
+    reduction: Literal["token_mean", "sequence_mean", "token_sum"] = "token_mean"
     p_source: Literal["group", "sequence"] = "group"
     smoothing: float = 1.0
-    weight_clip: float | None = None
-    normalize: bool = True
-    clip_eps_low: float | None = 0.2
-    clip_eps_high: float | None = 0.2
-    beta: float = 0.0
+    logp_floor: float = -50.0
     min_k: int = 2
+    no_answer: Literal["rival", "abstain"] = "rival"
+    weight_clip: float | None = None
+    normalize: Literal["batch", "mixed", "none", "running"] = "batch"
+    norm_decay: float = 0.9
+    bon_quantile: Literal["group", "history"] = "group"
+    adv_eps: float = 1e-4
+    std_ddof: int = 1
+    all_wrong_penalty: float = 0.0
+    advantage_clip: float | None = None
+    surrogate: Literal["token", "sequence"] = "token"
+    clip_eps_low: float | None = None
+    clip_eps_high: float | None = None
+    beta: float = 0.0
+    kl: Literal["sequence_mean", "token"] = "sequence_mean"
+
+    def cat_config(self):
+        """The `jax_cat.losses.CATLossConfig` these settings describe (fields left at their default keep the
+        preset's value)."""
+        from jax_cat import losses
+
+        base = {None: losses.CATLossConfig(), "reference_pass_at_n": losses.REFERENCE_PASS_AT_N,
+                "reference_majority": losses.REFERENCE_MAJORITY}[self.preset]
+        defaults = LossConfig()
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "preset" and getattr(self, f.name) != getattr(defaults, f.name)}
+        return dataclasses.replace(base, **changes)
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -487,10 +521,10 @@ def validate(cfg: Config) -> None:
     _positive("warmup.batch_size", cfg.warmup.batch_size, 0)
     if not cfg.optimizer.learning_rate > 0:
         raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
-    if t.method == "sft" and cfg.loss.reduction not in ("token_mean", "sequence_sum"):
-        raise ConfigError(f"loss.reduction={cfg.loss.reduction!r} is an RL reduction; SFT takes token_mean or sequence_sum")
-    if t.method == "grpo" and cfg.loss.reduction == "sequence_sum":
-        raise ConfigError("loss.reduction='sequence_sum' is the SFT name; GRPO takes token_mean, sequence_mean or token_sum")
+    try:
+        cfg.loss.cat_config()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"loss: {err}") from None
     if t.method == "sft" and cfg.data.batch_size % t.micro_batches:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split into train.micro_batches={t.micro_batches}")
     if t.method == "grpo" and (cfg.data.batch_size * cfg.rollout.group_size) % t.micro_batches:

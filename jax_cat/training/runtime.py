@@ -70,7 +70,9 @@ def load_model(cfg: Config, mesh: Mesh | None) -> tuple[Any, Any]:
     from jax_cat.models import load_hf
 
     path = model_path(cfg.model.path)
-    model = load_hf(path, dtype=DTYPES[cfg.model.param_dtype], mesh=mesh)
+    m = cfg.model
+    model = load_hf(path, dtype=DTYPES[m.compute_dtype], param_dtype=DTYPES[m.param_dtype], mesh=mesh, remat=m.remat,
+                    scan_layers=m.scan_layers)
     return model, AutoTokenizer.from_pretrained(path)
 
 

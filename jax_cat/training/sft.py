@@ -31,8 +31,7 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
     out = Path(out) if out is not None else None
     graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, cfg.train.steps)
     settings = dict(strategy=strategy_from_spec(cfg.strategy), reduction=cfg.loss.reduction,
-                    micro_batches=cfg.train.micro_batches, compute_dtype=steps.DTYPES[cfg.model.compute_dtype],
-                    remat=cfg.model.remat)
+                    micro_batches=cfg.train.micro_batches)
     step_fn = steps.cached("sft_step", (graphdef, mesh, cfg.optimizer, cfg.train.steps, *settings.items()),
                            lambda: steps.make_sft_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
     checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,

@@ -9,10 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
-from jax_cat.losses import BestOfN, MajorityAtN, PassAtN
+from jax_cat.losses import BestOfN, CATLossConfig, MajorityAtN, PassAtN
 from jax_cat.sharding import make_mesh
 from jax_cat.training import steps
-from jax_cat.training.config import LossConfig, OptimizerConfig
+from jax_cat.training.config import OptimizerConfig
 from tests.training.conftest import make_model, rollout_batch, sft_batch
 
 # eps 1e-4: Adam's first step is ~lr * sign(g), which turns float round-off in near-zero gradients into lr-sized
@@ -66,7 +66,7 @@ def test_sft_step_equals_optax_adamw_on_handwritten_cross_entropy():
     assert _max_diff(new_state.params, expected) < 1e-6
 
 
-@pytest.mark.parametrize("reduction", ["token_mean", "sequence_sum"])
+@pytest.mark.parametrize("reduction", ["token_mean", "sequence_mean", "token_sum"])
 def test_sft_micro_batches_give_the_same_update(reduction):
     batch = sft_batch(np.random.default_rng(1))
     mesh = _single_mesh()
@@ -90,14 +90,14 @@ def _grpo_setup(mesh, *, strategy, loss_cfg, micro_batches=1, prompt_len=5):
     return step, steps.init_state(model, tx, sh), graphdef, sh
 
 
-@pytest.mark.skipif(not steps.has_cat_advantages(), reason="needs jax_cat.losses.cat_advantages (issue 9)")
 @pytest.mark.parametrize("reduction,strategy", [
     ("token_mean", PassAtN(1)), ("token_mean", PassAtN(4)), ("sequence_mean", MajorityAtN(4)), ("token_sum", BestOfN(4)),
 ], ids=["token_mean-grpo", "token_mean-pass@4", "sequence_mean-maj@4", "token_sum-bon@4"])
+# Whole-batch advantages + the whole batch's denominator: 4 micro-batches update exactly like one batch.
 def test_grpo_micro_batches_give_the_same_update(reduction, strategy):
     batch = rollout_batch(np.random.default_rng(2))
     mesh = _single_mesh()
-    loss_cfg = LossConfig(reduction=reduction, clip_eps_low=None, clip_eps_high=None)
+    loss_cfg = CATLossConfig(reduction=reduction, weight_clip=10.0)
     results = {}
     for k in (1, 4):  # 4 micro-batches of 4 rows: every group is split across micro-batches
         step, state, _, _ = _grpo_setup(mesh, strategy=strategy, loss_cfg=loss_cfg, micro_batches=k)
@@ -110,7 +110,7 @@ def test_sharded_steps_on_8_devices_equal_one_device():
     assert jax.device_count() == 8
     sft = sft_batch(np.random.default_rng(3))
     rl = rollout_batch(np.random.default_rng(4), prompts=2, group=4)
-    loss_cfg = LossConfig()
+    loss_cfg = CATLossConfig()
     out = {}
     for name, mesh in (("one", _single_mesh()), ("eight", make_mesh(data=2, fsdp=2, tensor=2))):
         _, step, state = _sft_setup(mesh, strategy=PassAtN(4))
