@@ -501,6 +501,11 @@ def _settings(model: Any, tokenizer: Any, *, n: int, max_new_tokens: int, batch_
     if any(not s for s in stops):
         raise ValueError(f"stop strings must be non-empty, got {list(stops)!r}")
     eos = tuple(int(e) for e in eos_token_ids) if eos_token_ids is not None else resolve_eos_token_ids(model, tokenizer)
+    if eos_token_ids is None and not eos:  # completions could never end early, and padding would fall back to id 0
+        raise ValueError(
+            "generate: neither the tokenizer nor the model config has an eos_token_id; pass eos_token_ids=[...] "
+            "(or eos_token_ids=() to always generate max_new_tokens tokens)"
+        )
     pad = int(pad_token_id) if pad_token_id is not None else resolve_pad_token_id(model, tokenizer, eos)
     return _Settings(params, int(max_new_tokens), stops, eos, pad, cache_dtype)
 
