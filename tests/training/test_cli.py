@@ -89,3 +89,10 @@ def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     # global batch holds the single process's records in another order: the token-mean loss is the same.
     assert _max_diff(_weights(tmp_path / "one"), _weights(tmp_path / "two")) <= 1e-5
     assert _saved_steps(tmp_path / "two" / "checkpoints" / "sft") == [3]
+    from transformers import AutoTokenizer
+
+    from jax_cat.models import load_hf
+
+    final = tmp_path / "two" / "final"  # an HF checkpoint + tokenizer that load_hf and transformers read
+    assert load_hf(final).config.num_hidden_layers == 2
+    assert AutoTokenizer.from_pretrained(final).decode([AutoTokenizer.from_pretrained(final).eos_token_id]) == "<eos>"
