@@ -4,8 +4,8 @@ A recipe is a TOML or JSON file of nested tables whose keys are the fields below
 `--set optimizer.learning_rate=3e-4` overrides one field. Every key and value is checked here, before JAX compiles
 anything: an unknown key fails with a did-you-mean, a value of the wrong type names the key and the type wanted.
 
-Recipes by name (`--config grpo_cat`) are the files of the top-level `configs/` folder (installed as the
-`jax_cat.recipes` package data when the project is installed).
+Recipes by name (`--config grpo_cat`) are the files of the top-level `configs/` folder (`recipes_dir()`; shipped
+as package data when the project is installed).
 """
 from __future__ import annotations
 
@@ -401,13 +401,9 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
 
 
 def recipes_dir() -> Path:
-    """The folder of named recipes: configs/ of a source checkout, else the installed jax_cat.recipes data."""
-    here = Path(__file__).resolve().parents[2] / "configs"
-    if here.is_dir():
-        return here
-    from importlib import resources
-
-    return Path(str(resources.files("jax_cat.recipes")))
+    """The folder of named recipes: jax_cat/training/recipes, a link to the top-level configs/ in a source
+    checkout and a copy of it (package data) in an installed package."""
+    return Path(__file__).resolve().with_name("recipes")
 
 
 def recipe_names() -> list[str]:

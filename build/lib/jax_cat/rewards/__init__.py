@@ -12,6 +12,7 @@ from jax_cat.rewards.extract import (
 )
 from jax_cat.rewards.verify import (
     MathVerifier,
+    WorkerStartError,
     close,
     compute_rewards,
     default_verifier,
@@ -22,6 +23,7 @@ from jax_cat.rewards.verify import (
 
 __all__ = [
     "MathVerifier",
+    "WorkerStartError",
     "answer_ids",
     "answer_key",
     "canonical_answer",
