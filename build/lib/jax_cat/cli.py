@@ -23,8 +23,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["ArgumentParser", "BAD_INPUT_ERRORS", "CLIError", "one_line", "quiet_third_party", "run_cli", "split_debug"]
-
 BAD_INPUT_STATUS = 2
 BUG_STATUS = 1
 INTERRUPTED_STATUS = 130

@@ -36,22 +36,6 @@ import numpy as np
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
 from jax_cat.rewards.answers import answer_key  # its home is jax_cat.rewards; kept here under its old name
 
-__all__ = [
-    "BON_SCORERS",
-    "answer_key",
-    "bootstrap_ci",
-    "build_parser",
-    "default_reward_fn",
-    "evaluate",
-    "load_model_and_tokenizer",
-    "load_problems",
-    "main",
-    "plot_scaling",
-    "scaling_metrics",
-    "to_json",
-    "write_results",
-]
-
 PROG = "python -m jax_cat.evaluate"
 STRATEGY_LABELS = {"pass": "pass@k", "maj": "maj@k", "bon": "bon@k"}
 BON_SCORERS = ("logprob", "verifier")
@@ -401,8 +385,7 @@ def load_model_and_tokenizer(model: str | os.PathLike, *, dtype: str = "float32"
     elif Path(model).expanduser().exists():
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{model}: no config.json there; give an HF-format checkpoint folder (config.json, "
-                                    "safetensors, tokenizer files), a hub id, or tiny")
+            raise FileNotFoundError(f"--model {model}: no config.json there (expected an HF-format checkpoint folder)")
     else:  # a hub id such as "Qwen/Qwen2.5-Math-1.5B": fetched once, then read from the local snapshot
         from jax_cat.models.hf import resolve_checkpoint_dir
 
@@ -503,15 +486,9 @@ def _run(argv: list[str]) -> int:
     quiet_third_party()
     args = build_parser().parse_args(argv)
     ks, params = _check_cli_args(args)
-    try:  # the data first: it is cheap, so a bad --dataset is reported before a model loads
-        problems = load_problems(args.dataset, split=args.split, limit=args.limit, data_seed=args.data_seed,
-                                 arithmetic_style=args.arithmetic_style)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        raise CLIError(f"--dataset {args.dataset}: {e}") from e
-    try:
-        model, tokenizer, model_path = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    except (ValueError, OSError) as e:
-        raise CLIError(f"--model {args.model}: {e}") from e
+    model, tokenizer, model_path = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    problems = load_problems(args.dataset, split=args.split, limit=args.limit, data_seed=args.data_seed,
+                             arithmetic_style=args.arithmetic_style)
     print(f"evaluating {model_path} on {len(problems)} problems of {args.dataset!r}: n={args.n}, k={ks}", file=sys.stderr)
     result = evaluate(
         model, tokenizer, problems, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens, sampling_params=params,

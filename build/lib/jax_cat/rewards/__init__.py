@@ -12,7 +12,6 @@ from jax_cat.rewards.extract import (
 )
 from jax_cat.rewards.verify import (
     MathVerifier,
-    WorkerStartError,
     close,
     compute_rewards,
     default_verifier,
@@ -23,7 +22,6 @@ from jax_cat.rewards.verify import (
 
 __all__ = [
     "MathVerifier",
-    "WorkerStartError",
     "answer_ids",
     "answer_key",
     "canonical_answer",
