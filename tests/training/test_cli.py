@@ -47,6 +47,7 @@ def _saved_steps(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.is_dir() else []
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tiny_ckpt, tmp_path):
     args = ["--set", f"model.path={tiny_ckpt}", "--set", "train.steps=400", "--set", "train.checkpoint_every=10",
             "--set", "data.batch_size=8", "--set", "train.log_every=10"]
@@ -70,6 +71,7 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_ckpt, tmp_path):
     assert steps == list(range(10, 401, 10))  # the steps repeated after the kill are logged once
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU collectives over localhost")
 def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     import socket
