@@ -4,8 +4,8 @@ A recipe is a TOML or JSON file of nested tables whose keys are the fields below
 `--set optimizer.learning_rate=3e-4` overrides one field. Every key and value is checked here, before JAX compiles
 anything: an unknown key fails with a did-you-mean, a value of the wrong type names the key and the type wanted.
 
-Recipes by name (`--config grpo_cat`) are the files of the top-level `configs/` folder (installed as the
-`jax_cat.recipes` package data when the project is installed).
+Recipes by name (`--config grpo_cat`) are the files of the top-level `configs/` folder (`recipes_dir()`; shipped
+as package data when the project is installed).
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from jax_cat.losses.config import CATLossConfig
 
 
 class ConfigError(ValueError):
@@ -154,65 +156,6 @@ class RolloutConfig:
 
 
 @dataclasses.dataclass(**_FROZEN)
-class LossConfig:
-    """The CAT objective's settings: the fields of `jax_cat.losses.CATLossConfig` (see its docstring and
-    docs/losses.md for each one's meaning and the authors' reference value), with the same defaults.
-
-    Attributes:
-      preset: start from a named reference configuration ("reference_pass_at_n", "reference_majority"); the
-        fields set explicitly in the recipe or with --set override it. None = the library defaults below.
-      form: RL weight form: "raw" (dS/dp) or "log" (p S'/S).
-      reduction: "token_mean", "sequence_mean" or "token_sum" (one vocabulary for SFT and RL).
-      p_source: success estimate: "group" (Laplace over the prompt's samples) or "sequence" (rollout log-prob).
-      smoothing, logp_floor: Laplace pseudo-count; floor of the sequence log-prob.
-      min_k, no_answer: dynamic majority threshold's floor; whether no-answer rollouts are one "rival" or "abstain".
-      weight_clip: cap on the CAT weight before normalising (None = off).
-      normalize: "batch" (mean weight over the rollout batch = 1), "mixed", "none" or "running" (across steps).
-      norm_decay: decay of the running normalisation.
-      bon_quantile: BestOfN's reward quantile: "group" or "history" (a FIFO of past rewards, carried in the state).
-      adv_eps, std_ddof: GRPO advantage std epsilon and degrees of freedom.
-      all_wrong_penalty, advantage_clip: advantage shaping (0 / None = off).
-      surrogate: "token" (per-token PPO ratio) or "sequence" (one ratio per sequence).
-      clip_eps_low, clip_eps_high: PPO ratio clipping (None = off; matters with train.updates_per_batch > 1).
-      beta, kl: KL penalty to the initial (reference) model (0 = off: no reference forward) and its form.
-    """
-
-    preset: Literal["reference_pass_at_n", "reference_majority"] | None = None
-    form: Literal["raw", "log"] = "raw"
-    reduction: Literal["token_mean", "sequence_mean", "token_sum"] = "token_mean"
-    p_source: Literal["group", "sequence"] = "group"
-    smoothing: float = 1.0
-    logp_floor: float = -50.0
-    min_k: int = 2
-    no_answer: Literal["rival", "abstain"] = "rival"
-    weight_clip: float | None = None
-    normalize: Literal["batch", "mixed", "none", "running"] = "batch"
-    norm_decay: float = 0.9
-    bon_quantile: Literal["group", "history"] = "group"
-    adv_eps: float = 1e-4
-    std_ddof: int = 1
-    all_wrong_penalty: float = 0.0
-    advantage_clip: float | None = None
-    surrogate: Literal["token", "sequence"] = "token"
-    clip_eps_low: float | None = None
-    clip_eps_high: float | None = None
-    beta: float = 0.0
-    kl: Literal["sequence_mean", "token"] = "sequence_mean"
-
-    def cat_config(self):
-        """The `jax_cat.losses.CATLossConfig` these settings describe (fields left at their default keep the
-        preset's value)."""
-        from jax_cat import losses
-
-        base = {None: losses.CATLossConfig(), "reference_pass_at_n": losses.REFERENCE_PASS_AT_N,
-                "reference_majority": losses.REFERENCE_MAJORITY}[self.preset]
-        defaults = LossConfig()
-        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                   if f.name != "preset" and getattr(self, f.name) != getattr(defaults, f.name)}
-        return dataclasses.replace(base, **changes)
-
-
-@dataclasses.dataclass(**_FROZEN)
 class WarmupConfig:
     """An SFT warm-up stage before GRPO (the paper's two-stage recipe); steps 0 = none.
 
@@ -290,7 +233,12 @@ class EvalConfig:
 
 @dataclasses.dataclass(**_FROZEN)
 class Config:
-    """One training run. `strategy` is a spec string: "pass@1" is plain SFT/GRPO; "pass@8", "maj@16", "bon@4" CAT."""
+    """One training run. `strategy` is a spec string: "pass@1" is plain SFT/GRPO; "pass@8", "maj@16", "bon@4" CAT.
+
+    `loss` is `jax_cat.losses.CATLossConfig` itself (its docstring gives each field's meaning and the authors'
+    reference value); `loss_preset` starts it from REFERENCE_PASS_AT_N or REFERENCE_MAJORITY, the loss fields set
+    in the recipe or with --set then override the preset's (see `Config.loss_config`).
+    """
 
     train: TrainConfig = TrainConfig()
     model: ModelSource = ModelSource()
@@ -298,7 +246,8 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     rollout: RolloutConfig = RolloutConfig()
     strategy: str = "pass@1"
-    loss: LossConfig = LossConfig()
+    loss_preset: Literal["reference_pass_at_n", "reference_majority"] | None = None
+    loss: CATLossConfig = CATLossConfig()
     warmup: WarmupConfig = WarmupConfig()
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -311,6 +260,19 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def loss_config(self) -> CATLossConfig:
+        """The CATLossConfig of the run: the preset (if any) with every field that differs from the default applied."""
+        from jax_cat import losses
+
+        if self.loss_preset is None:
+            return self.loss
+        base = {"reference_pass_at_n": losses.REFERENCE_PASS_AT_N,
+                "reference_majority": losses.REFERENCE_MAJORITY}[self.loss_preset]
+        default = CATLossConfig()
+        changes = {f.name: getattr(self.loss, f.name) for f in dataclasses.fields(CATLossConfig)
+                   if getattr(self.loss, f.name) != getattr(default, f.name)}
+        return dataclasses.replace(base, **changes)
 
 
 # ----------------------------------------------------------------------------------------------------- parsing
@@ -412,7 +374,11 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
         return dataclasses.replace(obj, **{name: _set(getattr(obj, name), path[1:], value, full_key)})
     if len(path) > 1:
         raise ConfigError(f"unknown config key {full_key!r}{_did_you_mean(full_key)}")
-    return dataclasses.replace(obj, **{name: _coerce(full_key, value, hint)})
+    value = _coerce(full_key, value, hint)
+    try:
+        return dataclasses.replace(obj, **{name: value})
+    except (ValueError, TypeError) as err:  # the section's own validation (e.g. CATLossConfig.__post_init__)
+        raise ConfigError(f"{full_key}: {err}") from None
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
@@ -435,13 +401,9 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
 
 
 def recipes_dir() -> Path:
-    """The folder of named recipes: configs/ of a source checkout, else the installed jax_cat.recipes data."""
-    here = Path(__file__).resolve().parents[2] / "configs"
-    if here.is_dir():
-        return here
-    from importlib import resources
-
-    return Path(str(resources.files("jax_cat.recipes")))
+    """The folder of named recipes: jax_cat/training/recipes, a link to the top-level configs/ in a source
+    checkout and a copy of it (package data) in an installed package."""
+    return Path(__file__).resolve().with_name("recipes")
 
 
 def recipe_names() -> list[str]:
@@ -522,7 +484,7 @@ def validate(cfg: Config) -> None:
     if not cfg.optimizer.learning_rate > 0:
         raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
     try:
-        cfg.loss.cat_config()
+        cfg.loss_config()
     except (ValueError, TypeError) as err:
         raise ConfigError(f"loss: {err}") from None
     if t.method == "sft" and cfg.data.batch_size % t.micro_batches:

@@ -48,7 +48,7 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     t, r = cfg.train, cfg.rollout
     graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, t.steps)
     prompt_len = cfg.data.max_prompt_len
-    settings = dict(strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss.cat_config(), prompt_len=prompt_len,
+    settings = dict(strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss_config(), prompt_len=prompt_len,
                     micro_batches=t.micro_batches)
     step_fn = steps.cached("grpo_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
                            lambda: steps.make_grpo_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jax_cat import losses
 from jax_cat.sharding import batch_sharding, replicated, state_shardings
-from jax_cat.training.config import LossConfig, OptimizerConfig
+from jax_cat.training.config import OptimizerConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

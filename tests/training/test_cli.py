@@ -47,6 +47,7 @@ def _saved_steps(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.is_dir() else []
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tiny_ckpt, tmp_path):
     args = ["--set", f"model.path={tiny_ckpt}", "--set", "train.steps=400", "--set", "train.checkpoint_every=10",
             "--set", "data.batch_size=8", "--set", "train.log_every=10"]
@@ -70,6 +71,7 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_ckpt, tmp_path):
     assert steps == list(range(10, 401, 10))  # the steps repeated after the kill are logged once
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU collectives over localhost")
 def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     import socket
@@ -89,3 +91,10 @@ def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     # global batch holds the single process's records in another order: the token-mean loss is the same.
     assert _max_diff(_weights(tmp_path / "one"), _weights(tmp_path / "two")) <= 1e-5
     assert _saved_steps(tmp_path / "two" / "checkpoints" / "sft") == [3]
+    from transformers import AutoTokenizer
+
+    from jax_cat.models import load_hf
+
+    final = tmp_path / "two" / "final"  # an HF checkpoint + tokenizer that load_hf and transformers read
+    assert load_hf(final).config.num_hidden_layers == 2
+    assert AutoTokenizer.from_pretrained(final).decode([AutoTokenizer.from_pretrained(final).eos_token_id]) == "<eos>"

@@ -91,8 +91,8 @@ def _grpo_setup(mesh, *, strategy, loss_cfg, micro_batches=1, prompt_len=5):
 
 
 @pytest.mark.parametrize("reduction,strategy", [
-    ("token_mean", PassAtN(1)), ("token_mean", PassAtN(4)), ("sequence_mean", MajorityAtN(4)), ("token_sum", BestOfN(4)),
-], ids=["token_mean-grpo", "token_mean-pass@4", "sequence_mean-maj@4", "token_sum-bon@4"])
+    ("token_mean", PassAtN(4)), ("sequence_mean", MajorityAtN(4)), ("token_sum", BestOfN(4)),
+], ids=["token_mean-pass@4", "sequence_mean-maj@4", "token_sum-bon@4"])
 # Whole-batch advantages + the whole batch's denominator: 4 micro-batches update exactly like one batch.
 def test_grpo_micro_batches_give_the_same_update(reduction, strategy):
     batch = rollout_batch(np.random.default_rng(2))
