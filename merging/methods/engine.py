@@ -63,12 +63,11 @@ def merge_tensors(
     checked: set[str] = set()
 
     def read(name: str) -> tuple[Any, list[Any]]:
-        base = jnp.asarray(get_base(name))
-        fts = [jnp.asarray(get_finetuned(i, name)) for i in range(n_models)]
-        if not allow_nonfinite and name not in checked:
+        base, fts = get_base(name), [get_finetuned(i, name) for i in range(n_models)]
+        if not allow_nonfinite and name not in checked:  # as read: numpy from disk, checked with no copy
             check_finite(name, [base, *fts], labels)
             checked.add(name)
-        return base, fts
+        return jnp.asarray(base), [jnp.asarray(f) for f in fts]
 
     def taus_of(base: Any, fts: Sequence[Any]) -> list[Any]:
         dtype = tau_dtype(base.dtype, [f.dtype for f in fts])
