@@ -63,11 +63,17 @@ def merge_tensors(
     checked: set[str] = set()
 
     def read(name: str) -> tuple[Any, list[Any]]:
-        base, fts = get_base(name), [get_finetuned(i, name) for i in range(n_models)]
-        if not allow_nonfinite and name not in checked:  # as read: numpy from disk, checked with no copy
-            check_finite(name, [base, *fts], labels)
-            checked.add(name)
-        return jnp.asarray(base), [jnp.asarray(f) for f in fts]
+        check = not allow_nonfinite and name not in checked
+
+        def load(raw: Any, label: str) -> Any:  # one input at a time, so the raw copy is freed before the next read
+            if check:  # as read: numpy from disk, checked with no copy
+                check_finite(name, [raw], [label])
+            return jnp.asarray(raw)
+
+        base = load(get_base(name), labels[0])
+        fts = [load(get_finetuned(i, name), labels[i + 1]) for i in range(n_models)]
+        checked.add(name)
+        return base, fts
 
     def taus_of(base: Any, fts: Sequence[Any]) -> list[Any]:
         dtype = tau_dtype(base.dtype, [f.dtype for f in fts])
