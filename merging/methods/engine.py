@@ -11,7 +11,6 @@ Imports nothing from jax_cat.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import jax
@@ -33,19 +32,6 @@ def tau_dtype(base_dtype: Any, finetuned_dtypes: Sequence[Any]) -> Any:
     for d in finetuned_dtypes:
         out = jnp.promote_types(out, compute_dtype(d))
     return jnp.dtype(out)
-
-
-@partial(jax.jit, static_argnames=("dtype",))
-def _taus_and_finite(base: jax.Array, fts: tuple[jax.Array, ...], dtype: Any) -> tuple[tuple[jax.Array, ...], jax.Array]:
-    """The task vectors (exactly `tv_leaf`'s arithmetic) and whether all of them are finite, in one computation."""
-    taus = []
-    for ft in fts:
-        c = jnp.promote_types(compute_dtype(base.dtype), compute_dtype(ft.dtype))
-        taus.append((ft.astype(c) - base.astype(c)).astype(dtype))
-    finite = jnp.asarray(True)
-    for t in taus:
-        finite = finite & jnp.all(jnp.isfinite(t))
-    return tuple(taus), finite
 
 
 def merge_tensors(
@@ -77,23 +63,24 @@ def merge_tensors(
     checked: set[str] = set()
 
     def read(name: str) -> tuple[Any, list[Any]]:
-        return jnp.asarray(get_base(name)), [jnp.asarray(get_finetuned(i, name)) for i in range(n_models)]
+        check = not allow_nonfinite and name not in checked
 
-    def taus_of(name: str, base: Any, fts: Sequence[Any]) -> list[Any]:
-        dtype = tau_dtype(base.dtype, [f.dtype for f in fts])
-        if allow_nonfinite or name in checked:
-            return [tv_leaf(ft, base, out_dtype=dtype) for ft in fts]
-        # first visit of this tensor: the task vectors and their finiteness in one pass over the inputs (a NaN/Inf
-        # in the base or a model makes its task vector non-finite); the inputs are only examined one by one when
-        # that flag says something is wrong
-        taus, finite = _taus_and_finite(base, tuple(fts), dtype)
-        if not bool(finite):
-            check_finite(name, [base, *fts], labels)
+        def load(raw: Any, label: str) -> Any:  # one input at a time, so the raw copy is freed before the next read
+            if check:  # as read: numpy from disk, checked with no copy
+                check_finite(name, [raw], [label])
+            return jnp.asarray(raw)
+
+        base = load(get_base(name), labels[0])
+        fts = [load(get_finetuned(i, name), labels[i + 1]) for i in range(n_models)]
         checked.add(name)
-        return list(taus)
+        return base, fts
+
+    def taus_of(base: Any, fts: Sequence[Any]) -> list[Any]:
+        dtype = tau_dtype(base.dtype, [f.dtype for f in fts])
+        return [tv_leaf(ft, base, out_dtype=dtype) for ft in fts]
 
     def taus(name: str) -> list[Any]:
-        return taus_of(name, *read(name))
+        return taus_of(*read(name))
 
     sparsifiers = [spec.sparsifier(i) for i in range(n_models)]
     sparsify = any(s is not None for s in sparsifiers)
@@ -102,7 +89,7 @@ def merge_tensors(
 
     def merge_one(name: str) -> Any:  # a function, so its temporaries are freed before the next tensor is read
         base, fts = read(name)
-        ts = taus_of(name, base, fts)
+        ts = taus_of(base, fts)
         if sparsify:
             ts = [apply_sparsifier(sp, t, name, plan) if sp is not None else t
                   for sp, t, plan in zip(sparsifiers, ts, plans)]
