@@ -181,3 +181,18 @@ def test_activations_split_by_batch_under_a_mesh(tiny_hf_checkpoint):
     assert hidden.sharding.spec[0] == ("data", "fsdp")
     real = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[real], ref[real], atol=1e-5)
+
+
+def test_sampler_runs_a_scanned_model_to_the_same_tokens(tiny_hf_checkpoint):
+    """sample_tokens on a scan_layers model (stacked KV cache, shared prefill copied per sample) = the layer loop's."""
+    from jax_cat.sampling import sample_tokens
+
+    path = tiny_hf_checkpoint("qwen2")
+    ids, mask = left_padded_batch(128, lengths=(6, 3), seed=2)
+    outs = [
+        sample_tokens(load_hf(path, scan_layers=scan), ids, mask, max_new_tokens=5, key=jax.random.key(3),
+                      temperature=0.7, row_prompt=np.array([0, 0, 1]))
+        for scan in (False, True)
+    ]
+    np.testing.assert_array_equal(np.asarray(outs[1].tokens), np.asarray(outs[0].tokens))
+    np.testing.assert_allclose(np.asarray(outs[1].logprobs), np.asarray(outs[0].logprobs), atol=1e-5)
