@@ -200,9 +200,9 @@ def table(rows: list[dict]) -> str:
     """docs/planning.md's table from --json results (remat full and none for each model, 8-device FSDP mesh)."""
     by = {(r["model"], r["remat"]): r for r in rows}
     out = ["| model | params | train state 16N (f32 master + grads + AdamW) | per device, 8-dev FSDP, remat full / none "
-           "(AOT) | compile (full) | KV cache, 64 x 1536 rollout tokens (bf16) | 1 device of 16 / 80 / 141 GiB "
+           "(AOT) | KV cache, 64 x 1536 rollout tokens (bf16) | 1 device of 16 / 80 / 141 GiB "
            "(remat full) | 8 devices of 16 / 80 / 141 GiB (remat full / none) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|"]
     for name in MODELS:
         full, none = by.get((name, "full")), by.get((name, "none"))
         if not full or not none:
@@ -216,7 +216,7 @@ def table(rows: list[dict]) -> str:
             ("yes" if full["peak_gib"] + kv / 8 <= cap else "no") + "/" + ("yes" if none["peak_gib"] + kv / 8 <= cap
                                                                           else "no") for cap in DEVICE_GIB)
         out.append(f"| {name} | {n / 1e9:.2f}B | {state:.1f} GiB | {full['peak_gib']:.1f} / {none['peak_gib']:.1f} GiB "
-                   f"| {full['compile_s']:.0f} s | {kv:.1f} GiB | {fits1} (needs ~{single:.0f} GiB) | {fits8} |")
+                   f"| {kv:.1f} GiB | {fits1} (needs ~{single:.0f} GiB) | {fits8} |")
     return "\n".join(out)
 
 

@@ -4,7 +4,7 @@ ops of XLA's and torch's profilers, against the float32 matmul peak of this CPU 
 Each part is timed forward + backward on its own, jitted (JAX) or eager (torch, the transformers modules themselves),
 at the shape of the full step (39.3M Qwen2 shape, B=8, T=256), with one layer's weights; per-layer parts are then
 multiplied by the depth. GFLOP/s per part is its analytic matmul FLOPs (x3 for forward + backward) over its time,
-and "% of peak" divides by the matmul peak. Both sides are pinned to the same CPUs with the same thread count.
+and "% of peak" divides by the matmul peak. Times are process CPU seconds (see `_median_time`). Both sides are pinned to the same CPUs with the same thread count.
 
     .venv/bin/python benchmarks/profile_step.py                    # 2 threads on CPUs 0,1
     .venv/bin/python benchmarks/profile_step.py --threads 1        # one core
@@ -29,13 +29,15 @@ from model_forward import SIZES, batch, build_checkpoint  # noqa: E402
 
 
 def _median_time(fn, repeats: int = 5, warmup: int = 2) -> float:
+    """Median process CPU seconds of a call: with one thread a side this is the work done, and it barely moves when
+    other jobs share the machine (wall time there was 5-20x inflated); with more threads it also counts spinning."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 
@@ -217,7 +219,7 @@ def main() -> None:
     layers = results["jax"]["layers"]
     print(f"model {args.size}, batch {args.batch} x {args.seq}, {args.threads} thread(s) on CPUs {cpus}; "
           f"matmul peak: jax {results['jax']['peak'] / 1e9:.0f}, torch {results['torch']['peak'] / 1e9:.0f} GFLOP/s")
-    print(f"| part (fwd+bwd) | x | jax ms | jax GFLOP/s (% peak) | torch ms | torch GFLOP/s (% peak) | jax/torch time |")
+    print(f"| part (fwd+bwd) | x | jax CPU ms | jax GFLOP/s (% peak) | torch CPU ms | torch GFLOP/s (% peak) | jax/torch time |")
     print("|---|---|---|---|---|---|---|")
     for name in ("attention", "mlp", "norm", "loss", "optimizer", "full step"):
         mult = layers if name in ("attention", "mlp") else 2 * layers if name == "norm" else 1
