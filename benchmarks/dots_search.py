@@ -11,11 +11,13 @@ the noise of the real objectives: consistency + N(0, 0.045) (the binomial noise 
 perplexity x exp(N(0, 0.01)). The hypervolume is that of the TRUE values of the points each designer evaluated,
 relative to the reference point (consistency 0.4, perplexity 3.5), as a fraction of the true front's hypervolume
 (a 301 x 301 grid). Designers run through the Vizier designer API, seeded, exactly as the in-process service runs
-them (GP-bandit: `VizierGPBandit.from_problem`, random: `RandomDesigner`, NSGA-II: `NSGA2Designer`, population 50
-as Optuna's default).
+them (GP-bandit: `VizierGPBandit.from_problem`, random: `RandomDesigner`, NSGA-II: `NSGA2Designer` with Vizier's
+defaults -- population 50, and uniform random suggestions until 2 x 50 trials are seen, so over 100 trials it IS
+random search -- and "nsga2_p50", evolving after the first 50 trials as Optuna's NSGAIISampler, the authors' sampler).
 
     python benchmarks/dots_search.py                          # GP 30 trials, random and NSGA-II 100, 3 seeds
     python benchmarks/dots_search.py --seeds 1 --gp-trials 10 --trials 30
+    python benchmarks/dots_search.py --out curves.json ...; python benchmarks/dots_search.py --report curves.json
 """
 from __future__ import annotations
 
@@ -74,7 +76,12 @@ def make_designer(name: str, ps, seed: int):
     if name == "nsga2":
         from vizier._src.algorithms.evolution.nsga2 import NSGA2Designer
 
-        return NSGA2Designer(ps, seed=seed)
+        return NSGA2Designer(ps, seed=seed)  # Vizier's defaults: random until 2 x population (100) trials are seen
+    if name == "nsga2_p50":
+        from vizier._src.algorithms.evolution.nsga2 import NSGA2Designer
+
+        # as Optuna's NSGAIISampler: a random first generation of 50, evolution from trial 51
+        return NSGA2Designer(ps, population_size=50, first_survival_after=50, seed=seed)
     raise ValueError(name)
 
 
@@ -89,7 +96,7 @@ def run(name: str, trials: int, seed: int) -> dict:
     true_pts, seconds = [], []
     for i in range(trials):
         start = time.perf_counter()
-        (s,) = designer.suggest(1)
+        s = designer.suggest(1)[0]  # NSGA-II may hand back a whole batch of offspring for count=1
         seconds.append(time.perf_counter() - start)
         a, b = float(s.parameters["a"].value), float(s.parameters["b"].value)
         c, p = true_objectives(np.array(a), np.array(b))
@@ -105,45 +112,70 @@ def hv_curve(points: list, total: float) -> list[float]:
     return [hypervolume_2d(points[:t], REFERENCE) / total for t in range(1, len(points) + 1)]
 
 
+def report(data: dict) -> None:
+    """Print the hypervolume table (mean +/- sd over the seeds run so far) and how soon GP-bandit matches the others."""
+    curves, budgets, timing = data["curves"], data["budgets"], data["suggest_seconds"]
+    marks = [t for t in (5, 10, 15, 20, 30, 50, 100) if t <= max(budgets.values())]
+    print("hypervolume / true front's (mean +/- sd over seeds); median seconds per suggestion")
+    print("designer    seeds " + " ".join(f"{t:>12}" for t in marks) + "   s/suggest")
+    for name, cs in curves.items():
+        if not cs:
+            continue
+        arr = np.array(cs)
+        cells = [f"{arr[:, t - 1].mean():.3f}+/-{arr[:, t - 1].std():.3f}" if t <= arr.shape[1] else "-"
+                 for t in marks]
+        print(f"{name:<11} {len(cs):>5} " + " ".join(f"{c:>12}" for c in cells) + f"   {timing.get(name, 0):.3f}")
+    if curves.get("gp_bandit"):
+        gp = np.array(curves["gp_bandit"]).mean(0)
+        for name in ("random", "nsga2", "nsga2_p50"):
+            if not curves.get(name):
+                continue
+            for t in (30, budgets[name]):
+                target = np.array(curves[name])[:, t - 1].mean()
+                reach = next((i + 1 for i, v in enumerate(gp) if v >= target), None)
+                print(f"GP-bandit reaches {name}'s {t}-trial hypervolume ({target:.3f}) after "
+                      f"{reach if reach else f'more than {len(gp)}'} trials")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--trials", type=int, default=100, help="trials for random search and NSGA-II")
     p.add_argument("--gp-trials", type=int, default=30)
-    p.add_argument("--out", type=Path, help="write the curves as JSON here")
+    p.add_argument("--out", type=Path, help="JSON of the curves, rewritten after every (designer, seed) run")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--designers", nargs="+", default=["random", "nsga2", "nsga2_p50", "gp_bandit"])
+    p.add_argument("--report", type=Path, nargs="+", help="only print the table of JSONs written by --out (merged)")
     args = p.parse_args(argv)
+    if args.report:
+        merged: dict = {"curves": {}, "suggest_seconds": {}, "budgets": {}}
+        for path in args.report:
+            part = json.loads(path.read_text())
+            for name, cs in part["curves"].items():
+                merged["curves"].setdefault(name, []).extend(cs)
+            merged["budgets"].update(part["budgets"])
+            merged["suggest_seconds"].update(part["suggest_seconds"])
+        report(merged)
+        return 0
     import jax
 
     jax.config.update("jax_enable_x64", True)  # as Vizier's own service does for its designers (this process only)
 
     total = true_front_hypervolume()
-    budgets = {"gp_bandit": args.gp_trials, "random": args.trials, "nsga2": args.trials}
-    curves: dict[str, list[list[float]]] = {}
-    timing: dict[str, float] = {}
-    for name, n in budgets.items():
-        curves[name], secs = [], []
-        for seed in range(args.seeds):
+    budgets = {n: args.gp_trials if n == "gp_bandit" else args.trials for n in args.designers}
+    data: dict = {"curves": {n: [] for n in budgets}, "suggest_seconds": {}, "budgets": budgets}
+    secs: dict[str, list[float]] = {n: [] for n in budgets}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for name, n in budgets.items():
             res = run(name, n, seed)
-            curves[name].append(hv_curve(res["points"], total))
-            secs += res["suggest_seconds"][1:]
-            print(f"{name} seed {seed}: HV {curves[name][-1][-1]:.3f} after {n} trials", file=sys.stderr, flush=True)
-        timing[name] = float(np.median(secs)) if secs else 0.0
-    marks = [t for t in (5, 10, 15, 20, 30, 50, 100) if t <= max(budgets.values())]
-    print(f"hypervolume / true front's ({args.seeds} seeds: mean +/- sd); median seconds per suggestion")
-    print("designer    " + " ".join(f"{t:>12}" for t in marks) + "   s/suggest")
-    for name, cs in curves.items():
-        arr = np.array(cs)
-        cells = [f"{arr[:, t - 1].mean():.3f}+/-{arr[:, t - 1].std():.3f}" if t <= arr.shape[1] else " " * 12
-                 for t in marks]
-        print(f"{name:<11} " + " ".join(f"{c:>12}" for c in cells) + f"   {timing[name]:.3f}")
-    for name in ("random", "nsga2"):
-        target = np.array(curves[name])[:, -1].mean()
-        gp = np.array(curves["gp_bandit"]).mean(0)
-        reach = next((t + 1 for t, v in enumerate(gp) if v >= target), None)
-        print(f"GP-bandit reaches {name}'s {budgets[name]}-trial hypervolume ({target:.3f}) after "
-              f"{reach if reach else f'more than {len(gp)}'} trials")
-    if args.out:
-        args.out.write_text(json.dumps({"curves": curves, "suggest_seconds": timing, "budgets": budgets}) + "\n")
+            data["curves"][name].append(hv_curve(res["points"], total))
+            secs[name] += res["suggest_seconds"][1:]
+            data["suggest_seconds"][name] = float(np.median(secs[name])) if secs[name] else 0.0
+            print(f"{name} seed {seed}: HV {data['curves'][name][-1][-1]:.3f} after {n} trials", file=sys.stderr,
+                  flush=True)
+            if args.out:
+                args.out.write_text(json.dumps(data) + "\n")
+    report(data)
     return 0
 
 
