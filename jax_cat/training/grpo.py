@@ -50,6 +50,8 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     prompt_len = cfg.data.max_prompt_len
     settings = dict(strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss_config(), prompt_len=prompt_len,
                     micro_batches=t.micro_batches)
+    if steps.needs_cat_state(settings["strategy"], settings["loss_cfg"]):  # running normaliser / BoN history
+        shardings = steps.with_cat_state(shardings, mesh)
     step_fn = steps.cached("grpo_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
                            lambda: steps.make_grpo_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
     logprob_fn = steps.cached("logprob", (graphdef, mesh, prompt_len), lambda: steps.make_logprob_fn(

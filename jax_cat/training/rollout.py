@@ -76,8 +76,7 @@ def answer_ids_for(answers: Sequence[str | None]) -> np.ndarray:
     return np.asarray([-1 if a is None else table.setdefault(a, len(table)) for a in answers], np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("group_size",))
-def _assemble(prompt_ids, prompt_mask, tokens, lengths, rewards, answer_ids, *, group_size: int):
+def _assemble_rows(prompt_ids, prompt_mask, tokens, lengths, rewards, answer_ids, *, group_size: int):
     rows = tokens.shape[0]
     completion_mask = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
     ids = jnp.repeat(prompt_ids.astype(jnp.int32), group_size, axis=0)
@@ -90,6 +89,14 @@ def _assemble(prompt_ids, prompt_mask, tokens, lengths, rewards, answer_ids, *, 
         group_ids=(jnp.arange(rows, dtype=jnp.int32) // group_size),
         answer_ids=answer_ids.astype(jnp.int32),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _assembler(group_size: int, sharding: Any) -> Any:
+    """The jitted assembly with every output placed by the batch sharding: left to XLA, rows built from `arange`
+    (group_ids) come out replicated, and the step (in_shardings = batch split) refuses them on a multi-device
+    mesh. Inside jit the constraint holds for global arrays, so it is also right when each process holds its rows."""
+    return jax.jit(functools.partial(_assemble_rows, group_size=group_size), out_shardings=sharding)
 
 
 def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, Any], *, key: jax.Array,
@@ -123,7 +130,7 @@ def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, An
         rewards = np.asarray(reward_fn(texts, golds), np.float32)
     answer_ids = answer_ids_for([answer_key(t) for t in texts])
     rewards_g, answer_ids_g = global_batch((rewards, answer_ids), mesh)
-    batch = _assemble(prompt_ids, prompt_mask, out.tokens, out.lengths, rewards_g, answer_ids_g, group_size=g)
+    batch = _assembler(g, sharding)(prompt_ids, prompt_mask, out.tokens, out.lengths, rewards_g, answer_ids_g)
     groups = rewards.reshape(b, g)
     stats = {  # reward and pass@1 over the global batch; the rest over this process's rows
         "reward": float(jnp.mean(batch.rewards)),

@@ -100,13 +100,21 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, shardings: T
     # The step donates the state: copy first, so no buffer of `model` is shared (device_put may alias one shard).
     params = jax.device_put(jax.tree.map(jnp.copy, params), shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step))
+    cat_state = None if shardings.cat_state is None else jax.device_put(losses.init_cat_state(), shardings.cat_state)
+    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step), cat_state)
+
+
+def with_cat_state(shardings: TrainState, mesh: Mesh) -> TrainState:
+    """`shardings` with a (replicated) `jax_cat.losses.CATState` slot: for steps whose advantages carry state across
+    steps (`needs_cat_state`); `init_state` then starts it with `losses.init_cat_state()` and checkpoints hold it."""
+    return shardings._replace(cat_state=jax.tree.map(lambda _: replicated(mesh), losses.init_cat_state()))
 
 
 def abstract_state(tx: optax.GradientTransformation, model: nnx.Module, shardings: TrainState) -> TrainState:
     """ShapeDtypeStructs (with shardings) of the TrainState: the restore target and the AOT-compile input."""
     _, params = split_model(model)
-    shapes = TrainState(params, jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32))
+    cat_state = None if shardings.cat_state is None else jax.eval_shape(losses.init_cat_state)
+    shapes = TrainState(params, jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32), cat_state)
     shapes = jax.eval_shape(lambda s: s, shapes)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
@@ -329,5 +337,5 @@ __all__ = [
     "DTYPES", "Step", "TrainState", "abstract_state", "accumulate", "apply_update", "build_training", "cached",
     "completion_logprobs", "grpo_loss", "init_state", "learning_rate_schedule", "make_grpo_step", "make_logprob_fn",
     "make_optimizer", "make_sft_step", "needs_cat_state", "opt_state_shardings", "param_shardings", "sft_loss",
-    "split_micro_batches", "split_model", "state_shardings_for",
+    "split_micro_batches", "split_model", "state_shardings_for", "with_cat_state",
 ]

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from jax_cat.sharding import make_mesh
 from jax_cat.training import NonFiniteLoss, run_grpo, run_sft
 from jax_cat.training.checkpoint import Checkpointer
 from tests.training.conftest import make_model, one_device, small_config
@@ -44,17 +45,71 @@ def test_sft_stop_and_resume_equals_straight_run(tokenizer, tmp_path):
     assert abs(rows[-1]["loss"] - straight_rows[-1]["loss"]) < 1e-6
 
 
-def test_grpo_stop_and_resume_equals_straight_run(tokenizer, tmp_path):
-    cfg = small_config(**{"train.method": "grpo", "strategy": "pass@4", "train.steps": 4,
-                          "train.updates_per_batch": 2, "train.checkpoint_every": 2, "data.batch_size": 4})
-    rewards = lambda texts, golds: [float(len(t) % 2) for t in texts]  # mixed groups from an untrained model
-    straight = run_grpo(cfg, model=make_model(0), tokenizer=tokenizer, mesh=one_device(), out=tmp_path / "a", reward_fn=rewards)
-    run_grpo(cfg.replace(**{"train.stop_after": 2}), model=make_model(0), tokenizer=tokenizer, mesh=one_device(), out=tmp_path / "b",
-             reward_fn=rewards)
-    resumed = run_grpo(cfg, model=make_model(0), tokenizer=tokenizer, mesh=one_device(), out=tmp_path / "b", resume=True,
-                       reward_fn=rewards)
+# 8 prompts x 2 samples = 16 rows: the shape of the multi-device bug (rollout batch replicated, step wants it split).
+GRPO = {"train.method": "grpo", "strategy": "pass@2", "train.steps": 4, "train.updates_per_batch": 2,
+        "train.checkpoint_every": 2, "data.batch_size": 8, "rollout.group_size": 2}
+
+
+def _rewards(texts, golds):
+    return [float(len(t) % 2) for t in texts]  # mixed groups from an untrained model
+
+
+@pytest.fixture(scope="module")
+def grpo_straight(tokenizer, tmp_path_factory):
+    """The uninterrupted one-device GRPO run the resume and 8-device tests compare with (compiled once)."""
+    return run_grpo(small_config(**GRPO), model=make_model(0), tokenizer=tokenizer, mesh=one_device(),
+                    out=tmp_path_factory.mktemp("grpo_straight"), reward_fn=_rewards)
+
+
+def test_grpo_stop_and_resume_equals_straight_run(grpo_straight, tokenizer, tmp_path):
+    cfg = small_config(**GRPO)
+    run_grpo(cfg.replace(**{"train.stop_after": 2}), model=make_model(0), tokenizer=tokenizer, mesh=one_device(),
+             out=tmp_path, reward_fn=_rewards)
+    resumed = run_grpo(cfg, model=make_model(0), tokenizer=tokenizer, mesh=one_device(), out=tmp_path, resume=True,
+                       reward_fn=_rewards)
     assert int(resumed.state.step) == 4
-    assert straight.history[0]["frac_mixed_groups"] > 0  # the update was not trivially zero
+    assert grpo_straight.history[0]["frac_mixed_groups"] > 0  # the update was not trivially zero
+    assert _max_diff(jax.device_get(grpo_straight.state.params), jax.device_get(resumed.state.params)) <= 1e-6
+
+
+def test_grpo_loop_on_8_devices_equals_one_device(grpo_straight, tokenizer):
+    # Regression: the rollout batch came out of its assembly replicated and the 8-device step refused it.
+    # Same rows, same per-row sampling keys: the 8-device run must train the same parameters as one device.
+    mesh = make_mesh(data=8)
+    assert mesh.devices.size == 8
+    result = run_grpo(small_config(**GRPO), model=make_model(0), tokenizer=tokenizer, mesh=mesh, reward_fn=_rewards)
+    assert int(result.state.step) == 4
+    q = result.state.params["layers"][0]["self_attn"]["q_proj"]
+    assert len(q.sharding.device_set) == 8
+    assert [r["step"] for r in result.history] == [r["step"] for r in grpo_straight.history] == [1, 2, 3, 4]
+    for one, eight in zip(grpo_straight.history, result.history):
+        assert one.get("reward") == eight.get("reward")  # the same samples were drawn (rows with a rollout)
+        assert abs(one["loss"] - eight["loss"]) <= 1e-5
+    assert _max_diff(jax.device_get(grpo_straight.state.params), jax.device_get(result.state.params)) <= 1e-5
+
+
+def test_running_normalisation_threads_cat_state_through_grpo_steps(tokenizer, tmp_path):
+    # docs/losses.md, jax_cat/losses/state.py: m_t = d m_{t-1} + (1-d) wbar_t (m_0 = 0), scale_t = m_t / (1 - d^t),
+    # with wbar_t the batch mean raw CAT weight (metric weight_batch_mean). One rollout batch per update.
+    d = 0.9
+    cfg = small_config(**{**GRPO, "train.steps": 2, "train.updates_per_batch": 1, "train.checkpoint_every": 1,
+                          "loss.normalize": "running", "loss.norm_decay": d})
+    straight = run_grpo(cfg, model=make_model(0), tokenizer=tokenizer, mesh=one_device(), reward_fn=_rewards)
+    w1, w2 = (row["weight_batch_mean"] for row in straight.history)
+    s1, s2 = (row["weight_scale"] for row in straight.history)
+    assert w1 > 0 and w2 > 0 and abs(w1 - w2) > 1e-3 * w1  # two different batches, so the rule is visible
+    m2 = d * (1 - d) * w1 + (1 - d) * w2
+    assert s1 == pytest.approx(w1, rel=1e-5)  # the first step divides by its own batch mean ("batch")
+    assert s2 == pytest.approx(m2 / (1 - d ** 2), rel=1e-5)
+    assert s2 != pytest.approx(w2, rel=1e-3)  # ... and the second by the running mean, not its own
+    cat = straight.state.cat_state
+    assert int(cat.norm_steps) == 2 and float(cat.norm_mean) == pytest.approx(m2, rel=1e-5)
+    # The state is checkpointed with the params: stop after 1 step, resume, same scale and parameters.
+    run_grpo(cfg.replace(**{"train.stop_after": 1}), model=make_model(0), tokenizer=tokenizer, mesh=one_device(),
+             out=tmp_path, reward_fn=_rewards)
+    resumed = run_grpo(cfg, model=make_model(0), tokenizer=tokenizer, mesh=one_device(), out=tmp_path, resume=True,
+                       reward_fn=_rewards)
+    assert resumed.history[-1]["weight_scale"] == pytest.approx(s2, rel=1e-6)
     assert _max_diff(jax.device_get(straight.state.params), jax.device_get(resumed.state.params)) <= 1e-6
 
 
