@@ -292,10 +292,49 @@ def test_losses_refuse_rewards_of_the_wrong_length():
         cat_weights(BestOfN(2), rewards=jnp.ones(3), group_ids=jnp.array([0, 0, 1, 1]))
 
 
-@pytest.mark.skip(reason="group ids split across micro-batches: the trainer's micro-batching API (issue 10) does not "
-                         "exist yet; this row is added with it")
 def test_group_split_across_micro_batches():
-    raise AssertionError("unreachable")
+    # Not an error: the trainer splits a rollout batch into strided micro-batches (rows i, i+k, ...), so groups are
+    # split, and that is exact because the CAT advantages come from the WHOLE batch first (docs/losses.md).
+    import jax
+    import jax.numpy as jnp
+
+    from jax_cat.losses import PassAtN, cat_advantages, cat_rl_loss, loss_denominator
+
+    strategy = PassAtN(4)
+    rewards = jnp.array([1, 0, 0, 0, 1, 1, 0, 0], jnp.float32)  # two groups of 4 (rows 0-3, rows 4-7)
+    group_ids = jnp.array([0, 0, 0, 0, 1, 1, 1, 1])
+    lengths = jnp.array([3, 1, 2, 3, 2, 3, 1, 2])
+    mask = (jnp.arange(3)[None, :] < lengths[:, None]).astype(jnp.float32)
+    lp = -jnp.linspace(0.1, 2.4, 24).reshape(8, 3)
+    micro = [jnp.array([0, 2, 4, 6]), jnp.array([1, 3, 5, 7])]  # the trainer's split for k = 2: both groups split
+    den = loss_denominator(mask, "token_mean")
+    adv, _ = cat_advantages(strategy, rewards=rewards, group_ids=group_ids)
+
+    def whole(lp):
+        return cat_rl_loss(lp, None, None, None, None, mask, strategy, advantages=adv, loss_denominator=den)[0]
+
+    def summed(lp, per_micro_batch_advantages=False):
+        total = 0.0
+        for rows in micro:
+            a = (cat_advantages(strategy, rewards=rewards[rows], group_ids=group_ids[rows])[0]
+                 if per_micro_batch_advantages else adv[rows])
+            total += cat_rl_loss(lp[rows], None, None, None, None, mask[rows], strategy, advantages=a,
+                                 loss_denominator=den)[0]
+        return total
+
+    loss, grad = jax.value_and_grad(whole)(lp)
+    split_loss, split_grad = jax.value_and_grad(summed)(lp)
+    assert abs(float(split_loss) - float(loss)) <= 1e-6 and float(jnp.max(jnp.abs(split_grad - grad))) <= 1e-7
+    assert float(jnp.abs(grad[1]).sum()) > 1e-3  # row 1 (a wrong answer in a group with one right) is pushed down
+
+    # What goes WRONG with advantages per micro-batch: micro-batch 1 holds rows 1 and 3 of group 0, both wrong, so
+    # that half-group has no spread and those rows get advantage 0 (the whole batch gives them < 0).
+    bad_adv = cat_advantages(strategy, rewards=rewards[micro[1]], group_ids=group_ids[micro[1]])[0]
+    assert float(adv[1]) < -0.1 and float(adv[3]) < -0.1
+    assert float(bad_adv[0]) == 0.0 and float(bad_adv[1]) == 0.0
+    bad_loss, bad_grad = jax.value_and_grad(lambda x: summed(x, per_micro_batch_advantages=True))(lp)
+    assert float(jnp.abs(bad_grad[1]).sum()) == 0.0  # the wrong answer is no longer penalised
+    assert abs(float(bad_loss) - float(loss)) > 0.05 * abs(float(loss))
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
