@@ -92,6 +92,20 @@ def _assemble_rows(prompt_ids, prompt_mask, tokens, lengths, rewards, answer_ids
 
 
 @functools.lru_cache(maxsize=None)
+def _row_inputs(num_prompts: int, group_size: int, impl: Any, sharding: Any) -> Any:
+    """Jitted key data -> (row_prompt [B], row_keys [B]) made directly with the batch sharding: row r samples prompt
+    r // G with key fold_in(key, r). Built inside jit from a host value every process holds (the key's data), so it
+    also works where the mesh spans processes (a device_put onto devices of other processes is refused)."""
+    def rows(key_data):
+        key = jax.random.wrap_key_data(key_data, impl=impl)
+        row_ids = jnp.arange(num_prompts * group_size, dtype=jnp.uint32)
+        return (jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), group_size),
+                jax.vmap(lambda r: jax.random.fold_in(key, r))(row_ids))
+
+    return jax.jit(rows, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
 def _assembler(group_size: int, sharding: Any) -> Any:
     """The jitted assembly with every output placed by the batch sharding: left to XLA, rows built from `arange`
     (group_ids) come out replicated, and the step (in_shardings = batch split) refuses them on a multi-device
@@ -111,11 +125,9 @@ def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, An
     b = local_prompts.shape[0]
     prompt_ids, prompt_mask = global_batch((local_prompts, np.asarray(prompts["attention_mask"], np.int32)), mesh)
     num_prompts = prompt_ids.shape[0]
-    row_prompt = jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), g)
-    rows = jnp.arange(num_prompts * g, dtype=jnp.uint32)
-    row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
     sharding = batch_sharding(mesh)
-    row_prompt, row_keys = jax.device_put((row_prompt, row_keys), sharding)
+    row_prompt, row_keys = _row_inputs(num_prompts, g, jax.random.key_impl(key), sharding)(
+        np.asarray(jax.random.key_data(key)))
     out = sample_tokens(model, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, row_keys=row_keys,
                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                         eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, row_prompt=row_prompt)

@@ -80,8 +80,13 @@ def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = ["--set", f"model.path={tiny_ckpt}", "--set", "train.steps=3", "--set", "data.batch_size=8",
-            "--set", "checkpoint.async_save=false"]
+    # An SFT warm-up (3 steps), then 2 GRPO updates (8 prompts x 2 samples; each process samples and scores its own
+    # rows) at a learning rate too small to move a float32 weight, so the final weights are the warm-up's and
+    # comparable across process counts, while the GRPO stage's multi-process batch placement is exercised.
+    args = ["--set", f"model.path={tiny_ckpt}", "--set", "warmup.steps=3", "--set", "data.batch_size=8",
+            "--set", "checkpoint.async_save=false", "--set", "train.method=grpo", "--set", "train.steps=2",
+            "--set", "rollout.group_size=2", "--set", "rollout.max_new_tokens=4",
+            "--set", "optimizer.learning_rate=1e-30", "--set", "optimizer.warmup_steps=0"]
     one = _train([*args, "--out", str(tmp_path / "one")])
     two = [_train([*args, "--out", str(tmp_path / "two")], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
@@ -91,7 +96,8 @@ def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     # Each process read its own half of the same 8 records a step (shards 0::2 and 1::2 of one shuffle), so the
     # global batch holds the single process's records in another order: the token-mean loss is the same.
     assert _max_diff(_weights(tmp_path / "one"), _weights(tmp_path / "two")) <= 1e-5
-    assert _saved_steps(tmp_path / "two" / "checkpoints" / "sft") == [3]
+    assert _saved_steps(tmp_path / "two" / "checkpoints" / "warmup") == [3]
+    assert _saved_steps(tmp_path / "two" / "checkpoints" / "grpo") == [2]
     from transformers import AutoTokenizer
 
     from jax_cat.models import load_hf
