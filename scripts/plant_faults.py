@@ -25,16 +25,16 @@ class _EpochLosingDataset:  # planted fault: the saved position forgets complete
 '''
 
 FAULTS = {
-    "decode_one_step_too_many": ("jax_cat/sampling/engine.py", 'return (c["step"] < max_new_tokens) &',
-                                 'return (c["step"] < max_new_tokens + 1) &', "tests/wiring/test_sampler_wiring.py"),
-    "generate_drops_top_p": ("jax_cat/sampling/engine.py", "temperature=params.temperature, top_p=params.top_p,",
-                             "temperature=params.temperature, top_p=1.0,", "tests/wiring/test_sampler_wiring.py"),
+    "decode_one_step_too_many": ("jax_cat/sampling/engine.py", "lambda s: (s.step < max_new_tokens) &",
+                                 "lambda s: (s.step < max_new_tokens + 1) &", "tests/wiring/test_sampler_wiring.py"),
+    "generate_drops_top_p": ("jax_cat/sampling/engine.py", "sampling_params=settings.params,",
+                             "sampling_params=dataclasses.replace(settings.params, top_p=1.0),",
+                             "tests/wiring/test_sampler_wiring.py"),
     "top_p_le_boundary": ("jax_cat/sampling/logits_processing.py", "keep_sorted = mass_before < top_p",
                           "keep_sorted = mass_before <= top_p", "tests/wiring/test_sampler_wiring.py"),
-    "pipeline_pads_with_0": ("jax_cat/data/pipeline.py", "ids = np.full((len(sequences), max_len), pad_id,",
+    # one left_pad (jax_cat/data/padding.py) serves the pipeline and the sampler since issue 8
+    "left_pad_pads_with_0": ("jax_cat/data/padding.py", "ids = np.full((len(sequences), max_len), int(pad),",
                              "ids = np.full((len(sequences), max_len), 0,", "tests/wiring/test_pipeline_wiring.py"),
-    "sampler_pads_with_0": ("jax_cat/sampling/engine.py", "ids = np.full((len(token_lists), length), pad_token_id,",
-                            "ids = np.full((len(token_lists), length), 0,", "tests/wiring/test_pipeline_wiring.py"),
     "resume_loses_epoch": ("jax_cat/data/pipeline.py",
                            "    return ds.to_iter_dataset(read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))\n",
                            PIPELINE_EPOCH_LOSS, "tests/wiring/test_pipeline_wiring.py"),

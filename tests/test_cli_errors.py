@@ -118,3 +118,31 @@ def test_real_processes_print_one_line_and_exit_2():
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and word in proc.stderr, proc.stderr
         assert proc.stdout == ""
+
+
+def test_quiet_third_party_silences_transformers_advice(monkeypatch):
+    """The main job prints only its own lines: transformers' advisory notices (e.g. "PyTorch was not found") are off."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from jax_cat.cli import quiet_third_party
+
+    for name in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "TRANSFORMERS_VERBOSITY", "TF_CPP_MIN_LOG_LEVEL"):
+        monkeypatch.setenv(name, "")  # recorded, so the test leaves the environment as it found it
+        monkeypatch.delenv(name)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = hf_logging.get_logger("transformers.jax_cat_test")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # transformers' default (an earlier in-process CLI run may have lowered it)
+    logger.addHandler(handler)
+    try:
+        logger.warning_advice("advice before")
+        quiet_third_party()
+        logger.warning_advice("advice after")
+    finally:
+        logger.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
+    assert seen == ["advice before"]  # printed by default, not after quiet_third_party()

@@ -185,7 +185,7 @@ class WorkerPool:
         with selectors.DefaultSelector() as selector:
             for w in starting:
                 if w.state == "dead":
-                    self._raise_dead_at_start(w)
+                    self.raise_dead_at_start(w)
                 selector.register(w.out_fd, selectors.EVENT_READ, w)
             while starting:
                 timeout = max(0.0, min(w.deadline for w in starting) - time.monotonic())
@@ -206,10 +206,11 @@ class WorkerPool:
         if isinstance(message, tuple) and message[:1] == ("ready",):
             w.state = "ready"
             return
-        self._raise_dead_at_start(w)
+        self.raise_dead_at_start(w)
 
     @staticmethod
-    def _raise_dead_at_start(w: Worker) -> None:
+    def raise_dead_at_start(w: Worker) -> None:
+        """Raise the WorkerStartError of a worker that died (or closed its pipe) before reporting ready."""
         try:
             code = w.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:

@@ -238,6 +238,8 @@ class MathVerifier:
         with selectors.DefaultSelector() as selector:
             while True:
                 for worker in pool.workers:
+                    if worker.state == "dead":  # a replacement that died before reading its init frame
+                        pool.raise_dead_at_start(worker)
                     if worker.state == "ready" and pending:
                         key = pending.popleft()
                         if not worker.submit(key, inner_timeout, self.timeout_s):

@@ -318,6 +318,34 @@ def _row_keys(key: Any, row_keys: Any, batch: int) -> jax.Array:
     return row_keys
 
 
+def _token_inputs(prompt_ids: Any, attention_mask: Any, group_ids: Any, inactive: Any):
+    """`sample_tokens`' arrays checked and converted: (prompt_ids int32, attention_mask bool, group_ids int32 or None,
+    inactive [B] bool); every active row's prompt must end with a real token (left padding)."""
+    if attention_mask is None:
+        raise TypeError("sample_tokens: give attention_mask [batch, prompt_len] (1 = real token, prompts left-padded)")
+    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+    attention_mask = jnp.asarray(attention_mask).astype(bool)
+    if prompt_ids.ndim != 2 or attention_mask.shape != prompt_ids.shape:
+        raise ValueError(
+            f"prompt_ids and attention_mask must both be [batch, prompt_len]; got {prompt_ids.shape} and "
+            f"{attention_mask.shape}"
+        )
+    if group_ids is not None:
+        group_ids = jnp.asarray(group_ids, jnp.int32)
+        if group_ids.ndim != 1 or group_ids.shape[0] < 1:
+            raise ValueError(f"group_ids (row_prompt) must be a non-empty [batch] index vector, got shape {group_ids.shape}")
+        if not bool(jnp.all((group_ids >= 0) & (group_ids < prompt_ids.shape[0]))):
+            raise ValueError(f"row_prompt indices (group_ids) must lie in [0, {prompt_ids.shape[0]}) (the prompt rows)")
+    batch = prompt_ids.shape[0] if group_ids is None else group_ids.shape[0]
+    inactive = jnp.zeros((batch,), bool) if inactive is None else jnp.asarray(inactive, bool)
+    if inactive.shape != (batch,):
+        raise ValueError(f"sample_mask must be [batch={batch}], got shape {inactive.shape}")
+    last_is_real = attention_mask[:, -1] if group_ids is None else attention_mask[group_ids, -1]
+    if not bool(jnp.all(last_is_real | inactive)):
+        raise ValueError("attention_mask: every active row must end with a real token (prompts are left-padded)")
+    return prompt_ids, attention_mask, group_ids, inactive
+
+
 def sample_tokens(
     model: nnx.Module,
     prompt_ids: jax.Array | np.ndarray,
@@ -353,36 +381,16 @@ def sample_tokens(
     """
     where = "sample_tokens"
     params = _sampling_params(sampling_params, temperature, top_p, top_k, where)
-    attention_mask = _alias(where, "attention_mask", attention_mask, "prompt_mask", prompt_mask)
-    group_ids = _alias(where, "group_ids", group_ids, "row_prompt", row_prompt)
-    if attention_mask is None:
-        raise TypeError("sample_tokens: give attention_mask [batch, prompt_len] (1 = real token, prompts left-padded)")
-    if sample_mask is not None and inactive is not None:
-        raise TypeError("sample_tokens: give sample_mask= or its old form inactive= (= ~sample_mask), not both")
-    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    attention_mask = jnp.asarray(attention_mask).astype(bool)
-    if prompt_ids.ndim != 2 or attention_mask.shape != prompt_ids.shape:
-        raise ValueError(
-            f"prompt_ids and attention_mask must both be [batch, prompt_len]; got {prompt_ids.shape} and "
-            f"{attention_mask.shape}"
-        )
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if group_ids is not None:
-        group_ids = jnp.asarray(group_ids, jnp.int32)
-        if group_ids.ndim != 1 or group_ids.shape[0] < 1:
-            raise ValueError(f"group_ids (row_prompt) must be a non-empty [batch] index vector, got shape {group_ids.shape}")
-        if not bool(jnp.all((group_ids >= 0) & (group_ids < prompt_ids.shape[0]))):
-            raise ValueError(f"row_prompt indices (group_ids) must lie in [0, {prompt_ids.shape[0]}) (the prompt rows)")
-    batch = prompt_ids.shape[0] if group_ids is None else group_ids.shape[0]
-    if sample_mask is not None:
-        inactive = ~jnp.asarray(sample_mask).astype(bool)
-    inactive = jnp.zeros((batch,), bool) if inactive is None else jnp.asarray(inactive, bool)
-    if inactive.shape != (batch,):
-        raise ValueError(f"sample_mask must be [batch={batch}], got shape {inactive.shape}")
-    last_is_real = attention_mask[:, -1] if group_ids is None else attention_mask[group_ids, -1]
-    if not bool(jnp.all(last_is_real | inactive)):
-        raise ValueError("attention_mask: every active row must end with a real token (prompts are left-padded)")
+    if sample_mask is not None and inactive is not None:
+        raise TypeError("sample_tokens: give sample_mask= or its old form inactive= (= ~sample_mask), not both")
+    prompt_ids, attention_mask, group_ids, inactive = _token_inputs(
+        prompt_ids, _alias(where, "attention_mask", attention_mask, "prompt_mask", prompt_mask),
+        _alias(where, "group_ids", group_ids, "row_prompt", row_prompt),
+        inactive if sample_mask is None else ~jnp.asarray(sample_mask).astype(bool),
+    )
+    batch = inactive.shape[0]
     row_keys = _row_keys(key, row_keys, batch)
     graphdef, state = nnx.split(model)
     return _sample_core(
@@ -493,6 +501,11 @@ def _settings(model: Any, tokenizer: Any, *, n: int, max_new_tokens: int, batch_
     if any(not s for s in stops):
         raise ValueError(f"stop strings must be non-empty, got {list(stops)!r}")
     eos = tuple(int(e) for e in eos_token_ids) if eos_token_ids is not None else resolve_eos_token_ids(model, tokenizer)
+    if eos_token_ids is None and not eos:  # completions could never end early, and padding would fall back to id 0
+        raise ValueError(
+            "generate: neither the tokenizer nor the model config has an eos_token_id; pass eos_token_ids=[...] "
+            "(or eos_token_ids=() to always generate max_new_tokens tokens)"
+        )
     pad = int(pad_token_id) if pad_token_id is not None else resolve_pad_token_id(model, tokenizer, eos)
     return _Settings(params, int(max_new_tokens), stops, eos, pad, cache_dtype)
 

@@ -1,0 +1,333 @@
+"""The jitted SFT and GRPO update steps over a device mesh.
+
+State: `TrainState(params, opt_state, step)` with params a pure dict of float32 master weights (the NNX module's
+`nnx.to_pure_dict` form) placed by their logical axes (`jax_cat.sharding`), the optimizer state placed like the
+params, the batch split over (data, fsdp). Each step:
+
+  - runs the forward/backward in the model's compute dtype (`load_hf(dtype=compute, param_dtype=float32)`:
+    gradients come back in the float32 master dtype),
+  - splits the batch into `micro_batches` strided micro-batches and accumulates gradients with `lax.scan`; every
+    micro-batch loss is divided by the FULL batch's denominator (its target-token or sequence count) and, in GRPO,
+    uses advantages computed once for the whole rollout batch, so k micro-batches give the same update as one,
+  - clips by global norm, applies AdamW, and skips the update (params and optimizer state unchanged, `ok` = 0 in
+    the metrics) when the loss or the gradient norm is not finite,
+  - donates the old state's buffers.
+
+`make_sft_step` / `make_grpo_step` return `Step`s: `step(state, batch) -> (state, metrics)` (metrics: float32
+scalars on device; nothing is fetched to the host here). `Step.lower(...)` is the jitted function's, for AOT use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jax_cat import losses
+from jax_cat.sharding import batch_sharding, replicated, state_shardings
+from jax_cat.training.config import OptimizerConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainState(NamedTuple):
+    """params: pure dict of master weights; opt_state: the optax state; step: int32 updates applied so far;
+    cat_state: `jax_cat.losses.CATState` when the CAT advantages carry state across steps, else None."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    cat_state: Any = None
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+def learning_rate_schedule(opt: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 over opt.warmup_steps, then cosine to end_lr_ratio x peak at total_steps (or constant)."""
+    peak, warm = opt.learning_rate, opt.warmup_steps
+    if opt.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        after = optax.cosine_decay_schedule(peak, max(total_steps - warm, 1), alpha=opt.end_lr_ratio)
+    if warm <= 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
+
+
+def make_optimizer(opt: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW on the schedule above."""
+    parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
+    parts.append(optax.adamw(learning_rate_schedule(opt, total_steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay))
+    return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------------------------------------ state + placement
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
+    """(graphdef, params as a pure dict): the static structure and the arrays the step trains."""
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def param_shardings(model: nnx.Module, mesh: Mesh) -> dict:
+    """Pure dict of NamedShardings for the params (by each parameter's logical axes)."""
+    return nnx.to_pure_dict(state_shardings(nnx.state(model), mesh))
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, params: Any, p_shardings: Any, mesh: Mesh) -> Any:
+    """The optimizer state's shardings: moments placed like their params, counters replicated."""
+    abstract = jax.eval_shape(tx.init, params)
+    return optax.tree_map_params(tx, lambda _, s: s, abstract, p_shardings,
+                                 transform_non_params=lambda _: replicated(mesh))
+
+
+def state_shardings_for(tx: optax.GradientTransformation, model: nnx.Module, mesh: Mesh) -> TrainState:
+    """TrainState of NamedShardings for `model` trained with `tx` on `mesh`."""
+    _, params = split_model(model)
+    p_sh = param_shardings(model, mesh)
+    return TrainState(p_sh, opt_state_shardings(tx, params, p_sh, mesh), replicated(mesh))
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """A fresh TrainState (params copied from `model`, zeroed optimizer state, step 0) placed by `shardings`."""
+    _, params = split_model(model)
+    # The step donates the state: copy first, so no buffer of `model` is shared (device_put may alias one shard).
+    params = jax.device_put(jax.tree.map(jnp.copy, params), shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step))
+
+
+def abstract_state(tx: optax.GradientTransformation, model: nnx.Module, shardings: TrainState) -> TrainState:
+    """ShapeDtypeStructs (with shardings) of the TrainState: the restore target and the AOT-compile input."""
+    _, params = split_model(model)
+    shapes = TrainState(params, jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32))
+    shapes = jax.eval_shape(lambda s: s, shapes)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
+# ------------------------------------------------------------------------------------------------ micro-batching
+def split_micro_batches(batch: Any, k: int) -> Any:
+    """[B, ...] leaves -> [k, B/k, ...]: micro-batch i holds rows i, i+k, i+2k, ... (each device keeps its rows)."""
+    def one(x):
+        b = x.shape[0]
+        if b % k:
+            raise ValueError(f"a batch of {b} rows does not split into {k} micro-batches")
+        return jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(one, batch)
+
+
+def accumulate(grad_fn: Callable, params: Any, batch: Any, k: int) -> tuple[Any, dict]:
+    """Sum of grad_fn(params, micro_batch) -> (loss, metrics), grads over k micro-batches; metrics: sum of losses,
+    mean of the other metrics."""
+    if k == 1:
+        (loss, metrics), grads = grad_fn(params, batch)
+        return grads, {**metrics, "loss": loss}
+    micro = split_micro_batches(batch, k)
+
+    def body(carry, mb):
+        grads_acc, loss_acc, metrics_acc = carry
+        (loss, metrics), grads = grad_fn(params, mb)
+        grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+        metrics_acc = jax.tree.map(lambda a, m: a + m / k, metrics_acc, metrics)
+        return (grads_acc, loss_acc + loss, metrics_acc), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    metric_shapes = jax.eval_shape(lambda: grad_fn(params, first)[0][1])
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+             jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+    (grads, loss, metrics), _ = jax.lax.scan(body, zeros, micro)
+    return grads, {**metrics, "loss": loss}
+
+
+def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Any, loss: jax.Array,
+                 schedule: optax.Schedule | None = None) -> tuple[TrainState, dict]:
+    """One optimizer update; skipped (state kept, step still counted as not applied) when loss or grads are not finite."""
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
+                           state.step + ok.astype(jnp.int32), state.cat_state)
+    metrics = {"grad_norm": grad_norm, "ok": ok.astype(jnp.float32)}
+    if schedule is not None:
+        metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return new_state, metrics
+
+
+def _float_metrics(metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A jitted update `(state, batch) -> (state, metrics)` with the shardings it was built for."""
+
+    fn: Any
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        return self.fn(state, batch)
+
+    def lower(self, state: Any, batch: Any):
+        return self.fn.lower(state, batch)
+
+
+# ------------------------------------------------------------------------------------------------ SFT
+def sft_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, strategy: losses.Strategy,
+             reduction: str, denominator: Any) -> tuple[jax.Array, dict]:
+    """CAT SFT loss of a (micro-)batch divided by the FULL batch's `denominator` (`losses.loss_denominator`), so
+    micro-batch losses and gradients sum to the whole batch's.
+
+    batch: input_ids [B, T], attention_mask [B, T] (1 = real token), loss_mask [B, T] (1 = a target token: the
+    model is trained to predict it from the tokens before). The forward runs in the model's compute dtype.
+    """
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
+    targets, mask = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
+    loss, metrics = losses.cat_sft_loss(logits, targets, mask, strategy, reduction=reduction,
+                                        loss_denominator=denominator)
+    metrics = dict(metrics, tokens=jnp.sum(mask).astype(jnp.float32))
+    metrics.pop("loss", None)
+    return loss, _float_metrics(metrics)
+
+
+def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh, *,
+                  strategy: losses.Strategy, reduction: str = "token_mean", micro_batches: int = 1,
+                  schedule: optax.Schedule | None = None) -> Step:
+    """The jitted SFT step (see module doc); batch = {input_ids, attention_mask, loss_mask}, all [B, T]."""
+    data = batch_sharding(mesh)
+
+    def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        denominator = losses.loss_denominator(batch["loss_mask"][:, 1:], reduction)
+        loss_fn = functools.partial(sft_loss, graphdef=graphdef, strategy=strategy, reduction=reduction,
+                                    denominator=denominator)
+        grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
+        metrics["tokens"] = metrics["tokens"] * micro_batches  # summed over micro-batches, not averaged
+        state, update_metrics = apply_update(tx, state, grads, metrics["loss"], schedule)
+        return state, {**metrics, **update_metrics}
+
+    fn = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, replicated(mesh)),
+                 donate_argnums=0)
+    return Step(fn, shardings, data)
+
+
+# ------------------------------------------------------------------------------------------------ GRPO
+def completion_logprobs(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
+                        prompt_len: int) -> jax.Array:
+    """log pi(token) of each completion token [B, N] under params (vocab projection only on completion positions).
+
+    batch: input_ids / attention_mask [B, P + N] (prompt left-padded to P, then the N sampled tokens).
+    """
+    model = nnx.merge(graphdef, params)
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])
+    logits = model.logits_from_hidden(hidden[:, prompt_len - 1:-1])
+    return losses.token_logprobs(logits, batch["input_ids"][:, prompt_len:])
+
+
+def make_logprob_fn(graphdef: nnx.GraphDef, shardings: TrainState, mesh: Mesh, *, prompt_len: int) -> Callable:
+    """Jitted (params, batch) -> completion log-probs [B, N] (old-policy and reference log-probs)."""
+    fn = functools.partial(completion_logprobs, graphdef=graphdef, prompt_len=prompt_len)
+    return jax.jit(fn, in_shardings=(shardings.params, batch_sharding(mesh)), out_shardings=batch_sharding(mesh))
+
+
+def grpo_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, prompt_len: int,
+              strategy: losses.Strategy, loss_cfg: losses.CATLossConfig, denominator: Any) -> tuple[jax.Array, dict]:
+    """CAT-GRPO loss of a (micro-)batch of rollouts given its slice of the whole batch's `advantages` and the whole
+    batch's `denominator`: micro-batch losses and gradients sum to the whole batch's."""
+    logprobs = completion_logprobs(params, batch, graphdef=graphdef, prompt_len=prompt_len)
+    loss, metrics = losses.cat_rl_loss(
+        logprobs, batch.get("old_logprobs"), batch.get("ref_logprobs"), None, None, batch["completion_mask"],
+        strategy, advantages=batch["advantages"], loss_denominator=denominator, config=loss_cfg,
+    )
+    metrics = dict(metrics, tokens=jnp.sum(batch["completion_mask"]).astype(jnp.float32))
+    metrics.pop("loss", None)
+    return loss, _float_metrics(metrics)
+
+
+def needs_cat_state(strategy: losses.Strategy, loss_cfg: losses.CATLossConfig) -> bool:
+    """Whether the advantages carry state across steps (running normalisation, BoN reward history)."""
+    return loss_cfg.normalize == "running" or (isinstance(strategy, losses.BestOfN) and loss_cfg.bon_quantile == "history")
+
+
+def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh, *,
+                   strategy: losses.Strategy, loss_cfg: losses.CATLossConfig, prompt_len: int,
+                   micro_batches: int = 1, schedule: optax.Schedule | None = None) -> Step:
+    """The jitted GRPO step; batch = `RolloutBatch.arrays()` (input_ids, attention_mask, completion_mask, rewards,
+    group_ids, answer_ids, optional old_logprobs / ref_logprobs).
+
+    The CAT advantages of the whole rollout batch are computed once (`losses.cat_advantages`: group statistics,
+    p, the dynamic majority k from answer_ids, clipping, normalisation), then the loss of each micro-batch uses
+    its rows' advantages and the whole batch's denominator. State carried across steps (running normalisation,
+    BoN history) lives in TrainState.cat_state.
+    """
+    data = batch_sharding(mesh)
+    stateful = needs_cat_state(strategy, loss_cfg)
+
+    def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        batch = dict(batch)
+        mask = batch["completion_mask"]
+        advantages, adv_metrics = losses.cat_advantages(
+            strategy, rewards=batch["rewards"], group_ids=batch["group_ids"], config=loss_cfg,
+            answer_ids=batch["answer_ids"] if isinstance(strategy, losses.MajorityAtN) else None,
+            old_logprobs=batch.get("old_logprobs") if loss_cfg.p_source == "sequence" else None,
+            mask=mask if loss_cfg.p_source == "sequence" else None,
+            state=state.cat_state if stateful else None,
+        )
+        cat_state = adv_metrics.pop("state", state.cat_state)
+        if loss_cfg.p_source == "sequence" and batch.get("old_logprobs") is None:
+            raise ValueError("p_source='sequence' needs the rollout policy's log-probs (old_logprobs)")
+        batch["advantages"] = advantages
+        denominator = losses.loss_denominator(mask, loss_cfg.reduction)
+        loss_fn = functools.partial(grpo_loss, graphdef=graphdef, prompt_len=prompt_len, strategy=strategy,
+                                    loss_cfg=loss_cfg, denominator=denominator)
+        grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
+        metrics["tokens"] = metrics["tokens"] * micro_batches
+        metrics.update(_float_metrics(adv_metrics))
+        state, update_metrics = apply_update(tx, state._replace(cat_state=cat_state), grads, metrics["loss"], schedule)
+        return state, {**metrics, **update_metrics}
+
+    fn = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, replicated(mesh)),
+                 donate_argnums=0)
+    return Step(fn, shardings, data)
+
+
+# ------------------------------------------------------------------------------------------------ cached builders
+_BUILT: dict[Any, Any] = {}
+
+
+def cached(kind: str, key: tuple, build: Callable[[], Any]) -> Any:
+    """build() once per (kind, key) in this process: loops re-run with the same settings (resume, several variants
+    from one warm start) reuse the jitted step and its compiled executables instead of recompiling."""
+    full = (kind, *key)
+    if full not in _BUILT:
+        _BUILT[full] = build()
+    return _BUILT[full]
+
+
+def build_training(model: nnx.Module, mesh: Mesh, opt: OptimizerConfig, total_steps: int
+                   ) -> tuple[nnx.GraphDef, optax.GradientTransformation, TrainState, optax.Schedule]:
+    """(graphdef, optimizer, state shardings, schedule) for `model` on `mesh`, cached per settings."""
+    graphdef, _ = split_model(model)
+
+    def build():
+        tx = make_optimizer(opt, total_steps)
+        return graphdef, tx, state_shardings_for(tx, model, mesh), learning_rate_schedule(opt, total_steps)
+
+    return cached("training", (graphdef, mesh, opt, total_steps), build)
+
+
+__all__ = [
+    "DTYPES", "Step", "TrainState", "abstract_state", "accumulate", "apply_update", "build_training", "cached",
+    "completion_logprobs", "grpo_loss", "init_state", "learning_rate_schedule", "make_grpo_step", "make_logprob_fn",
+    "make_optimizer", "make_sft_step", "needs_cat_state", "opt_state_shardings", "param_shardings", "sft_loss",
+    "split_micro_batches", "split_model", "state_shardings_for",
+]
