@@ -1,0 +1,124 @@
+"""`python -m jax_cat.train`: SFT and GRPO with CAT objectives on a device mesh.
+
+    python -m jax_cat.train [--config PATH_OR_NAME] [--set KEY=VALUE ...] [--out DIR] [--resume] [--debug]
+
+With no arguments it runs the embedded default (`jax_cat.training.default_run`). Recipes: the files of configs/
+(`--config grpo_cat`) or any .toml/.json path; `--set` overrides one key (`--set strategy=pass@8`). A bad key, value
+or mesh is one line on stderr and exit status 2 before anything compiles; a non-finite loss stops the run with
+exit status 1, keeping the last good checkpoint. Multi-host: when the environment names a coordinator
+(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or a cluster JAX detects), `jax.distributed` is
+initialised first and each process reads its own data shard.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jax_cat.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help="recipe file (.toml/.json) or name in configs/ (e.g. grpo_cat)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--list", action="store_true", help="list the named recipes and exit")
+    return p
+
+
+def _distributed_init() -> None:
+    """jax.distributed.initialize() when the environment describes several processes (before any JAX use)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
+        import jax
+
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if not argv:
+        try:
+            from jax_cat.training import default_run
+        except ImportError:
+            print("The embedded default run (jax_cat.training.default_run) is not installed yet; run a recipe:\n"
+                  "  python -m jax_cat.train --config grpo_cat --out runs/grpo_cat", file=sys.stderr)
+            return 2
+        return int(default_run.main(args) or 0)
+
+    from jax_cat.training.config import ConfigError, load_config, recipe_names
+
+    if args.list:
+        print("\n".join(recipe_names()))
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+        _distributed_init()
+        import jax
+
+        from jax_cat.training.config import check_mesh
+
+        check_mesh(cfg, jax.device_count())
+    except ConfigError as err:
+        if args.debug:
+            raise
+        return _error(str(err))
+    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "run")
+    if args.resume and not (out / "checkpoints").is_dir():
+        return _error(f"--resume: no checkpoints in {out}/checkpoints (start without --resume)")
+
+    from jax_cat.training.run import run
+    from jax_cat.training.runtime import NonFiniteLoss
+
+    try:
+        summary = run(cfg, out=out, resume=args.resume)
+    except ConfigError as err:
+        if args.debug:
+            raise
+        return _error(str(err))
+    except NonFiniteLoss as err:
+        if args.debug:
+            raise
+        return _error(str(err), code=1)
+    except KeyboardInterrupt:
+        return _error("interrupted (resume with --resume)", code=130)
+    import jax
+
+    if jax.process_index() == 0:
+        _report(summary, out)
+    return 0
+
+
+def _report(summary: dict, out: Path) -> None:
+    for name, result in summary["stages"].items():
+        if result.history:
+            last = result.history[-1]
+            shown = {k: last[k] for k in ("loss", "reward", "pass@1") if k in last}
+            print(f"{name}: {last['step']} steps; " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    if summary["final"] is not None:
+        print(f"final checkpoint: {summary['final']}")
+    if summary["eval"] is not None:
+        for metric, rows in summary["eval"]["metrics"].items():
+            print(f"{metric:7s} " + "  ".join(f"k={k}: {m:.3f}" for k, m in zip(rows["k"], rows["mean"])))
+        print(f"evaluation: {out / 'eval'}")
+    print(f"metrics: {out / 'metrics.jsonl'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Orbax checkpoints of a training stage: params, optimizer state, step (one sharded PyTree) + JSON extras
+(the grain iterator state, the PRNG seed and whatever the loop needs to continue exactly).
+
+Saves are asynchronous (a background thread writes while training goes on), the last `keep` are kept, and each is
+atomic: Orbax writes into a temporary folder and renames it when complete, so a process killed mid-save leaves the
+previous checkpoint as the latest one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jax_cat.training.steps import TrainState
+
+
+class Checkpointer:
+    """`<directory>/<step>/{state,extra}`; `save(step, state, extra)`, `latest_step()`, `restore(step, target)`."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, async_save: bool = True) -> None:
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: TrainState, extra: dict[str, Any]) -> None:
+        """Start writing checkpoint `step` (returns before the write finishes when async)."""
+        self._manager.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state._asdict()), extra=ocp.args.JsonSave(extra)), force=True)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        """(state placed as `target`'s shardings, extras) of checkpoint `step`; target: `steps.abstract_state(...)`."""
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target._asdict()), extra=ocp.args.JsonRestore()))
+        return TrainState(**restored["state"]), dict(restored["extra"])
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def path(self, step: int) -> Path:
+        return self.directory / str(int(step))
+
+
+def is_primary() -> bool:
+    """Whether this process writes host-side files (metrics, final checkpoint): process 0."""
+    return jax.process_index() == 0

@@ -1,0 +1,533 @@
+"""The trainer's settings: small frozen dataclasses, one per concern, read from a recipe file plus `--set` overrides.
+
+A recipe is a TOML or JSON file of nested tables whose keys are the fields below (`[optimizer] learning_rate = 1e-3`);
+`--set optimizer.learning_rate=3e-4` overrides one field. Every key and value is checked here, before JAX compiles
+anything: an unknown key fails with a did-you-mean, a value of the wrong type names the key and the type wanted.
+
+Recipes by name (`--config grpo_cat`) are the files of the top-level `configs/` folder (installed as the
+`jax_cat.recipes` package data when the project is installed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A bad recipe, key or value (raised before anything compiles; the CLI prints it as one line, exit 2)."""
+
+
+_FROZEN = dict(frozen=True, kw_only=True)
+
+
+@dataclasses.dataclass(**_FROZEN)
+class TrainConfig:
+    """The run itself.
+
+    Attributes:
+      method: "sft" (supervised on the data's `solution` field) or "grpo" (RL from verifier rewards).
+      steps: optimizer updates of the main stage (GRPO: rollout batches x updates_per_batch).
+      seed: seeds parameter-independent randomness: data order, rollout sampling keys.
+      checkpoint_every: save an Orbax checkpoint every this many steps (0 = only at the end).
+      micro_batches: split each batch into this many micro-batches and accumulate gradients (same update).
+      updates_per_batch: GRPO optimizer updates per rollout batch (old log-probs from the rollout policy).
+      log_every: host sync + metrics line every this many steps (the only per-step host traffic).
+      eval_at_end: run the pass@k / maj@k evaluation on held-out prompts after training.
+      save_final: write `<out>/final/` (HF checkpoint + tokenizer) at the end.
+    """
+
+    method: Literal["sft", "grpo"] = "sft"
+    steps: int = 100
+    seed: int = 0
+    checkpoint_every: int = 0
+    micro_batches: int = 1
+    updates_per_batch: int = 1
+    log_every: int = 10
+    eval_at_end: bool = True
+    save_final: bool = True
+
+
+@dataclasses.dataclass(**_FROZEN)
+class ModelSource:
+    """Which checkpoint to train and how to hold it (the architecture comes from the checkpoint's config.json).
+
+    Attributes:
+      path: HF-format checkpoint folder or hub id; "tiny" is the embedded default (built offline once).
+      param_dtype: dtype of the master weights and optimizer state ("float32").
+      compute_dtype: dtype of the forward/backward pass ("float32", or "bfloat16" on accelerators); parameters
+        are cast inside the step, gradients come back in param_dtype.
+      remat: rematerialise each decoder layer in the backward pass (less activation memory, ~1/3 more compute).
+    """
+
+    path: str = "tiny"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False
+
+
+@dataclasses.dataclass(**_FROZEN)
+class DataConfig:
+    """Where prompts (and SFT targets) come from and how they are shaped.
+
+    Attributes:
+      dataset: "arithmetic[:preset]" (the shipped generator, e.g. "arithmetic:sum3"), "gsm8k", "math", a hub id or
+        a local json/jsonl/parquet file of {prompt, answer[, solution]} records.
+      split: the training split of a hub/local dataset ("train").
+      eval_split: the held-out split for the end-of-run evaluation ("test").
+      data_seed: seed of the arithmetic generator (fixes its held-out set).
+      style: arithmetic prompt style: "plain" (char-level) or "natural" (chat models, \\boxed{} answers).
+      batch_size: prompts per step, global over all processes (SFT: sequences per step).
+      max_prompt_len: prompt tokens after formatting (left-padded to this).
+      max_target_len: SFT target tokens including EOS (right-padded to this).
+      use_chat_template: format prompts with the tokenizer's chat template when it has one.
+      system: optional system prompt.
+      limit: use only the first `limit` training records (None = all).
+    """
+
+    dataset: str = "arithmetic:sum3"
+    split: str = "train"
+    eval_split: str = "test"
+    data_seed: int = 0
+    style: Literal["plain", "natural"] = "plain"
+    batch_size: int = 64
+    max_prompt_len: int = 32
+    max_target_len: int = 8
+    use_chat_template: bool = True
+    system: str | None = None
+    limit: int | None = None
+
+
+@dataclasses.dataclass(**_FROZEN)
+class OptimizerConfig:
+    """Optax AdamW with linear warm-up then cosine (or constant) decay, after global-norm clipping.
+
+    Attributes:
+      learning_rate: peak learning rate.
+      warmup_steps: linear warm-up from 0 to the peak.
+      schedule: "cosine" (decay to end_lr_ratio x peak at the last step) or "constant".
+      end_lr_ratio: final learning rate as a fraction of the peak (cosine).
+      weight_decay: decoupled weight decay (AdamW).
+      b1, b2, eps: Adam moments.
+      clip_norm: global gradient-norm clip (0 = off).
+    """
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+
+
+@dataclasses.dataclass(**_FROZEN)
+class RolloutConfig:
+    """How GRPO samples (`jax_cat.sampling.sample_tokens`: one prefill per prompt, group_size samples each).
+
+    Attributes:
+      group_size: samples per prompt (the group the advantages are computed in).
+      max_new_tokens: tokens sampled per completion (EOS included).
+      temperature, top_p, top_k: sampling settings (log-probs for the loss are at temperature 1).
+    """
+
+    group_size: int = 8
+    max_new_tokens: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclasses.dataclass(**_FROZEN)
+class LossConfig:
+    """The CAT objective's settings (see `jax_cat.losses.cat_rl_loss` / `cat_sft_loss` and docs/losses.md).
+
+    Attributes:
+      form: RL weight form: "raw" (dS/dp) or "log" (p S'/S).
+      reduction: "token_mean", "sequence_mean" or "token_sum" (RL); SFT takes "token_mean" or "sequence_sum".
+      p_source: success estimate: "group" (Laplace over the prompt's samples) or "sequence" (rollout log-prob).
+      smoothing: Laplace smoothing of the group estimate.
+      weight_clip: cap on the CAT weight before normalising (None = off).
+      normalize: divide the weights by their mean so the step size stays comparable to plain GRPO.
+      clip_eps_low, clip_eps_high: PPO ratio clipping (None = off).
+      beta: k3 KL penalty to the initial (reference) model (0 = off, no reference forward).
+      min_k: floor of the dynamic majority threshold (maj@N).
+    """
+
+    form: Literal["raw", "log"] = "raw"
+    reduction: Literal["token_mean", "sequence_mean", "token_sum", "sequence_sum"] = "token_mean"
+    p_source: Literal["group", "sequence"] = "group"
+    smoothing: float = 1.0
+    weight_clip: float | None = None
+    normalize: bool = True
+    clip_eps_low: float | None = 0.2
+    clip_eps_high: float | None = 0.2
+    beta: float = 0.0
+    min_k: int = 2
+
+
+@dataclasses.dataclass(**_FROZEN)
+class WarmupConfig:
+    """An SFT warm-up stage before GRPO (the paper's two-stage recipe); steps 0 = none.
+
+    Attributes:
+      steps: SFT steps before the GRPO stage.
+      learning_rate: the SFT stage's peak learning rate (its own optimizer; GRPO starts a fresh one).
+      batch_size: SFT sequences per step (0 = data.batch_size).
+      strategy: the SFT stage's strategy spec ("pass@1" = plain cross-entropy).
+    """
+
+    steps: int = 0
+    learning_rate: float = 1e-3
+    batch_size: int = 0
+    strategy: str = "pass@1"
+
+
+@dataclasses.dataclass(**_FROZEN)
+class MeshConfig:
+    """Device mesh (jax_cat.sharding.make_mesh): data x fsdp x tensor must equal the device count; -1 = the rest.
+
+    Attributes:
+      data: data-parallel replicas (batch split, params replicated).
+      fsdp: fully-sharded data parallel (batch split, params + optimizer state split on the embed axis).
+      tensor: tensor parallel (heads / mlp / vocab split).
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(**_FROZEN)
+class CheckpointConfig:
+    """Orbax checkpoints under `<out>/checkpoints/` (params, optimizer state, step, data iterator state, PRNG).
+
+    Attributes:
+      keep: keep the last `keep` checkpoints.
+      async_save: write in a background thread while training continues.
+    """
+
+    keep: int = 2
+    async_save: bool = True
+
+
+@dataclasses.dataclass(**_FROZEN)
+class LoggingConfig:
+    """What the run shows and writes besides `<out>/metrics.jsonl`.
+
+    Attributes:
+      progress: a tqdm progress bar (loss, reward, pass@1, tokens/s); None = when stderr is a terminal.
+      tensorboard: also write TensorBoard event files to `<out>/tb/` (needs tensorboardX).
+    """
+
+    progress: bool | None = None
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass(**_FROZEN)
+class EvalConfig:
+    """The end-of-run scaling evaluation (`jax_cat.evaluate`) on held-out prompts.
+
+    Attributes:
+      num_problems: held-out problems evaluated.
+      n: samples per problem; ks: the k values reported (each <= n).
+      max_new_tokens: 0 = rollout.max_new_tokens.
+      temperature: sampling temperature.
+    """
+
+    num_problems: int = 100
+    n: int = 16
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    max_new_tokens: int = 0
+    temperature: float = 1.0
+
+
+@dataclasses.dataclass(**_FROZEN)
+class Config:
+    """One training run. `strategy` is a spec string: "pass@1" is plain SFT/GRPO; "pass@8", "maj@16", "bon@4" CAT."""
+
+    train: TrainConfig = TrainConfig()
+    model: ModelSource = ModelSource()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    strategy: str = "pass@1"
+    loss: LossConfig = LossConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with dotted-key changes: cfg.replace(**{"train.steps": 4})."""
+        return apply_overrides(self, changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------- parsing
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += _all_keys(hint, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    if not close:  # a bare field name: suggest its section
+        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """value (a string from --set, or a TOML/JSON value) as the field's type, or ConfigError naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, Sequence):
+            raise ConfigError(f"{key}: expected a comma-separated list, got {value!r}")
+        return tuple(_coerce(key, v.strip() if isinstance(v, str) else v, args[0]) for v in items if v != "")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {hint}")  # pragma: no cover - a bug in this module
+
+
+def _set(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+    cls = type(obj)
+    names = {f.name for f in dataclasses.fields(cls)}
+    name = path[0]
+    if name not in names:
+        raise ConfigError(f"unknown config key {full_key!r}{_did_you_mean(full_key)}")
+    hint = _hints(cls)[name]
+    if dataclasses.is_dataclass(hint):
+        if len(path) == 1:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full_key} is a section; set one of its keys, e.g. {_all_keys(hint, full_key + '.')[0]}")
+            new = getattr(obj, name)
+            for sub, v in value.items():
+                new = _set(new, [sub], v, f"{full_key}.{sub}")
+            return dataclasses.replace(obj, **{name: new})
+        return dataclasses.replace(obj, **{name: _set(getattr(obj, name), path[1:], value, full_key)})
+    if len(path) > 1:
+        raise ConfigError(f"unknown config key {full_key!r}{_did_you_mean(full_key)}")
+    return dataclasses.replace(obj, **{name: _coerce(full_key, value, hint)})
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """cfg with each dotted key set (values: strings from --set, or typed values); validates the result."""
+    for key, value in overrides.items():
+        cfg = _set(cfg, key.split("."), value, key)
+    validate(cfg)
+    return cfg
+
+
+def parse_set(items: Sequence[str]) -> dict[str, str]:
+    """["a.b=1", ...] -> {"a.b": "1"}; a missing '=' is a ConfigError."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=100")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def recipes_dir() -> Path:
+    """The folder of named recipes: configs/ of a source checkout, else the installed jax_cat.recipes data."""
+    here = Path(__file__).resolve().parents[2] / "configs"
+    if here.is_dir():
+        return here
+    from importlib import resources
+
+    return Path(str(resources.files("jax_cat.recipes")))
+
+
+def recipe_names() -> list[str]:
+    """Names accepted by `--config NAME`."""
+    return sorted(p.stem for p in recipes_dir().glob("*") if p.suffix in (".toml", ".json"))
+
+
+def read_recipe(path_or_name: str | os.PathLike) -> dict[str, Any]:
+    """The nested dict of a recipe file (.toml or .json), by path or by name from `recipes_dir()`."""
+    path = Path(path_or_name).expanduser()
+    if not path.is_file():
+        matches = [p for p in (recipes_dir() / f"{path_or_name}.toml", recipes_dir() / f"{path_or_name}.json") if p.is_file()]
+        if not matches:
+            names = recipe_names()
+            close = difflib.get_close_matches(str(path_or_name), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; recipes: {', '.join(names)}"
+            raise ConfigError(f"--config {path_or_name!r}: no such file or recipe{hint}")
+        path = matches[0]
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"--config {path}: cannot parse: {err}") from None
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def load_config(path_or_name: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] = ()) -> Config:
+    """Config from a recipe (path or name; None = defaults) plus overrides ({"k": v} or ["k=v", ...])."""
+    cfg = Config()
+    values: dict[str, Any] = {}
+    if path_or_name is not None:
+        values.update(_flatten(read_recipe(path_or_name)))
+    if not isinstance(overrides, Mapping):
+        overrides = parse_set(list(overrides))
+    values.update(overrides)
+    return apply_overrides(cfg, values)
+
+
+# -------------------------------------------------------------------------------------------------- validation
+def _positive(key: str, value: int | float, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that need no devices (the mesh is checked against devices by `check_mesh`)."""
+    from jax_cat.losses import strategy_from_spec
+
+    for key, spec in (("strategy", cfg.strategy), ("warmup.strategy", cfg.warmup.strategy)):
+        try:
+            strategy_from_spec(spec)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    t = cfg.train
+    _positive("train.steps", t.steps, 0)
+    _positive("train.checkpoint_every", t.checkpoint_every, 0)
+    _positive("train.micro_batches", t.micro_batches)
+    _positive("train.updates_per_batch", t.updates_per_batch)
+    _positive("train.log_every", t.log_every)
+    _positive("data.batch_size", cfg.data.batch_size)
+    _positive("data.max_prompt_len", cfg.data.max_prompt_len)
+    _positive("data.max_target_len", cfg.data.max_target_len)
+    _positive("rollout.group_size", cfg.rollout.group_size)
+    _positive("rollout.max_new_tokens", cfg.rollout.max_new_tokens)
+    _positive("checkpoint.keep", cfg.checkpoint.keep)
+    _positive("warmup.steps", cfg.warmup.steps, 0)
+    _positive("warmup.batch_size", cfg.warmup.batch_size, 0)
+    if not cfg.optimizer.learning_rate > 0:
+        raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
+    if t.method == "sft" and cfg.loss.reduction not in ("token_mean", "sequence_sum"):
+        raise ConfigError(f"loss.reduction={cfg.loss.reduction!r} is an RL reduction; SFT takes token_mean or sequence_sum")
+    if t.method == "grpo" and cfg.loss.reduction == "sequence_sum":
+        raise ConfigError("loss.reduction='sequence_sum' is the SFT name; GRPO takes token_mean, sequence_mean or token_sum")
+    if t.method == "sft" and cfg.data.batch_size % t.micro_batches:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split into train.micro_batches={t.micro_batches}")
+    if t.method == "grpo" and (cfg.data.batch_size * cfg.rollout.group_size) % t.micro_batches:
+        raise ConfigError(
+            f"the rollout batch (data.batch_size x rollout.group_size = {cfg.data.batch_size * cfg.rollout.group_size}) "
+            f"does not split into train.micro_batches={t.micro_batches}"
+        )
+    if t.method == "grpo" and t.micro_batches > 1 and cfg.data.batch_size % t.micro_batches:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} prompts must split into train.micro_batches="
+                          f"{t.micro_batches} (a prompt's group stays in one micro-batch)")
+    if cfg.eval.ks and max(cfg.eval.ks) > cfg.eval.n:
+        raise ConfigError(f"eval.ks {list(cfg.eval.ks)} must all be <= eval.n={cfg.eval.n}")
+    for name in ("data", "fsdp", "tensor"):
+        size = getattr(cfg.mesh, name)
+        if size != -1 and size < 1:
+            raise ConfigError(f"mesh.{name} must be a positive size or -1 (the rest of the devices), got {size}")
+    if [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) > 1:
+        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+
+
+def check_mesh(cfg: Config, num_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes for `num_devices`, or ConfigError; also checks the batch splits over data x fsdp."""
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    known = 1
+    for s in sizes:
+        if s != -1:
+            known *= s
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(f"mesh fsdp x tensor x data = {sizes} does not divide the {num_devices} devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if sizes[0] * sizes[1] * sizes[2] != num_devices:
+        raise ConfigError(
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {sizes[0] * sizes[1] * sizes[2]} "
+            f"devices; this run has {num_devices}"
+        )
+    dp = sizes[0] * sizes[1]
+    rows = cfg.data.batch_size * (cfg.rollout.group_size if cfg.train.method == "grpo" else 1)
+    if (rows // cfg.train.micro_batches) % dp:
+        raise ConfigError(
+            f"a micro-batch of {rows // cfg.train.micro_batches} rows does not split over data x fsdp = {dp} devices; "
+            "change data.batch_size, train.micro_batches or the mesh"
+        )
+    return sizes[0], sizes[1], sizes[2]

@@ -1,0 +1,103 @@
+"""Training data from a DataConfig: records, SFT sequence batches and GRPO prompt batches (grain, resumable).
+
+Both pipelines run `source -> seeded shuffle -> this process's shard -> repeat forever -> batch`, so every process
+reads its own shard and an iterator's `get_state()` / `set_state()` resumes exactly (see `jax_cat.data.pipeline`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from jax_cat.data.pipeline import PromptCollator, prompt_pipeline
+from jax_cat.training.config import ConfigError, DataConfig
+
+
+def _arithmetic_task(cfg: DataConfig):
+    from jax_cat.data.arithmetic import ArithmeticTask
+
+    preset = cfg.dataset.partition(":")[2] or "sum3"
+    specs = [int(p) if p.isdigit() else p for p in preset.split(",")]
+    try:
+        return ArithmeticTask.from_preset(specs, seed=cfg.data_seed, style=cfg.style)
+    except ValueError as err:
+        raise ConfigError(f"data.dataset={cfg.dataset!r}: {err}") from None
+
+
+def is_arithmetic(cfg: DataConfig) -> bool:
+    return cfg.dataset == "arithmetic" or cfg.dataset.startswith("arithmetic:")
+
+
+def train_records(cfg: DataConfig) -> Sequence[Mapping[str, Any]]:
+    """The training records (random access): the arithmetic train stream (never a held-out prompt) or a dataset."""
+    if is_arithmetic(cfg):
+        return _arithmetic_task(cfg).source("train", cfg.limit or 1_000_000)
+    from jax_cat.data import load_prompt_dataset
+
+    return load_prompt_dataset(cfg.dataset, split=cfg.split, limit=cfg.limit)
+
+
+def eval_records(cfg: DataConfig, limit: int) -> list[dict]:
+    """The first `limit` held-out problems (the arithmetic test set, or the dataset's eval split)."""
+    if is_arithmetic(cfg):
+        return _arithmetic_task(cfg).test_set()[:limit]
+    from jax_cat.data import load_prompt_dataset
+
+    return load_prompt_dataset(cfg.dataset, split=cfg.eval_split, limit=limit)
+
+
+class SFTCollator:
+    """grain batch_fn: records -> {input_ids, attention_mask, loss_mask} int32 [B, max_prompt_len + max_target_len].
+
+    The formatted prompt is left-padded to max_prompt_len (as for sampling); the target (the record's `solution`,
+    else its `answer`) plus EOS follows, right-padded to max_target_len (too long: cut, EOS kept off). loss_mask
+    marks the target tokens.
+    """
+
+    def __init__(self, tokenizer: Any, cfg: DataConfig) -> None:
+        self.prompts = PromptCollator(tokenizer, max_prompt_len=cfg.max_prompt_len, system=cfg.system,
+                                      use_chat_template=cfg.use_chat_template)
+        self.max_target_len = cfg.max_target_len
+        eos = tokenizer.eos_token_id
+        self.eos = [int(eos[0] if isinstance(eos, (list, tuple)) else eos)] if eos is not None else []
+
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        batch = self.prompts(records)
+        targets = [str(r.get("solution") or r["answer"]) for r in records]
+        with self.prompts._lock:
+            encoded = self.prompts.tokenizer(targets, add_special_tokens=False)["input_ids"]
+        b, t = len(records), self.max_target_len
+        ids = np.full((b, t), self.prompts.pad_id, np.int32)
+        mask = np.zeros((b, t), np.int32)
+        for row, toks in enumerate(encoded):
+            toks = (list(toks) + self.eos)[:t]
+            ids[row, : len(toks)] = toks
+            mask[row, : len(toks)] = 1
+        prompt_mask = np.asarray(batch["attention_mask"], np.int32)
+        return {
+            "input_ids": np.concatenate([np.asarray(batch["input_ids"], np.int32), ids], axis=1),
+            "attention_mask": np.concatenate([prompt_mask, mask], axis=1),
+            "loss_mask": np.concatenate([np.zeros_like(prompt_mask), mask], axis=1),
+        }
+
+
+def sft_pipeline(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *, batch_size: int,
+                 seed: int, shard_index: int, shard_count: int) -> grain.IterDataset:
+    """Endless SFT batches of `batch_size` sequences for this process's shard."""
+    if len(records) < shard_count:
+        raise ConfigError(f"data: {len(records)} records cannot feed {shard_count} processes")
+    ds = grain.MapDataset.source(records).seed(seed).shuffle()
+    ds = ds[shard_index:(len(records) // shard_count) * shard_count:shard_count].repeat(None)
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=SFTCollator(tokenizer, cfg))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+
+
+def prompt_batches(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *, batch_size: int,
+                   seed: int, shard_index: int, shard_count: int) -> grain.IterDataset:
+    """Endless prompt batches for GRPO (`jax_cat.data.prompt_pipeline`, this process's shard)."""
+    return prompt_pipeline(records, tokenizer, batch_size=batch_size, max_prompt_len=cfg.max_prompt_len, seed=seed,
+                           num_epochs=None, shard_index=shard_index, shard_count=shard_count, system=cfg.system,
+                           use_chat_template=cfg.use_chat_template,
+                           read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))

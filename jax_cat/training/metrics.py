@@ -1,0 +1,125 @@
+"""Seeing a run: `<out>/metrics.jsonl` (one line per logged step), TensorBoard event files (when tensorboardX is
+installed), and a tqdm progress bar with loss, reward, batch pass@1 and tokens/s.
+
+Steps hand their metrics over as device scalars; `MetricsLogger.flush()` fetches the window's metrics in ONE
+transfer every `log_every` steps (the loop's only host sync besides rollouts), averages them and writes one line.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def trim_jsonl(path: Path, stage: str, last_step: int) -> None:
+    """Drop lines of `stage` after `last_step` (a resumed run rewrites the steps it repeats)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if row.get("stage") == stage and row.get("step", 0) > last_step:
+            continue
+        kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    os.replace(tmp, path)
+
+
+class MetricsLogger:
+    """Collects per-step device metrics and host stats; every flush writes their window mean to JSONL/TB/bar."""
+
+    BAR_KEYS = (("loss", "loss"), ("reward", "reward"), ("pass@1", "pass@1"), ("tokens_per_s", "tok/s"))
+
+    def __init__(self, out_dir: str | os.PathLike | None, *, stage: str, total_steps: int, start_step: int = 0,
+                 progress: bool | None = None, tensorboard: bool = True, enabled: bool = True) -> None:
+        self.stage = stage
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl" if out_dir is not None and enabled else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            trim_jsonl(self.path, stage, start_step)
+        self.history: list[dict[str, Any]] = []
+        self._pending: list[tuple[int, Any, dict[str, float]]] = []
+        self._tick = time.perf_counter()
+        self._writer = None
+        if tensorboard and out_dir is not None and enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._writer = SummaryWriter(str(Path(out_dir) / "tb" / stage))
+            except ImportError:
+                self._writer = None
+        if progress is None:
+            progress = sys.stderr.isatty()
+        self._bar = None
+        if progress and enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=stage, unit="step", dynamic_ncols=True)
+
+    def add(self, step: int, device_metrics: dict[str, Any], host_stats: dict[str, float] | None = None) -> None:
+        """Queue one step's metrics (no host transfer)."""
+        self._pending.append((int(step), device_metrics, dict(host_stats or {})))
+
+    def flush(self) -> dict[str, Any] | None:
+        """Fetch the queued steps, write their mean; returns the row (with 'first_bad_step' when a step was not ok)."""
+        if not self._pending:
+            return None
+        fetched = jax.device_get([m for _, m, _ in self._pending])
+        elapsed = max(time.perf_counter() - self._tick, 1e-9)
+        self._tick = time.perf_counter()
+        steps = [s for s, _, _ in self._pending]
+        rows = [{**{k: float(np.asarray(v)) for k, v in m.items()}, **h} for m, (_, _, h) in zip(fetched, self._pending)]
+        self._pending = []
+        keys = dict.fromkeys(k for r in rows for k in r)
+        row: dict[str, Any] = {"stage": self.stage, "step": steps[-1]}
+        for k in keys:
+            values = [r[k] for r in rows if k in r]
+            row[k] = float(np.mean(values)) if k not in ("tokens", "sampled_tokens") else float(np.sum(values))
+        tokens = row.get("tokens", 0.0) + row.get("sampled_tokens", 0.0)
+        row["tokens_per_s"] = tokens / elapsed
+        row["time"] = time.time()
+        bad = [s for s, r in zip(steps, rows) if r.get("ok", 1.0) < 1.0]
+        if bad:
+            row["first_bad_step"] = bad[0]
+            row["bad_loss"] = next(r["loss"] for s, r in zip(steps, rows) if s == bad[0])
+        self.history.append(row)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                    for k, v in row.items()}) + "\n")
+        if self._writer is not None:
+            for k, v in row.items():
+                if isinstance(v, float) and k != "time" and math.isfinite(v):
+                    self._writer.add_scalar(f"{self.stage}/{k}", v, steps[-1])
+            self._writer.flush()
+        if self._bar is not None:
+            self._bar.n = steps[-1]
+            self._bar.set_postfix({label: f"{row[k]:.4g}" for k, label in self.BAR_KEYS if k in row}, refresh=True)
+        return row
+
+    def write_line(self, text: str) -> None:
+        """A message that does not break the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()

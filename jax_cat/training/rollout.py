@@ -1,0 +1,136 @@
+"""Rollouts for GRPO: sampler -> verifier rewards -> a typed `RolloutBatch` named as `jax_cat.losses` names things.
+
+`collect_rollouts` samples `group_size` completions of each prompt of a batch with the current params (one prefill
+per prompt, `jax_cat.sampling.sample_tokens(row_prompt=...)`), decodes this process's rows, scores them with the
+verifier (`jax_cat.rewards.compute_rewards`), turns extracted answers into integer `answer_ids` for the dynamic
+majority threshold (same answer -> same id; no answer -> -1) and assembles global arrays on the mesh.
+Row r of the global batch is sample r % G of prompt r // G, so `group_ids = r // G`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jax_cat.sampling import sample_tokens
+from jax_cat.sharding import batch_sharding
+from jax_cat.training.config import RolloutConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RolloutBatch:
+    """One rollout batch, B = prompts x group_size rows, P prompt slots (left-padded), N completion slots.
+
+    input_ids [B, P+N] int32 (prompt then completion), attention_mask [B, P+N] int32 (1 = real token),
+    completion_mask [B, N] int32 (the loss `mask`: sampled tokens up to and including EOS), rewards [B] float32,
+    group_ids [B] int32 (row // group_size), answer_ids [B] int32 (-1 = no answer), old_logprobs [B, N] (rollout
+    policy, None = on-policy), ref_logprobs [B, N] (reference model, None = no KL).
+    """
+
+    input_ids: jax.Array
+    attention_mask: jax.Array
+    completion_mask: jax.Array
+    rewards: jax.Array
+    group_ids: jax.Array
+    answer_ids: jax.Array
+    old_logprobs: jax.Array | None = None
+    ref_logprobs: jax.Array | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1] - self.completion_mask.shape[1]
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """The fields that are set, as the dict the GRPO step takes."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array (all of it in a single process), in global order."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    shards = {}
+    for s in x.addressable_shards:
+        start = s.index[0].start or 0
+        shards.setdefault(start, np.asarray(s.data))
+    return np.concatenate([shards[k] for k in sorted(shards)], axis=0)
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+    """Process-local numpy rows -> global arrays split over (data, fsdp) (`jax.make_array_from_process_local_data`)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def answer_ids_for(answers: Sequence[str | None]) -> np.ndarray:
+    """Integer ids for answer keys: equal keys share an id, None (no answer) is -1."""
+    table: dict[str, int] = {}
+    return np.asarray([-1 if a is None else table.setdefault(a, len(table)) for a in answers], np.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size",))
+def _assemble(prompt_ids, prompt_mask, tokens, lengths, rewards, answer_ids, *, group_size: int):
+    rows = tokens.shape[0]
+    completion_mask = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
+    ids = jnp.repeat(prompt_ids.astype(jnp.int32), group_size, axis=0)
+    mask = jnp.repeat(prompt_mask.astype(jnp.int32), group_size, axis=0)
+    return RolloutBatch(
+        input_ids=jnp.concatenate([ids, tokens.astype(jnp.int32)], axis=1),
+        attention_mask=jnp.concatenate([mask, completion_mask], axis=1),
+        completion_mask=completion_mask,
+        rewards=rewards.astype(jnp.float32),
+        group_ids=(jnp.arange(rows, dtype=jnp.int32) // group_size),
+        answer_ids=answer_ids.astype(jnp.int32),
+    )
+
+
+def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, Any], *, key: jax.Array,
+                     cfg: RolloutConfig, mesh: Mesh, eos_token_ids: Sequence[int], pad_token_id: int,
+                     reward_fn: Any = None) -> tuple[RolloutBatch, dict[str, float]]:
+    """Sample, score and assemble one rollout batch from a process-local prompt batch (a `prompt_pipeline` batch:
+    input_ids / attention_mask [b, P] left-padded, answer [b]). Returns (global RolloutBatch, host stats)."""
+    from jax_cat.evaluate import answer_key
+
+    g = cfg.group_size
+    local_prompts = np.asarray(prompts["input_ids"], np.int32)
+    b = local_prompts.shape[0]
+    prompt_ids, prompt_mask = global_batch((local_prompts, np.asarray(prompts["attention_mask"], np.int32)), mesh)
+    num_prompts = prompt_ids.shape[0]
+    row_prompt = jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), g)
+    rows = jnp.arange(num_prompts * g, dtype=jnp.uint32)
+    row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
+    sharding = batch_sharding(mesh)
+    row_prompt, row_keys = jax.device_put((row_prompt, row_keys), sharding)
+    out = sample_tokens(model, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, row_keys=row_keys,
+                        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                        eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, row_prompt=row_prompt)
+    tokens, lengths, ended = local_rows(out.tokens), local_rows(out.lengths), local_rows(out.ended_with_eos)
+    texts = [tokenizer.decode(t[: n - int(e)], skip_special_tokens=True) for t, n, e in zip(tokens, lengths, ended)]
+    golds = [str(a) for a in prompts["answer"] for _ in range(g)]
+    if reward_fn is None:
+        from jax_cat.rewards import compute_rewards
+
+        rewards = np.asarray(compute_rewards(texts, golds), np.float32)
+    else:
+        rewards = np.asarray(reward_fn(texts, golds), np.float32)
+    answer_ids = answer_ids_for([answer_key(t) for t in texts])
+    rewards_g, answer_ids_g = global_batch((rewards, answer_ids), mesh)
+    batch = _assemble(prompt_ids, prompt_mask, out.tokens, out.lengths, rewards_g, answer_ids_g, group_size=g)
+    groups = rewards.reshape(b, g)
+    stats = {  # reward and pass@1 over the global batch; the rest over this process's rows
+        "reward": float(jnp.mean(batch.rewards)),
+        "pass@1": float(jnp.mean(batch.rewards > 0)),
+        "pass@group": float((groups > 0).any(axis=1).mean()),
+        "answered": float(np.mean(answer_ids >= 0)),
+        "completion_len": float(lengths.mean()),
+        "sampled_tokens": float(lengths.sum()),
+    }
+    return batch, stats

@@ -1,0 +1,68 @@
+"""A whole run from a Config: [SFT warm-up ->] the SFT or GRPO stage -> `<out>/final/` -> held-out evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jax_cat.training.checkpoint import is_primary
+from jax_cat.training.config import Config
+from jax_cat.training.grpo import run_grpo
+from jax_cat.training.runtime import RunResult, build_mesh, load_model, save_final
+from jax_cat.training.sft import run_sft
+
+
+def warmup_config(cfg: Config) -> Config:
+    """The SFT warm-up stage's Config: cfg with train.method sft, the warm-up's steps, learning rate, batch, strategy."""
+    w = cfg.warmup
+    return dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, method="sft", steps=w.steps, micro_batches=1),
+        optimizer=dataclasses.replace(cfg.optimizer, learning_rate=w.learning_rate),
+        data=dataclasses.replace(cfg.data, batch_size=w.batch_size or cfg.data.batch_size),
+        loss=dataclasses.replace(cfg.loss, reduction="token_mean"),
+        strategy=w.strategy,
+    )
+
+
+def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) -> dict[str, Any]:
+    """pass@k / maj@k / bon@k on cfg.eval.num_problems held-out problems; writes `<out>/eval/` (results + plot)."""
+    from jax_cat.evaluate import evaluate, write_results
+    from jax_cat.training.data import eval_records
+
+    e = cfg.eval
+    problems = eval_records(cfg.data, e.num_problems)
+    result = evaluate(model, tokenizer, problems, n=e.n, ks=e.ks, max_new_tokens=e.max_new_tokens or
+                      cfg.rollout.max_new_tokens, temperature=e.temperature, seed=cfg.train.seed,
+                      use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False)
+    if out is not None and is_primary():
+        write_results(result, out / "eval", plot_title=f"{cfg.train.method} {cfg.strategy} on {cfg.data.dataset}")
+    return result
+
+
+def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[str, Any]:
+    """Runs every stage of `cfg`; returns {"stages": {name: RunResult}, "final": path, "eval": result}."""
+    out = Path(out) if out is not None else None
+    if out is not None and is_primary():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".config.json.tmp"
+        tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        os.replace(tmp, out / "config.json")
+    mesh = build_mesh(cfg)
+    model, tokenizer = load_model(cfg, mesh)
+    stages: dict[str, RunResult] = {}
+    if cfg.train.method == "grpo" and cfg.warmup.steps > 0:
+        stages["warmup"] = run_sft(warmup_config(cfg), model=model, tokenizer=tokenizer, mesh=mesh, out=out,
+                                   resume=resume, stage="warmup")
+        model = stages["warmup"].model
+    loop = run_grpo if cfg.train.method == "grpo" else run_sft
+    result = loop(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, resume=resume, stage=cfg.train.method)
+    stages[cfg.train.method] = result
+    summary: dict[str, Any] = {"stages": stages, "final": None, "eval": None}
+    if out is not None and cfg.train.save_final:
+        summary["final"] = save_final(result.model, tokenizer, out)
+    if cfg.train.eval_at_end and cfg.eval.num_problems > 0:
+        summary["eval"] = evaluate_model(cfg, result.model, tokenizer, out)
+    return summary

@@ -1,0 +1,68 @@
+"""The SFT loop: (CAT) supervised fine-tuning on the data's solutions, `run_sft(cfg, ...) -> RunResult`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jax.sharding import Mesh
+
+from jax_cat.losses import strategy_from_spec
+from jax_cat.training import data as tdata
+from jax_cat.training import steps
+from jax_cat.training.checkpoint import Checkpointer, is_primary
+from jax_cat.training.config import Config
+from jax_cat.training.metrics import MetricsLogger
+from jax_cat.training.rollout import global_batch
+from jax_cat.training.runtime import (
+    RunResult, build_mesh, load_model, local_batch_size, model_from_params, restore_or_init, run_steps, shard_info,
+)
+
+
+def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh | None = None,
+            out: str | Path | None = None, resume: bool = False, stage: str = "sft") -> RunResult:
+    """Train `model` (default: load cfg.model.path) for cfg.train.steps SFT steps with cfg.strategy's CAT SFT loss.
+
+    out: run folder (metrics.jsonl, checkpoints/<stage>/); None = nothing written. resume: continue from the latest
+    checkpoint of this stage. Returns the trained model and the logged metrics (see RunResult).
+    """
+    mesh = mesh or build_mesh(cfg)
+    if model is None:
+        model, tokenizer = load_model(cfg, mesh)
+    out = Path(out) if out is not None else None
+    graphdef, _ = steps.split_model(model)
+    tx = steps.make_optimizer(cfg.optimizer, cfg.train.steps)
+    shardings = steps.state_shardings_for(tx, model, mesh)
+    step_fn = steps.make_sft_step(
+        graphdef, tx, shardings, mesh, strategy=strategy_from_spec(cfg.strategy), reduction=cfg.loss.reduction,
+        micro_batches=cfg.train.micro_batches, compute_dtype=steps.DTYPES[cfg.model.compute_dtype],
+        remat=cfg.model.remat, schedule=steps.learning_rate_schedule(cfg.optimizer, cfg.train.steps),
+    )
+    checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,
+                                 async_save=cfg.checkpoint.async_save) if out is not None else None)
+    state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,
+                                          lambda: steps.init_state(model, tx, shardings))
+    index, count = shard_info()
+    iterator = iter(tdata.sft_pipeline(tdata.train_records(cfg.data), tokenizer, cfg.data,
+                                       batch_size=local_batch_size(cfg.data.batch_size), seed=cfg.train.seed,
+                                       shard_index=index, shard_count=count))
+    if extra.get("data_iterator") is not None:
+        iterator.set_state(extra["data_iterator"])
+    logger = MetricsLogger(out, stage=stage, total_steps=cfg.train.steps, start_step=start,
+                           progress=cfg.logging.progress, tensorboard=cfg.logging.tensorboard, enabled=is_primary())
+
+    def do_step(state, step):
+        batch = global_batch(next(iterator), mesh)
+        state, metrics = step_fn(state, batch)
+        return state, metrics, {}
+
+    try:
+        state = run_steps(cfg=cfg, stage=stage, state=state, start_step=start, total_steps=cfg.train.steps,
+                          do_step=do_step, extras=lambda: {"data_iterator": iterator.get_state(), "stage": stage},
+                          checkpointer=checkpointer, logger=logger)
+    finally:
+        logger.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    return RunResult(model_from_params(graphdef, state.params), logger.history, state,
+                     checkpointer.directory if checkpointer else None, stage)
+
