@@ -84,6 +84,10 @@ PRESETS: dict[str, ArithmeticSpec] = {
     # The measured default for the tiny char-level model (shared/notes/cat-feasibility.md):
     # three numbers of 1-3 digits written with leading zeros, answer as 4 digits: "012+345+006=" -> "0363".
     "sum3": ArithmeticSpec(3, 1, 3, ("+",), pad_operands=True, answer_width=4, level=0, name="sum3"),
+    # The embedded default run's task (jax_cat.training.default_run): three numbers of 1-2 digits with leading
+    # zeros, answer as 3 digits: "12+05+67=" -> "084". The 108k-param RoPE model gets a warm start with pass@1 ~0.06
+    # and pass@32 ~0.87 from 1,000 SFT steps (sum3 needs 2,500+ steps for a weaker one, pass@1 0.04).
+    "sum3_2d": ArithmeticSpec(3, 1, 2, ("+",), pad_operands=True, answer_width=3, level=0, name="sum3_2d"),
     **{spec.name: spec for spec in LEVELS.values()},
 }
 

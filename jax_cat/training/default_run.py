@@ -54,15 +54,15 @@ class DefaultRun:
       log_every: metrics / progress bar refresh interval (steps).
     """
 
-    preset: str = "sum3"
+    preset: str = "sum3_2d"
     data_seed: int = 0
     test_size: int = 200
     seed: int = 0
-    sft_steps: int = 2500
-    sft_batch_size: int = 256
+    sft_steps: int = 1000
+    sft_batch_size: int = 128
     sft_learning_rate: float = 1e-3
     sft_warmup_steps: int = 100
-    grpo_steps: int = 400
+    grpo_steps: int = 200
     grpo_prompts: int = 64
     group_size: int = 8
     grpo_learning_rate: float = 2e-4
@@ -128,7 +128,7 @@ def trainer_config(run: DefaultRun, *, method: str, model_path: str | os.PathLik
                                    weight_decay=0.0)),
         rollout=RolloutConfig(group_size=run.group_size, max_new_tokens=run.answer_len, temperature=1.0),
         strategy=strategy,
-        mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+        mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
         checkpoint=CheckpointConfig(keep=1, async_save=True),
         logging=LoggingConfig(progress=None, tensorboard=False),
         eval=EvalConfig(num_problems=run.test_size, n=run.eval_samples, ks=run.ks, max_new_tokens=run.answer_len),
@@ -148,6 +148,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def default_mesh(cfg: Any):
+    """Data parallel over the accelerators; on CPU one device (forced host devices share the same cores)."""
+    import jax
+
+    from jax_cat.training.runtime import build_mesh
+
+    devices = jax.devices()
+    return build_mesh(cfg, devices[:1] if devices[0].platform == "cpu" else devices)
 
 
 def _say(text: str) -> None:
@@ -186,8 +196,9 @@ def warm_start(run: DefaultRun, out: Path, base: Path) -> tuple[Path, dict[str, 
         if info.get("fingerprint") == stamp:
             return path, dict(info, reused=True)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(cfg, None)
-    result = run_sft(cfg, model=model, tokenizer=tokenizer, out=out, stage="sft")
+    mesh = default_mesh(cfg)
+    model, tokenizer = load_model(cfg, mesh)
+    result = run_sft(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, stage="sft")
     losses = [row["loss"] for row in result.history if "loss" in row]
     save_hf(result.model, path, tokenizer=tokenizer)
     info = {"fingerprint": stamp, "seconds": time.perf_counter() - t0, "steps": run.sft_steps,
@@ -203,8 +214,9 @@ def train_variant(run: DefaultRun, out: Path, warm: Path, stage: str, strategy: 
 
     cfg = trainer_config(run, method="grpo", model_path=warm, strategy=strategy)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(cfg, None)
-    result = run_grpo(cfg, model=model, tokenizer=tokenizer, out=out, stage=stage)
+    mesh = default_mesh(cfg)
+    model, tokenizer = load_model(cfg, mesh)
+    result = run_grpo(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, stage=stage)
     save_final(result.model, tokenizer, out / stage)
     rewards = [row["reward"] for row in result.history if "reward" in row]
     info = {"seconds": time.perf_counter() - t0, "strategy": strategy, "steps": run.grpo_steps,
@@ -212,19 +224,16 @@ def train_variant(run: DefaultRun, out: Path, warm: Path, stage: str, strategy: 
     return result.model, tokenizer, info
 
 
-def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, ks: Sequence[int],
-                   max_new_tokens: int, seed: int, batch_rows: int = 4096) -> dict[str, Any]:
-    """pass@k (unbiased, Chen et al.) with 95% bootstrap CIs over problems from n samples of each problem.
+def sample_and_score(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, max_new_tokens: int,
+                     seed: int, batch_rows: int = 4096) -> tuple[np.ndarray, list[list[str]]]:
+    """n sampled completions of every problem -> (correct [P, n] bool, completion texts P x n).
 
-    The token-level path of `jax_cat.evaluate.evaluate` restricted to pass@k: `sample_tokens` with one prefill per
-    prompt, texts decoded with the tokenizer, 0/1 rewards from `jax_cat.rewards.compute_rewards`,
-    `jax_cat.losses.pass_at_k_many`, `jax_cat.evaluate.bootstrap_ci`. (maj@k by Monte Carlo over k-subsets costs
-    more than the whole default run's training on 2 cores, so the default reports pass@k only.)
+    The token-level path of `jax_cat.evaluate.evaluate`: `sample_tokens` with one prefill per prompt (temperature
+    1), texts decoded with the tokenizer, 0/1 rewards from `jax_cat.rewards.compute_rewards` (the verifier the
+    RL stages train on). Prompts are encoded as the trainer encodes them (no chat template, tokenizer specials).
     """
     import jax
 
-    from jax_cat.evaluate import bootstrap_ci
-    from jax_cat.losses import pass_at_k_many
     from jax_cat.rewards import compute_rewards
     from jax_cat.sampling import sample_tokens
     from jax_cat.sampling.engine import resolve_eos_token_ids, resolve_pad_token_id
@@ -238,9 +247,9 @@ def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: i
     for r, e in enumerate(encoded):
         ids[r, width - len(e):], mask[r, width - len(e):] = e, True
     per_chunk = max(1, batch_rows // n)
-    correct = np.zeros((len(problems), n), np.int64)
+    correct = np.zeros((len(problems), n), bool)
+    texts: list[list[str]] = []
     base_key = jax.random.key(seed)
-    t0 = time.perf_counter()
     for start in range(0, len(problems), per_chunk):
         stop = min(len(problems), start + per_chunk)
         u = stop - start
@@ -249,18 +258,42 @@ def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: i
                             key=jax.random.fold_in(base_key, start), eos_token_ids=eos, pad_token_id=pad,
                             row_prompt=row_prompt)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-        texts = tokenizer.batch_decode([t[:m] for t, m in zip(tokens, lengths)], skip_special_tokens=True)
+        flat = tokenizer.batch_decode([t[:m] for t, m in zip(tokens, lengths)], skip_special_tokens=True)
         golds = [problems[start + i]["answer"] for i in row_prompt]
-        correct[start:stop] = np.asarray(compute_rewards(texts, golds)).reshape(u, n) > 0
-    num_correct = correct.sum(axis=1)
+        correct[start:stop] = np.asarray(compute_rewards(flat, golds)).reshape(u, n) > 0
+        texts.extend(flat[i * n:(i + 1) * n] for i in range(u))
+    return correct, texts
+
+
+def curve(per_k: Callable[[int], np.ndarray], ks: Sequence[int], seed: int) -> dict[str, list]:
+    """{k, mean, ci_low, ci_high} from a per-problem estimate for each k (95% percentile bootstrap over problems)."""
+    from jax_cat.evaluate import bootstrap_ci
+
     rows: dict[str, list] = {"k": [], "mean": [], "ci_low": [], "ci_high": []}
     for k in ks:
-        per_problem = pass_at_k_many(np.full(len(problems), n), num_correct, int(k))
+        per_problem = np.asarray(per_k(int(k)), np.float64)
         low, high = bootstrap_ci(per_problem, seed=seed)
         rows["k"].append(int(k))
         rows["mean"].append(float(per_problem.mean()))
         rows["ci_low"].append(low)
         rows["ci_high"].append(high)
+    return rows
+
+
+def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, ks: Sequence[int],
+                   max_new_tokens: int, seed: int, batch_rows: int = 4096) -> dict[str, Any]:
+    """pass@k (unbiased, Chen et al.; `jax_cat.losses.pass_at_k_many`) with 95% bootstrap CIs over problems.
+
+    (maj@k by Monte Carlo over k-subsets costs more than the whole default run's training on 2 cores, so the
+    default reports pass@k only; scripts/reproduce_cat.py adds maj@k.)
+    """
+    from jax_cat.losses import pass_at_k_many
+
+    t0 = time.perf_counter()
+    correct, _ = sample_and_score(model, tokenizer, problems, n=n, max_new_tokens=max_new_tokens, seed=seed,
+                                  batch_rows=batch_rows)
+    num_correct = correct.sum(axis=1)
+    rows = curve(lambda k: pass_at_k_many(np.full(len(problems), n), num_correct, k), ks, seed)
     return {"pass@k": rows, "num_problems": len(problems), "n": n, "seconds": time.perf_counter() - t0,
             "solved_fraction": float(np.mean(num_correct > 0))}
 
@@ -346,7 +379,7 @@ def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT
 
     models: dict[str, Any] = {}
     warm_cfg = trainer_config(run, method="grpo", model_path=warm)
-    model, tokenizer = load_model(warm_cfg, None)
+    model, tokenizer = load_model(warm_cfg, default_mesh(warm_cfg))
     models["sft"] = {"label": "SFT warm start", "strategy": "pass@1", "train": warm_info, **evaluate(model, tokenizer)}
     labels = {"grpo": "plain GRPO", "grpo_cat": cat_label}
     strategies = {"grpo": "pass@1", "grpo_cat": run.cat_strategy}
