@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-size", type=int, default=100, help="held-out problems")
     p.add_argument("--n", type=int, default=64, help="samples per held-out problem (largest k)")
     p.add_argument("--warmup-steps", type=int, default=None, help="SFT warm-start steps (default: the default run's)")
+    p.add_argument("--warm-start", default=None,
+                   help="an existing warm start (HF folder, e.g. runs/default/warm_start) instead of training one")
     # real models
     p.add_argument("--model", default=None, help="HF checkpoint folder or hub id (default: the tiny arithmetic model)")
     p.add_argument("--dataset", default=None, help="trainer data.dataset for --model (gsm8k, math, a file, ...)")
@@ -78,9 +80,12 @@ def arithmetic_setup(args: argparse.Namespace, out: Path):
     if args.grpo_lr is not None:
         changes["grpo_learning_rate"] = args.grpo_lr
     run = dataclasses.replace(DefaultRun(), **changes)
-    warm, info = warm_start(run, out, base_checkpoint(run, out))
-    print(f"warm start: {warm} ({'reused' if info['reused'] else f'{info[chr(115) + chr(101) + chr(99) + chr(111) + chr(110) + chr(100) + chr(115)]:.0f}s'})",
-          flush=True)
+    if args.warm_start:
+        warm = Path(args.warm_start)
+        print(f"warm start: {warm} (given)", flush=True)
+    else:
+        warm, info = warm_start(run, out, base_checkpoint(run, out))
+        print(f"warm start: {warm} ({'reused' if info['reused'] else 'trained in %.0fs' % info['seconds']})", flush=True)
     problems = ArithmeticTask.from_preset(run.preset, seed=run.data_seed, test_size=run.test_size).test_set()
     return run, warm, problems
 

@@ -187,8 +187,8 @@ def warm_start(run: DefaultRun, out: Path, base: Path) -> tuple[Path, dict[str, 
     from jax_cat.training.sft import run_sft
 
     cfg = trainer_config(run, method="sft", model_path=base)
-    stamp = _fingerprint({"sft": cfg.to_dict() | {"model": None}, "base": (base / "jax_cat_default.json").read_text(),
-                          "format": 1})
+    what = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "eval", "logging", "checkpoint", "mesh")}
+    stamp = _fingerprint({"sft": what, "base": (base / "jax_cat_default.json").read_text(), "format": 1})
     path = out / "warm_start"
     marker = path / "jax_cat_default.json"
     if marker.is_file():

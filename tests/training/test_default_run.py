@@ -6,8 +6,9 @@ import pytest
 
 from jax_cat.training.default_run import DefaultRun, format_table, main, run_default, warm_start
 
-TINY = DefaultRun(test_size=8, sft_steps=6, sft_batch_size=32, sft_learning_rate=3e-3, sft_warmup_steps=0,
+TINY = DefaultRun(test_size=4, sft_steps=6, sft_batch_size=32, sft_learning_rate=3e-3, sft_warmup_steps=0,
                   grpo_steps=2, grpo_prompts=4, group_size=4, eval_samples=4, log_every=1)
+# 4 held-out problems x 4 samples: the same sampler shapes as a rollout batch (4 prompts x 4), so one compile serves both
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_values_are_sane(tiny_run):
         assert np.all(np.asarray(rows["ci_low"]) <= means + 1e-12) and np.all(means <= np.asarray(rows["ci_high"]) + 1e-12)
     assert results["models"]["grpo"]["strategy"] == "pass@1"
     assert results["models"]["grpo_cat"]["strategy"] == "pass@8"
-    assert results["num_problems"] == 8
+    assert results["num_problems"] == 4
     table = format_table(results)
     assert table in "\n".join(lines) and "CAT - plain" in table
 
