@@ -2,9 +2,11 @@
 
 Generates a random Qwen2-shaped bf16 checkpoint set (base + sft + rl, a few hundred MB each) in a temp dir, then
 times, in separate subprocesses and `--repeats` times each:
-  ours:  merging.stream.merge_checkpoints (tensor by tensor, JAX)
+  ours:  merging.stream.merge_checkpoints (tensor by tensor, JAX), checking every input tensor for NaN/Inf
+  ours_nocheck: the same with allow_nonfinite=True (so ours / ours_nocheck is the cost of the NaN/Inf check)
   torch: safetensors.torch.load_file x3, merge every tensor in float32 with torch, save_file
-for task arithmetic and DoTS (per-tensor top 30 %, one global L2 factor per task vector), coefficients 0.5/0.5.
+for task arithmetic and DoTS (per-tensor top 30 %, exactly k entries with ties by index, one global L2 factor per
+task vector), coefficients 0.5/0.5.
 Reports medians of merge time (imports excluded; process wall time too) and of peak RSS (VmHWM), as ratios
 ours/torch, and checks both produce the same tensors.
 
@@ -86,14 +88,15 @@ def peak_rss_mib() -> float:
 
 
 # --------------------------------------------------------------------------------------------------- workers
-def worker_ours(root: Path, method: str, out: Path) -> dict:
+def worker_ours(root: Path, method: str, out: Path, allow_nonfinite: bool = False) -> dict:
     t0 = time.perf_counter()
-    from merging.methods import MergeSpec
+    from merging.methods import method_settings
     from merging.stream import merge_checkpoints
 
     t1 = time.perf_counter()
-    spec = MergeSpec(method, coeffs=(0.5, 0.5), density=0.3 if method == "dots" else None)
-    merge_checkpoints(root / "base", [root / "sft", root / "rl"], spec, out, progress=False)
+    spec = method_settings(method, coefficients=(0.5, 0.5), density=0.3 if method == "dots" else None)
+    merge_checkpoints(root / "base", [root / "sft", root / "rl"], spec, out, progress=False,
+                      allow_nonfinite=allow_nonfinite)
     return {"import_s": t1 - t0, "merge_s": time.perf_counter() - t1}
 
 
@@ -115,7 +118,7 @@ def worker_torch(root: Path, method: str, out: Path) -> dict:
             for c, m in zip(coeffs, models):
                 acc += c * (m[n].float() - b32)
             merged[n] = acc.to(b.dtype)
-    else:  # dots: per-tensor top 30 % (|x| >= k-th largest), then one global L2 factor per task vector
+    else:  # dots: per-tensor top 30 % (exactly k, ties by flat index), then one global L2 factor per task vector
         factors, kept = [], []
         for m in models:
             dense2 = sparse2 = 0.0
@@ -123,8 +126,12 @@ def worker_torch(root: Path, method: str, out: Path) -> dict:
             for n, b in base.items():
                 tau = m[n].float() - b.float()
                 k = int(0.3 * tau.numel())
-                thr = torch.kthvalue(tau.abs().reshape(-1), tau.numel() - k + 1).values
-                s = torch.where(tau.abs() >= thr, tau, torch.zeros((), dtype=tau.dtype))
+                a = tau.abs()
+                thr = torch.kthvalue(a.reshape(-1), tau.numel() - k + 1).values
+                eq = a == thr
+                quota = k - int((a > thr).sum())
+                keep = (a > thr) | (eq & (torch.cumsum(eq.reshape(-1), 0).reshape(a.shape) <= quota))
+                s = torch.where(keep, tau, torch.zeros((), dtype=tau.dtype))
                 dense2 += float(torch.sum(tau.double() ** 2))
                 sparse2 += float(torch.sum(s.double() ** 2))
                 kept_m[n] = s
@@ -181,14 +188,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=["task_arithmetic", "dots"])
     p.add_argument("--root", help="keep the generated checkpoints here (default: a temp dir, removed after)")
-    p.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("ours", "ours_nocheck", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_torch
-        result = fn(Path(args.root), args.method, Path(args.out))
+        if args.worker == "torch":
+            result = worker_torch(Path(args.root), args.method, Path(args.out))
+        else:
+            result = worker_ours(Path(args.root), args.method, Path(args.out), args.worker == "ours_nocheck")
         result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
@@ -207,9 +216,9 @@ def main() -> None:
         report = {"checkpoint_mb": round(size_mb, 1), "largest_tensor_mb": round(largest.nbytes / 1e6, 1),
                   "params_m": round(sum(x.nbytes for x in ck.info.values()) / 2 / 1e6, 1), "methods": {}}
         for method in args.methods:
-            runs: dict[str, list[dict]] = {"ours": [], "torch": []}
+            runs: dict[str, list[dict]] = {"ours": [], "ours_nocheck": [], "torch": []}
             for r in range(args.repeats):
-                for kind in ("ours", "torch"):  # interleaved, so load changes hit both
+                for kind in runs:  # interleaved, so load changes hit all three
                     out = root / f"out-{kind}-{method}-{r}"
                     shutil.rmtree(out, ignore_errors=True)
                     runs[kind].append(run_worker(kind, root, method, out))
@@ -221,11 +230,12 @@ def main() -> None:
                 "ratio_merge_time_ours_over_torch": med["ours"]["merge_s"] / med["torch"]["merge_s"],
                 "ratio_process_time_ours_over_torch": med["ours"]["process_s"] / med["torch"]["process_s"],
                 "ratio_peak_rss_ours_over_torch": med["ours"]["peak_rss_mib"] / med["torch"]["peak_rss_mib"],
+                "nan_check_cost_ratio_ours_over_nocheck": med["ours"]["merge_s"] / med["ours_nocheck"]["merge_s"],
                 "outputs": check,
                 "runs": runs,
             }
             for r in range(args.repeats):
-                for kind in ("ours", "torch"):
+                for kind in runs:
                     shutil.rmtree(root / f"out-{kind}-{method}-{r}", ignore_errors=True)
         print(json.dumps(report, indent=1))
     finally:

@@ -66,7 +66,8 @@ def make_ours(ckpt: Path, args):
     mask = np.ones_like(ids, bool)
 
     def once():
-        out = sample_tokens(model, ids, mask, max_new_tokens=args.new_tokens, temperature=0.0, eos_token_ids=())
+        out = sample_tokens(model, ids, mask, max_new_tokens=args.new_tokens, temperature=0.0, eos_token_ids=(),
+                            key=jax.random.key(0))
         out = jax.block_until_ready(out)
         assert int(np.min(out.lengths)) == args.new_tokens
         return np.asarray(out.tokens).tolist()

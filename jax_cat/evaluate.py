@@ -21,7 +21,6 @@ CLI: `python -m jax_cat.evaluate --model PATH --dataset arithmetic --n 64 --k 1,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -34,6 +33,26 @@ from typing import Any
 
 import numpy as np
 
+from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
+from jax_cat.rewards.answers import answer_key  # its home is jax_cat.rewards; kept here under its old name
+
+__all__ = [
+    "BON_SCORERS",
+    "answer_key",
+    "bootstrap_ci",
+    "build_parser",
+    "default_reward_fn",
+    "evaluate",
+    "load_model_and_tokenizer",
+    "load_problems",
+    "main",
+    "plot_scaling",
+    "scaling_metrics",
+    "to_json",
+    "write_results",
+]
+
+PROG = "python -m jax_cat.evaluate"
 STRATEGY_LABELS = {"pass": "pass@k", "maj": "maj@k", "bon": "bon@k"}
 BON_SCORERS = ("logprob", "verifier")
 
@@ -41,20 +60,6 @@ BON_SCORERS = ("logprob", "verifier")
 # ----------------------------------------------------------------------------------------------------------------
 # Answers and scores
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def answer_key(text: str | None) -> str | None:
-    """The vote key of a completion: its extracted final answer, as an exact rational when numeric, else normalised."""
-    from jax_cat.rewards.extract import extract_answer, normalize_answer, parse_number
-
-    answer = extract_answer(text)
-    if answer is None:
-        return None
-    value = parse_number(answer)
-    if value is not None:
-        return str(value)
-    key = normalize_answer(answer)
-    return key or None
 
 
 def bootstrap_ci(per_problem: np.ndarray, *, num_resamples: int = 1000, confidence: float = 0.95,
@@ -138,9 +143,10 @@ def evaluate(
     n: int,
     ks: Sequence[int],
     max_new_tokens: int = 256,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    sampling_params: Any = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
     seed: int = 0,
     stop: Sequence[str] | None = None,
     bon_scorer: str = "logprob",
@@ -158,77 +164,41 @@ def evaluate(
     `problems`: records with a `prompt` and a gold `answer` (what `jax_cat.data.load_prompt_dataset` returns); each
     prompt is formatted like the training pipeline does (`jax_cat.data.format_prompt`: the tokenizer's chat template
     when it has one and `use_chat_template`, with BOS/special tokens added only to untemplated prompts).
-    `reward_fn(completions, golds) -> 0/1 rewards` defaults to `jax_cat.rewards.compute_rewards`.
-    Returns a JSON-ready dict; with `keep_samples`, also "samples": one list per problem of {text, answer, reward, ...}.
+    Sampling settings: a `jax_cat.sampling.SamplingParams` as `sampling_params`, or the `temperature` / `top_p` /
+    `top_k` keywords (defaults 1.0, 1.0, 0; not both). `reward_fn(completions, golds) -> 0/1 rewards` defaults to
+    `jax_cat.rewards.compute_rewards`. Returns a JSON-ready dict; with `keep_samples`, also "samples": one list per
+    problem of {text, answer, reward, ...}.
     """
-    from jax_cat.sampling import generate
+    from jax_cat.sampling.engine import _sampling_params
 
-    if bon_scorer not in BON_SCORERS:
-        raise ValueError(f"bon_scorer must be one of {BON_SCORERS}, got {bon_scorer!r}")
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1 or ks[-1] > n:
-        raise ValueError(f"ks must be non-empty integers in [1, n={n}], got {ks}")
-    if len(problems) == 0:
-        raise ValueError("evaluate: no problems given")
-    from jax_cat.data import format_prompt
-
-    fields = [_problem_fields(p, i) for i, p in enumerate(problems)]
-    golds = [f[1] for f in fields]
-    prompts = [format_prompt(f[0], tokenizer, system=system, use_chat_template=use_chat_template) for f in fields]
-    templated = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
-
-    t0 = time.perf_counter()
-    completions = generate(
-        model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        top_k=top_k, seed=seed, stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=not templated,
-    )
-    sample_seconds = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    flat_texts = [c.text for row in completions for c in row]
-    flat_golds = [g for g, row in zip(golds, completions) for _ in row]
-    if reward_fn is None:
-        reward_fn = default_reward_fn
-    rewards = np.asarray(reward_fn(flat_texts, flat_golds), np.float64).reshape(len(problems), n)
-    answers = [[answer_key(c.text) for c in row] for row in completions]
-    score_seconds = time.perf_counter() - t0
-
+    params = _sampling_params(sampling_params, temperature, top_p, top_k, "evaluate")
+    ks = _check_evaluate_args(problems, n, ks, bon_scorer)
+    fields, golds, prompts, templated = _format_problems(problems, tokenizer, system, use_chat_template)
+    timing: dict[str, float] = {}
+    with _timed(timing, "sampling"):
+        completions = _sample(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, params=params, seed=seed,
+                              stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=not templated)
+    with _timed(timing, "scoring"):
+        rewards, answers = _score(completions, golds, reward_fn)
     mean_logprob = np.array([[c.mean_logprob for c in row] for row in completions])
     scores = rewards if bon_scorer == "verifier" else mean_logprob
-    t0 = time.perf_counter()
-    metrics = scaling_metrics(rewards, answers, scores, ks, num_resamples=num_resamples, confidence=confidence, seed=seed)
-    estimate_seconds = time.perf_counter() - t0
-
-    lengths = np.array([[c.length for c in row] for row in completions])
-    finish = [c.finish_reason for row in completions for c in row]
-    notes = [
-        "pass@k: unbiased estimator (Chen et al. 2021) from the n samples of each problem.",
-        "maj@k: plurality vote over extracted answers of k-subsets; no-answer samples never win; ties split evenly; "
-        "exact when C(n,k) <= 20000, else a 20000-subset fixed-seed Monte Carlo.",
-        f"bon@k: best-of-k under the '{bon_scorer}' scorer (ties split evenly).",
-        f"CIs: {int(confidence * 100)}% percentile bootstrap over problems, {num_resamples} resamples, seed {seed}.",
-    ]
-    if bon_scorer == "verifier":
-        notes.append("bon@k under the verifier equals pass@k by construction (any correct sample scores 1).")
+    with _timed(timing, "estimates"):
+        metrics = scaling_metrics(rewards, answers, scores, ks, num_resamples=num_resamples, confidence=confidence,
+                                  seed=seed)
+    config = {
+        "n": n, "ks": ks, "max_new_tokens": max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
+        "top_k": params.top_k, "seed": seed, "stop": list(stop or []), "bon_scorer": bon_scorer,
+        "num_resamples": num_resamples, "confidence": confidence, "use_chat_template": use_chat_template,
+        "system": system,
+    }
     result: dict[str, Any] = {
-        "config": {
-            "n": n, "ks": ks, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-            "top_k": top_k, "seed": seed, "stop": list(stop or []), "bon_scorer": bon_scorer,
-            "num_resamples": num_resamples, "confidence": confidence, "use_chat_template": use_chat_template,
-            "system": system,
-        },
+        "config": config,
         "num_problems": len(problems),
         "problem_ids": [str(f[0].get("id", i)) for i, f in enumerate(fields)],
         "metrics": metrics,
-        "summary": {
-            "mean_reward": float(rewards.mean()),
-            "answered_fraction": float(np.mean([a is not None for row in answers for a in row])),
-            "mean_length": float(lengths.mean()),
-            "finish_reasons": {r: finish.count(r) for r in ("eos", "stop", "length")},
-            "mean_logprob": float(np.mean(mean_logprob[np.isfinite(mean_logprob)])) if np.isfinite(mean_logprob).any() else None,
-        },
-        "timing_s": {"sampling": sample_seconds, "scoring": score_seconds, "estimates": estimate_seconds},
-        "notes": notes,
+        "summary": _summary(completions, rewards, answers, mean_logprob),
+        "timing_s": timing,
+        "notes": _notes(bon_scorer, confidence, num_resamples, seed),
     }
     if keep_samples:
         result["samples"] = [
@@ -241,6 +211,91 @@ def evaluate(
         ]
         result["prompts"], result["golds"] = prompts, golds
     return result
+
+
+def _check_evaluate_args(problems: Sequence[Any], n: int, ks: Sequence[int], bon_scorer: str) -> list[int]:
+    """Step 1 of `evaluate`: the ks, sorted and deduplicated, after checking them against n."""
+    if bon_scorer not in BON_SCORERS:
+        raise ValueError(f"bon_scorer must be one of {BON_SCORERS}, got {bon_scorer!r}")
+    if n < 1:
+        raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1 or ks[-1] > n:
+        raise ValueError(f"ks must be non-empty integers in [1, n={n}], got {ks}")
+    if len(problems) == 0:
+        raise ValueError("evaluate: no problems given")
+    return ks
+
+
+def _format_problems(problems: Sequence[Any], tokenizer: Any, system: str | None, use_chat_template: bool):
+    """Step 2: (records, golds, prompt strings, whether the chat template applies) from the problems."""
+    from jax_cat.data import format_prompt
+
+    fields = [_problem_fields(p, i) for i, p in enumerate(problems)]
+    golds = [f[1] for f in fields]
+    prompts = [format_prompt(f[0], tokenizer, system=system, use_chat_template=use_chat_template) for f in fields]
+    templated = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    return fields, golds, prompts, templated
+
+
+class _timed:
+    """`with _timed(timing, "name"):` stores the block's wall time in timing["name"] (seconds)."""
+
+    def __init__(self, timing: dict[str, float], name: str) -> None:
+        self.timing, self.name = timing, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timing[self.name] = time.perf_counter() - self.start
+
+
+def _sample(model: Any, tokenizer: Any, prompts: list[str], *, n: int, max_new_tokens: int, params: Any, seed: int,
+            stop: Sequence[str] | None, batch_size: int, progress: bool | None, add_special_tokens: bool) -> list:
+    """Step 3: n completions per prompt from `jax_cat.sampling.generate` (one pool for every k)."""
+    from jax_cat.sampling import generate
+
+    return generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, sampling_params=params, seed=seed,
+                    stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=add_special_tokens)
+
+
+def _score(completions: list, golds: list[str], reward_fn: Callable | None) -> tuple[np.ndarray, list[list[str | None]]]:
+    """Step 4: rewards [P, n] from the verifier and the answer keys that majority voting compares."""
+    flat_texts = [c.text for row in completions for c in row]
+    flat_golds = [g for g, row in zip(golds, completions) for _ in row]
+    reward_fn = default_reward_fn if reward_fn is None else reward_fn
+    rewards = np.asarray(reward_fn(flat_texts, flat_golds), np.float64).reshape(len(completions), -1)
+    answers = [[answer_key(c.text) for c in row] for row in completions]
+    return rewards, answers
+
+
+def _summary(completions: list, rewards: np.ndarray, answers: list, mean_logprob: np.ndarray) -> dict[str, Any]:
+    """Step 5: pool-wide statistics (mean reward, answered fraction, lengths, finish reasons, mean log-prob)."""
+    lengths = np.array([[c.length for c in row] for row in completions])
+    finish = [c.finish_reason for row in completions for c in row]
+    finite = np.isfinite(mean_logprob)
+    return {
+        "mean_reward": float(rewards.mean()),
+        "answered_fraction": float(np.mean([a is not None for row in answers for a in row])),
+        "mean_length": float(lengths.mean()),
+        "finish_reasons": {r: finish.count(r) for r in ("eos", "stop", "length")},
+        "mean_logprob": float(np.mean(mean_logprob[finite])) if finite.any() else None,
+    }
+
+
+def _notes(bon_scorer: str, confidence: float, num_resamples: int, seed: int) -> list[str]:
+    """How each number was computed, for the reader of results.json."""
+    notes = [
+        "pass@k: unbiased estimator (Chen et al. 2021) from the n samples of each problem.",
+        "maj@k: plurality vote over extracted answers of k-subsets; no-answer samples never win; ties split evenly; "
+        "exact when C(n,k) <= 20000, else a 20000-subset fixed-seed Monte Carlo.",
+        f"bon@k: best-of-k under the '{bon_scorer}' scorer (ties split evenly).",
+        f"CIs: {int(confidence * 100)}% percentile bootstrap over problems, {num_resamples} resamples, seed {seed}.",
+    ]
+    if bon_scorer == "verifier":
+        notes.append("bon@k under the verifier equals pass@k by construction (any correct sample scores 1).")
+    return notes
 
 
 def default_reward_fn(completions: Sequence[str], golds: Sequence[str]) -> list[float]:
@@ -346,7 +401,8 @@ def load_model_and_tokenizer(model: str | os.PathLike, *, dtype: str = "float32"
     elif Path(model).expanduser().exists():
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--model {model}: no config.json there (expected an HF-format checkpoint folder)")
+            raise FileNotFoundError(f"{model}: no config.json there; give an HF-format checkpoint folder (config.json, "
+                                    "safetensors, tokenizer files), a hub id, or tiny")
     else:  # a hub id such as "Qwen/Qwen2.5-Math-1.5B": fetched once, then read from the local snapshot
         from jax_cat.models.hf import resolve_checkpoint_dir
 
@@ -362,7 +418,7 @@ def load_problems(dataset: str, *, split: str = "test", limit: int | None = None
     """Problem records: "arithmetic[:preset]" (shipped generator), "gsm8k", "math", "math500", a hub id or a local file."""
     from jax_cat.data import load_prompt_dataset
 
-    problems = load_prompt_dataset(dataset, split=split, limit=limit, arithmetic_seed=data_seed,
+    problems = load_prompt_dataset(dataset, split=split, limit=limit, data_seed=data_seed,
                                    arithmetic_style=arithmetic_style)
     if not problems:
         raise ValueError(f"dataset {dataset!r} (split {split!r}) has no problems")
@@ -384,13 +440,15 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m jax_cat.evaluate",
+def build_parser() -> ArgumentParser:
+    """The CLI's arguments (usage errors are one line, exit status 2; `--debug` shows tracebacks)."""
+    p = ArgumentParser(
+        prog=PROG,
         description="Sample n completions per problem once; report pass@k, maj@k and best-of-k with bootstrap CIs.",
     )
     p.add_argument("--model", required=True,
-                   help="HF-format checkpoint folder (config.json + safetensors + tokenizer); 'tiny' builds the offline default")
+                   help="HF-format checkpoint folder (config.json + safetensors + tokenizer), a hub id, or 'tiny' "
+                        "(the offline default model in the user cache)")
     p.add_argument("--dataset", default="arithmetic",
                    help="arithmetic[:preset] | gsm8k | math | math500 | hub id | PATH.{jsonl,json,parquet}")
     p.add_argument("--split", default="test")
@@ -417,20 +475,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_cli_args(args: argparse.Namespace) -> tuple[list[int], Any]:
+    """The CLI's checks before anything heavy loads: (ks, SamplingParams); `CLIError` names the flag and the fix."""
+    for flag, value in (("--n", args.n), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size),
+                        ("--num-resamples", args.num_resamples)):
+        if value < 1:
+            raise CLIError(f"{flag} must be >= 1, got {value}; pass a positive integer")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}; pass a positive integer or leave it out (all problems)")
     ks = args.k or [2**i for i in range(int(math.log2(args.n)) + 1)]
-    if max(ks) > args.n:
-        raise SystemExit(f"--k: every k must be <= --n={args.n}, got {ks}")
-    model, tokenizer, model_path = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    problems = load_problems(args.dataset, split=args.split, limit=args.limit, data_seed=args.data_seed,
-                             arithmetic_style=args.arithmetic_style)
+    if max(ks) > args.n or min(ks) < 1:
+        raise CLIError(f"--k: every k must be in [1, --n={args.n}], got {ks}; raise --n or drop the larger ks")
+    from jax_cat.sampling import SamplingParams
+
+    try:
+        params = SamplingParams(args.temperature, args.top_p, args.top_k)
+    except ValueError as e:
+        flag = next((f for f in ("temperature", "top_p", "top_k") if str(e).startswith(f)), "sampling")
+        raise CLIError(f"--{flag.replace('_', '-')}: {e}") from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; give a folder (it is created when missing)")
+    return ks, params
+
+
+def _run(argv: list[str]) -> int:
+    quiet_third_party()
+    args = build_parser().parse_args(argv)
+    ks, params = _check_cli_args(args)
+    try:  # the data first: it is cheap, so a bad --dataset is reported before a model loads
+        problems = load_problems(args.dataset, split=args.split, limit=args.limit, data_seed=args.data_seed,
+                                 arithmetic_style=args.arithmetic_style)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        raise CLIError(f"--dataset {args.dataset}: {e}") from e
+    try:
+        model, tokenizer, model_path = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"--model {args.model}: {e}") from e
     print(f"evaluating {model_path} on {len(problems)} problems of {args.dataset!r}: n={args.n}, k={ks}", file=sys.stderr)
     result = evaluate(
-        model, tokenizer, problems, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-        bon_scorer=args.bon_scorer, use_chat_template=not args.no_chat_template, system=args.system, stop=args.stop,
-        batch_size=args.batch_size, num_resamples=args.num_resamples, keep_samples=args.save_samples,
+        model, tokenizer, problems, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens, sampling_params=params,
+        seed=args.seed, bon_scorer=args.bon_scorer, use_chat_template=not args.no_chat_template, system=args.system,
+        stop=args.stop, batch_size=args.batch_size, num_resamples=args.num_resamples, keep_samples=args.save_samples,
     )
     result["config"].update(model=str(model_path), dataset=args.dataset, split=args.split, limit=args.limit,
                             data_seed=args.data_seed, dtype=args.dtype)
@@ -443,6 +529,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; returns the exit status (bad input: one stderr line and 2; `--debug` for the traceback)."""
+    return run_cli(_run, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ With no arguments it runs the embedded default (`jax_cat.training.default_run`).
 (`--config grpo_cat`) or any .toml/.json path; `--set` overrides one key (`--set strategy=pass@8`). A bad key, value
 or mesh is one line on stderr and exit status 2 before anything compiles; a non-finite loss stops the run with
 exit status 1, keeping the last good checkpoint. Multi-host: when the environment names a coordinator
-(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or a cluster JAX detects), `jax.distributed` is
+(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; or JAX_CAT_DISTRIBUTED=auto on a cluster JAX
+detects), `jax.distributed` is
 initialised first and each process reads its own data shard.
 """
 from __future__ import annotations
@@ -32,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _distributed_init() -> None:
     """jax.distributed.initialize() when the environment describes several processes (before any JAX use)."""
+    if os.environ.get("JAX_CAT_DISTRIBUTED") == "auto":  # a cluster JAX detects by itself (SLURM, TPU pods, ...)
+        import jax
+
+        jax.distributed.initialize()
+        return
     if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
         import jax
 

@@ -3,7 +3,8 @@
 The core (task_vectors, sparsify, analysis, methods) is pure functions on pytrees and imports nothing from
 jax_cat, so it can be used from any JAX codebase; `stream` reads and writes HF safetensors checkpoints tensor by
 tensor. See docs/merging.md for every method's source and exact rule. In-memory merges of whole models:
-`from merging.methods import MergeSpec, merge`.
+`from merging.methods import merge` with a method's settings (`DotsMerge(density=0.3)`, or by name
+`method_settings("dots", density=0.3)`; `MergeSpec` is the older name of the latter).
 
 >>> import jax.numpy as jnp
 >>> from merging import task_vector, combine, dots_sparsify
@@ -14,13 +15,19 @@ tensor. See docs/merging.md for every method's source and exact rule. In-memory 
 
 Checkpoints on disk, tensor by tensor (also `python -m merging.merge ...`)::
 
-    from merging import MergeSpec, merge_checkpoints
-    merge_checkpoints("base/", ["sft/", "rl/"], MergeSpec("dots", coeffs=(0.5, 0.5), density=0.3), "merged/")
+    from merging import DotsMerge, merge_checkpoints
+    merge_checkpoints("base/", ["sft/", "rl/"], DotsMerge(coefficients=(0.5, 0.5), density=0.3), "merged/")
 """
 from merging.analysis import Comparison, compare, cosine_similarity, magnitude_ratio, module_mass, sign_conflict
-from merging.methods import METHODS, MergeSpec
+from merging._checks import NonFiniteError
+from merging.methods import (
+    METHODS, BreadcrumbsMerge, DareMerge, DotsMerge, MergeMethod, MergeSpec, RamMerge, RamPlusMerge,
+    TaskArithmeticMerge, TiesMerge, method_settings,
+)
+from merging.methods.ram import ram
+from merging.methods.ties import ties
 from merging.sparsify import (
-    Breadcrumbs, Dare, Rescale, TopK, breadcrumbs, dare, dots_sparsify, global_norm, ram, rescale_to_norm, ties, topk,
+    Breadcrumbs, Dare, Rescale, TopK, breadcrumbs, dare, dots_sparsify, global_norm, rescale_to_norm, topk,
 )
 from merging.stream import CheckpointMismatchError, analyze_checkpoints, merge_checkpoints
 from merging.task_vectors import TreeMismatchError, add, combine, scale, task_vector
@@ -31,6 +38,8 @@ __all__ = [
     "TopK", "Dare", "Breadcrumbs", "Rescale",
     "compare", "Comparison", "magnitude_ratio", "sign_conflict", "cosine_similarity", "module_mass",
     "MergeSpec", "METHODS", "merge_checkpoints", "analyze_checkpoints", "CheckpointMismatchError",
+    "method_settings", "MergeMethod", "TaskArithmeticMerge", "DotsMerge", "DareMerge", "BreadcrumbsMerge",
+    "TiesMerge", "RamMerge", "RamPlusMerge", "NonFiniteError",
 ]
 # Not re-exported: `merging.methods.merge` and `merging.sparsify.sparsify` share their names with submodules
 # (`merging.merge` is the CLI), and a package attribute cannot be both.

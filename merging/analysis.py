@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from merging._checks import check_finite
 from merging._paths import ATTENTION, MLP, MODULES, PathSelector, classify_param, is_vector_leaf, make_selector
 from merging.sparsify import kth_largest_abs, num_kept
 from merging.task_vectors import check_compatible
@@ -263,12 +264,22 @@ def compare(
     classify: Callable[[str], tuple[str, int | None]] = classify_param,
     filter: PathSelector = None,
     exclude: PathSelector = None,
+    allow_nonfinite: bool = False,
 ) -> Comparison:
-    """Compare two task-vector pytrees of the same structure (see the module docstring for what is measured)."""
+    """Compare two task-vector pytrees of the same structure (see the module docstring for what is measured).
+
+    NaN/Inf entries are refused (`NonFiniteError` naming the tensor) unless `allow_nonfinite`."""
     selected = make_selector(filter, exclude)
     rows = check_compatible([a, b], list(labels), check_dtype=False)
-    pairs = ((p, x, y) for p, (x, y) in rows if is_vector_leaf(x) and selected(p))
-    return Comparison.from_pairs(pairs, labels=labels, top_fraction=top_fraction, classify=classify)
+
+    def pairs():
+        for p, (x, y) in rows:
+            if is_vector_leaf(x) and selected(p):
+                if not allow_nonfinite:
+                    check_finite(p, [x, y], list(labels))
+                yield p, x, y
+
+    return Comparison.from_pairs(pairs(), labels=labels, top_fraction=top_fraction, classify=classify)
 
 
 def magnitude_ratio(a: Any, b: Any, *, kind: str = "l2") -> float:

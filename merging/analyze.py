@@ -5,18 +5,25 @@ sign conflict overall and among significant entries, cosine, per-module mass, pe
 analysis.json, layer_magnitude.png, sign_conflict.png and module_mass.png.
 
     python -m merging.analyze --base BASE --sft SFT --rl RL --out report/
+
+The functions behind it are `merging.stream.analyze_checkpoints` and `merging.analysis` (pytrees in memory).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from merging._cli import ArgumentParser, CLIError, run_cli
 from merging._paths import MODULES
 from merging.analysis import Comparison
+from merging.checkpoint import atomic_write_text
+
+PROG = "python -m merging.analyze"
 
 
 def _plt():
@@ -26,6 +33,17 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _savefig(fig, path: Path) -> None:
+    """PNG through a temporary file and a rename (a reader never sees half a plot)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def plot_layer_magnitude(cmp: Comparison, path: Path) -> None:
@@ -51,7 +69,7 @@ def plot_layer_magnitude(cmp: Comparison, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -80,7 +98,7 @@ def plot_sign_conflict(cmp: Comparison, path: Path) -> None:
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -101,7 +119,7 @@ def plot_module_mass(cmp: Comparison, path: Path) -> None:
     ax.set_title("update mass (share of ||tau||^2) per module")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -119,7 +137,7 @@ def write_report(cmp: Comparison, out: Path) -> list[Path]:
     """analysis.json + the three PNGs into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "analysis.json", out / "layer_magnitude.png", out / "sign_conflict.png", out / "module_mass.png"]
-    paths[0].write_text(json.dumps(_clean(cmp.summary()), indent=1) + "\n")
+    atomic_write_text(paths[0], json.dumps(_clean(cmp.summary()), indent=1) + "\n")
     if cmp.by_layer():
         plot_layer_magnitude(cmp, paths[1])
         plot_sign_conflict(cmp, paths[2])
@@ -129,25 +147,33 @@ def write_report(cmp: Comparison, out: Path) -> list[Path]:
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m merging.analyze", description=__doc__.split("\n\n")[0])
+def _main(argv: list[str]) -> int:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True)
     p.add_argument("--sft", required=True)
     p.add_argument("--rl", required=True)
     p.add_argument("--top-fraction", type=float, default=0.3,
                    help="an entry is significant when in its tensor's top fraction by |x| (default 0.3)")
     p.add_argument("--out", help="folder for analysis.json and the PNG plots")
+    p.add_argument("--allow-nonfinite", action="store_true", help="analyse weights holding NaN/Inf instead of refusing")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if not 0 < args.top_fraction <= 1:
+        raise CLIError(f"--top-fraction must be in (0, 1], got {args.top_fraction}; e.g. 0.3 for the top 30 %")
     from merging.stream import analyze_checkpoints
 
     cmp = analyze_checkpoints(args.base, args.sft, args.rl, top_fraction=args.top_fraction,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, allow_nonfinite=args.allow_nonfinite)
     print(cmp.table())
     if args.out:
         for path in write_report(cmp, Path(args.out)):
             print(f"wrote {path}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI in process (bad input: one line on stderr, returns 2; --debug shows the traceback)."""
+    return run_cli(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,19 @@
-"""Sparsification of task vectors and the interference-aware merges built on it.
+"""Sparsifiers of task vectors, and the shared top-k and norm-preserving rescale pieces every merge method uses.
 
-Every method states its source and its exact rule here and in docs/merging.md:
+Each sparsifier states its source and its exact rule here and in docs/merging.md (the merges built on them, TIES
+and RAM among them, live one per module in `merging.methods`):
 
-- `topk`        magnitude top-k: keep the entries whose |x| is >= the k-th largest |x|, k = floor(density * n),
-                per tensor or over the whole task vector (`scope`). Optional norm-preserving `rescale`.
+- `topk`        magnitude top-k: keep exactly k = floor(density * n) entries of largest |x|, per tensor or over the
+                whole task vector (`scope`); entries tied at the k-th largest |x| are taken in index order (tensor
+                names in natural order, then flat index), as mergekit keeps exactly k. `tie_break="keep_all"` keeps
+                every entry tied with the k-th largest instead (the DoTS authors' `keep_top_k_abs`: may keep more
+                than k on bf16 weights, where equal values are common). Optional norm-preserving `rescale`.
 - `dots_sparsify`  DoTS (Yuan et al. 2026, "Decouple before Integration"): per-tensor top-k, then ONE factor for the
                 whole task vector so its L2 norm equals the dense vector's (the authors' code). Norm/scope selectable.
 - `dare`        DARE (Yu et al. 2023, "Language models are Super Mario"): drop each entry with probability p, multiply
                 the survivors by 1/(1-p) (or rescale to the original norm instead).
 - `breadcrumbs` Model Breadcrumbs (Davari & Belilovsky 2023): along each row (last axis, as the authors' code) drop
                 the `top_remove` fraction of largest |x|, keep the next `density` fraction, zero the rest. No rescale.
-- `ties`        TIES-Merging (Yadav et al. 2023): trim each vector to its top-k, elect the sign of sum_i tau_i per entry,
-                average only the entries that agree with it (disjoint mean). Returns the merged vector.
-- `ram`         RAM / RAM+ (Yuan et al. 2026, "Behavior Knowledge Merge in Reinforced Agentic Models"): entries changed
-                (|tau| > threshold) by one vector only are kept (RAM+: times 1 + (r-1) min(1, shared/unique)),
-                entries changed by several are averaged over those that changed them.
 
 Scope "global" statistics (top-k thresholds, norms, RAM overlap counts) are exact and computed on the host, tensor by
 tensor (float64 sums, `math.fsum`; radix selection with 16-bit histograms for the global k-th largest |x|), so the
@@ -37,17 +36,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from merging._paths import PathSelector, is_vector_leaf, make_selector
+from merging._paths import PathSelector, is_vector_leaf, make_selector, natural_key
 from merging.task_vectors import check_compatible, compute_dtype
 
 __all__ = [
     "Rescale", "TopK", "Dare", "Breadcrumbs", "Sparsifier",
-    "topk", "dots_sparsify", "dare", "breadcrumbs", "rescale_to_norm", "sparsify", "ties", "ram",
-    "global_norm", "num_kept", "ram_rescales",
+    "topk", "dots_sparsify", "dare", "breadcrumbs", "rescale_to_norm", "sparsify",
+    "global_norm", "num_kept", "kth_largest_abs",
 ]
+# `ties`, `ram`, `ram_rescales` (and their leaf kernels) are merges: they live in merging.methods.ties / .ram and
+# are still importable from here (module __getattr__ at the end) for code written against the old layout.
 
 Norm = Literal["l2", "l1", "linf"]
 Scope = Literal["tensor", "global"]
+TieBreak = Literal["index", "keep_all"]
+_TIE_BREAKS = ("index", "keep_all")
 _NORMS = ("l2", "l1", "linf")
 _SCOPES = ("tensor", "global")
 _CHUNK = 1 << 22  # host reductions walk tensors in chunks of 4M entries to bound temporaries
@@ -146,6 +149,15 @@ def kth_largest_abs(x: Any, k: int) -> Any:
     return sel.value()
 
 
+def _kth_and_quota(x: Any, k: int) -> tuple[Any, int | None]:
+    """(k-th largest |x|, how many entries equal to it belong to the top k, None = all of them); concrete x."""
+    sel = _RadixSelect(k, compute_dtype(x.dtype))
+    while not sel.done:
+        sel.update(x)
+        sel.finish_level()
+    return sel.value(), sel.tie_quota
+
+
 class _RadixSelect:
     """Exact k-th largest |x| over many tensors: 16-bit digits of the float's bit pattern, one pass per digit.
 
@@ -180,6 +192,7 @@ class _RadixSelect:
         if j >= cum.size:
             raise RuntimeError("radix select ran out of entries (k larger than the number of entries)")
         self.k -= int(cum[j - 1]) if j else 0
+        self.equal = int(self.hist[0xFFFF - j])  # after the last level: entries equal to the k-th largest
         self.prefix = (self.prefix << 16) | (0xFFFF - j)
         self.level += 1
         self.hist[:] = 0
@@ -187,6 +200,14 @@ class _RadixSelect:
     @property
     def done(self) -> bool:
         return self.level == self.levels
+
+    @property
+    def tie_quota(self) -> int | None:
+        """After the last level: how many of the entries equal to the k-th largest are among the top k, or None
+        when all of them are (or the value is 0: keeping a zero or not changes nothing)."""
+        if self.k == self.equal or self.value() == 0:
+            return None
+        return self.k
 
     def value(self) -> Any:
         return np.array(self.prefix, dtype=self.uint).view(self.dtype)[()]
@@ -198,6 +219,31 @@ class _RadixSelect:
 @jax.jit
 def _keep_above(x: jax.Array, t: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(x) >= t.astype(x.dtype), x, jnp.zeros((), x.dtype))
+
+
+@jax.jit
+def _keep_top_exact(x: jax.Array, t: jax.Array, quota: jax.Array) -> jax.Array:
+    """Keep |x| > t, and the first `quota` entries (flat index order) with |x| == t: exactly k entries in all."""
+    a = jnp.abs(x)
+    t = t.astype(x.dtype)
+    eq = (a == t).reshape(-1)
+    rank = jnp.cumsum(eq, dtype=jnp.uint32).reshape(x.shape)  # uint32: exact up to 4.29e9 entries per tensor
+    keep = (a > t) | ((a == t) & (rank <= quota.astype(jnp.uint32)))
+    return jnp.where(keep, x, jnp.zeros((), x.dtype))
+
+
+@partial(jax.jit, static_argnames=("k",))
+def _keep_topk_traced(x: jax.Array, k: int) -> jax.Array:
+    """Exactly-k top-k under jit (sort for the threshold; ties by flat index)."""
+    t = jnp.sort(jnp.abs(x).reshape(-1))[x.size - k]
+    quota = k - jnp.sum(jnp.abs(x) > t, dtype=jnp.int32)
+    return _keep_top_exact(x, t, quota)
+
+
+def _keep_top(x: Any, t: Any, quota: int | None) -> Any:
+    if quota is None:
+        return _keep_above(x, jnp.asarray(t))
+    return _keep_top_exact(x, jnp.asarray(t), jnp.asarray(quota, jnp.uint32))
 
 
 @jax.jit
@@ -255,22 +301,31 @@ def _path_key(seed: int, path: str) -> jax.Array:
 class _Plan:
     threshold: Any = None  # global top-k threshold; None = not global
     keep_none: bool = False  # global top-k with k == 0
+    tie_quota: dict[str, int] | None = None  # global exact top-k: tensors keeping only some entries equal to threshold
     factor: float | None = None  # global norm-preserving factor
-    tensor_thresholds: dict[str, Any] = field(default_factory=dict)  # per-tensor top-k thresholds, found once
+    tensor_thresholds: dict[str, Any] = field(default_factory=dict)  # per-tensor (threshold, tie quota), found once
 
 
 @dataclass(frozen=True)
 class TopK:
-    """Keep |x| >= k-th largest |x|, k = floor(density * n) over each tensor or the whole vector (`scope`)."""
+    """Keep the k = floor(density * n) largest |x| of each tensor or of the whole vector (`scope`).
+
+    tie_break="index" (default): exactly k entries; among entries equal to the k-th largest |x| the first ones in
+    index order are kept (tensors in natural name order for scope="global", then flat index), as mergekit keeps
+    exactly k. tie_break="keep_all": every entry with |x| >= the k-th largest (the DoTS authors' keep_top_k_abs).
+    """
 
     density: float
     scope: Scope = "tensor"
     rescale: Rescale | None = None
+    tie_break: TieBreak = "index"
 
     def __post_init__(self) -> None:
         _check_fraction("density", self.density)
         if self.scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}, got {self.scope!r}")
+        if self.tie_break not in _TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {_TIE_BREAKS}, got {self.tie_break!r}")
 
     @property
     def needs_global_threshold(self) -> bool:
@@ -282,7 +337,7 @@ class TopK:
         if self.scope == "global":
             if plan.keep_none:
                 return jnp.zeros_like(x)
-            return _keep_above(x, jnp.asarray(plan.threshold))
+            return _keep_top(x, plan.threshold, None if plan.tie_quota is None else plan.tie_quota.get(path))
         n = int(np.prod(x.shape))
         k = num_kept(self.density, n)
         if n == 0:
@@ -290,10 +345,13 @@ class TopK:
         if k == 0:
             return jnp.zeros_like(x)
         if _is_traced(x):
+            if self.tie_break == "index":
+                return _keep_topk_traced(x, k)
             return _keep_above(x, jnp.asarray(kth_largest_abs(x, k)))
         if path not in plan.tensor_thresholds:  # the statistics pass and the merge pass select the same entries
-            plan.tensor_thresholds[path] = kth_largest_abs(x, k)
-        return _keep_above(x, jnp.asarray(plan.tensor_thresholds[path]))
+            t, quota = _kth_and_quota(x, k)
+            plan.tensor_thresholds[path] = (t, quota if self.tie_break == "index" else None)
+        return _keep_top(x, *plan.tensor_thresholds[path])
 
 
 @dataclass(frozen=True)
@@ -430,6 +488,27 @@ def prepare(
             sel.finish_level()
     for i, sel in selectors.items():
         plans[i].threshold = sel.value()
+    ties_to_break = {
+        i: sel.tie_quota for i, sel in selectors.items()
+        if sparsifiers[i].tie_break == "index" and sel.tie_quota is not None
+    }
+    if ties_to_break:  # exactly k: hand the tied entries' quota to tensors in natural name order, then flat index
+        n_passes += 1
+        remaining = dict(ties_to_break)
+        quotas: dict[int, dict[str, int]] = {i: {} for i in ties_to_break}
+        ordered = sorted(names, key=natural_key)
+        for name in progress(ordered, f"stats pass {n_passes} (top-k ties at the threshold)", len(ordered)):
+            tensors = get(name)
+            for i in ties_to_break:
+                t = np.asarray(plans[i].threshold)
+                h = _host(tensors[i])
+                equal = sum(int(np.count_nonzero(np.abs(c.astype(t.dtype, copy=False)) == t)) for c in _chunks(h))
+                if equal and remaining[i] < equal:  # this tensor keeps only some of its tied entries
+                    quotas[i][name] = remaining[i]
+                remaining[i] -= min(equal, remaining[i])
+            del tensors
+        for i, q in quotas.items():
+            plans[i].tie_quota = q
 
     if global_rescale:
         n_passes += 1
@@ -475,11 +554,15 @@ def topk(
     *,
     scope: Scope = "tensor",
     rescale: Rescale | None = None,
+    tie_break: TieBreak = "index",
     filter: PathSelector = None,
     exclude: PathSelector = None,
 ) -> Any:
-    """Keep the top `density` fraction of entries by magnitude (per tensor or over the whole vector)."""
-    return sparsify(tau, TopK(density, scope, rescale), filter=filter, exclude=exclude)
+    """Keep the top `density` fraction of entries by magnitude (per tensor or over the whole vector).
+
+    Exactly floor(density * n) entries, ties at the threshold taken in index order (`tie_break="keep_all"`: every
+    entry tied with the k-th largest, the DoTS authors' rule)."""
+    return sparsify(tau, TopK(density, scope, rescale, tie_break), filter=filter, exclude=exclude)
 
 
 def dots_sparsify(
@@ -489,12 +572,17 @@ def dots_sparsify(
     norm: Norm = "l2",
     scope: Scope = "global",
     topk_scope: Scope = "tensor",
+    tie_break: TieBreak = "index",
+    rescale: bool = True,
     filter: PathSelector = None,
     exclude: PathSelector = None,
 ) -> Any:
     """DoTS selective sparsification: top-k per tensor, then rescale so the vector's `norm` is unchanged
-    (one global factor by default, as the DoTS code does; `scope="tensor"` for one factor per tensor)."""
-    return sparsify(tau, TopK(density, topk_scope, Rescale(norm, scope)), filter=filter, exclude=exclude)
+    (one global factor by default, as the DoTS code does; `scope="tensor"` for one factor per tensor;
+    `rescale=False` for the authors' shipped configs, which keep the sparse vector as is). Exactly k entries by
+    default; `tie_break="keep_all"` keeps every entry tied with the k-th largest (the authors' keep_top_k_abs)."""
+    sparsifier = TopK(density, topk_scope, Rescale(norm, scope) if rescale else None, tie_break)
+    return sparsify(tau, sparsifier, filter=filter, exclude=exclude)
 
 
 def dare(
@@ -556,142 +644,18 @@ def rescale_to_norm(
     return _rebuild(sparse, out)
 
 
-# --- TIES ------------------------------------------------------------------------------------------------------
-@jax.jit
-def ties_leaf(trimmed: tuple[jax.Array, ...], weights: jax.Array) -> jax.Array:
-    """Elect sign(sum_i w_i t_i) per entry; mean of the w_i t_i that are non-zero and agree with it (else 0)."""
-    c = compute_dtype(trimmed[0].dtype)
-    xs = [weights[i].astype(c) * t.astype(c) for i, t in enumerate(trimmed)]
-    total = xs[0]
-    for x in xs[1:]:
-        total = total + x
-    elected = jnp.sign(total)
-    agree = [(x != 0) & (jnp.sign(x) == elected) for x in xs]
-    num = jnp.zeros_like(total)
-    cnt = jnp.zeros_like(total)
-    for x, a in zip(xs, agree):
-        num = num + jnp.where(a, x, 0)
-        cnt = cnt + a.astype(c)
-    return (num / jnp.maximum(cnt, 1)).astype(trimmed[0].dtype)
+# --- merges that used to live here (now merging.methods.ties / merging.methods.ram) ---------------------------------
+_MOVED = {
+    "ties": "merging.methods.ties", "ties_leaf": "merging.methods.ties",
+    "ram": "merging.methods.ram", "ram_leaf": "merging.methods.ram", "ram_counts_leaf": "merging.methods.ram",
+    "ram_rescales": "merging.methods.ram",
+}
 
 
-def ties(
-    taus: Sequence[Any],
-    density: float = 0.2,
-    *,
-    scope: Scope = "tensor",
-    weights: Sequence[float] | None = None,
-    filter: PathSelector = None,
-    exclude: PathSelector = None,
-) -> Any:
-    """TIES-Merging's merged task vector: trim (top-k), elect sign, disjoint mean. Apply as combine(base, [m], [lam]).
+def __getattr__(name: str) -> Any:
+    """`merging.sparsify.ties` / `.ram` (and their kernels) keep working: they moved to their method modules."""
+    if name in _MOVED:
+        import importlib
 
-    `scope="tensor"` trims each tensor (mergekit); `scope="global"` trims over the whole vector (the authors' code).
-    `weights` multiply each trimmed vector before the election (default 1). Unselected leaves are zero.
-    """
-    taus = list(taus)
-    if not taus:
-        raise ValueError("ties needs at least one task vector")
-    w = jnp.asarray(list(weights) if weights is not None else [1.0] * len(taus), jnp.float32)
-    if w.shape != (len(taus),):
-        raise ValueError(f"got {len(taus)} task vectors but {w.shape[0]} weights")
-    rows, chosen = _selected_leaves(taus, [f"taus[{i}]" for i in range(len(taus))], filter, exclude)
-    names = list(chosen)
-    trims = [TopK(density, scope)] * len(taus)
-    plans = prepare(trims, names, {n: int(np.prod(chosen[n][0].shape)) for n in names}, lambda n: chosen[n])
-    out = []
-    for path, leaves in rows:
-        if path not in chosen:
-            out.append(jnp.zeros_like(leaves[0]) if is_vector_leaf(leaves[0]) else leaves[0])
-            continue
-        trimmed = tuple(apply_sparsifier(sp, x, path, plan) for sp, x, plan in zip(trims, leaves, plans))
-        out.append(ties_leaf(trimmed, w))
-    return _rebuild(taus[0], out)
-
-
-# --- RAM / RAM+ --------------------------------------------------------------------------------------------------
-@jax.jit
-def ram_counts_leaf(taus: tuple[jax.Array, ...], threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per vector: (#entries it changed (|tau| > threshold), #of those also changed by another vector)."""
-    masks = [jnp.abs(t) > threshold.astype(t.dtype) for t in taus]
-    count = sum(m.astype(jnp.int32) for m in masks)
-    changed = jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in masks])
-    shared = jnp.stack([jnp.sum(m & (count >= 2), dtype=jnp.int32) for m in masks])
-    return changed, shared
-
-
-def ram_rescales(changed: Sequence[int], shared: Sequence[int], rescale_factor: float, xp: Any = np) -> Any:
-    """RAM+ factor per vector: 1 + (r - 1) * min(1, shared / unique) (authors' code, arm-r-v2); r <= 1 gives RAM."""
-    r = max(float(rescale_factor), 1.0)
-    changed = xp.asarray(changed, dtype=xp.float64 if xp is np else jnp.float32)
-    shared = xp.asarray(shared, dtype=changed.dtype)
-    unique = changed - shared
-    rho = xp.where(unique > 0, shared / xp.where(unique > 0, unique, 1), xp.where(shared > 0, xp.inf, 0.0))
-    return 1.0 + (r - 1.0) * xp.minimum(1.0, rho)
-
-
-@jax.jit
-def ram_leaf(
-    taus: tuple[jax.Array, ...], weights: jax.Array, rescales: jax.Array, threshold: jax.Array
-) -> jax.Array:
-    """Entries changed by one vector: w_i tau_i * rescale_i; by several: mean of their w_i tau_i; by none: 0."""
-    c = compute_dtype(taus[0].dtype)
-    masks = [jnp.abs(t) > threshold.astype(t.dtype) for t in taus]
-    count = jnp.zeros(taus[0].shape, jnp.int32)
-    for m in masks:
-        count = count + m.astype(jnp.int32)
-    unique = jnp.zeros(taus[0].shape, c)
-    shared = jnp.zeros(taus[0].shape, c)
-    for i, (t, m) in enumerate(zip(taus, masks)):
-        x = weights[i].astype(c) * t.astype(c)
-        unique = unique + jnp.where(m, x * rescales[i].astype(c), 0)
-        shared = shared + jnp.where(m, x, 0)
-    shared = shared / jnp.maximum(count, 1).astype(c)
-    return jnp.where(count == 1, unique, jnp.where(count >= 2, shared, 0)).astype(taus[0].dtype)
-
-
-def ram(
-    taus: Sequence[Any],
-    *,
-    threshold: float = 1e-5,
-    rescale_factor: float = 1.0,
-    scope: Scope = "global",
-    weights: Sequence[float] | None = None,
-    filter: PathSelector = None,
-    exclude: PathSelector = None,
-) -> Any:
-    """RAM (rescale_factor=1) / RAM+ (rescale_factor r > 1, authors use 1.2) merged task vector; apply with combine.
-
-    Overlap counts for the RAM+ factor are taken over the whole vector (scope="global", the authors' code) or per
-    tensor. `weights` multiply each vector after the masks are computed (default 1).
-    """
-    taus = list(taus)
-    if not taus:
-        raise ValueError("ram needs at least one task vector")
-    if scope not in _SCOPES:
-        raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
-    w = jnp.asarray(list(weights) if weights is not None else [1.0] * len(taus), jnp.float32)
-    if w.shape != (len(taus),):
-        raise ValueError(f"got {len(taus)} task vectors but {w.shape[0]} weights")
-    thr = jnp.asarray(threshold, jnp.float32)
-    rows, chosen = _selected_leaves(taus, [f"taus[{i}]" for i in range(len(taus))], filter, exclude)
-    if scope == "global":
-        changed = [0] * len(taus)
-        shared = [0] * len(taus)
-        for leaves in chosen.values():
-            ch, sh = ram_counts_leaf(tuple(leaves), thr)
-            changed = [a + int(b) for a, b in zip(changed, np.asarray(ch))]
-            shared = [a + int(b) for a, b in zip(shared, np.asarray(sh))]
-        global_rescales = jnp.asarray(ram_rescales(changed, shared, rescale_factor), jnp.float32)
-    out = []
-    for path, leaves in rows:
-        if path not in chosen:
-            out.append(jnp.zeros_like(leaves[0]) if is_vector_leaf(leaves[0]) else leaves[0])
-            continue
-        if scope == "global":
-            rescales = global_rescales
-        else:
-            ch, sh = ram_counts_leaf(tuple(leaves), thr)
-            rescales = ram_rescales(ch, sh, rescale_factor, xp=jnp)
-        out.append(ram_leaf(tuple(leaves), w, rescales, thr))
-    return _rebuild(taus[0], out)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

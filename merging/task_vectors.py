@@ -83,8 +83,8 @@ def check_compatible(
 # --- leaf kernels (jitted once per shape/dtype; the streaming merge calls the very same kernels) -----------------
 @partial(jax.jit, static_argnames=("out_dtype",))
 def tv_leaf(finetuned: jax.Array, base: jax.Array, out_dtype: Any) -> jax.Array:
-    """finetuned - base in the compute dtype, cast to `out_dtype`."""
-    c = compute_dtype(base.dtype)
+    """finetuned - base in the compute dtype (float32, or the wider input float type), cast to `out_dtype`."""
+    c = jnp.promote_types(compute_dtype(base.dtype), compute_dtype(finetuned.dtype))
     return (finetuned.astype(c) - base.astype(c)).astype(out_dtype)
 
 
@@ -162,12 +162,16 @@ def scale(tau: Any, coeff: float | jax.Array) -> Any:
 def combine(
     base: Any,
     taus: Sequence[Any],
-    coeffs: Sequence[float] | jax.Array,
+    coeffs: Sequence[float] | jax.Array | None = None,
     *,
+    coefficients: Sequence[float] | jax.Array | None = None,
     filter: PathSelector = None,
     exclude: PathSelector = None,
 ) -> Any:
     """base + sum_i coeffs[i] * taus[i]: the merged model (task arithmetic, Ilharco et al. 2023).
+
+    The coefficients are given positionally or as `coefficients=` (the name every merge uses; `coeffs` is the
+    older one).
 
     Task vectors may be stored in a wider dtype than the base (float32 vectors onto a bf16 base); the result has
     the base's dtypes. Leaves not selected by `filter`/`exclude` keep the base value.
@@ -177,6 +181,9 @@ def combine(
     >>> combine(base, [(jnp.array([2.0, 0.0]), {"b": jnp.array([4.0])})], [0.5])[0].tolist()
     [2.0, 1.0]
     """
+    if (coeffs is None) == (coefficients is None):
+        raise TypeError("combine needs the coefficients once: positionally (coeffs) or as coefficients=")
+    coeffs = coeffs if coeffs is not None else coefficients
     taus = list(taus)
     if isinstance(coeffs, jax.Array):
         if coeffs.shape != (len(taus),):

@@ -14,6 +14,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The default tiny checkpoint lives in the user cache: tests use a throwaway one, never ~/.cache/jax-cat.
+import tempfile  # noqa: E402
+
+os.environ["JAX_CAT_CACHE"] = tempfile.mkdtemp(prefix="jax-cat-test-cache-")
 
 
 # ---------------------------------------------------------------------------------------------- models fixtures

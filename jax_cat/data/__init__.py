@@ -1,6 +1,6 @@
 """Prompt data: the shipped arithmetic task, HF ``datasets`` adapters (GSM8K, MATH) and grain pipelines.
 
-``jax_cat.data.arithmetic`` and ``jax_cat.data.hf`` are light (no JAX); the grain pipeline (which imports
+``jax_cat.data.arithmetic``, ``jax_cat.data.hf`` and ``jax_cat.data.padding`` are light (no JAX); the grain pipeline (which imports
 JAX through grain) is loaded on first use of its names.
 """
 from jax_cat.data.arithmetic import (
@@ -24,7 +24,9 @@ from jax_cat.data.hf import (
     to_records,
 )
 
-_PIPELINE_NAMES = ("PromptCollator", "filter_by_length", "left_pad", "pad_token_id", "prompt_pipeline")
+from jax_cat.data.padding import left_pad, pad_token_id, resolve_eos_token_ids, resolve_pad_token_id
+
+_PIPELINE_NAMES = ("PromptCollator", "filter_by_length", "prompt_pipeline")
 
 
 def __getattr__(name: str):
@@ -45,12 +47,16 @@ __all__ = [
     "detect_schema",
     "format_prompt",
     "get_spec",
+    "left_pad",
     "gsm8k_record",
     "load_prompt_dataset",
     "make_problem",
     "math_record",
+    "pad_token_id",
     "prompt_answer_record",
     "prompt_length",
+    "resolve_eos_token_ids",
+    "resolve_pad_token_id",
     "to_records",
     *_PIPELINE_NAMES,
 ]

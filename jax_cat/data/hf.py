@@ -185,14 +185,20 @@ def load_prompt_dataset(
     cache_dir: str | None = None,
     arithmetic_seed: int = 0,
     arithmetic_style: str = "plain",
+    data_seed: int | None = None,
 ) -> list[dict]:
     """Records from a local json/jsonl/parquet file or folder, a hub dataset id, or ``arithmetic[:preset]``.
 
     Known hub ids and aliases (``gsm8k``, ``math500``, ``hendrycks_math``/``math``) get their config(s),
     default split (test) and schema filled in; ``hendrycks_math`` loads and concatenates all seven subjects
     unless ``config`` names some. ``split`` applies to hub datasets and the arithmetic task (a local file or
-    folder is one table). ``limit`` keeps the first rows.
+    folder is one table). ``limit`` keeps the first rows. ``data_seed`` seeds the arithmetic generator
+    (``arithmetic_seed`` is its old name; give one).
     """
+    if data_seed is not None:
+        if arithmetic_seed not in (0, data_seed):
+            raise ValueError(f"load_prompt_dataset: data_seed={data_seed} and arithmetic_seed={arithmetic_seed} disagree")
+        arithmetic_seed = int(data_seed)
     source_str = str(source)
     if source_str == "arithmetic" or source_str.startswith("arithmetic:"):
         from jax_cat.data.arithmetic import ArithmeticTask

@@ -20,44 +20,9 @@ import grain
 import numpy as np
 
 from jax_cat.data.hf import format_prompt
+from jax_cat.data.padding import left_pad, pad_token_id, resolve_pad_token_id
 
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The id used for padding: the tokenizer's pad token, else its EOS, else 0."""
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, (list, tuple)):
-            value = value[0] if value else None
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def left_pad(
-    sequences: Sequence[Sequence[int]],
-    *,
-    max_len: int,
-    pad_id: int,
-    truncate: bool = False,
-    names: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """int32 ``(ids, mask)`` of shape [len(sequences), max_len], right-aligned; too-long sequences raise
-    (naming the offender) unless ``truncate``, which keeps their last ``max_len`` tokens."""
-    ids = np.full((len(sequences), max_len), pad_id, dtype=np.int32)
-    mask = np.zeros((len(sequences), max_len), dtype=np.int32)
-    for row, seq in enumerate(sequences):
-        if len(seq) > max_len:
-            if not truncate:
-                who = names[row] if names is not None else f"row {row}"
-                raise ValueError(
-                    f"prompt {who} has {len(seq)} tokens > max_prompt_len={max_len}; raise max_prompt_len, "
-                    "filter long prompts (filter_by_length) or pass truncate=True (keeps the last tokens)"
-                )
-            seq = seq[len(seq) - max_len :]
-        if len(seq):
-            ids[row, max_len - len(seq) :] = seq
-            mask[row, max_len - len(seq) :] = 1
-    return ids, mask
+__all__ = ["PromptCollator", "filter_by_length", "left_pad", "pad_token_id", "prompt_pipeline"]
 
 
 class PromptCollator:
@@ -83,8 +48,13 @@ class PromptCollator:
         # A chat template writes its own BOS; a raw prompt gets the tokenizer's usual special tokens.
         self.add_special_tokens = (not templated) if add_special_tokens is None else add_special_tokens
         self.truncate = truncate
-        self.pad_id = pad_token_id(tokenizer)
+        self.pad_token_id = resolve_pad_token_id(tokenizer=tokenizer)
         self._lock = threading.Lock()  # HF fast tokenizers mutate state per call; grain reads in threads
+
+    @property
+    def pad_id(self) -> int:
+        """Old name of `pad_token_id`."""
+        return self.pad_token_id
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -106,7 +76,7 @@ class PromptCollator:
         with self._lock:
             encoded = self.tokenizer(texts, add_special_tokens=self.add_special_tokens)["input_ids"]
         names = [str(r.get("id", i)) for i, r in enumerate(records)]
-        ids, mask = left_pad(encoded, max_len=self.max_prompt_len, pad_id=self.pad_id, truncate=self.truncate, names=names)
+        ids, mask = left_pad(encoded, self.max_prompt_len, self.pad_token_id, truncate=self.truncate, names=names)
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "text": texts}
         for key in records[0]:
             batch[key] = [r.get(key) for r in records]
@@ -132,7 +102,7 @@ def prompt_pipeline(
     *,
     batch_size: int,
     max_prompt_len: int,
-    seed: int = 0,
+    data_seed: int | None = None,
     shuffle: bool = True,
     num_epochs: int | None = 1,
     shard_index: int | None = None,
@@ -144,13 +114,18 @@ def prompt_pipeline(
     add_special_tokens: bool | None = None,
     truncate: bool = False,
     read_options: grain.ReadOptions | None = None,
+    seed: int | None = None,
 ) -> grain.IterDataset:
     """Seeded, sharded, repeated, tokenised batches of prompts as a ``grain.IterDataset``.
 
     ``iter(ds)`` gives an iterator with ``get_state()`` / ``set_state()`` for exact resumption. The shard is
     ``jax.process_index()`` of ``jax.process_count()`` unless both are given. ``num_epochs=None`` repeats
-    forever. Records may be any random-access sequence (a list, ``ArithmeticTask.source(...)``).
+    forever. Records may be any random-access sequence (a list, ``ArithmeticTask.source(...)``). ``data_seed``
+    (default 0) fixes the shuffle; ``seed`` is its old name.
     """
+    if data_seed is not None and seed is not None and int(data_seed) != int(seed):
+        raise ValueError(f"prompt_pipeline: data_seed={data_seed} and its old name seed={seed} disagree; give data_seed")
+    data_seed = int(data_seed if data_seed is not None else seed if seed is not None else 0)
     if batch_size < 1:
         raise ValueError(f"prompt_pipeline: batch_size must be >= 1, got {batch_size}")
     if (shard_index is None) != (shard_count is None):
@@ -171,7 +146,7 @@ def prompt_pipeline(
     )
     ds = grain.MapDataset.source(records)
     if shuffle:
-        ds = ds.seed(seed).shuffle()
+        ds = ds.seed(data_seed).shuffle()
     stop = (len(records) // shard_count) * shard_count if even_shards else None
     ds = ds[shard_index:stop:shard_count]
     if num_epochs != 1:

@@ -12,6 +12,7 @@ Usage from any JAX training step (logits [B, T, V], targets/mask [B, T]; see doc
 """
 from jax_cat.losses.alignment import AlignmentReport, alignment_coefficient
 from jax_cat.losses.cat import (
+    cat_advantages,
     cat_rl_loss,
     cat_sft_loss,
     cat_weights,
@@ -24,6 +25,9 @@ from jax_cat.losses.cat import (
     success_from_logprobs,
     token_logprobs,
 )
+from jax_cat.losses.config import REFERENCE_MAJORITY, REFERENCE_PASS_AT_N, CATLossConfig
+from jax_cat.losses.reduce import LossDenominator, loss_denominator
+from jax_cat.losses.state import CATState, history_append, history_quantiles, init_cat_state
 from jax_cat.losses.strategies import (
     BestOfN,
     MajorityAtN,
@@ -39,6 +43,16 @@ from jax_cat.losses.strategies import (
 __all__ = [
     "AlignmentReport",
     "alignment_coefficient",
+    "cat_advantages",
+    "CATLossConfig",
+    "REFERENCE_PASS_AT_N",
+    "REFERENCE_MAJORITY",
+    "LossDenominator",
+    "loss_denominator",
+    "CATState",
+    "init_cat_state",
+    "history_quantiles",
+    "history_append",
     "cat_rl_loss",
     "cat_sft_loss",
     "cat_weights",

@@ -7,12 +7,19 @@ See docs/losses.md for the formulas and conventions.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
-from typing import Hashable, Literal, Sequence
+from typing import Any, Hashable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jax_cat.losses.config import NORMALIZE_MODES, CATLossConfig, resolve_config
+from jax_cat.losses.reduce import (LossDenominator, Reduction, as_denominator, canonical_reduction, local_denominator,
+                                   reduce_sequences)
+from jax_cat.losses.reduce import loss_denominator as _loss_denominator
+from jax_cat.losses.state import CATState, history_append, history_quantiles, running_scale
 from jax_cat.losses.strategies import BestOfN, MajorityAtN, PassAtN, Strategy
 
 __all__ = [
@@ -26,11 +33,10 @@ __all__ = [
     "estimate_success",
     "group_advantages",
     "cat_weights",
+    "cat_advantages",
     "cat_sft_loss",
     "cat_rl_loss",
 ]
-
-Reduction = Literal["token_mean", "sequence_mean", "token_sum"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,15 +119,16 @@ def group_quantiles(rewards: jax.Array, group_ids: jax.Array) -> jax.Array:
     return (lower + 1).astype(dt) / (m + 1).astype(dt)
 
 
-@partial(jax.jit, static_argnames=("n", "min_k"))
+@partial(jax.jit, static_argnames=("n", "min_k", "no_answer"))
 def dynamic_consensus_threshold(answer_ids: jax.Array, correct: jax.Array, group_ids: jax.Array, n: int, *,
-                                min_k: int = 2) -> jax.Array:
+                                min_k: int = 2, no_answer: Literal["rival", "abstain"] = "rival") -> jax.Array:
     """The paper's dynamic majority threshold (App. K.2) per sample: k = clip(floor(n c_w / M) + 1, min_k, n//2+1).
 
     c_w is the count of the most common WRONG answer among the M rollouts of the prompt: the correct answer must
-    out-vote the strongest rival scaled to n votes. Rollouts without an extracted answer (answer id < 0) cast no
-    vote (as in the plurality vote at test time, where a missing answer never wins), so they are no rival.
-    Capped at a strict majority; ``min_k=2`` keeps it from degenerating to pass@n.
+    out-vote the strongest rival scaled to n votes. Rollouts without an extracted answer (answer id < 0):
+    ``no_answer="rival"`` (default, the authors' reference) counts all of them together as ONE wrong answer;
+    ``"abstain"`` lets them cast no vote (as in the test-time plurality vote, where a missing answer never wins).
+    M always counts every rollout. Capped at a strict majority; ``min_k=2`` keeps it from degenerating to pass@n.
     """
     answer_ids = jnp.asarray(answer_ids)
     correct = jnp.asarray(correct).astype(bool)
@@ -130,11 +137,14 @@ def dynamic_consensus_threshold(answer_ids: jax.Array, correct: jax.Array, group
     _check_1d("correct", correct, b)
     if not 1 <= min_k <= n // 2 + 1:
         raise ValueError(f"min_k must be in [1, n//2+1={n // 2 + 1}], got {min_k}")
+    if no_answer not in ("rival", "abstain"):
+        raise ValueError(f"no_answer must be 'rival' or 'abstain', got {no_answer!r}")
     seg = group_index(group_ids)
-    votes = answer_ids >= 0  # no extracted answer: no vote, never a rival
+    has_answer = answer_ids >= 0
+    key = jnp.where(has_answer, answer_ids, -1)  # every missing answer is the same key
     same_group = seg[:, None] == seg[None, :]
-    wrong = votes & ~correct
-    same_wrong = same_group & (answer_ids[:, None] == answer_ids[None, :]) & wrong[None, :] & wrong[:, None]
+    wrong = ~correct if no_answer == "rival" else (has_answer & ~correct)
+    same_wrong = same_group & (key[:, None] == key[None, :]) & wrong[None, :] & wrong[:, None]
     wrong_count = jnp.sum(same_wrong, axis=1)  # votes of sample i's answer if it is a wrong answer, else 0
     strongest = jax.ops.segment_max(wrong_count, seg, num_segments=b)[seg]
     m = jnp.sum(same_group, axis=1)
@@ -142,13 +152,16 @@ def dynamic_consensus_threshold(answer_ids: jax.Array, correct: jax.Array, group
     return jnp.clip(k, min_k, n // 2 + 1).astype(jnp.int32)
 
 
-def consensus_threshold(answers: Sequence[Hashable | None], correct: Sequence[bool], n: int, *, min_k: int = 2) -> int:
-    """Host version of `dynamic_consensus_threshold` for one prompt (answers hashable, None = no answer, no vote)."""
+def consensus_threshold(answers: Sequence[Hashable | None], correct: Sequence[bool], n: int, *, min_k: int = 2,
+                        no_answer: Literal["rival", "abstain"] = "rival") -> int:
+    """Host version of `dynamic_consensus_threshold` for one prompt (answers hashable, None = no answer)."""
     if len(answers) != len(correct) or not answers:
         raise ValueError("consensus_threshold: answers and correct must be non-empty and of equal length")
+    if no_answer not in ("rival", "abstain"):
+        raise ValueError(f"no_answer must be 'rival' or 'abstain', got {no_answer!r}")
     counts: dict[Hashable, int] = {}
     for a, c in zip(answers, correct):
-        if not c and a is not None:
+        if not c and (a is not None or no_answer == "rival"):
             counts[a] = counts.get(a, 0) + 1
     strongest = max(counts.values(), default=0)
     return int(max(min_k, min(n // 2 + 1, (n * strongest) // len(answers) + 1)))
@@ -190,22 +203,32 @@ def estimate_success(*, rewards: jax.Array | None = None, group_ids: jax.Array |
 # ----------------------------------------------------------------------------------------------------------
 # SFT
 # ----------------------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("strategy", "reduction"))
 def cat_sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, strategy: Strategy, *,
-                 reduction: Literal["token_mean", "sequence_sum"] = "token_mean",
-                 logprobs: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 reduction: Reduction = "token_mean", logprobs: jax.Array | None = None,
+                 loss_denominator: LossDenominator | jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Strategy-aligned SFT: -log S(p) per sequence with p = exp(sum of target log-probs) -> (loss, metrics).
 
     Its gradient is sft_weight(p) x the sequence's cross-entropy gradient (a custom JVP makes this exact).
-    reduction "token_mean": sum over sequences / number of target tokens (plain CE SFT's normalisation);
-    "sequence_sum": mean over sequences of the per-sequence loss (CE summed over each sequence's tokens).
-    ``PassAtN(1)`` is exactly plain cross-entropy. Pass ``logprobs`` [B, T] instead of logits to skip the softmax.
+    reduction (jax_cat.losses.reduce): "token_mean" = sum over sequences / number of target tokens (plain CE SFT's
+    normalisation); "token_sum" = mean over sequences of the per-sequence loss (CE summed over each sequence's
+    tokens; "sequence_sum" is its deprecated alias); "sequence_mean" = mean over sequences of the per-sequence loss
+    divided by the sequence's length. ``PassAtN(1)`` is exactly plain cross-entropy. Pass ``logprobs`` [B, T]
+    instead of logits to skip the softmax. Micro-batching: pass ``loss_denominator=loss_denominator(full_mask,
+    reduction)`` to every micro-batch; their losses and gradients then sum to the whole batch's.
 
     >>> import jax, jax.numpy as jnp
     >>> logits, targets, mask = jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 3))
     >>> grads = jax.grad(lambda x: cat_sft_loss(x, targets, mask, PassAtN(16))[0])(logits)
     """
-    mask = jnp.asarray(mask).astype(bool)
+    reduction = canonical_reduction(reduction)
+    den = as_denominator(loss_denominator, reduction, "cat_sft_loss")
+    return _sft_loss(strategy, reduction, logits, targets, jnp.asarray(mask), logprobs,
+                     None if den is None else den.policy)
+
+
+@partial(jax.jit, static_argnames=("strategy", "reduction"))
+def _sft_loss(strategy, reduction, logits, targets, mask, logprobs, policy_den):
+    mask = mask.astype(bool)
     if logprobs is None:
         logprobs = token_logprobs(logits, targets)
     if logprobs.shape != mask.shape:
@@ -213,12 +236,9 @@ def cat_sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, strateg
     seq_logp = _masked_seq_sum(logprobs, mask)  # [B]
     per_seq = -strategy.log_success_from_logp(seq_logp)
     num_tokens = jnp.sum(mask)
-    if reduction == "token_mean":
-        loss = jnp.sum(per_seq) / jnp.maximum(num_tokens, 1)
-    elif reduction == "sequence_sum":
-        loss = jnp.mean(per_seq)
-    else:
-        raise ValueError(f"cat_sft_loss: reduction must be 'token_mean' or 'sequence_sum', got {reduction!r}")
+    if policy_den is None:
+        policy_den = local_denominator(mask, reduction).policy
+    loss = reduce_sequences(per_seq, jnp.sum(mask, axis=-1), reduction, policy_den)
     p = jnp.exp(jax.lax.stop_gradient(seq_logp))
     weight = jax.lax.stop_gradient(strategy.sft_weight(p))
     metrics = {
@@ -233,7 +253,7 @@ def cat_sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, strateg
 
 
 # ----------------------------------------------------------------------------------------------------------
-# RL
+# RL: advantages
 # ----------------------------------------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("std_ddof",))
 def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1e-4, std_ddof: int = 1,
@@ -246,7 +266,9 @@ def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1
     dt = jnp.promote_types(rewards.dtype, jnp.float32)
     r = rewards.astype(dt)
     seg = group_index(group_ids)
+    _check_1d("group_advantages: rewards (one per group_ids entry)", r, seg.shape[0])
     valid = jnp.ones(r.shape, bool) if sample_mask is None else jnp.asarray(sample_mask).astype(bool)
+    _check_1d("group_advantages: sample_mask", valid, seg.shape[0])
     m = _segment_sum(valid.astype(dt), seg)
     mean = _segment_sum(jnp.where(valid, r, 0), seg) / jnp.maximum(m, 1)
     dev = jnp.where(valid, r - mean, 0)
@@ -254,28 +276,56 @@ def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1
     return jnp.where(valid, dev / (jnp.sqrt(var) + eps), 0)
 
 
-@partial(jax.jit, static_argnames=("strategy", "form", "weight_clip", "normalize"))
+def _normalize_mode(normalize: bool | str) -> str:
+    if isinstance(normalize, bool):  # legacy switch: True = normalise (the default mode "batch"), False = off
+        return "batch" if normalize else "none"
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES} (or a bool), got {normalize!r}")
+    return normalize
+
+
 def cat_weights(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Array, form: Literal["raw", "log"] = "raw",
                 p: jax.Array | None = None, k: jax.Array | None = None, weight_clip: float | None = None,
-                normalize: bool = True, sample_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                normalize: bool | Literal["batch", "mixed", "none", "running"] = "batch",
+                sample_mask: jax.Array | None = None, q: jax.Array | None = None, state: CATState | None = None,
+                norm_decay: float = 0.9) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-sample CAT multipliers for the advantages (stop-gradient) -> (w [B], metrics).
 
-    p: the success estimate per sample (for PassAtN/MajorityAtN; q is computed here for BestOfN).
-    form "raw" = rl_weight (dS/dp), "log" = sft_weight (p S'/S). k: per-sample MajorityAtN threshold (dynamic).
-    Clip (w <= weight_clip) first, then divide by the mean over MIXED groups (rewards not all equal) of each
-    group's mean weight, so the multiplier averages 1 over the prompts that carry gradient; the scale is shared
-    by all prompts (never renormalised within one). Groups with equal rewards have A = 0 and do not enter the mean.
+    p: the success estimate per sample (PassAtN/MajorityAtN). BestOfN uses the in-group reward quantile, or ``q``
+    if given (e.g. `history_quantiles`). form "raw" = rl_weight (dS/dp), "log" = sft_weight (p S'/S).
+    k: per-sample MajorityAtN threshold (dynamic). The weight is clipped (w <= weight_clip) first, then divided by
+    one scale shared by the whole batch (never renormalised per prompt, which would cancel CAT), per ``normalize``:
+    "batch" (default; the reference): the mean weight over all valid samples, so E[w̃] = 1 over the batch; left
+    raw when the batch is a single prompt with one weight (it would divide by itself) or all weights are 0.
+    "mixed": the mean, over prompts with mixed rewards, of each prompt's mean weight. "none". "running": the
+    bias-corrected exponential mean of the batch mean weight carried in ``state`` (returned as metrics["state"]).
+    True/False are accepted for "batch"/"none".
     """
+    mode = _normalize_mode(normalize)
+    if mode == "running" and state is None:
+        raise ValueError("cat_weights(normalize='running') needs state= (jax_cat.losses.init_cat_state())")
+    w, metrics, new_state = _cat_weights(strategy, form, weight_clip, mode, float(norm_decay), rewards, group_ids,
+                                         p, k, sample_mask, q, state if mode == "running" else None)
+    if mode == "running":
+        metrics["state"] = new_state
+    return w, metrics
+
+
+@partial(jax.jit, static_argnames=("strategy", "form", "weight_clip", "mode", "norm_decay"))
+def _cat_weights(strategy, form, weight_clip, mode, norm_decay, rewards, group_ids, p, k, sample_mask, q, state):
     rewards = jnp.asarray(rewards)
     b = rewards.shape[0]
     seg = group_index(group_ids)
+    _check_1d("cat_weights: rewards (one per group_ids entry)", rewards, seg.shape[0])
     valid = jnp.ones((b,), bool) if sample_mask is None else jnp.asarray(sample_mask).astype(bool)
+    _check_1d("cat_weights: sample_mask", valid, b)
     if form not in ("raw", "log"):
         raise ValueError(f"form must be 'raw' (rl_weight) or 'log' (sft_weight), got {form!r}")
     if isinstance(strategy, BestOfN):
         if form != "raw":
             raise ValueError("BestOfN has only the raw rank weight N q^(N-1) in RL (its log form is constant N)")
-        x = group_quantiles(rewards, group_ids)
+        x = group_quantiles(rewards, group_ids) if q is None else jnp.asarray(q)
+        _check_1d("q", x, b)
         w = strategy.rl_weight(x)
     elif isinstance(strategy, (PassAtN, MajorityAtN)):
         if p is None:
@@ -288,7 +338,7 @@ def cat_weights(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Array,
             w = strategy.rl_weight(x) if form == "raw" else strategy.sft_weight(x)
     else:
         raise TypeError(f"strategy must be PassAtN, MajorityAtN or BestOfN, got {type(strategy).__name__}")
-    w = jax.lax.stop_gradient(w)
+    w = jax.lax.stop_gradient(w).astype(jnp.float32)
     # mixed groups: rewards not all equal among valid samples
     big = jnp.finfo(jnp.float32).max
     rf = rewards.astype(jnp.float32)
@@ -300,139 +350,313 @@ def cat_weights(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Array,
         w = jnp.minimum(w, jnp.asarray(weight_clip, w.dtype))
     else:
         clipped = jnp.zeros(w.shape, bool)
+    w = jnp.where(valid, w, 0.0)
     # per-group mean weight; each mixed group counts once
     m = jax.ops.segment_sum(valid.astype(w.dtype), seg, num_segments=b)
-    gmean = jax.ops.segment_sum(jnp.where(valid, w, 0), seg, num_segments=b) / jnp.maximum(m, 1)
+    gmean = jax.ops.segment_sum(w, seg, num_segments=b) / jnp.maximum(m, 1)
     is_mixed_group = jax.ops.segment_max(mixed.astype(jnp.int32), seg, num_segments=b) > 0
     n_mixed = jnp.sum(is_mixed_group)
     raw_mean = jnp.sum(jnp.where(is_mixed_group, gmean, 0)) / jnp.maximum(n_mixed, 1)
-    if normalize:
-        scale = jnp.where((n_mixed > 0) & (raw_mean > 0), raw_mean, jnp.ones_like(raw_mean))
-        w = w / scale
+    n_valid = jnp.sum(valid)
+    wmax = jnp.max(w)
+    # mean over valid samples, computed on w / max (no overflow, tiny weights kept)
+    batch_mean = jnp.where(wmax > 0, wmax * jnp.sum(w / jnp.where(wmax > 0, wmax, 1.0)) / jnp.maximum(n_valid, 1), 0.0)
+    n_groups = jnp.sum(jax.ops.segment_max(valid.astype(jnp.int32), seg, num_segments=b) > 0)
+    new_state = state
+    if mode == "mixed":
+        scale = jnp.where((n_mixed > 0) & (raw_mean > 0), raw_mean, 1.0)
+    elif mode == "batch":
+        wmin = jnp.min(jnp.where(valid, w, big))
+        self_division = (n_groups < 2) & (wmin == wmax) & (not isinstance(strategy, BestOfN))
+        scale = jnp.where((batch_mean > 0) & ~self_division, batch_mean, 1.0)
+    elif mode == "running":
+        scale, new_state = running_scale(state, batch_mean, norm_decay)
+    else:
+        scale = jnp.ones((), jnp.float32)
+    w = w / scale
     n_mixed_samples = jnp.maximum(jnp.sum(mixed), 1)
-    gmean_after = jax.ops.segment_sum(jnp.where(valid, w, 0), seg, num_segments=b) / jnp.maximum(m, 1)
+    gmean_after = jax.ops.segment_sum(w, seg, num_segments=b) / jnp.maximum(m, 1)
     metrics = {
         "weight_raw_mean": raw_mean,  # mean over mixed prompts of the prompt's mean weight, before normalising
         "weight_mean": jnp.sum(jnp.where(is_mixed_group, gmean_after, 0)) / jnp.maximum(n_mixed, 1),
-        "weight_max": jnp.max(jnp.where(valid, w, 0)),
+        "weight_batch_mean": batch_mean,  # mean over all valid samples, before normalising
+        "weight_scale": scale,  # the divisor applied (1 = left raw)
+        "weight_max": jnp.max(w),
         "weight_frac_clipped": jnp.sum(clipped & mixed) / n_mixed_samples,
-        "frac_mixed_groups": n_mixed / jnp.maximum(jnp.sum(jax.ops.segment_max(valid.astype(jnp.int32), seg,
-                                                                               num_segments=b) > 0), 1),
-        "success_mean": jnp.sum(jnp.where(valid, x, 0)) / jnp.maximum(jnp.sum(valid), 1),
+        "frac_mixed_groups": n_mixed / jnp.maximum(n_groups, 1),
+        "success_mean": jnp.sum(jnp.where(valid, x, 0)) / jnp.maximum(n_valid, 1),
     }
-    return w, metrics
+    return w, metrics, new_state
 
 
-def _reduce(per_token: jax.Array, mask: jax.Array, reduction: str, num_seqs: jax.Array) -> jax.Array:
-    if reduction == "token_mean":
-        return jnp.sum(jnp.where(mask, per_token, 0)) / jnp.maximum(jnp.sum(mask), 1)
-    if reduction == "sequence_mean":
-        length = jnp.sum(mask, axis=-1)
-        per_seq = jnp.sum(jnp.where(mask, per_token, 0), axis=-1) / jnp.maximum(length, 1)
-        return jnp.sum(per_seq) / jnp.maximum(jnp.sum(length > 0), 1)
-    if reduction == "token_sum":
-        return jnp.sum(jnp.where(mask, per_token, 0)) / jnp.maximum(num_seqs, 1)
-    raise ValueError(f"reduction must be 'token_mean', 'sequence_mean' or 'token_sum', got {reduction!r}")
+def _is_traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
 
 
-_RL_STATIC = ("strategy", "form", "p_source", "smoothing", "logp_floor", "min_k", "weight_clip", "normalize",
-              "clip_eps_low", "clip_eps_high", "beta", "reduction", "adv_eps", "std_ddof")
+def _check_binary(rewards: Any, sample_mask: Any, strategy: Strategy, why: str) -> None:
+    """Eager refusal of non-binary rewards where 0/1 correctness is implied (a traced value cannot raise)."""
+    if _is_traced(rewards) or (sample_mask is not None and _is_traced(sample_mask)):
+        return
+    r = np.asarray(rewards, dtype=np.float64)
+    if sample_mask is not None:
+        r = r[np.asarray(sample_mask).astype(bool)]
+    bad = r[(r != 0) & (r != 1)]
+    if bad.size:
+        raise ValueError(f"{strategy.name}: rewards must be 0/1 {why} (got e.g. {bad[:3].tolist()}); pass correct= "
+                         "(bool [B]) to state correctness explicitly")
 
 
-@partial(jax.jit, static_argnames=_RL_STATIC)
+def cat_advantages(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Array, form: Literal["raw", "log"] = "raw",
+                   correct: jax.Array | None = None, answer_ids: jax.Array | None = None,
+                   old_logprobs: jax.Array | None = None, mask: jax.Array | None = None,
+                   sample_mask: jax.Array | None = None, state: CATState | None = None,
+                   config: CATLossConfig | None = None, **settings: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CAT-weighted GRPO advantages of one whole logical (rollout) batch, computed once -> (A' [B] float32, metrics).
+
+    A = (r - mean_g)/(std_g + adv_eps) per prompt, minus ``all_wrong_penalty`` on prompts with no correct rollout,
+    clipped to ±``advantage_clip``; A' = A · w̃ with w̃ the CAT weight (stop-gradient) at the success estimate:
+    p by Laplace per prompt from ``correct`` (p_source="group"; default correct = rewards > 0, and then rewards
+    must be 0/1) or from the rollout policy's sequence log-prob (p_source="sequence": ``old_logprobs`` [B, T] and
+    ``mask`` [B, T]); MajorityAtN with ``answer_ids`` (int [B], the id of the extracted answer within its prompt,
+    -1 = no answer) uses the dynamic threshold k; BestOfN ranks rewards within the prompt, or against the reward
+    history in ``state`` (bon_quantile="history"). Then clipped and normalised per ``normalize`` (see
+    `cat_weights`). Settings: ``config=`` (`CATLossConfig`) and/or its fields as keywords (e.g. ``normalize=``).
+
+    Feed the result to every micro-batch's `cat_rl_loss(..., advantages=A'[rows], loss_denominator=...)`.
+    ``sample_mask`` [B] (False = padding row): such rows get A' = 0 and enter no statistic. ``state``
+    (`init_cat_state()`, needed by normalize="running" and bon_quantile="history") is returned updated as
+    metrics["state"]; every other metric is a scalar. Under an outer jit, non-binary rewards that should be 0/1
+    cannot raise: they give NaN advantages (metrics["rewards_binary"] = 0) instead.
+
+    >>> import jax.numpy as jnp
+    >>> rewards = jnp.array([1.0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0])  # 4 prompts x 4 rollouts
+    >>> adv, m = cat_advantages(PassAtN(16), rewards=rewards, group_ids=jnp.repeat(jnp.arange(4), 4))
+    >>> round(float(adv[0]), 4), round(float(m["weight_scale"]), 4)  # A = 1.5, w̃ = 0.0692
+    (0.1037, 0.5284)
+    """
+    cfg = resolve_config(config, form=form, **settings)
+    rewards = jnp.asarray(rewards)
+    b = rewards.shape[0] if rewards.ndim else -1
+    if rewards.ndim != 1:
+        raise ValueError(f"cat_advantages: rewards must be [B], got shape {rewards.shape}")
+    group_ids = jnp.asarray(group_ids)
+    _check_1d("group_ids", group_ids, b)
+    for name, x in (("correct", correct), ("answer_ids", answer_ids), ("sample_mask", sample_mask)):
+        if x is not None:
+            _check_1d(name, jnp.asarray(x), b)
+    is_bon = isinstance(strategy, BestOfN)
+    if not isinstance(strategy, (PassAtN, MajorityAtN, BestOfN)):
+        raise TypeError(f"strategy must be PassAtN, MajorityAtN or BestOfN, got {type(strategy).__name__}")
+    need_binary = correct is None and (not is_bon or cfg.all_wrong_penalty > 0)
+    if need_binary:
+        _check_binary(rewards, sample_mask, strategy,
+                      "for the all-wrong penalty" if is_bon else "for pass/majority weights (correct = rewards > 0)")
+    seq_p = not is_bon and cfg.p_source == "sequence"
+    if seq_p:
+        if old_logprobs is None or mask is None:
+            raise ValueError("cat_advantages(p_source='sequence') needs old_logprobs [B, T] and mask [B, T]")
+        old_logprobs, mask = jnp.asarray(old_logprobs), jnp.asarray(mask)
+        if old_logprobs.ndim != 2 or old_logprobs.shape != mask.shape or old_logprobs.shape[0] != b:
+            raise ValueError(f"cat_advantages: old_logprobs {old_logprobs.shape} and mask {mask.shape} must be [B, T]")
+    needs_state = cfg.normalize == "running" or (is_bon and cfg.bon_quantile == "history")
+    if needs_state and state is None:
+        raise ValueError("cat_advantages: normalize='running' and bon_quantile='history' need state= "
+                         "(jax_cat.losses.init_cat_state()), carried from step to step")
+    if isinstance(strategy, MajorityAtN) and answer_ids is not None and not 1 <= cfg.min_k <= strategy.n // 2 + 1:
+        raise ValueError(f"min_k must be in [1, n//2+1={strategy.n // 2 + 1}], got {cfg.min_k}")
+    adv_cfg = dataclasses.replace(cfg, **_LOSS_SIDE_DEFAULTS)  # loss-side fields play no role: share compiles
+    adv, metrics, new_state = _advantages(strategy, adv_cfg, need_binary, rewards, group_ids, correct, answer_ids,
+                                          old_logprobs if seq_p else None, mask if seq_p else None, sample_mask, state)
+    if state is not None:
+        metrics["state"] = new_state
+    return adv, metrics
+
+
+_LOSS_SIDE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CATLossConfig)
+                       if f.name in ("surrogate", "clip_eps_low", "clip_eps_high", "beta", "kl", "reduction")}
+
+
+@partial(jax.jit, static_argnames=("strategy", "cfg", "need_binary"))
+def _advantages(strategy, cfg, need_binary, rewards, group_ids, correct, answer_ids, old_logprobs, mask, sample_mask,
+                state):
+    b = rewards.shape[0]
+    valid = jnp.ones((b,), bool) if sample_mask is None else sample_mask.astype(bool)
+    rf = rewards.astype(jnp.float32)
+    binary = jnp.all(jnp.where(valid, (rf == 0) | (rf == 1), True))
+    corr = (rf > 0) if correct is None else jnp.asarray(correct).astype(bool)
+    seg = group_index(group_ids)
+    adv = group_advantages(rf, group_ids, eps=cfg.adv_eps, std_ddof=cfg.std_ddof, sample_mask=valid)
+    n_correct = _segment_sum(jnp.where(valid, corr, False).astype(jnp.float32), seg)
+    all_wrong = valid & (n_correct == 0)
+    if cfg.all_wrong_penalty:
+        adv = adv - cfg.all_wrong_penalty * all_wrong.astype(adv.dtype)
+    if cfg.advantage_clip is not None:
+        adv = jnp.clip(adv, -cfg.advantage_clip, cfg.advantage_clip)
+    p = k = q = None
+    new_state = state
+    if isinstance(strategy, BestOfN):
+        if cfg.bon_quantile == "history":
+            q = history_quantiles(state, rf)  # query first, then append: no leakage from this batch
+            new_state = history_append(state, rf, valid)
+    else:
+        if cfg.p_source == "group":
+            p = success_from_group(corr, group_ids, smoothing=cfg.smoothing, sample_mask=valid)
+        else:
+            p = success_from_logprobs(old_logprobs, mask, logp_floor=cfg.logp_floor)
+        if isinstance(strategy, MajorityAtN) and answer_ids is not None:
+            k = dynamic_consensus_threshold(answer_ids, corr, group_ids, strategy.n, min_k=cfg.min_k,
+                                            no_answer=cfg.no_answer)
+    mode = cfg.normalize
+    w, metrics, st = _cat_weights(strategy, cfg.form, cfg.weight_clip, mode, float(cfg.norm_decay), rf, group_ids,
+                                  p, k, valid, q, new_state if mode == "running" else None)
+    if mode == "running":
+        new_state = st
+    a = jnp.where(valid, adv * w, 0.0).astype(jnp.float32)
+    if need_binary:
+        a = jnp.where(binary, a, jnp.nan)
+    n_valid = jnp.maximum(jnp.sum(valid), 1)
+    metrics.update({
+        "adv_abs_mean": jnp.sum(jnp.abs(jnp.where(valid, adv, 0))) / n_valid,
+        "weighted_adv_abs_mean": jnp.sum(jnp.abs(a)) / n_valid,
+        "reward_mean": jnp.sum(jnp.where(valid, rf, 0)) / n_valid,
+        "frac_all_wrong": jnp.sum(all_wrong) / n_valid,
+        "rewards_binary": binary.astype(jnp.float32),
+    })
+    if k is not None:
+        metrics["consensus_k_mean"] = jnp.sum(jnp.where(valid, k, 0)).astype(jnp.float32) / n_valid
+    return a, metrics, new_state
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RL: loss
+# ----------------------------------------------------------------------------------------------------------
 def cat_rl_loss(logprobs: jax.Array, old_logprobs: jax.Array | None, ref_logprobs: jax.Array | None,
-                rewards: jax.Array, group_ids: jax.Array, mask: jax.Array, strategy: Strategy,
-                form: Literal["raw", "log"] = "raw", *,
-                p_source: Literal["group", "sequence"] = "group", correct: jax.Array | None = None,
-                smoothing: float = 1.0, logp_floor: float = -50.0,
-                answer_ids: jax.Array | None = None, min_k: int = 2,
-                weight_clip: float | None = None, normalize: bool = True,
-                clip_eps_low: float | None = None, clip_eps_high: float | None = None,
-                beta: float = 0.0, reduction: Reduction = "token_mean",
-                adv_eps: float = 1e-4, std_ddof: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
+                rewards: jax.Array | None, group_ids: jax.Array | None, mask: jax.Array, strategy: Strategy,
+                form: Literal["raw", "log"] = "raw", *, correct: jax.Array | None = None,
+                answer_ids: jax.Array | None = None, advantages: jax.Array | None = None,
+                loss_denominator: LossDenominator | jax.Array | None = None, sample_mask: jax.Array | None = None,
+                state: CATState | None = None, config: CATLossConfig | None = None,
+                **settings: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
     """GRPO with CAT-weighted advantages -> (loss, metrics).
 
     logprobs [B, T]: current-policy log-probs of the sampled tokens (differentiated). old_logprobs [B, T]: rollout
     policy (None = on-policy, ratio exp(lp - stop_grad(lp)) = 1). ref_logprobs [B, T]: reference for the k3 KL
     (needed when beta > 0). rewards [B], group_ids [B], mask [B, T].
 
-    A = (r - mean_g)/(std_g + adv_eps); A' = A x w with w = stop_grad(CAT weight) from `cat_weights`
-    (p per prompt by Laplace from ``correct`` (default rewards > 0), or per sample from old_logprobs when
-    p_source="sequence"; BestOfN uses the in-group reward quantile; MajorityAtN with ``answer_ids`` uses the dynamic
-    consensus threshold). Per token: -min(rho A', clip(rho, 1-eps_low, 1+eps_high) A') (no clipping when both eps
-    are None: -rho A') + beta (exp(ref-lp) - (ref-lp) - 1). ``PassAtN(1)`` with weight_clip None is plain GRPO.
+    Advantages: ``advantages`` [B] precomputed by `cat_advantages` over the whole logical batch (then rewards,
+    group_ids, correct, answer_ids are not needed), or computed here from this call's rows by `cat_advantages`.
+    Per token (surrogate="token"): -min(ρ_t A', clip(ρ_t, 1-eps_low, 1+eps_high) A'), ρ_t = exp(lp_t - old_t)
+    (no clipping when both eps are None: -ρ_t A'); surrogate="sequence": the same with ρ = exp(Σ_t (lp_t - old_t))
+    per sequence. KL: kl="sequence_mean" adds β · Σ_b (token-mean k3 of b) / #sequences, kl="token" adds β · k3
+    per token, reduced like the policy term; k3 = exp(ref - lp) - (ref - lp) - 1. Reduction and the exact
+    micro-batch denominator: jax_cat.losses.reduce (pass ``loss_denominator=loss_denominator(full_mask,
+    reduction)`` and the micro-batch's slice of the full batch's advantages; losses and gradients then sum
+    exactly to the whole batch's). Settings: ``config=`` (`CATLossConfig`, e.g. REFERENCE_MAJORITY) and/or its
+    fields as keywords (p_source, smoothing, logp_floor, min_k, no_answer, weight_clip, normalize, norm_decay,
+    bon_quantile, adv_eps, std_ddof, all_wrong_penalty, advantage_clip, surrogate, clip_eps_low, clip_eps_high,
+    beta, kl, reduction). ``PassAtN(1)`` with weight_clip None is plain GRPO.
 
     >>> import jax.numpy as jnp
     >>> lp, mask = -jnp.ones((4, 3)), jnp.ones((4, 3))
     >>> rewards, group_ids = jnp.array([1.0, 0.0, 0.0, 1.0]), jnp.array([0, 0, 1, 1])
     >>> loss, metrics = cat_rl_loss(lp, lp, None, rewards, group_ids, mask, PassAtN(8), "log", clip_eps_low=0.2)
     """
+    cfg = resolve_config(config, form=form, **settings)
     logprobs = jnp.asarray(logprobs)
-    mask = jnp.asarray(mask).astype(bool)
+    mask = jnp.asarray(mask)
     if logprobs.ndim != 2 or mask.shape != logprobs.shape:
         raise ValueError(f"cat_rl_loss: logprobs {logprobs.shape} and mask {mask.shape} must both be [B, T]")
     b = logprobs.shape[0]
-    rewards = jnp.asarray(rewards)
-    _check_1d("rewards", rewards, b)
-    _check_1d("group_ids", jnp.asarray(group_ids), b)
-    old = jax.lax.stop_gradient(logprobs if old_logprobs is None else jnp.asarray(old_logprobs))
-    if old.shape != logprobs.shape:
-        raise ValueError(f"cat_rl_loss: old_logprobs {old.shape} != logprobs {logprobs.shape}")
-
-    adv = group_advantages(rewards, group_ids, eps=adv_eps, std_ddof=std_ddof)
-    p = None
-    k = None
-    if not isinstance(strategy, BestOfN):
-        if p_source == "group":
-            p = success_from_group(rewards > 0 if correct is None else correct, group_ids, smoothing=smoothing)
-        elif p_source == "sequence":
-            p = success_from_logprobs(old, mask, logp_floor=logp_floor)
-        else:
-            raise ValueError(f"p_source must be 'group' or 'sequence', got {p_source!r}")
-        if isinstance(strategy, MajorityAtN) and answer_ids is not None:
-            k = dynamic_consensus_threshold(answer_ids, rewards > 0 if correct is None else correct, group_ids,
-                                            strategy.n, min_k=min_k)
-    w, metrics = cat_weights(strategy, rewards=rewards, group_ids=group_ids, form=form, p=p, k=k,
-                             weight_clip=weight_clip, normalize=normalize)
-    a = jax.lax.stop_gradient(adv * w.astype(adv.dtype))[:, None]  # [B, 1]
-
-    log_ratio = logprobs - old
-    ratio = jnp.exp(log_ratio)
-    if clip_eps_low is None and clip_eps_high is None:
-        pg = -ratio * a
-        clip_active = jnp.zeros(ratio.shape, bool)
+    if old_logprobs is not None and jnp.shape(old_logprobs) != logprobs.shape:
+        raise ValueError(f"cat_rl_loss: old_logprobs {jnp.shape(old_logprobs)} != logprobs {logprobs.shape}")
+    if cfg.beta and ref_logprobs is None:
+        raise ValueError("cat_rl_loss: beta > 0 needs ref_logprobs")
+    if ref_logprobs is not None and jnp.shape(ref_logprobs) != logprobs.shape:
+        raise ValueError(f"cat_rl_loss: ref_logprobs {jnp.shape(ref_logprobs)} != logprobs {logprobs.shape}")
+    metrics: dict[str, Any] = {}
+    if advantages is None:
+        if rewards is None or group_ids is None:
+            raise ValueError("cat_rl_loss: pass rewards and group_ids, or precomputed advantages")
+        _check_1d("rewards", jnp.asarray(rewards), b)
+        old_for_p = logprobs if old_logprobs is None else old_logprobs
+        advantages, metrics = cat_advantages(strategy, rewards=rewards, group_ids=group_ids, correct=correct,
+                                             answer_ids=answer_ids, old_logprobs=jax.lax.stop_gradient(old_for_p),
+                                             mask=mask, sample_mask=sample_mask, state=state, config=cfg)
     else:
+        advantages = jnp.asarray(advantages)
+        _check_1d("advantages", advantages, b)
+        if rewards is not None:
+            _check_1d("rewards", jnp.asarray(rewards), b)
+    if loss_denominator is None and sample_mask is not None:  # padding rows do not count for "token_sum" either
+        loss_denominator = _loss_denominator(mask, cfg.reduction, sample_mask=sample_mask)
+    den = as_denominator(loss_denominator, cfg.reduction, "cat_rl_loss")
+    if den is not None and den.sequences is None and cfg.beta and cfg.kl == "sequence_mean":
+        raise ValueError("cat_rl_loss: with reduction='token_mean' and the per-sequence KL, loss_denominator must "
+                         "be loss_denominator(full_mask, reduction) (a scalar does not give the sequence count)")
+    loss_cfg = (cfg.surrogate, cfg.clip_eps_low, cfg.clip_eps_high, cfg.beta, cfg.kl, cfg.reduction)
+    loss, loss_metrics = _policy_loss(loss_cfg, logprobs, old_logprobs, ref_logprobs, mask, advantages, den)
+    metrics.update(loss_metrics)
+    return loss, metrics
+
+
+@partial(jax.jit, static_argnames=("loss_cfg",))
+def _policy_loss(loss_cfg, logprobs, old_logprobs, ref_logprobs, mask, advantages, den):
+    surrogate, clip_eps_low, clip_eps_high, beta, kl, reduction = loss_cfg
+    mask = mask.astype(bool)
+    if den is None:
+        den = local_denominator(mask, reduction)
+    old = jax.lax.stop_gradient(logprobs if old_logprobs is None else jnp.asarray(old_logprobs))
+    a = jax.lax.stop_gradient(advantages.astype(logprobs.dtype))[:, None]  # [B, 1]
+    lengths = jnp.sum(mask, axis=-1)
+    num_tokens = jnp.maximum(jnp.sum(mask), 1)
+    clip = clip_eps_low is not None or clip_eps_high is not None
+    if clip:
         lo = 1.0 - (clip_eps_low if clip_eps_low is not None else clip_eps_high)
         hi = 1.0 + (clip_eps_high if clip_eps_high is not None else clip_eps_low)
-        unclipped = ratio * a
-        clipped = jnp.clip(ratio, lo, hi) * a
-        pg = -jnp.minimum(unclipped, clipped)
-        clip_active = clipped < unclipped
-    per_token = pg
-    num_tokens = jnp.maximum(jnp.sum(mask), 1)
-    if beta:
-        if ref_logprobs is None:
-            raise ValueError("cat_rl_loss: beta > 0 needs ref_logprobs")
+    log_ratio = jnp.where(mask, logprobs - old, 0.0)
+    if surrogate == "token":
+        ratio = jnp.exp(log_ratio)
+        if clip:
+            unclipped, clipped = ratio * a, jnp.clip(ratio, lo, hi) * a
+            pg_tok = -jnp.minimum(unclipped, clipped)
+            clip_frac = jnp.sum((clipped < unclipped) & mask) / num_tokens
+        else:
+            pg_tok = -ratio * a
+            clip_frac = jnp.zeros((), jnp.float32)
+        pg_seq = _masked_seq_sum(pg_tok, mask)  # [B]
+        ratio_mean = jnp.sum(jnp.where(mask, jax.lax.stop_gradient(ratio), 0)) / num_tokens
+    else:
+        ratio = jnp.exp(jnp.sum(log_ratio, axis=-1))  # [B]
+        a1 = a[:, 0]
+        if clip:
+            unclipped, clipped = ratio * a1, jnp.clip(ratio, lo, hi) * a1
+            pg_seq = -jnp.minimum(unclipped, clipped)
+            clip_frac = jnp.sum((clipped < unclipped) & (lengths > 0)) / jnp.maximum(jnp.sum(lengths > 0), 1)
+        else:
+            pg_seq = -ratio * a1
+            clip_frac = jnp.zeros((), jnp.float32)
+        pg_seq = jnp.where(lengths > 0, pg_seq, 0.0)
+        ratio_mean = jnp.sum(jnp.where(lengths > 0, jax.lax.stop_gradient(ratio), 0)) / jnp.maximum(
+            jnp.sum(lengths > 0), 1)
+    pg = reduce_sequences(pg_seq, lengths, reduction, den.policy)
+    loss = pg
+    if ref_logprobs is not None:
         delta = jax.lax.stop_gradient(jnp.asarray(ref_logprobs)) - logprobs
-        kl = jnp.exp(delta) - delta - 1.0
-        per_token = per_token + beta * kl
-        kl_mean = jnp.sum(jnp.where(mask, jax.lax.stop_gradient(kl), 0)) / num_tokens
-    elif ref_logprobs is not None:
-        delta = jnp.asarray(ref_logprobs) - jax.lax.stop_gradient(logprobs)
-        kl_mean = jnp.sum(jnp.where(mask, jnp.exp(delta) - delta - 1.0, 0)) / num_tokens
+        k3 = jnp.where(mask, jnp.expm1(delta) - delta, 0.0)
+        kl_mean = jnp.sum(jax.lax.stop_gradient(k3)) / num_tokens
+        if beta:
+            if kl == "token":
+                loss = loss + beta * reduce_sequences(jnp.sum(k3, axis=-1), lengths, reduction, den.policy)
+            else:
+                seq_kl = jnp.sum(k3, axis=-1) / jnp.maximum(lengths, 1)
+                loss = loss + beta * jnp.sum(seq_kl) / den.sequences
     else:
         kl_mean = jnp.zeros((), jnp.float32)
-    loss = _reduce(per_token, mask, reduction, jnp.asarray(b))
-    metrics.update({
+    metrics = {
         "loss": loss,
-        "pg_loss": jax.lax.stop_gradient(_reduce(pg, mask, reduction, jnp.asarray(b))),
+        "pg_loss": jax.lax.stop_gradient(pg),
         "kl": kl_mean,
-        "ppo_clip_frac": jnp.sum(clip_active & mask) / num_tokens,
-        "ratio_mean": jnp.sum(jnp.where(mask, jax.lax.stop_gradient(ratio), 0)) / num_tokens,
-        "adv_abs_mean": jnp.mean(jnp.abs(adv)),
-        "weighted_adv_abs_mean": jnp.mean(jnp.abs(a)),
-        "reward_mean": jnp.mean(rewards.astype(jnp.float32)),
-    })
-    if k is not None:
-        metrics["consensus_k_mean"] = jnp.mean(k.astype(jnp.float32))
+        "ppo_clip_frac": clip_frac,
+        "ratio_mean": ratio_mean,
+    }
     return loss, metrics

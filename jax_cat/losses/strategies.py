@@ -321,26 +321,31 @@ class MajorityAtN:
         """p S'/S = k C(N,k) p^k (1-p)^(N-k) / S(p); k at p = 0, 0 at p = 1 (N when k = N). ``k`` overrides self.k."""
         return majority_sft_weight(p, self.n, self.k if k is None else k)
 
-    def estimate(self, correct: Any, *, answers: Sequence[Hashable] | None = None, scores: Any = None) -> float:
-        """Expected plurality-vote success over n-subsets of the pool (None answers never win; ties split evenly).
+    def estimate(self, correct: Any, *, answers: Sequence[Hashable] | None = None, scores: Any = None,
+                 ties: str = "split") -> float:
+        """Expected plurality-vote success over n-subsets of the pool (None answers never win).
 
-        Exact enumeration when C(M, n) <= MAJORITY_EXACT_LIMIT, else a Monte Carlo over MAJORITY_MC_SAMPLES
-        uniformly random n-subsets drawn with a fixed seed (MAJORITY_MC_SEED), so results are reproducible.
+        ``ties``: "split" (default) = a tie between top answers is broken uniformly at random (its expected value;
+        the reference's first-occurrence rule over a random draw order); "failure" = a tied top count fails (the
+        reference's ``tie_break="failure"``). Exact enumeration when C(M, n) <= MAJORITY_EXACT_LIMIT, else a Monte
+        Carlo over MAJORITY_MC_SAMPLES uniformly random n-subsets drawn with a fixed seed (MAJORITY_MC_SEED).
         """
         c = _pool(correct, self.n, "MajorityAtN")
         if answers is None:
             raise ValueError("MajorityAtN.estimate needs `answers` (one hashable per sample, None = no answer)")
         if len(answers) != c.size:
             raise ValueError(f"MajorityAtN.estimate: len(answers)={len(answers)} != len(correct)={c.size}")
-        return float(_majority_estimate(c, answers, self.n))
+        if ties not in ("split", "failure"):
+            raise ValueError(f"MajorityAtN.estimate: ties must be 'split' or 'failure', got {ties!r}")
+        return float(_majority_estimate(c, answers, self.n, ties))
 
     def estimate_many(self, correct: Any, *, answers: Sequence[Sequence[Hashable]] | None = None,
-                      scores: Any = None) -> np.ndarray:
+                      scores: Any = None, ties: str = "split") -> np.ndarray:
         """`estimate` for P problems: correct[P, M], answers P lists of M -> [P]."""
         c = np.asarray(correct)
         if answers is None or len(answers) != len(c):
             raise ValueError("MajorityAtN.estimate_many needs `answers` with one list per problem")
-        return np.array([self.estimate(ci, answers=ai) for ci, ai in zip(c, answers)], dtype=np.float64)
+        return np.array([self.estimate(ci, answers=ai, ties=ties) for ci, ai in zip(c, answers)], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -498,7 +503,7 @@ def _subsets(m: int, n: int, exact_limit: int, mc_samples: int, seed: int) -> np
     return out
 
 
-def _majority_estimate(correct: np.ndarray, answers: Sequence[Hashable], n: int) -> float:
+def _majority_estimate(correct: np.ndarray, answers: Sequence[Hashable], n: int, ties: str = "split") -> float:
     m = correct.size
     ids: dict[Hashable, int] = {}
     code = np.empty(m, dtype=np.int64)
@@ -523,4 +528,5 @@ def _majority_estimate(correct: np.ndarray, answers: Sequence[Hashable], n: int)
     winners = (votes == top) & (top > 0)
     num_winners = winners.sum(axis=1)
     win_value = (winners * ans_correct[None, :]).sum(axis=1) / np.maximum(num_winners, 1)
-    return float(np.where(num_winners > 0, win_value, 0.0).mean())
+    decided = (num_winners == 1) if ties == "failure" else (num_winners > 0)
+    return float(np.where(decided, win_value, 0.0).mean())

@@ -180,7 +180,9 @@ def safetensors_files(ckpt_dir: Path) -> dict[str, Path]:
     """tensor name -> file holding it, from the sharded index or the single model.safetensors."""
     index = ckpt_dir / SAFE_INDEX
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map' object (tensor name -> shard file)")
         files = {name: ckpt_dir / fname for name, fname in weight_map.items()}
         missing_files = sorted({str(p) for p in files.values() if not p.exists()})
         if missing_files:
@@ -245,6 +247,17 @@ def check_checkpoint(table: dict[str, TensorRule], shapes: dict[str, tuple[int, 
         raise CheckpointError(f"checkpoint {where} does not match its config.json:\n  " + "\n  ".join(problems))
 
 
+def _read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict; CheckpointError naming the file when it is not a JSON object."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_config(ckpt_dir: Path) -> ModelConfig:
     """ModelConfig from ckpt_dir/config.json, with the stop ids that generation_config.json adds.
 
@@ -254,10 +267,10 @@ def read_config(ckpt_dir: Path) -> ModelConfig:
     config_file = ckpt_dir / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"no config.json in {ckpt_dir}")
-    config = ModelConfig.from_hf(json.loads(config_file.read_text()))
+    config = ModelConfig.from_hf(_read_json_object(config_file))
     generation_file = ckpt_dir / "generation_config.json"
     if generation_file.exists():
-        extra = json.loads(generation_file.read_text()).get("eos_token_id")
+        extra = _read_json_object(generation_file).get("eos_token_id")
         extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
         ids = list(config.eos_token_ids) + [int(i) for i in extra if int(i) not in config.eos_token_ids]
         if len(ids) > len(config.eos_token_ids):
@@ -272,10 +285,18 @@ def load_hf(
     dtype=jnp.float32,
     mesh: jax.sharding.Mesh | None = None,
     config: ModelConfig | None = None,
+    param_dtype=None,
+    remat: bool | str = False,
+    scan_layers: bool = False,
+    attention_impl: str = "xla",
+    allow_nonfinite: bool = False,
 ) -> CausalLM:
     """Loads an HF checkpoint (local dir or hub id) into a CausalLM, tensor by tensor, without torch.
 
     With `mesh`, each tensor is placed directly with the sharding its logical axes get (see `jax_cat.sharding`).
+    `dtype` (compute), `param_dtype` (storage; None = `dtype`), `remat`, `scan_layers` and `attention_impl` are
+    passed to `CausalLM`; with `scan_layers` the per-layer tensors are stacked as they load (same HF names).
+    A tensor holding NaN/Inf is refused (CheckpointError naming it) unless `allow_nonfinite`.
     """
     ckpt_dir = resolve_checkpoint_dir(path_or_repo_id)
     config = config or read_config(ckpt_dir)
@@ -283,7 +304,10 @@ def load_hf(
     files = safetensors_files(ckpt_dir)
     check_checkpoint(table, _tensor_shapes(files), str(ckpt_dir))
 
-    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), dtype=dtype))
+    options = dict(
+        dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers, attention_impl=attention_impl
+    )
+    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), **options))
     graphdef, abstract_state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(abstract_state))
     shardings = None
@@ -296,6 +320,7 @@ def load_hf(
     for name in table:
         by_file.setdefault(files[name], []).append(name)
     loaded: dict[NNXPath, Any] = {}
+    stacks: dict[NNXPath, np.ndarray] = {}  # scan_layers: host buffers [num_layers, ...] filled layer by layer
     progress = tqdm(total=len(table), desc=f"loading {ckpt_dir.name}", unit="tensor", disable=not sys.stderr.isatty())
     for file, names in by_file.items():
         with _open(file) as handle:
@@ -303,25 +328,43 @@ def load_hf(
                 progress.update()
                 rule = table[name]
                 tensor = rule.to_nnx(handle.get_tensor(name))
-                expected = flat[rule.path].get_value()
-                if tensor.shape != expected.shape:  # guards the table itself
-                    raise CheckpointError(f"{name}: converted shape {tensor.shape} != parameter {expected.shape}")
+                if not allow_nonfinite and not np.isfinite(tensor).all():  # one vectorised pass: corrupt weights
+                    raise CheckpointError(f"tensor {name!r} in {file} holds NaN or Inf (corrupt weights); "
+                                          "pass allow_nonfinite=True to load it anyway")
+                path, layer = param_location(rule.path, scan_layers)
+                expected = flat[path].get_value()
+                shape = expected.shape if layer is None else expected.shape[1:]
+                if tensor.shape != shape:  # guards the table itself
+                    raise CheckpointError(f"{name}: converted shape {tensor.shape} != parameter {shape}")
                 value = tensor.astype(expected.dtype)
-                loaded[rule.path] = (
-                    jax.device_put(value, shardings[rule.path]) if shardings is not None else jnp.asarray(value)
-                )
+                if layer is not None:
+                    stacks.setdefault(path, np.empty(expected.shape, expected.dtype))[layer] = value
+                    continue
+                loaded[path] = jax.device_put(value, shardings[path]) if shardings is not None else jnp.asarray(value)
     progress.close()
+    for path, value in stacks.items():
+        loaded[path] = jax.device_put(value, shardings[path]) if shardings is not None else jnp.asarray(value)
     for path, var in flat.items():
         var.set_value(loaded[path])
     state = nnx.from_flat_state(flat)
     return nnx.merge(graphdef, state)
 
 
+def param_location(path: NNXPath, scan_layers: bool) -> tuple[NNXPath, int | None]:
+    """Where an `hf_key_table` path lives in a model: (path, None), or for a `scan_layers` model the stacked
+    parameter's path and the layer's index on its leading axis (("layers", i, *rest) -> (("layers", *rest), i))."""
+    if scan_layers and path[0] == "layers":
+        return ("layers", *path[2:]), int(path[1])
+    return path, None
+
+
 def iter_hf_tensors(model: CausalLM) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, numpy tensor in HF layout) for every parameter, one at a time."""
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for name, rule in hf_key_table(model.config).items():
-        yield name, rule.to_hf(np.asarray(jax.device_get(flat[rule.path].get_value())))
+        path, layer = param_location(rule.path, model.scan_layers)
+        value = flat[path].get_value()
+        yield name, rule.to_hf(np.asarray(jax.device_get(value if layer is None else value[layer])))
 
 
 def _dtype_name(dtype) -> str:
@@ -344,7 +387,7 @@ def save_hf(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        config_dict = model.config.to_hf_dict(dtype=_dtype_name(model.dtype))
+        config_dict = model.config.to_hf_dict(dtype=_dtype_name(model.param_dtype))
         (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
         _write_safetensors(model, tmp, max_shard_bytes)
         if tokenizer is not None:
@@ -371,7 +414,13 @@ def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int) -> None
 
     def flush() -> None:
         path = out / f".shard-{len(written)}.tmp"
-        save_file(shard, str(path), metadata=metadata)
+        try:
+            save_file(shard, str(path), metadata=metadata)
+        except Exception as exc:  # safetensors reports a failed write (e.g. a full disk) as its own error type
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))}: writing {path} ({exc})") from exc
         written.append((path, list(shard)))
         shard.clear()
 

@@ -25,7 +25,22 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
 
-DEFAULT_CHECKPOINT = Path("artifacts") / "tiny-default"  # where the main job and `--model tiny` keep it
+
+
+def cache_dir() -> Path:
+    """The user cache folder: $JAX_CAT_CACHE, else $XDG_CACHE_HOME/jax-cat, else ~/.cache/jax-cat (read at call time)."""
+    if os.environ.get("JAX_CAT_CACHE"):
+        return Path(os.environ["JAX_CAT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "jax-cat"
+
+
+def default_checkpoint_dir() -> Path:
+    """Where the main job and `--model tiny` keep the default checkpoint: <cache_dir()>/tiny-default."""
+    return cache_dir() / "tiny-default"
+
+
+DEFAULT_CHECKPOINT = default_checkpoint_dir()  # as resolved at import; `default_checkpoint_dir()` follows the env
 
 DEFAULT_TINY_CONFIG: dict[str, Any] = dict(
     model_type="qwen2",
@@ -189,7 +204,8 @@ def build_tiny_checkpoint(out_dir: str | os.PathLike, *, seed: int = 0, dtype=jn
 
 
 def default_checkpoint(*, rebuild: bool = False) -> Path:
-    """The embedded default checkpoint (artifacts/tiny-default), built once offline and reused after."""
-    if rebuild or not (DEFAULT_CHECKPOINT / "config.json").exists():
-        build_tiny_checkpoint(DEFAULT_CHECKPOINT)
-    return DEFAULT_CHECKPOINT
+    """The embedded default checkpoint (`default_checkpoint_dir()`, in the user cache), built once offline and reused."""
+    path = default_checkpoint_dir()
+    if rebuild or not (path / "config.json").exists():
+        build_tiny_checkpoint(path)
+    return path

@@ -2,6 +2,7 @@
 
 Importing this package never imports JAX (the verifier's worker processes import it too).
 """
+from jax_cat.rewards.answers import answer_ids, answer_key, canonical_answer
 from jax_cat.rewards.extract import (
     clean_answer,
     extract_answer,
@@ -11,6 +12,7 @@ from jax_cat.rewards.extract import (
 )
 from jax_cat.rewards.verify import (
     MathVerifier,
+    WorkerStartError,
     close,
     compute_rewards,
     default_verifier,
@@ -21,6 +23,10 @@ from jax_cat.rewards.verify import (
 
 __all__ = [
     "MathVerifier",
+    "WorkerStartError",
+    "answer_ids",
+    "answer_key",
+    "canonical_answer",
     "clean_answer",
     "close",
     "compute_rewards",

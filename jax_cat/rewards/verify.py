@@ -2,10 +2,13 @@
 
 Why a pool: symbolic checks (sympy) can hang or explode in memory on adversarial completions, and
 math-verify's own SIGALRM timeout only works in a main thread and cannot interrupt long C calls. So the
-symbolic check runs in at most ``max_workers`` worker processes started with "forkserver" (or "spawn"),
-never "fork" (the parent may hold JAX's threads). At most ``max_workers`` answers are in flight, each with
-its own deadline; a worker that misses it or dies is killed, its answer scores 0, and the pool is rebuilt
-(the other in-flight answers are retried; an answer that takes the pool down twice, alone, scores 0).
+symbolic check runs in at most ``max_workers`` worker processes, each a fresh interpreter running
+``python -m jax_cat.rewards._worker`` and speaking a length-prefixed pipe protocol (``_worker``, ``_pool``).
+Workers never fork the parent (it may hold JAX's threads) and never import the caller's ``__main__``, so a
+script needs no ``if __name__ == "__main__":`` guard. One answer is in flight per worker, with its own
+deadline; a worker that misses it is killed and replaced (its answer scores 0) while the others keep going;
+a worker that dies on an answer is replaced and the answer retried once (dying twice scores 0). A failure to
+start workers raises ``WorkerStartError`` saying what happened (exit code, stderr tail) and the fix.
 
 Decision order for one (prediction, gold) pair of extracted answers:
 
@@ -14,27 +17,23 @@ Decision order for one (prediction, gold) pair of extracted answers:
 3. both plain numbers (int, decimal, a/b, \\frac{a}{b}) with equal exact value -> 1; both integers -> 0;
    an integer gold and a prediction without a single digit -> 0  (the arithmetic task never needs the pool);
 4. otherwise math-verify in the pool (``use_math_verify=False``: 0).
-
-Workers import ``__main__`` like any multiprocessing child: scripts that call this at top level need the
-usual ``if __name__ == "__main__":`` guard. Using "forkserver" sets the process-wide forkserver preload
-to this package's worker module (sympy/math-verify warm before each fork).
 """
 from __future__ import annotations
 
 import atexit
 import collections
-import concurrent.futures as cf
-import multiprocessing
 import re
+import selectors
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 
+from jax_cat.rewards import _pool
+from jax_cat.rewards._pool import WorkerStartError
 from jax_cat.rewards.extract import (
     ExtractStyle,
     clean_answer,
@@ -44,7 +43,6 @@ from jax_cat.rewards.extract import (
 )
 
 _INT_RE = re.compile(r"-?\d+")
-_WORKER_MODULE = "jax_cat.rewards._worker"
 
 
 def fast_verdict(pred: str | None, gold: str | None, *, max_answer_chars: int = 1000) -> bool | None:
@@ -109,6 +107,8 @@ class MathVerifier:
             raise ValueError(f"MathVerifier: max_workers must be >= 1, got {max_workers}")
         if timeout_s <= 0:
             raise ValueError(f"MathVerifier: timeout_s must be > 0, got {timeout_s}")
+        if not startup_timeout_s > 0:
+            raise ValueError(f"MathVerifier: startup_timeout_s must be > 0, got {startup_timeout_s}")
         if mp_context not in (None, "spawn", "forkserver"):
             raise ValueError(f"MathVerifier: mp_context must be 'spawn' or 'forkserver' (never 'fork'), got {mp_context!r}")
         self.max_workers = max_workers
@@ -117,11 +117,10 @@ class MathVerifier:
         self.max_answer_chars = max_answer_chars
         self.memory_limit_mb = memory_limit_mb
         self.startup_timeout_s = startup_timeout_s
-        self._mp_context_name = mp_context or (
-            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        )
+        self.mp_context = mp_context  # accepted for compatibility: workers are always fresh interpreters
         self._pair_fn = pair_fn
-        self._pool: cf.ProcessPoolExecutor | None = None
+        self._pair_spec = None if pair_fn is None else _pool.function_spec(pair_fn)
+        self._pool: _pool.WorkerPool | None = None
         self._lock = threading.RLock()
         self._cache: collections.OrderedDict[tuple[str, str], bool] = collections.OrderedDict()
         self._cache_size = cache_size
@@ -193,111 +192,97 @@ class MathVerifier:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def _context(self) -> multiprocessing.context.BaseContext:
-        ctx = multiprocessing.get_context(self._mp_context_name)
-        if self._mp_context_name == "forkserver" and self._pair_fn is None:
-            ctx.set_forkserver_preload([_WORKER_MODULE])
-        return ctx
-
-    def _start_pool(self) -> cf.ProcessPoolExecutor:
-        from jax_cat.rewards import _worker
-
-        ctx = self._context()
-        pool = cf.ProcessPoolExecutor(
-            max_workers=self.max_workers,
-            mp_context=ctx,
-            initializer=_worker.init_worker,
-            initargs=(self.memory_limit_mb,),
-        )
-        # Start every worker now (one submit per missing worker spawns one process), so that interpreter
-        # start-up and imports never count against an answer's deadline.
-        pings = [pool.submit(_worker.ping) for _ in range(self.max_workers)]
-        done, not_done = cf.wait(pings, timeout=self.startup_timeout_s)
-        if not_done or any(f.exception() is not None for f in done):
-            self._pool = pool
-            self._kill_pool()
-            raise RuntimeError(
-                f"MathVerifier: could not start {self.max_workers} '{self._mp_context_name}' workers "
-                f"within {self.startup_timeout_s:.0f}s"
-            )
+    def _start_pool(self) -> _pool.WorkerPool:
+        """Start every worker now, so that interpreter start-up and imports never count against a deadline."""
+        pool = _pool.WorkerPool(self.max_workers, self._pair_spec, self.memory_limit_mb, self.startup_timeout_s)
         self.stats["pool_starts"] += 1
         return pool
 
     def _kill_pool(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.join(timeout=5)
+        if pool is not None:
+            pool.close()
 
     def _run_in_pool(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
-        """Verdicts for keys, at most max_workers in flight, each with its own deadline (see module doc)."""
-        from jax_cat.rewards import _worker
-
-        fn = self._pair_fn or _worker.math_verify_pair
+        """Verdicts for keys, one per idle worker, each with its own deadline (see module doc)."""
         inner_timeout = max(1, int(self.timeout_s // 4))
+        if self._pool is None:
+            self._pool = self._start_pool()
+        try:
+            return self._serve(self._pool, keys, inner_timeout)
+        except BaseException:  # a start failure or an interrupt: never reuse workers with answers in flight
+            self._kill_pool()
+            raise
+
+    def _serve(
+        self, pool: _pool.WorkerPool, keys: list[tuple[str, str]], inner_timeout: int
+    ) -> dict[tuple[str, str], bool]:
         results: dict[tuple[str, str], bool] = {}
         pending = collections.deque(keys)
-        suspects: collections.deque[tuple[str, str]] = collections.deque()  # in flight when a worker died
         crashed_once: set[tuple[str, str]] = set()
-        inflight: dict[cf.Future, tuple[tuple[str, str], float]] = {}
 
-        def submit(key: tuple[str, str]) -> None:
-            assert self._pool is not None
-            inflight[self._pool.submit(fn, key[0], key[1], inner_timeout)] = (key, time.monotonic() + self.timeout_s)
+        def replace(worker: _pool.Worker) -> None:
+            worker.kill()
+            pool.workers[pool.workers.index(worker)] = pool.spawn()
+            self.stats["recycles"] += 1
 
-        while pending or suspects or inflight:
-            if self._pool is None:
-                self._pool = self._start_pool()
-            if suspects:  # one suspect alone, so a crash is pinned on the answer that caused it
-                if not inflight:
-                    submit(suspects.popleft())
+        def on_crash(key: tuple[str, str]) -> None:
+            # a worker can die of something else (the OOM killer): retry once, alone on a fresh worker
+            if key in crashed_once:
+                results[key] = False
+                self.stats["crashes"] += 1
             else:
-                while pending and len(inflight) < self.max_workers:
-                    submit(pending.popleft())
-            next_deadline = min(deadline for _, deadline in inflight.values())
-            cf.wait(list(inflight), timeout=max(0.0, next_deadline - time.monotonic()), return_when=cf.FIRST_COMPLETED)
-            now = time.monotonic()
-            broken = expired = False
-            for future, (key, deadline) in list(inflight.items()):
-                if future.done():
-                    del inflight[future]
-                    error = future.exception()
-                    if error is None:
-                        results[key] = bool(future.result())
+                crashed_once.add(key)
+                pending.appendleft(key)
+
+        with selectors.DefaultSelector() as selector:
+            while True:
+                for worker in pool.workers:
+                    if worker.state == "ready" and pending:
+                        key = pending.popleft()
+                        if not worker.submit(key, inner_timeout, self.timeout_s):
+                            replace(worker)
+                            on_crash(key)
+                watched = [w for w in pool.workers if w.state in ("busy", "starting")]
+                busy = [w for w in watched if w.state == "busy"]
+                if not busy and not pending:
+                    break
+                for w in watched:
+                    if w.out_fd not in selector.get_map():
+                        selector.register(w.out_fd, selectors.EVENT_READ, w)
+                timeout = max(0.0, min(w.deadline for w in watched) - time.monotonic())
+                for event, _ in selector.select(timeout):
+                    worker = event.data
+                    selector.unregister(worker.out_fd)
+                    if worker.state == "starting":  # a replacement worker: ready, or raise why not
+                        pool.on_start_message(worker)
+                        continue
+                    message = worker.receive()
+                    key, worker.key = worker.key, None
+                    if isinstance(message, tuple) and message[:1] == ("ok",):
+                        results[key] = bool(message[1])
+                        worker.state = "ready"
                         self.stats["pool"] += 1
-                    elif isinstance(error, BrokenProcessPool):
-                        broken = True
-                        if key in crashed_once:
-                            results[key] = False
-                            self.stats["crashes"] += 1
-                        else:
-                            crashed_once.add(key)
-                            suspects.append(key)
-                    else:  # a failing check is a wrong answer, not the caller's crash
-                        results[key] = False
+                    elif isinstance(message, tuple) and message[:1] == ("error",):
+                        results[key] = False  # a failing check is a wrong answer, not the caller's crash
+                        worker.state = "ready"
                         self.stats["errors"] += 1
-                elif deadline <= now:
-                    del inflight[future]
-                    results[key] = False
+                    else:  # EOF: the worker died on this answer
+                        replace(worker)
+                        on_crash(key)
+                now = time.monotonic()
+                for worker in list(pool.workers):
+                    if worker.deadline > now or worker.state not in ("busy", "starting"):
+                        continue
+                    if worker.out_fd in selector.get_map():
+                        selector.unregister(worker.out_fd)
+                    if worker.state == "starting":
+                        error = worker.start_failure(f"did not report ready within {worker.startup_timeout_s:g}s")
+                        worker.kill()
+                        raise error
+                    results[worker.key] = False
                     self.stats["timeouts"] += 1
-                    expired = True
-            if broken or expired:
-                # Answers still running in the doomed pool: retried after the rebuild (as suspects if it broke).
-                for key, _ in inflight.values():
-                    if broken:
-                        crashed_once.add(key)
-                        suspects.append(key)
-                    else:
-                        pending.appendleft(key)
-                inflight.clear()
-                self._kill_pool()
-                self.stats["recycles"] += 1
+                    replace(worker)
         return results
 
 

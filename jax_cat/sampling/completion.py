@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -22,7 +23,8 @@ class Completion:
     - `sample_logprobs` [length] float32: the log-probability under the distribution actually sampled from (after
       temperature, top-k and top-p); 0 for greedy decoding.
     - `finish_reason`: "eos" (an end-of-sequence token), "stop" (a stop string), "length" (max_new_tokens reached).
-    - `prompt_index`, `sample_index`: where it came from in `generate(prompts, n=...)`.
+    - `prompt_index`, `sample_index`: where it came from in `generate(prompts, n=...)`; `prompt_index` is the row's
+      group id (`group_id`, and `group_ids(...)` for a whole result).
     """
 
     text: str
@@ -32,6 +34,11 @@ class Completion:
     finish_reason: FinishReason
     prompt_index: int = 0
     sample_index: int = 0
+
+    @property
+    def group_id(self) -> int:
+        """The glossary name of `prompt_index`: the index of the prompt this completion continues."""
+        return self.prompt_index
 
     @property
     def length(self) -> int:
@@ -55,3 +62,17 @@ class Completion:
             f"mean_logprob={self.mean_logprob:.3f}, prompt_index={self.prompt_index}, "
             f"sample_index={self.sample_index})"
         )
+
+
+def group_ids(completions: Sequence[Completion] | Sequence[Sequence[Completion]]) -> np.ndarray:
+    """[B] int32 prompt index of each completion, in row-major order of `generate`'s output (or of a flat list).
+
+    The `group_ids` the CAT losses take for these rows (docs/glossary.md).
+    """
+    flat: list = []
+    for item in completions:
+        flat.extend(item if not isinstance(item, Completion) else [item])
+    bad = [i for i, c in enumerate(flat) if not isinstance(c, Completion)]
+    if bad:
+        raise TypeError(f"group_ids: expected Completions (or lists of them); item {bad[0]} is {type(flat[bad[0]]).__name__}")
+    return np.asarray([c.prompt_index for c in flat], np.int32)

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from jax_cat.losses.config import CATLossConfig
+
 
 class ConfigError(ValueError):
     """A bad recipe, key or value (raised before anything compiles; the CLI prints it as one line, exit 2)."""
@@ -42,6 +44,8 @@ class TrainConfig:
       log_every: host sync + metrics line every this many steps (the only per-step host traffic).
       eval_at_end: run the pass@k / maj@k evaluation on held-out prompts after training.
       save_final: write `<out>/final/` (HF checkpoint + tokenizer) at the end.
+      stop_after: end this invocation (with a checkpoint) after this many steps of the stage, keeping the schedule
+        of `steps`; continue later with --resume (for jobs with a time limit). None = run to the end.
     """
 
     method: Literal["sft", "grpo"] = "sft"
@@ -53,6 +57,7 @@ class TrainConfig:
     log_every: int = 10
     eval_at_end: bool = True
     save_final: bool = True
+    stop_after: int | None = None
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -64,13 +69,16 @@ class ModelSource:
       param_dtype: dtype of the master weights and optimizer state ("float32").
       compute_dtype: dtype of the forward/backward pass ("float32", or "bfloat16" on accelerators); parameters
         are cast inside the step, gradients come back in param_dtype.
-      remat: rematerialise each decoder layer in the backward pass (less activation memory, ~1/3 more compute).
+      remat: rematerialise decoder layers in the backward pass: false, true (= "full"), "dots" or "dots_no_batch"
+        (`jax_cat.models.decoder.REMAT_POLICIES`; saves memory with scan_layers).
+      scan_layers: run the layers as one `lax.scan` over stacked parameters (one layer compiled, not L).
     """
 
     path: str = "tiny"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: bool = False
+    remat: bool | Literal["full", "dots", "dots_no_batch"] = False
+    scan_layers: bool = False
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -145,34 +153,6 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-
-
-@dataclasses.dataclass(**_FROZEN)
-class LossConfig:
-    """The CAT objective's settings (see `jax_cat.losses.cat_rl_loss` / `cat_sft_loss` and docs/losses.md).
-
-    Attributes:
-      form: RL weight form: "raw" (dS/dp) or "log" (p S'/S).
-      reduction: "token_mean", "sequence_mean" or "token_sum" (RL); SFT takes "token_mean" or "sequence_sum".
-      p_source: success estimate: "group" (Laplace over the prompt's samples) or "sequence" (rollout log-prob).
-      smoothing: Laplace smoothing of the group estimate.
-      weight_clip: cap on the CAT weight before normalising (None = off).
-      normalize: divide the weights by their mean so the step size stays comparable to plain GRPO.
-      clip_eps_low, clip_eps_high: PPO ratio clipping (None = off).
-      beta: k3 KL penalty to the initial (reference) model (0 = off, no reference forward).
-      min_k: floor of the dynamic majority threshold (maj@N).
-    """
-
-    form: Literal["raw", "log"] = "raw"
-    reduction: Literal["token_mean", "sequence_mean", "token_sum", "sequence_sum"] = "token_mean"
-    p_source: Literal["group", "sequence"] = "group"
-    smoothing: float = 1.0
-    weight_clip: float | None = None
-    normalize: bool = True
-    clip_eps_low: float | None = 0.2
-    clip_eps_high: float | None = 0.2
-    beta: float = 0.0
-    min_k: int = 2
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -253,7 +233,12 @@ class EvalConfig:
 
 @dataclasses.dataclass(**_FROZEN)
 class Config:
-    """One training run. `strategy` is a spec string: "pass@1" is plain SFT/GRPO; "pass@8", "maj@16", "bon@4" CAT."""
+    """One training run. `strategy` is a spec string: "pass@1" is plain SFT/GRPO; "pass@8", "maj@16", "bon@4" CAT.
+
+    `loss` is `jax_cat.losses.CATLossConfig` itself (its docstring gives each field's meaning and the authors'
+    reference value); `loss_preset` starts it from REFERENCE_PASS_AT_N or REFERENCE_MAJORITY, the loss fields set
+    in the recipe or with --set then override the preset's (see `Config.loss_config`).
+    """
 
     train: TrainConfig = TrainConfig()
     model: ModelSource = ModelSource()
@@ -261,7 +246,8 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     rollout: RolloutConfig = RolloutConfig()
     strategy: str = "pass@1"
-    loss: LossConfig = LossConfig()
+    loss_preset: Literal["reference_pass_at_n", "reference_majority"] | None = None
+    loss: CATLossConfig = CATLossConfig()
     warmup: WarmupConfig = WarmupConfig()
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -274,6 +260,19 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def loss_config(self) -> CATLossConfig:
+        """The CATLossConfig of the run: the preset (if any) with every field that differs from the default applied."""
+        from jax_cat import losses
+
+        if self.loss_preset is None:
+            return self.loss
+        base = {"reference_pass_at_n": losses.REFERENCE_PASS_AT_N,
+                "reference_majority": losses.REFERENCE_MAJORITY}[self.loss_preset]
+        default = CATLossConfig()
+        changes = {f.name: getattr(self.loss, f.name) for f in dataclasses.fields(CATLossConfig)
+                   if getattr(self.loss, f.name) != getattr(default, f.name)}
+        return dataclasses.replace(base, **changes)
 
 
 # ----------------------------------------------------------------------------------------------------- parsing
@@ -293,9 +292,10 @@ def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
-    if not close:  # a bare field name: suggest its section
-        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    close = []
+    if "." not in key:  # a bare field name: suggest the first section that has it
+        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == key][:1]
+    close = close or difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -374,7 +374,11 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
         return dataclasses.replace(obj, **{name: _set(getattr(obj, name), path[1:], value, full_key)})
     if len(path) > 1:
         raise ConfigError(f"unknown config key {full_key!r}{_did_you_mean(full_key)}")
-    return dataclasses.replace(obj, **{name: _coerce(full_key, value, hint)})
+    value = _coerce(full_key, value, hint)
+    try:
+        return dataclasses.replace(obj, **{name: value})
+    except (ValueError, TypeError) as err:  # the section's own validation (e.g. CATLossConfig.__post_init__)
+        raise ConfigError(f"{full_key}: {err}") from None
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
@@ -483,10 +487,10 @@ def validate(cfg: Config) -> None:
     _positive("warmup.batch_size", cfg.warmup.batch_size, 0)
     if not cfg.optimizer.learning_rate > 0:
         raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
-    if t.method == "sft" and cfg.loss.reduction not in ("token_mean", "sequence_sum"):
-        raise ConfigError(f"loss.reduction={cfg.loss.reduction!r} is an RL reduction; SFT takes token_mean or sequence_sum")
-    if t.method == "grpo" and cfg.loss.reduction == "sequence_sum":
-        raise ConfigError("loss.reduction='sequence_sum' is the SFT name; GRPO takes token_mean, sequence_mean or token_sum")
+    try:
+        cfg.loss_config()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"loss: {err}") from None
     if t.method == "sft" and cfg.data.batch_size % t.micro_batches:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split into train.micro_batches={t.micro_batches}")
     if t.method == "grpo" and (cfg.data.batch_size * cfg.rollout.group_size) % t.micro_batches:

@@ -46,17 +46,14 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         model, tokenizer = load_model(cfg, mesh)
     out = Path(out) if out is not None else None
     t, r = cfg.train, cfg.rollout
-    graphdef, _ = steps.split_model(model)
-    tx = steps.make_optimizer(cfg.optimizer, t.steps)
-    shardings = steps.state_shardings_for(tx, model, mesh)
-    compute = steps.DTYPES[cfg.model.compute_dtype]
+    graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, t.steps)
     prompt_len = cfg.data.max_prompt_len
-    step_fn = steps.make_grpo_step(
-        graphdef, tx, shardings, mesh, strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss,
-        prompt_len=prompt_len, micro_batches=t.micro_batches, compute_dtype=compute, remat=cfg.model.remat,
-        schedule=steps.learning_rate_schedule(cfg.optimizer, t.steps),
-    )
-    logprob_fn = steps.make_logprob_fn(graphdef, shardings, mesh, prompt_len=prompt_len, compute_dtype=compute)
+    settings = dict(strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss_config(), prompt_len=prompt_len,
+                    micro_batches=t.micro_batches)
+    step_fn = steps.cached("grpo_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
+                           lambda: steps.make_grpo_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
+    logprob_fn = steps.cached("logprob", (graphdef, mesh, prompt_len), lambda: steps.make_logprob_fn(
+        graphdef, shardings, mesh, prompt_len=prompt_len))
     checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save) if out is not None else None)
     state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,
@@ -73,7 +70,6 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         iterator.set_state(extra["data_iterator"])
     eos, pad = _token_ids(model, tokenizer)
     base_key = jax.random.key(t.seed)
-    cast = jax.jit(lambda p: steps.cast_floats(p, compute))
     logger = MetricsLogger(out, stage=stage, total_steps=t.steps, start_step=start, progress=cfg.logging.progress,
                            tensorboard=cfg.logging.tensorboard, enabled=is_primary())
     current: dict[str, Any] = {}
@@ -81,12 +77,12 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     def do_step(state, step):
         stats: dict[str, float] = {}
         if step % t.updates_per_batch == 0 or not current:
-            policy = model_from_params(graphdef, cast(state.params))
+            policy = model_from_params(graphdef, state.params)
             batch, stats = collect_rollouts(policy, tokenizer, next(iterator), key=jax.random.fold_in(base_key, step),
                                             cfg=r, mesh=mesh, eos_token_ids=eos, pad_token_id=pad,
                                             reward_fn=reward_fn)
             arrays = batch.arrays()
-            if t.updates_per_batch > 1:
+            if t.updates_per_batch > 1 or cfg.loss.p_source == "sequence":
                 arrays["old_logprobs"] = logprob_fn(state.params, arrays)
             if ref_params is not None:
                 arrays["ref_logprobs"] = logprob_fn(ref_params, arrays)

@@ -19,7 +19,7 @@ def warmup_config(cfg: Config) -> Config:
     w = cfg.warmup
     return dataclasses.replace(
         cfg,
-        train=dataclasses.replace(cfg.train, method="sft", steps=w.steps, micro_batches=1),
+        train=dataclasses.replace(cfg.train, method="sft", steps=w.steps, micro_batches=1, stop_after=None),
         optimizer=dataclasses.replace(cfg.optimizer, learning_rate=w.learning_rate),
         data=dataclasses.replace(cfg.data, batch_size=w.batch_size or cfg.data.batch_size),
         loss=dataclasses.replace(cfg.loss, reduction="token_mean"),
@@ -61,6 +61,8 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[st
     result = loop(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, resume=resume, stage=cfg.train.method)
     stages[cfg.train.method] = result
     summary: dict[str, Any] = {"stages": stages, "final": None, "eval": None}
+    if cfg.train.stop_after is not None and cfg.train.stop_after < cfg.train.steps:
+        return summary  # stopped early on purpose: --resume finishes, then writes final/ and evaluates
     if out is not None and cfg.train.save_final:
         summary["final"] = save_final(result.model, tokenizer, out)
     if cfg.train.eval_at_end and cfg.eval.num_problems > 0:

@@ -70,7 +70,9 @@ def load_model(cfg: Config, mesh: Mesh | None) -> tuple[Any, Any]:
     from jax_cat.models import load_hf
 
     path = model_path(cfg.model.path)
-    model = load_hf(path, dtype=DTYPES[cfg.model.param_dtype], mesh=mesh)
+    m = cfg.model
+    model = load_hf(path, dtype=DTYPES[m.compute_dtype], param_dtype=DTYPES[m.param_dtype], mesh=mesh, remat=m.remat,
+                    scan_layers=m.scan_layers)
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -104,6 +106,8 @@ def run_steps(*, cfg: Config, stage: str, state: TrainState, start_step: int, to
     """Runs steps start_step..total_steps-1: log every train.log_every, checkpoint every train.checkpoint_every (and
     at the end), stop with NonFiniteLoss at the first non-finite step (that step's update was skipped)."""
     every, log_every = cfg.train.checkpoint_every, cfg.train.log_every
+    if cfg.train.stop_after is not None:
+        total_steps = min(total_steps, cfg.train.stop_after)
     step = start_step
     saved = checkpointer.latest_step() if checkpointer is not None else None
     while step < total_steps:

@@ -29,14 +29,11 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
     if model is None:
         model, tokenizer = load_model(cfg, mesh)
     out = Path(out) if out is not None else None
-    graphdef, _ = steps.split_model(model)
-    tx = steps.make_optimizer(cfg.optimizer, cfg.train.steps)
-    shardings = steps.state_shardings_for(tx, model, mesh)
-    step_fn = steps.make_sft_step(
-        graphdef, tx, shardings, mesh, strategy=strategy_from_spec(cfg.strategy), reduction=cfg.loss.reduction,
-        micro_batches=cfg.train.micro_batches, compute_dtype=steps.DTYPES[cfg.model.compute_dtype],
-        remat=cfg.model.remat, schedule=steps.learning_rate_schedule(cfg.optimizer, cfg.train.steps),
-    )
+    graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, cfg.train.steps)
+    settings = dict(strategy=strategy_from_spec(cfg.strategy), reduction=cfg.loss.reduction,
+                    micro_batches=cfg.train.micro_batches)
+    step_fn = steps.cached("sft_step", (graphdef, mesh, cfg.optimizer, cfg.train.steps, *settings.items()),
+                           lambda: steps.make_sft_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
     checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save) if out is not None else None)
     state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,

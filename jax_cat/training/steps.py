@@ -4,7 +4,8 @@ State: `TrainState(params, opt_state, step)` with params a pure dict of float32 
 `nnx.to_pure_dict` form) placed by their logical axes (`jax_cat.sharding`), the optimizer state placed like the
 params, the batch split over (data, fsdp). Each step:
 
-  - casts the params to the compute dtype inside the loss (gradients come back in the master dtype),
+  - runs the forward/backward in the model's compute dtype (`load_hf(dtype=compute, param_dtype=float32)`:
+    gradients come back in the float32 master dtype),
   - splits the batch into `micro_batches` strided micro-batches and accumulates gradients with `lax.scan`; every
     micro-batch loss is divided by the FULL batch's denominator (its target-token or sequence count) and, in GRPO,
     uses advantages computed once for the whole rollout batch, so k micro-batches give the same update as one,
@@ -31,17 +32,19 @@ from jax.sharding import Mesh, NamedSharding
 
 from jax_cat import losses
 from jax_cat.sharding import batch_sharding, replicated, state_shardings
-from jax_cat.training.config import LossConfig, OptimizerConfig
+from jax_cat.training.config import OptimizerConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class TrainState(NamedTuple):
-    """params: pure dict of master weights; opt_state: the optax state; step: int32 updates applied so far."""
+    """params: pure dict of master weights; opt_state: the optax state; step: int32 updates applied so far;
+    cat_state: `jax_cat.losses.CATState` when the CAT advantages carry state across steps, else None."""
 
     params: Any
     opt_state: Any
     step: jax.Array
+    cat_state: Any = None
 
 
 # ------------------------------------------------------------------------------------------------ optimizer
@@ -94,7 +97,8 @@ def state_shardings_for(tx: optax.GradientTransformation, model: nnx.Module, mes
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
     """A fresh TrainState (params copied from `model`, zeroed optimizer state, step 0) placed by `shardings`."""
     _, params = split_model(model)
-    params = jax.device_put(params, shardings.params, may_alias=False)  # the step donates: never alias the model
+    # The step donates the state: copy first, so no buffer of `model` is shared (device_put may alias one shard).
+    params = jax.device_put(jax.tree.map(jnp.copy, params), shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step))
 
@@ -105,11 +109,6 @@ def abstract_state(tx: optax.GradientTransformation, model: nnx.Module, sharding
     shapes = TrainState(params, jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32))
     shapes = jax.eval_shape(lambda s: s, shapes)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-
-
-def cast_floats(tree: Any, dtype: Any) -> Any:
-    """Every floating leaf of `tree` cast to dtype (the compute copy of the master weights)."""
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 # ------------------------------------------------------------------------------------------------ micro-batching
@@ -156,7 +155,7 @@ def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Any
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
-                           state.step + ok.astype(jnp.int32))
+                           state.step + ok.astype(jnp.int32), state.cat_state)
     metrics = {"grad_norm": grad_norm, "ok": ok.astype(jnp.float32)}
     if schedule is not None:
         metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -182,34 +181,20 @@ class Step:
         return self.fn.lower(state, batch)
 
 
-def _accepts(fn: Callable, name: str) -> bool:
-    target = getattr(fn, "__wrapped__", fn)
-    try:
-        return name in inspect.signature(target).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
-
-
 # ------------------------------------------------------------------------------------------------ SFT
 def sft_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, strategy: losses.Strategy,
-             reduction: str, compute_dtype: Any, denominator: jax.Array, remat: bool = False) -> tuple[jax.Array, dict]:
-    """CAT SFT loss of a (micro-)batch, scaled so that micro-batch losses sum to the full batch's loss.
+             reduction: str, denominator: Any) -> tuple[jax.Array, dict]:
+    """CAT SFT loss of a (micro-)batch divided by the FULL batch's `denominator` (`losses.loss_denominator`), so
+    micro-batch losses and gradients sum to the whole batch's.
 
     batch: input_ids [B, T], attention_mask [B, T] (1 = real token), loss_mask [B, T] (1 = a target token: the
-    model is trained to predict it from the tokens before). denominator: the full batch's target-token count
-    ("token_mean") or sequence count ("sequence_sum").
+    model is trained to predict it from the tokens before). The forward runs in the model's compute dtype.
     """
-    model = nnx.merge(graphdef, cast_floats(params, compute_dtype))
-    model.remat = remat
+    model = nnx.merge(graphdef, params)
     logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
     targets, mask = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
-    if _accepts(losses.cat_sft_loss, "loss_denominator"):
-        loss, metrics = losses.cat_sft_loss(logits, targets, mask, strategy, reduction=reduction,
-                                            loss_denominator=denominator)
-    else:  # today's cat_sft_loss divides by this micro-batch's count: rescale to the full batch's
-        loss, metrics = losses.cat_sft_loss(logits, targets, mask, strategy, reduction=reduction)
-        local = jnp.maximum(jnp.sum(mask), 1) if reduction == "token_mean" else jnp.asarray(mask.shape[0])
-        loss = loss * local.astype(loss.dtype) / denominator
+    loss, metrics = losses.cat_sft_loss(logits, targets, mask, strategy, reduction=reduction,
+                                        loss_denominator=denominator)
     metrics = dict(metrics, tokens=jnp.sum(mask).astype(jnp.float32))
     metrics.pop("loss", None)
     return loss, _float_metrics(metrics)
@@ -217,19 +202,15 @@ def sft_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.Graph
 
 def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh, *,
                   strategy: losses.Strategy, reduction: str = "token_mean", micro_batches: int = 1,
-                  compute_dtype: Any = jnp.float32, remat: bool = False,
                   schedule: optax.Schedule | None = None) -> Step:
     """The jitted SFT step (see module doc); batch = {input_ids, attention_mask, loss_mask}, all [B, T]."""
     data = batch_sharding(mesh)
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
-        mask = batch["loss_mask"][:, 1:]
-        denominator = (jnp.maximum(jnp.sum(mask), 1) if reduction == "token_mean" else jnp.asarray(mask.shape[0]))
+        denominator = losses.loss_denominator(batch["loss_mask"][:, 1:], reduction)
         loss_fn = functools.partial(sft_loss, graphdef=graphdef, strategy=strategy, reduction=reduction,
-                                    compute_dtype=compute_dtype, denominator=denominator.astype(jnp.float32),
-                                    remat=remat)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        grads, metrics = accumulate(grad_fn, state.params, batch, micro_batches)
+                                    denominator=denominator)
+        grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
         metrics["tokens"] = metrics["tokens"] * micro_batches  # summed over micro-batches, not averaged
         state, update_metrics = apply_update(tx, state, grads, metrics["loss"], schedule)
         return state, {**metrics, **update_metrics}
@@ -240,96 +221,78 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shar
 
 
 # ------------------------------------------------------------------------------------------------ GRPO
-def completion_logprobs(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, prompt_len: int,
-                        compute_dtype: Any = jnp.float32, remat: bool = False) -> jax.Array:
+def completion_logprobs(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
+                        prompt_len: int) -> jax.Array:
     """log pi(token) of each completion token [B, N] under params (vocab projection only on completion positions).
 
     batch: input_ids / attention_mask [B, P + N] (prompt left-padded to P, then the N sampled tokens).
     """
-    model = nnx.merge(graphdef, cast_floats(params, compute_dtype))
-    model.remat = remat
+    model = nnx.merge(graphdef, params)
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])
     logits = model.logits_from_hidden(hidden[:, prompt_len - 1:-1])
     return losses.token_logprobs(logits, batch["input_ids"][:, prompt_len:])
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, shardings: TrainState, mesh: Mesh, *, prompt_len: int,
-                    compute_dtype: Any = jnp.float32) -> Callable:
+def make_logprob_fn(graphdef: nnx.GraphDef, shardings: TrainState, mesh: Mesh, *, prompt_len: int) -> Callable:
     """Jitted (params, batch) -> completion log-probs [B, N] (old-policy and reference log-probs)."""
-    fn = functools.partial(completion_logprobs, graphdef=graphdef, prompt_len=prompt_len, compute_dtype=compute_dtype)
+    fn = functools.partial(completion_logprobs, graphdef=graphdef, prompt_len=prompt_len)
     return jax.jit(fn, in_shardings=(shardings.params, batch_sharding(mesh)), out_shardings=batch_sharding(mesh))
 
 
-def rl_loss_kwargs(loss: LossConfig) -> dict[str, Any]:
-    """The keyword settings of `cat_rl_loss` from a LossConfig."""
-    return dict(form=loss.form, p_source=loss.p_source, smoothing=loss.smoothing, weight_clip=loss.weight_clip,
-                normalize=loss.normalize, clip_eps_low=loss.clip_eps_low, clip_eps_high=loss.clip_eps_high,
-                beta=loss.beta, reduction=loss.reduction, min_k=loss.min_k)
-
-
-def has_cat_advantages() -> bool:
-    """Whether `jax_cat.losses` computes whole-batch advantages (exact GRPO micro-batching)."""
-    return hasattr(losses, "cat_advantages") and _accepts(losses.cat_rl_loss, "advantages")
-
-
 def grpo_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, prompt_len: int,
-              strategy: losses.Strategy, loss_cfg: LossConfig, compute_dtype: Any, remat: bool,
-              denominator: jax.Array | None) -> tuple[jax.Array, dict]:
-    """CAT-GRPO loss of a (micro-)batch of rollouts (a `RolloutBatch.arrays()` dict)."""
-    logprobs = completion_logprobs(params, batch, graphdef=graphdef, prompt_len=prompt_len,
-                                   compute_dtype=compute_dtype, remat=remat)
-    kwargs = rl_loss_kwargs(loss_cfg)
-    extra: dict[str, Any] = {}
-    if "answer_ids" in batch and isinstance(strategy, losses.MajorityAtN):
-        extra["answer_ids"] = batch["answer_ids"]
-    if "advantages" in batch:
-        extra["advantages"] = batch["advantages"]
-    if denominator is not None:
-        extra["loss_denominator"] = denominator
+              strategy: losses.Strategy, loss_cfg: losses.CATLossConfig, denominator: Any) -> tuple[jax.Array, dict]:
+    """CAT-GRPO loss of a (micro-)batch of rollouts given its slice of the whole batch's `advantages` and the whole
+    batch's `denominator`: micro-batch losses and gradients sum to the whole batch's."""
+    logprobs = completion_logprobs(params, batch, graphdef=graphdef, prompt_len=prompt_len)
     loss, metrics = losses.cat_rl_loss(
-        logprobs, batch.get("old_logprobs"), batch.get("ref_logprobs"), batch["rewards"], batch["group_ids"],
-        batch["completion_mask"], strategy, kwargs.pop("form"), **kwargs, **extra,
+        logprobs, batch.get("old_logprobs"), batch.get("ref_logprobs"), None, None, batch["completion_mask"],
+        strategy, advantages=batch["advantages"], loss_denominator=denominator, config=loss_cfg,
     )
     metrics = dict(metrics, tokens=jnp.sum(batch["completion_mask"]).astype(jnp.float32))
     metrics.pop("loss", None)
     return loss, _float_metrics(metrics)
 
 
+def needs_cat_state(strategy: losses.Strategy, loss_cfg: losses.CATLossConfig) -> bool:
+    """Whether the advantages carry state across steps (running normalisation, BoN reward history)."""
+    return loss_cfg.normalize == "running" or (isinstance(strategy, losses.BestOfN) and loss_cfg.bon_quantile == "history")
+
+
 def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh, *,
-                   strategy: losses.Strategy, loss_cfg: LossConfig, prompt_len: int, micro_batches: int = 1,
-                   compute_dtype: Any = jnp.float32, remat: bool = False,
-                   schedule: optax.Schedule | None = None) -> Step:
+                   strategy: losses.Strategy, loss_cfg: losses.CATLossConfig, prompt_len: int,
+                   micro_batches: int = 1, schedule: optax.Schedule | None = None) -> Step:
     """The jitted GRPO step; batch = `RolloutBatch.arrays()` (input_ids, attention_mask, completion_mask, rewards,
     group_ids, answer_ids, optional old_logprobs / ref_logprobs).
 
-    With micro_batches > 1 the CAT advantages of the whole rollout batch are computed once
-    (`jax_cat.losses.cat_advantages`) and every micro-batch divides by the whole batch's denominator.
+    The CAT advantages of the whole rollout batch are computed once (`losses.cat_advantages`: group statistics,
+    p, the dynamic majority k from answer_ids, clipping, normalisation), then the loss of each micro-batch uses
+    its rows' advantages and the whole batch's denominator. State carried across steps (running normalisation,
+    BoN history) lives in TrainState.cat_state.
     """
     data = batch_sharding(mesh)
-    exact = has_cat_advantages()
-    if micro_batches > 1 and not exact:
-        raise ValueError("GRPO micro-batching needs jax_cat.losses.cat_advantages (whole-batch advantages); "
-                         "set train.micro_batches=1")
+    stateful = needs_cat_state(strategy, loss_cfg)
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
         batch = dict(batch)
-        denominator = None
-        adv_metrics: dict[str, jax.Array] = {}
-        if exact:
-            mask = batch["completion_mask"]
-            advantages, adv_metrics = losses.cat_advantages(
-                strategy, rewards=batch["rewards"], group_ids=batch["group_ids"],
-                **_advantage_kwargs(loss_cfg, strategy, batch),
-            )
-            batch["advantages"] = advantages
-            denominator = _rl_denominator(loss_cfg.reduction, mask)
+        mask = batch["completion_mask"]
+        advantages, adv_metrics = losses.cat_advantages(
+            strategy, rewards=batch["rewards"], group_ids=batch["group_ids"], config=loss_cfg,
+            answer_ids=batch["answer_ids"] if isinstance(strategy, losses.MajorityAtN) else None,
+            old_logprobs=batch.get("old_logprobs") if loss_cfg.p_source == "sequence" else None,
+            mask=mask if loss_cfg.p_source == "sequence" else None,
+            state=state.cat_state if stateful else None,
+        )
+        cat_state = adv_metrics.pop("state", state.cat_state)
+        if loss_cfg.p_source == "sequence" and batch.get("old_logprobs") is None:
+            raise ValueError("p_source='sequence' needs the rollout policy's log-probs (old_logprobs)")
+        batch["advantages"] = advantages
+        denominator = losses.loss_denominator(mask, loss_cfg.reduction)
         loss_fn = functools.partial(grpo_loss, graphdef=graphdef, prompt_len=prompt_len, strategy=strategy,
-                                    loss_cfg=loss_cfg, compute_dtype=compute_dtype, remat=remat,
-                                    denominator=denominator)
+                                    loss_cfg=loss_cfg, denominator=denominator)
         grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
         metrics["tokens"] = metrics["tokens"] * micro_batches
         metrics.update(_float_metrics(adv_metrics))
-        state, update_metrics = apply_update(tx, state, grads, metrics["loss"], schedule)
+        state, update_metrics = apply_update(tx, state._replace(cat_state=cat_state), grads, metrics["loss"], schedule)
         return state, {**metrics, **update_metrics}
 
     fn = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, replicated(mesh)),
@@ -337,27 +300,34 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sha
     return Step(fn, shardings, data)
 
 
-def _rl_denominator(reduction: str, mask: jax.Array) -> jax.Array:
-    if reduction == "token_mean":
-        return jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
-    if reduction == "sequence_mean":
-        return jnp.maximum(jnp.sum(jnp.sum(mask, axis=-1) > 0), 1).astype(jnp.float32)
-    return jnp.asarray(mask.shape[0], jnp.float32)
+# ------------------------------------------------------------------------------------------------ cached builders
+_BUILT: dict[Any, Any] = {}
 
 
-def _advantage_kwargs(loss_cfg: LossConfig, strategy: losses.Strategy, batch: Mapping[str, jax.Array]) -> dict:
-    """Keyword arguments of `cat_advantages` this config sets (only those its signature accepts)."""
-    wanted = dict(form=loss_cfg.form, p_source=loss_cfg.p_source, smoothing=loss_cfg.smoothing,
-                  weight_clip=loss_cfg.weight_clip, normalize=loss_cfg.normalize, min_k=loss_cfg.min_k,
-                  old_logprobs=batch.get("old_logprobs"), mask=batch["completion_mask"])
-    if isinstance(strategy, losses.MajorityAtN):
-        wanted["answer_ids"] = batch.get("answer_ids")
-    return {k: v for k, v in wanted.items() if _accepts(losses.cat_advantages, k)}
+def cached(kind: str, key: tuple, build: Callable[[], Any]) -> Any:
+    """build() once per (kind, key) in this process: loops re-run with the same settings (resume, several variants
+    from one warm start) reuse the jitted step and its compiled executables instead of recompiling."""
+    full = (kind, *key)
+    if full not in _BUILT:
+        _BUILT[full] = build()
+    return _BUILT[full]
+
+
+def build_training(model: nnx.Module, mesh: Mesh, opt: OptimizerConfig, total_steps: int
+                   ) -> tuple[nnx.GraphDef, optax.GradientTransformation, TrainState, optax.Schedule]:
+    """(graphdef, optimizer, state shardings, schedule) for `model` on `mesh`, cached per settings."""
+    graphdef, _ = split_model(model)
+
+    def build():
+        tx = make_optimizer(opt, total_steps)
+        return graphdef, tx, state_shardings_for(tx, model, mesh), learning_rate_schedule(opt, total_steps)
+
+    return cached("training", (graphdef, mesh, opt, total_steps), build)
 
 
 __all__ = [
-    "DTYPES", "Step", "TrainState", "abstract_state", "accumulate", "apply_update", "cast_floats",
-    "completion_logprobs", "grpo_loss", "has_cat_advantages", "init_state", "learning_rate_schedule",
-    "make_grpo_step", "make_logprob_fn", "make_optimizer", "make_sft_step", "opt_state_shardings",
-    "param_shardings", "rl_loss_kwargs", "sft_loss", "split_micro_batches", "split_model", "state_shardings_for",
+    "DTYPES", "Step", "TrainState", "abstract_state", "accumulate", "apply_update", "build_training", "cached",
+    "completion_logprobs", "grpo_loss", "init_state", "learning_rate_schedule", "make_grpo_step", "make_logprob_fn",
+    "make_optimizer", "make_sft_step", "needs_cat_state", "opt_state_shardings", "param_shardings", "sft_loss",
+    "split_micro_batches", "split_model", "state_shardings_for",
 ]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jax_cat.data import ArithmeticTask, left_pad, prompt_pipeline
+from jax_cat.data import ArithmeticTask, left_pad, pad_token_id, prompt_pipeline, resolve_pad_token_id
 
 RECORDS = [{"prompt": f"{i}+{i}=", "answer": str(2 * i), "level": 1, "id": f"r{i}"} for i in range(20)]
 
@@ -115,3 +115,52 @@ def test_arithmetic_stream_unshuffled_is_problem_order(plain_tokenizer):
                          shuffle=False, num_epochs=None, shard_index=0, shard_count=1)
     batch = next(iter(ds))
     assert batch["prompt"] == [task.problem(i)["prompt"] for i in range(4)]
+
+
+def test_left_pad_both_call_styles_match_the_hf_tokenizer_pad():
+    """Positional (the old sampler style) and keyword (the old pipeline style) calls give the same int32 arrays,
+    equal to what the HF tokenizer's own left padding writes."""
+    from jax_cat.models.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    lists = tok(["12+3=", "7", "100-99="], add_special_tokens=False)["input_ids"]
+    ids, mask = left_pad(lists, 8, tok.pad_token_id)
+    ids_kw, mask_kw = left_pad(lists, max_len=8, pad_id=tok.pad_token_id)
+    np.testing.assert_array_equal(ids, ids_kw)
+    np.testing.assert_array_equal(mask, mask_kw)
+    ref = tok.pad({"input_ids": lists}, padding="max_length", max_length=8, return_tensors="np")
+    assert tok.padding_side == "left"
+    np.testing.assert_array_equal(ids, ref["input_ids"])
+    np.testing.assert_array_equal(mask, ref["attention_mask"])
+    assert ids.dtype == mask.dtype == np.int32
+    with pytest.raises(TypeError, match="disagree"):
+        left_pad(lists, 8, 0, pad_id=1)
+
+
+class _Tok:
+    def __init__(self, pad=None, eos=None):
+        self.pad_token_id, self.eos_token_id = pad, eos
+
+
+class _Model:
+    def __init__(self, pad=None, eos=None):
+        self.config = _Tok(pad, eos)
+
+
+def test_one_pad_rule():
+    """tokenizer pad > model config pad > first EOS (tokenizer's, then the config's) > 0; one rule for every caller."""
+    assert resolve_pad_token_id(_Model(pad=5), _Tok(pad=3)) == 3
+    assert resolve_pad_token_id(_Model(pad=5), _Tok(eos=2)) == 5
+    assert resolve_pad_token_id(_Model(eos=[7, 8]), _Tok()) == 7
+    assert resolve_pad_token_id(_Model(eos=9), _Tok(eos=[4, 9])) == 4
+    assert resolve_pad_token_id(_Model(), _Tok(), (11,)) == 11  # explicit EOS ids (old positional call style)
+    assert resolve_pad_token_id(_Model(), _Tok()) == 0
+    assert pad_token_id(_Tok(eos=[4, 9])) == 4 and pad_token_id(_Tok(pad=1, eos=4)) == 1 and pad_token_id(_Tok()) == 0
+
+
+def test_data_seed_is_the_shuffle_seed(plain_tokenizer):
+    make = lambda **kw: _ids(prompt_pipeline(RECORDS, plain_tokenizer, batch_size=2, max_prompt_len=8, shard_index=0,
+                                             shard_count=1, **kw))
+    assert make(data_seed=3) == make(seed=3) != make(data_seed=4)
+    with pytest.raises(ValueError, match="disagree"):
+        make(data_seed=3, seed=4)

@@ -116,8 +116,7 @@ def test_cli_writes_json_and_png(tiny, tmp_path):
     lines = (out / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 4 and len(json.loads(lines[0])["samples"]) == 8
     assert not list(out.glob(".*"))  # no temp files left behind
-    with pytest.raises(SystemExit):
-        main(["--model", str(path), "--n", "4", "--k", "1,8"])
+    assert main(["--model", str(path), "--n", "4", "--k", "1,8"]) == 2  # bad input: exit status 2, one line
 
 
 def test_model_argument_takes_a_hub_id(tiny, monkeypatch):
@@ -138,11 +137,13 @@ def test_model_argument_takes_a_hub_id(tiny, monkeypatch):
 
 def test_model_tiny_is_the_main_jobs_default_checkpoint_built_once(tmp_path, monkeypatch):
     from jax_cat.evaluate import load_model_and_tokenizer
-    from jax_cat.models.tiny import DEFAULT_CHECKPOINT
+    from jax_cat.models.tiny import default_checkpoint_dir
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JAX_CAT_CACHE", str(tmp_path / "cache"))
     _, _, path = load_model_and_tokenizer("tiny")
-    assert path == DEFAULT_CHECKPOINT and (tmp_path / path / "model.safetensors").exists()
+    assert path == default_checkpoint_dir() == tmp_path / "cache" / "tiny-default"
+    assert (path / "model.safetensors").exists() and not (tmp_path / "artifacts").exists()
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert load_model_and_tokenizer("tiny")[2] == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt

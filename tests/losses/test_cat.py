@@ -132,15 +132,17 @@ def test_dynamic_consensus_threshold():
             assert consensus_threshold([answers[i] for i in sel], [correct[i] for i in sel], nn) == int(kk[sel[0]])
     # rollouts without an answer cast no vote (as in the test-time plurality vote), so they are no rival:
     # 3 Nones + 1 correct of M=4 at n=8 -> no wrong answer -> floor(0)+1 = 1 -> min_k 2 (pooling them would give 5)
+    # (no_answer="abstain" selects this former default explicitly; the default now follows the reference, "rival")
     kn = dynamic_consensus_threshold(jnp.asarray([-1, -1, -1, 0]), jnp.asarray([0, 0, 0, 1], bool),
-                                     jnp.zeros(4, jnp.int32), 8)
+                                     jnp.zeros(4, jnp.int32), 8, no_answer="abstain")
     np.testing.assert_array_equal(kn, [2] * 4)
     # 3 Nones, wrong "2" x2, correct x3 of M=8 at n=8 -> c_w = 2 -> floor(8*2/8)+1 = 3 (not floor(8*3/8)+1 = 4)
     ids = jnp.asarray([-1, -1, -1, 2, 2, 0, 0, 0])
     ok = jnp.asarray([0, 0, 0, 0, 0, 1, 1, 1], bool)
-    np.testing.assert_array_equal(dynamic_consensus_threshold(ids, ok, jnp.zeros(8, jnp.int32), 8), [3] * 8)
-    assert consensus_threshold([None] * 3 + ["2"] * 2 + ["0"] * 3, [False] * 5 + [True] * 3, 8) == 3
-    assert consensus_threshold([None, None, None, "0"], [False, False, False, True], 8) == 2
+    np.testing.assert_array_equal(dynamic_consensus_threshold(ids, ok, jnp.zeros(8, jnp.int32), 8,
+                                                              no_answer="abstain"), [3] * 8)
+    assert consensus_threshold([None] * 3 + ["2"] * 2 + ["0"] * 3, [False] * 5 + [True] * 3, 8, no_answer="abstain") == 3
+    assert consensus_threshold([None, None, None, "0"], [False, False, False, True], 8, no_answer="abstain") == 2
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -196,8 +198,9 @@ def test_rl_pass_at_1_is_plain_grpo(reduction, ppo):
     kw = dict(clip_eps_low=0.2, clip_eps_high=0.28) if ppo else {}
     beta = 0.05 if ppo else 0.0
     old_arg = old if ppo else None
+    # kl="token" selects the former per-token KL explicitly (the default is now the reference's per-sequence mean)
     f = lambda x: cat_rl_loss(x, old_arg, ref, REWARDS, GROUPS, RL_MASK, PassAtN(1), beta=beta,  # noqa: E731
-                              reduction=reduction, **kw)[0]
+                              reduction=reduction, kl="token", **kw)[0]
     adv = reference_advantages(REWARDS, GROUPS)
     g = lambda x: reference_grpo(x, old_arg, ref, adv, RL_MASK, eps_low=kw.get("clip_eps_low"),  # noqa: E731
                                  eps_high=kw.get("clip_eps_high"), beta=beta, reduction=reduction)
@@ -210,7 +213,8 @@ def test_rl_pass_at_1_is_plain_grpo(reduction, ppo):
 @pytest.mark.parametrize("strategy", [PassAtN(4), MajorityAtN(4)], ids=lambda s: s.name)
 def test_rl_cat_weight_multiplies_advantage_and_normalises_over_mixed_prompts(strategy, form):
     lp, _, _ = rl_inputs()
-    loss, metrics = cat_rl_loss(lp, None, None, REWARDS, GROUPS, RL_MASK, strategy, form)
+    # normalize="mixed" selects the former default explicitly (the default is now the reference's "batch")
+    loss, metrics = cat_rl_loss(lp, None, None, REWARDS, GROUPS, RL_MASK, strategy, form, normalize="mixed")
     groups, rewards = np.asarray(GROUPS), np.asarray(REWARDS)
     p = {g: (rewards[groups == g].sum() + 1) / ((groups == g).sum() + 2) for g in np.unique(groups)}
     with jax.enable_x64(True):
@@ -223,7 +227,8 @@ def test_rl_cat_weight_multiplies_advantage_and_normalises_over_mixed_prompts(st
     adv = reference_advantages(REWARDS, GROUPS) * w_tilde
     ref = reference_grpo(lp, None, None, adv, RL_MASK)
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
-    got = jax.jit(jax.grad(lambda x: cat_rl_loss(x, None, None, REWARDS, GROUPS, RL_MASK, strategy, form)[0]))(lp)
+    got = jax.jit(jax.grad(lambda x: cat_rl_loss(x, None, None, REWARDS, GROUPS, RL_MASK, strategy, form,
+                                                 normalize="mixed")[0]))(lp)
     np.testing.assert_allclose(got, jax.grad(lambda x: reference_grpo(x, None, None, adv, RL_MASK))(lp), rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(metrics["weight_raw_mean"], scale, rtol=1e-5)
     np.testing.assert_allclose(metrics["weight_mean"], 1.0, rtol=1e-5)  # mixed prompts average 1 after normalising
@@ -241,10 +246,10 @@ def test_rl_weight_clip_and_sequence_p():
     mixed = np.isin(np.asarray(GROUPS), [7, 100])
     np.testing.assert_allclose(m["weight_frac_clipped"], np.mean(raw[mixed] > clip), rtol=1e-6)
     # per-sample weights: normaliser = mean over mixed prompts of each prompt's mean weight
-    wn, _ = cat_weights(s, rewards=REWARDS, group_ids=GROUPS, p=p)
+    wn, _ = cat_weights(s, rewards=REWARDS, group_ids=GROUPS, p=p, normalize="mixed")  # the former default
     g7, g100 = np.asarray(GROUPS) == 7, np.asarray(GROUPS) == 100
     np.testing.assert_allclose(np.mean([np.mean(np.asarray(wn)[g7]), np.mean(np.asarray(wn)[g100])]), 1.0, rtol=1e-5)
-    loss_seq, _ = cat_rl_loss(lp, old, None, REWARDS, GROUPS, RL_MASK, s, p_source="sequence")
+    loss_seq, _ = cat_rl_loss(lp, old, None, REWARDS, GROUPS, RL_MASK, s, p_source="sequence", normalize="mixed")
     adv = reference_advantages(REWARDS, GROUPS) * np.asarray(wn)
     np.testing.assert_allclose(loss_seq, reference_grpo(lp, old, None, adv, RL_MASK), rtol=1e-5)
 
@@ -260,7 +265,7 @@ def test_rl_best_of_n_rank_weights():
     mixed = [7, -3, 100]  # group 5 has one sample
     scale = np.mean([w[groups == g].mean() for g in mixed])
     adv = reference_advantages(rewards, GROUPS) * w / scale
-    loss, metrics = cat_rl_loss(lp, None, None, rewards, GROUPS, RL_MASK, s)
+    loss, metrics = cat_rl_loss(lp, None, None, rewards, GROUPS, RL_MASK, s, normalize="mixed")  # former default
     np.testing.assert_allclose(loss, reference_grpo(lp, None, None, adv, RL_MASK), rtol=1e-5)
     np.testing.assert_allclose(metrics["weight_raw_mean"], scale, rtol=1e-5)
     with pytest.raises(ValueError, match="raw rank weight"):

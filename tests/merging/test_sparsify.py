@@ -24,9 +24,14 @@ def _np_norm(tree, norm):
 
 def test_topk_per_tensor_keeps_entries_at_or_above_kth_magnitude():
     x = jnp.asarray([[3.0, -1.0, 0.5, -4.0], [2.0, -2.0, 0.1, 0.0]])
-    # density 0.375 of 8 entries -> k = 3; the 3rd largest |x| is 2.0 and both +-2.0 tie: all entries >= 2 kept
+    # density 0.375 of 8 entries -> k = 3; the 3rd largest |x| is 2.0 and +-2.0 tie.
+    # Issue 14 changed this on purpose: by default exactly k are kept, ties by index (2.0 at flat index 4 wins);
+    # tie_break="keep_all" (the DoTS authors' keep_top_k_abs, the old default) keeps both.
     out = sp.topk({"x": x}, 0.375)["x"]
-    np.testing.assert_array_equal(out, [[3.0, 0, 0, -4.0], [2.0, -2.0, 0, 0]])
+    np.testing.assert_array_equal(out, [[3.0, 0, 0, -4.0], [2.0, 0, 0, 0]])
+    np.testing.assert_array_equal(jax.jit(lambda t: sp.topk(t, 0.375))({"x": x})["x"], out)  # same rule under jit
+    keep_all = sp.topk({"x": x}, 0.375, tie_break="keep_all")["x"]
+    np.testing.assert_array_equal(keep_all, [[3.0, 0, 0, -4.0], [2.0, -2.0, 0, 0]])
     assert float(jnp.abs(sp.topk({"x": x}, 0.1)["x"]).sum()) == 0.0  # k = floor(0.8) = 0 keeps nothing
     np.testing.assert_array_equal(sp.topk({"x": x}, 1.0)["x"], x)
     assert sp.num_kept(0.29, 100) == 29 and sp.num_kept(0.3, 10) == 3
@@ -42,10 +47,22 @@ def test_global_topk_threshold_matches_numpy(integers):
     for density in (0.01, 0.3, 0.77):
         k = sp.num_kept(density, flat.size)
         t = np.sort(flat)[::-1][k - 1]
-        out = sp.topk(tree, density, scope="global")
+        out = sp.topk(tree, density, scope="global", tie_break="keep_all")
         for name, v in tree.items():
             v = np.asarray(v)
             np.testing.assert_array_equal(out[name], np.where(np.abs(v) >= t, v, 0), err_msg=f"{name} {density}")
+        # default (issue 14, on purpose): exactly k, ties at t taken in tensor-name order then flat index
+        exact = sp.topk(tree, density, scope="global")
+        quota = k - int((flat > t).sum())
+        for name in sorted(tree):  # these names sort the same in natural and plain order
+            v = np.asarray(tree[name]).reshape(-1)
+            eq = np.flatnonzero(np.abs(v) == t) if t > 0 else np.zeros(0, int)
+            keep = np.abs(v) > t
+            keep[eq[:quota]] = True
+            quota -= min(quota, eq.size)
+            expected = np.where(keep | (t == 0), v, 0).reshape(np.shape(tree[name]))
+            np.testing.assert_array_equal(exact[name], expected, err_msg=f"exact {name} {density}")
+        assert int(sum(np.count_nonzero(np.asarray(x)) for x in exact.values())) <= k
 
 
 def test_dots_sparsify_is_topk_then_one_global_l2_factor():

@@ -151,7 +151,8 @@ def test_mismatched_checkpoints_are_refused_naming_the_tensor(family_f32, tmp_pa
     name = "model.layers.1.mlp.down_proj.weight"
     cases = {
         "shape": (lambda t: t.__setitem__(name, t[name][:, :-1].copy()), rf"tensor '{name}': shape \(32, 63\)"),
-        "dtype": (lambda t: t.__setitem__(name, t[name].astype(np.float16)), rf"tensor '{name}': dtype F16"),
+        # (mixed FLOAT dtypes are merged since issue 11: computed in float32, written in the base's dtype)
+        "dtype": (lambda t: t.__setitem__(name, t[name].astype(np.int32)), rf"tensor '{name}': dtype I32"),
         "missing": (lambda t: t.pop(name), rf"tensor '{name}' of the base is missing from models\[1\]"),
         "extra": (lambda t: t.__setitem__("model.extra.weight", np.zeros(3, np.float32)),
                   r"tensor 'model.extra.weight' of models\[1\]"),
@@ -166,12 +167,25 @@ def test_mismatched_checkpoints_are_refused_naming_the_tensor(family_f32, tmp_pa
 def test_tied_model_into_untied_base_and_the_converse(family_f32, family_bf16_tied_sharded, tmp_path):
     base, sft = family_f32["base"], family_f32["sft"]
     tied_sft = _copy_with(sft, tmp_path / "tied", lambda t: t.pop("lm_head.weight"))
-    out = stream.merge_checkpoints(base, [tied_sft], MergeSpec("task_arithmetic", coeffs=(0.5,)), tmp_path / "o",
-                                   progress=False)
+    # Issue 11 changed this on purpose: embed_ft - lm_head_base is no fine-tuning update, so it is refused ...
+    with pytest.raises(stream.CheckpointMismatchError, match="ties its output head .* but the base has its own"):
+        stream.merge_checkpoints(base, [tied_sft], MergeSpec("task_arithmetic", coeffs=(0.5,)), tmp_path / "o",
+                                 progress=False)
+    assert not (tmp_path / "o").exists()
+    # ... unless the head is excluded (it keeps the base's value) ...
+    out = stream.merge_checkpoints(base, [tied_sft], MergeSpec("task_arithmetic", coeffs=(0.5,), exclude="lm_head"),
+                                   tmp_path / "o", progress=False)
     b, s, m = load_state(base), load_state(sft), load_state(out)
-    # the tied model's output head is its embedding: lm_head moves toward it
-    expected = (b["lm_head.weight"] + np.float32(0.5) * (s["model.embed_tokens.weight"] - b["lm_head.weight"]))
-    np.testing.assert_array_equal(m["lm_head.weight"], expected)
+    np.testing.assert_array_equal(m["lm_head.weight"], b["lm_head.weight"])
+    np.testing.assert_array_equal(m["model.embed_tokens.weight"], b["model.embed_tokens.weight"] + np.float32(0.5) * (
+        s["model.embed_tokens.weight"] - b["model.embed_tokens.weight"]))
+    # ... or the base's head is its embedding too (a stored copy): then tau_head = embed_ft - embed_base
+    tied_base = _copy_with(base, tmp_path / "tied_base",
+                           lambda t: t.__setitem__("lm_head.weight", t["model.embed_tokens.weight"].copy()))
+    out = stream.merge_checkpoints(tied_base, [tied_sft], MergeSpec("task_arithmetic", coeffs=(0.5,)),
+                                   tmp_path / "o2", progress=False)
+    m = load_state(out)
+    np.testing.assert_array_equal(m["lm_head.weight"], m["model.embed_tokens.weight"])
     tied = family_bf16_tied_sharded
     with pytest.raises(stream.CheckpointMismatchError, match="has its own 'lm_head.weight' but the base ties it"):
         stream.merge_checkpoints(tied["base"], [sft], MergeSpec("task_arithmetic"), tmp_path / "x", progress=False)

@@ -5,8 +5,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_cat.__main__ import DEFAULT_CHECKPOINT, main
+from jax_cat.__main__ import main
 from jax_cat.models import load_hf
+from jax_cat.models.tiny import default_checkpoint_dir
 
 
 def _greedy_by_full_recompute(model, tokenizer, prompt: str, n: int) -> str:
@@ -28,9 +29,11 @@ def test_smoke_main_builds_once_and_generates(tmp_path, monkeypatch, capsys):
     from transformers import AutoTokenizer
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JAX_CAT_CACHE", str(tmp_path / "cache"))
     assert main(["--max-new-tokens", "5", "1+2=", "30-4="]) == 0
     out = capsys.readouterr().out
-    ckpt = tmp_path / DEFAULT_CHECKPOINT
+    ckpt = default_checkpoint_dir()
+    assert ckpt == tmp_path / "cache" / "tiny-default" and not (tmp_path / "artifacts").exists()  # not in the CWD
     assert "building the tiny default checkpoint" in out and (ckpt / "model.safetensors").exists()
     mtime = (ckpt / "model.safetensors").stat().st_mtime_ns
 

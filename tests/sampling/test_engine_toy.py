@@ -78,7 +78,7 @@ def test_sample_tokens_arrays_and_inactive_rows():
     ids = np.array([[0, 0, 1, 3], [1, 3, 4, 5]], np.int32)
     mask = ids != 0
     out = sample_tokens(model, ids, mask, max_new_tokens=6, temperature=0.0, eos_token_ids=[EOS], pad_token_id=0,
-                        inactive=np.array([False, True]))
+                        inactive=np.array([False, True]), key=jax.random.key(0))
     np.testing.assert_array_equal(out.tokens, [[4, 5, 6, EOS, 0, 0], [0] * 6])
     np.testing.assert_array_equal(out.lengths, [4, 0])
     np.testing.assert_array_equal(out.ended_with_eos, [True, False])
@@ -113,9 +113,9 @@ def test_batch_size_caps_the_rows_decoded_together(monkeypatch):
     shapes = []
     real = engine.sample_tokens
 
-    def spy(model, ids, mask, *, row_prompt=None, **kw):
-        shapes.append(len(ids) if row_prompt is None else len(row_prompt))
-        return real(model, ids, mask, row_prompt=row_prompt, **kw)
+    def spy(model, ids, mask, *, group_ids=None, **kw):
+        shapes.append(len(ids) if group_ids is None else len(group_ids))
+        return real(model, ids, mask, group_ids=group_ids, **kw)
 
     monkeypatch.setattr(engine, "sample_tokens", spy)
     kw = dict(n=5, max_new_tokens=4, temperature=1.0, seed=3, eos_token_ids=[])
@@ -138,9 +138,9 @@ def test_each_distinct_prompt_is_prefilled_once(monkeypatch):
     calls = []
     real = engine.sample_tokens
 
-    def spy(model, ids, mask, *, row_prompt=None, **kw):
-        calls.append((len(ids), None if row_prompt is None else np.asarray(row_prompt).tolist()))
-        return real(model, ids, mask, row_prompt=row_prompt, **kw)
+    def spy(model, ids, mask, *, group_ids=None, **kw):
+        calls.append((len(ids), None if group_ids is None else np.asarray(group_ids).tolist()))
+        return real(model, ids, mask, group_ids=group_ids, **kw)
 
     monkeypatch.setattr(engine, "sample_tokens", spy)
     kw = dict(max_new_tokens=6, temperature=1.0, seed=4, eos_token_ids=[])

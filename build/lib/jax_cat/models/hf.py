@@ -1,0 +1,406 @@
+"""Hugging Face safetensors <-> NNX parameters: the key table, `load_hf` and `save_hf`.
+
+`hf_key_table(config)` lists, for every HF tensor name, the NNX path it lands on and the two layout conversions
+(HF linear weights are [out, in]; our projection kernels are [in, out] with heads split out). Loading reads one
+tensor at a time with `safe_open` (no torch), converts it, and places it (optionally sharded on a mesh), so peak host
+memory stays near one copy of the model. Checkpoints are validated as a whole: every missing, unexpected and
+mis-shaped tensor is named in a single error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from jax_cat.models.config import ModelConfig
+from jax_cat.models.decoder import CausalLM
+
+Array = np.ndarray
+NNXPath = tuple[str | int, ...]
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+)
+# Fetched first from the hub; the weight files are then chosen from the index (see `_hub_snapshot`).
+HUB_META_PATTERNS = ["config.json", SAFE_INDEX, *TOKENIZER_FILES]
+# Tensors that HF checkpoints may carry but that are derived, not learned: skipped silently.
+_IGNORED = (re.compile(r".*\.rotary_emb\.inv_freq$"),)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model its config.json describes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    """One HF tensor: the NNX path it maps to and the layout conversions both ways."""
+
+    path: NNXPath
+    hf_shape: tuple[int, ...]
+    to_nnx: Callable[[Array], Array]
+    to_hf: Callable[[Array], Array]
+
+
+def _identity(x: Array) -> Array:
+    return x
+
+
+def _linear(in_dim: int, out_shape: tuple[int, ...]):
+    """HF [out, in] weight <-> our kernel [in, *out_shape]."""
+    out = int(np.prod(out_shape))
+    return (
+        lambda w: np.ascontiguousarray(w.T).reshape(in_dim, *out_shape),
+        lambda k: np.ascontiguousarray(k.reshape(in_dim, out).T),
+    )
+
+
+def _linear_in_split(in_shape: tuple[int, ...], out_dim: int):
+    """HF [out, in] weight <-> our kernel [*in_shape, out] (o_proj: [heads, head_dim, hidden])."""
+    in_dim = int(np.prod(in_shape))
+    return (
+        lambda w: np.ascontiguousarray(w.T).reshape(*in_shape, out_dim),
+        lambda k: np.ascontiguousarray(k.reshape(in_dim, out_dim).T),
+    )
+
+
+def _reshape(shape: tuple[int, ...]):
+    flat = int(np.prod(shape))
+    return (lambda b: b.reshape(shape), lambda b: b.reshape(flat))
+
+
+def hf_key_table(config: ModelConfig) -> dict[str, TensorRule]:
+    """Every HF tensor name of a checkpoint for `config`, mapped to its NNX path and layout conversions."""
+    c = config
+    d, f, hd = c.hidden_size, c.intermediate_size, c.head_dim
+    h, kv = c.num_attention_heads, c.num_key_value_heads
+    table: dict[str, TensorRule] = {}
+
+    def add(key: str, path: NNXPath, hf_shape: tuple[int, ...], convs=(_identity, _identity)) -> None:
+        table[key] = TensorRule(path, hf_shape, *convs)
+
+    add("model.embed_tokens.weight", ("embed_tokens",), (c.vocab_size, d))
+    add("model.norm.weight", ("norm", "weight"), (d,))
+    if not c.tie_word_embeddings:
+        add("lm_head.weight", ("lm_head",), (c.vocab_size, d), (lambda w: np.ascontiguousarray(w.T),) * 2)
+    for i in range(c.num_hidden_layers):
+        p, lp = f"model.layers.{i}.", ("layers", i)
+        add(p + "input_layernorm.weight", (*lp, "input_layernorm", "weight"), (d,))
+        add(p + "post_attention_layernorm.weight", (*lp, "post_attention_layernorm", "weight"), (d,))
+        att = (*lp, "self_attn")
+        add(p + "self_attn.q_proj.weight", (*att, "q_proj"), (h * hd, d), _linear(d, (h, hd)))
+        add(p + "self_attn.k_proj.weight", (*att, "k_proj"), (kv * hd, d), _linear(d, (kv, hd)))
+        add(p + "self_attn.v_proj.weight", (*att, "v_proj"), (kv * hd, d), _linear(d, (kv, hd)))
+        add(p + "self_attn.o_proj.weight", (*att, "o_proj"), (d, h * hd), _linear_in_split((h, hd), d))
+        if c.attention_bias:
+            add(p + "self_attn.q_proj.bias", (*att, "q_bias"), (h * hd,), _reshape((h, hd)))
+            add(p + "self_attn.k_proj.bias", (*att, "k_bias"), (kv * hd,), _reshape((kv, hd)))
+            add(p + "self_attn.v_proj.bias", (*att, "v_bias"), (kv * hd,), _reshape((kv, hd)))
+        if c.o_proj_bias:
+            add(p + "self_attn.o_proj.bias", (*att, "o_bias"), (d,))
+        if c.use_qk_norm:
+            add(p + "self_attn.q_norm.weight", (*att, "q_norm", "weight"), (hd,))
+            add(p + "self_attn.k_norm.weight", (*att, "k_norm", "weight"), (hd,))
+        mlp = (*lp, "mlp")
+        add(p + "mlp.gate_proj.weight", (*mlp, "gate_proj"), (f, d), _linear(d, (f,)))
+        add(p + "mlp.up_proj.weight", (*mlp, "up_proj"), (f, d), _linear(d, (f,)))
+        add(p + "mlp.down_proj.weight", (*mlp, "down_proj"), (d, f), _linear(f, (d,)))
+        if c.mlp_bias:
+            add(p + "mlp.gate_proj.bias", (*mlp, "gate_bias"), (f,))
+            add(p + "mlp.up_proj.bias", (*mlp, "up_bias"), (f,))
+            add(p + "mlp.down_proj.bias", (*mlp, "down_bias"), (d,))
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- locating files
+def resolve_checkpoint_dir(path_or_repo_id: str | os.PathLike) -> Path:
+    """A local directory as is; anything else is a hub id fetched with `huggingface_hub.snapshot_download`."""
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"{path} is a file; load_hf expects a checkpoint directory or a hub id")
+    text = str(path_or_repo_id)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(f"checkpoint directory {text!r} does not exist")
+    try:
+        return _hub_snapshot(text)
+    except Exception as exc:  # offline, unknown repo, gated repo, ...: say what we tried
+        raise FileNotFoundError(
+            f"{text!r} is not a local checkpoint directory, and fetching it as a hub repo id failed "
+            f"(offline? set HF_HUB_OFFLINE=0 / log in, or pass a local folder): {exc}"
+        ) from exc
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """Downloads config, tokenizer and exactly the safetensors files the checkpoint uses.
+
+    Only the shards the index names (else model.safetensors, else any *.safetensors): repos such as Mistral's also
+    ship `consolidated.safetensors`, a second full copy of the weights in another layout, which a blanket
+    "*.safetensors" pattern would download too.
+    """
+    from huggingface_hub import snapshot_download
+
+    meta = Path(snapshot_download(repo_id=repo_id, allow_patterns=HUB_META_PATTERNS))
+    index = meta / SAFE_INDEX
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=shards))
+    snapshot = Path(snapshot_download(repo_id=repo_id, allow_patterns=[SAFE_SINGLE]))
+    if (snapshot / SAFE_SINGLE).exists():
+        return snapshot
+    return Path(snapshot_download(repo_id=repo_id, allow_patterns=["*.safetensors"]))
+
+
+def safetensors_files(ckpt_dir: Path) -> dict[str, Path]:
+    """tensor name -> file holding it, from the sharded index or the single model.safetensors."""
+    index = ckpt_dir / SAFE_INDEX
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: ckpt_dir / fname for name, fname in weight_map.items()}
+        missing_files = sorted({str(p) for p in files.values() if not p.exists()})
+        if missing_files:
+            raise CheckpointError(f"{index} refers to missing shard file(s): {', '.join(missing_files)}")
+        return files
+    single = ckpt_dir / SAFE_SINGLE
+    candidates = [single] if single.exists() else sorted(ckpt_dir.glob("*.safetensors"))
+    if not candidates:
+        hint = " (only PyTorch .bin weights found: convert them to safetensors first)" if any(
+            ckpt_dir.glob("*.bin")
+        ) else ""
+        raise CheckpointError(f"no {SAFE_SINGLE} / {SAFE_INDEX} / *.safetensors in {ckpt_dir}{hint}")
+    files: dict[str, Path] = {}
+    for file in candidates:
+        for name in _open(file).keys():
+            files[name] = file
+    return files
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="numpy")
+    except Exception as exc:  # safetensors raises its own error types for truncated / corrupt headers
+        raise CheckpointError(f"cannot read safetensors file {file}: {exc}") from exc
+
+
+def _tensor_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name, file in files.items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        with _open(file) as handle:
+            available = set(handle.keys())
+            for name in names:
+                if name not in available:
+                    raise CheckpointError(f"index says {name!r} is in {file.name}, but that file does not hold it")
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def check_checkpoint(table: dict[str, TensorRule], shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Raises CheckpointError naming every missing, unexpected and mis-shaped tensor."""
+    present = {k for k in shapes if not any(p.match(k) for p in _IGNORED)}
+    missing = sorted(set(table) - present)
+    unexpected = sorted(present - set(table))
+    if "lm_head.weight" in unexpected and "lm_head.weight" not in table:
+        unexpected.remove("lm_head.weight")  # tied checkpoints sometimes store a copy; transformers ignores it
+    misshaped = sorted(
+        f"{k}: checkpoint {shapes[k]} vs expected {table[k].hf_shape}"
+        for k in set(table) & present
+        if tuple(shapes[k]) != table[k].hf_shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped tensors ({len(misshaped)}): {'; '.join(misshaped)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {where} does not match its config.json:\n  " + "\n  ".join(problems))
+
+
+def read_config(ckpt_dir: Path) -> ModelConfig:
+    """ModelConfig from ckpt_dir/config.json, with the stop ids that generation_config.json adds.
+
+    Instruct checkpoints often list extra end-of-turn ids only in generation_config.json (transformers' `generate`
+    stops on those); they are merged into `eos_token_id` so our sampler stops where transformers does.
+    """
+    config_file = ckpt_dir / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"no config.json in {ckpt_dir}")
+    config = ModelConfig.from_hf(json.loads(config_file.read_text()))
+    generation_file = ckpt_dir / "generation_config.json"
+    if generation_file.exists():
+        extra = json.loads(generation_file.read_text()).get("eos_token_id")
+        extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+        ids = list(config.eos_token_ids) + [int(i) for i in extra if int(i) not in config.eos_token_ids]
+        if len(ids) > len(config.eos_token_ids):
+            config = dataclasses.replace(config, eos_token_id=ids[0] if len(ids) == 1 else tuple(ids))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------- load / save
+def load_hf(
+    path_or_repo_id: str | os.PathLike,
+    *,
+    dtype=jnp.float32,
+    mesh: jax.sharding.Mesh | None = None,
+    config: ModelConfig | None = None,
+) -> CausalLM:
+    """Loads an HF checkpoint (local dir or hub id) into a CausalLM, tensor by tensor, without torch.
+
+    With `mesh`, each tensor is placed directly with the sharding its logical axes get (see `jax_cat.sharding`).
+    """
+    ckpt_dir = resolve_checkpoint_dir(path_or_repo_id)
+    config = config or read_config(ckpt_dir)
+    table = hf_key_table(config)
+    files = safetensors_files(ckpt_dir)
+    check_checkpoint(table, _tensor_shapes(files), str(ckpt_dir))
+
+    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), dtype=dtype))
+    graphdef, abstract_state = nnx.split(abstract)
+    flat = dict(nnx.to_flat_state(abstract_state))
+    shardings = None
+    if mesh is not None:
+        from jax_cat.sharding import logical_to_sharding
+
+        shardings = {path: logical_to_sharding(var, mesh) for path, var in flat.items()}
+
+    by_file: dict[Path, list[str]] = {}
+    for name in table:
+        by_file.setdefault(files[name], []).append(name)
+    loaded: dict[NNXPath, Any] = {}
+    progress = tqdm(total=len(table), desc=f"loading {ckpt_dir.name}", unit="tensor", disable=not sys.stderr.isatty())
+    for file, names in by_file.items():
+        with _open(file) as handle:
+            for name in names:
+                progress.update()
+                rule = table[name]
+                tensor = rule.to_nnx(handle.get_tensor(name))
+                expected = flat[rule.path].get_value()
+                if tensor.shape != expected.shape:  # guards the table itself
+                    raise CheckpointError(f"{name}: converted shape {tensor.shape} != parameter {expected.shape}")
+                value = tensor.astype(expected.dtype)
+                loaded[rule.path] = (
+                    jax.device_put(value, shardings[rule.path]) if shardings is not None else jnp.asarray(value)
+                )
+    progress.close()
+    for path, var in flat.items():
+        var.set_value(loaded[path])
+    state = nnx.from_flat_state(flat)
+    return nnx.merge(graphdef, state)
+
+
+def iter_hf_tensors(model: CausalLM) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, numpy tensor in HF layout) for every parameter, one at a time."""
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for name, rule in hf_key_table(model.config).items():
+        yield name, rule.to_hf(np.asarray(jax.device_get(flat[rule.path].get_value())))
+
+
+def _dtype_name(dtype) -> str:
+    return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(jnp.dtype(dtype).name, "float32")
+
+
+def save_hf(
+    model: CausalLM,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> Path:
+    """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads.
+
+    Written atomically: everything goes to a temp dir beside `out_dir`, then renamed into place. `tokenizer` may be
+    a tokenizer object (saved with save_pretrained) or a directory whose tokenizer files are copied.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        config_dict = model.config.to_hf_dict(dtype=_dtype_name(model.dtype))
+        (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+        _write_safetensors(model, tmp, max_shard_bytes)
+        if tokenizer is not None:
+            if isinstance(tokenizer, str | os.PathLike):
+                for fname in TOKENIZER_FILES:
+                    src = Path(tokenizer) / fname
+                    if src.exists():
+                        shutil.copy2(src, tmp / fname)
+            else:
+                tokenizer.save_pretrained(str(tmp))
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int) -> None:
+    """Streams tensors into shards of at most max_shard_bytes (one shard in memory at a time)."""
+    metadata = {"format": "pt"}
+    shard: dict[str, np.ndarray] = {}
+    written: list[tuple[Path, list[str]]] = []
+    size = total = 0
+
+    def flush() -> None:
+        path = out / f".shard-{len(written)}.tmp"
+        save_file(shard, str(path), metadata=metadata)
+        written.append((path, list(shard)))
+        shard.clear()
+
+    for name, tensor in iter_hf_tensors(model):
+        if shard and size + tensor.nbytes > max_shard_bytes:
+            flush()
+            size = 0
+        shard[name] = tensor
+        size += tensor.nbytes
+        total += tensor.nbytes
+    flush()
+    if len(written) == 1:
+        os.replace(written[0][0], out / SAFE_SINGLE)
+        return
+    weight_map = {}
+    for i, (path, names) in enumerate(written):
+        fname = f"model-{i + 1:05d}-of-{len(written):05d}.safetensors"
+        os.replace(path, out / fname)
+        weight_map.update({name: fname for name in names})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Moves tmp to out_dir; an existing out_dir is swapped out first and removed after the swap."""
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "x")
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)

@@ -1,0 +1,104 @@
+"""Polite command lines: bad input is ONE line on stderr naming the problem and the fix, exit status 2.
+
+Every `jax_cat` CLI runs its `main(argv)` through `run_cli`:
+
+- `CLIError` (raised by a CLI for bad input), `ValueError`, `TypeError` and missing files -> one line
+  `<prog>: error: <message>`, exit status 2;
+- argparse usage errors (through `ArgumentParser`) -> the same one line (no usage block), exit status 2;
+- any other exception (a bug, not bad input) -> one line ending `(rerun with --debug for the traceback)`, exit 1;
+- Ctrl-C -> one line, exit 130;
+- `--debug` anywhere in argv: the same exit statuses, with the full traceback printed first.
+
+`quiet_third_party()` keeps the job's output to its own lines (no transformers advisory notices such as
+"PyTorch was not found", no setuptools / pkg_resources deprecation warnings). `merging` keeps its own small copy of
+this behaviour (it imports nothing from `jax_cat`); see docs/glossary.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+__all__ = ["ArgumentParser", "BAD_INPUT_ERRORS", "CLIError", "one_line", "quiet_third_party", "run_cli", "split_debug"]
+
+BAD_INPUT_STATUS = 2
+BUG_STATUS = 1
+INTERRUPTED_STATUS = 130
+DEBUG_FLAG = "--debug"
+
+
+class CLIError(Exception):
+    """Bad input to a command line; the message names the problem and how to fix it (one line)."""
+
+
+# Exceptions that mean "the input is wrong" rather than "the program is wrong". Library functions raise these
+# with messages that name the offending argument.
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    CLIError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose usage errors raise `CLIError` (one line, exit 2) and which lists `--debug`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(DEBUG_FLAG, action="store_true", help="on an error, also print the Python traceback")
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{message}; see {self.prog} --help")
+
+
+def one_line(error: BaseException) -> str:
+    """The exception's message on one line (newlines folded into '; ')."""
+    text = str(error).strip()
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])
+    parts = [p.strip() for p in text.splitlines() if p.strip()]
+    return "; ".join(parts) or type(error).__name__
+
+
+def quiet_third_party() -> None:
+    """Silence the import-time notices of dependencies (call before they are imported); explicit env settings win."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found. Models won't ..."
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("pkg_resources", "setuptools", "distutils"):
+        warnings.filterwarnings("ignore", message=f".*{name}.*")
+        warnings.filterwarnings("ignore", module=name)
+
+
+def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """(argv without `--debug`, whether it was there); arguments after a bare `--` are left alone."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = DEBUG_FLAG in argv[:end]
+    return [a for i, a in enumerate(argv) if not (i < end and a == DEBUG_FLAG)], debug
+
+
+def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None, *, prog: str) -> int:
+    """Run `main(argv)` and turn exceptions into one stderr line and an exit status (see the module doc)."""
+    argv, debug = split_debug(sys.argv[1:] if argv is None else argv)
+    if debug:
+        os.environ.setdefault("JAX_CAT_DEBUG", "1")
+    try:
+        status = main(argv)
+    except KeyboardInterrupt:
+        return _report(prog, "interrupted", INTERRUPTED_STATUS, debug)
+    except BAD_INPUT_ERRORS as e:
+        return _report(prog, one_line(e), BAD_INPUT_STATUS, debug)
+    except Exception as e:  # noqa: BLE001 - a bug: still one line unless --debug
+        return _report(prog, f"{type(e).__name__}: {one_line(e)} (rerun with {DEBUG_FLAG} for the traceback)",
+                       BUG_STATUS, debug)
+    return 0 if status is None else int(status)
+
+
+def _report(prog: str, message: str, status: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status

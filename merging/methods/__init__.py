@@ -1,0 +1,93 @@
+"""Merge methods, one module each, in a small registry (in the manner of mergekit's merge methods).
+
+Each method is a frozen settings dataclass holding only the settings its rule uses, with its source paper and exact
+rule in its module docstring (and in docs/merging.md):
+
+    task_arithmetic  TaskArithmeticMerge  base + sum c_i tau_i
+    dots             DotsMerge            base + sum c_i rescale(topk(tau_i))
+    dare             DareMerge            base + sum c_i DARE(tau_i)
+    breadcrumbs      BreadcrumbsMerge     base + sum c_i band(tau_i)
+    ties             TiesMerge            base + scale * disjoint_mean(elect(topk(c_i tau_i)))
+    ram / ram_plus   RamMerge / RamPlusMerge   base + RAM({c_i tau_i})
+
+`merge(base, finetuned, settings)` merges pytrees in memory; `merging.stream.merge_checkpoints` merges HF
+checkpoints on disk with the same engine (bit-identical). `method_settings("dots", density=0.3)` (alias
+`MergeSpec`, the older name) builds a method's settings by name and refuses settings that method does not use.
+A new method: subclass `MergeMethod` (or `SparsifyThenAdd`) in its own module and `register` it.
+
+Imports nothing from jax_cat.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from merging.methods.base import MergeMethod, SparsifyThenAdd
+from merging.methods.breadcrumbs import BreadcrumbsMerge
+from merging.methods.dare import DareMerge
+from merging.methods.dots import DotsMerge
+from merging.methods.engine import merge, merge_tensors
+from merging.methods.ram import RamMerge, RamPlusMerge
+from merging.methods.task_arithmetic import TaskArithmeticMerge
+from merging.methods.ties import TiesMerge
+
+__all__ = [
+    "METHODS", "REGISTRY", "DEFAULT_DENSITY", "register", "method_settings", "MergeSpec", "merge", "merge_tensors",
+    "MergeMethod", "SparsifyThenAdd", "TaskArithmeticMerge", "DotsMerge", "DareMerge", "BreadcrumbsMerge",
+    "TiesMerge", "RamMerge", "RamPlusMerge",
+]
+
+REGISTRY: dict[str, type[MergeMethod]] = {}
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    """Add a method's settings class to the registry under `cls.name` (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, MergeMethod)) or not cls.name:
+        raise TypeError(f"register needs a MergeMethod subclass with a `name`, got {cls!r}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (TaskArithmeticMerge, DotsMerge, TiesMerge, DareMerge, BreadcrumbsMerge, RamMerge, RamPlusMerge):
+    register(_cls)
+
+METHODS: tuple[str, ...] = tuple(REGISTRY)  # the built-in methods ("task_arithmetic", "dots", ...)
+DEFAULT_DENSITY = {
+    name: f.default for name, cls in REGISTRY.items() for f in dataclasses.fields(cls) if f.name == "density"
+}
+_COMMON_ALIASES = {"coeffs": "coefficients", "weights": "coefficients"}
+
+
+def method_settings(method: str, **settings: Any) -> MergeMethod:
+    """The settings object of the registered method `method`, from keywords (None values mean "default").
+
+    Old keyword names are accepted (`coeffs` -> `coefficients`, `lam` -> `scale` for TIES, `scope` -> `rescale_scope`
+    for DoTS/DARE, `dare_rescale` -> `rescale`, `ram_threshold` / `ram_rescale` / `ram_scope` -> `threshold` /
+    `rescale_factor` / `count_scope`). A setting the method does not use is a ValueError naming it.
+    """
+    if method not in REGISTRY:
+        raise ValueError(f"unknown merge method {method!r}; choose one of {tuple(REGISTRY)}")
+    cls = REGISTRY[method]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    aliases = {**_COMMON_ALIASES, **cls.aliases}
+    kwargs: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        target = aliases.get(key, key)
+        if target not in fields:
+            raise ValueError(
+                f"merge method {method!r} does not use the setting {key!r}; its settings are "
+                f"{', '.join(sorted(fields))} (see docs/merging.md)"
+            )
+        if target in kwargs:
+            raise ValueError(f"{given[target]!r} and {key!r} name the same setting of {method!r}: pass only one")
+        given[target] = key
+        kwargs[target] = tuple(value) if target == "coefficients" else value
+    return cls(**kwargs)
+
+
+def MergeSpec(method: str, coeffs: Any = None, **settings: Any) -> MergeMethod:  # noqa: N802 (was a class)
+    """Compatibility constructor (the old catch-all spec): `method_settings(method, coefficients=coeffs, ...)`."""
+    return method_settings(method, coeffs=coeffs, **settings)

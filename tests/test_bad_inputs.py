@@ -1,0 +1,428 @@
+"""Bad inputs across the library, each met with a clear error and no output or partial file left behind.
+
+Each row: what goes in, the error type expected, a pattern the message must match (it names the offending file,
+tensor, argument or value), and the folders that must hold no new entry afterwards (no output, no `*.tmp-*`).
+docs/reliability.md lists the promises these rows test.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A good tiny checkpoint, a second one of the same shape (a 'fine-tune') and one of another shape."""
+    from jax_cat.models.tiny import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    return {
+        "good": build_tiny_checkpoint(root / "good", seed=0),
+        "ft": build_tiny_checkpoint(root / "ft", seed=1),
+        "other": build_tiny_checkpoint(root / "other", seed=2, intermediate_size=96),
+    }
+
+
+def copy_ckpt(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def snapshot(*dirs: Path) -> dict[Path, set[str]]:
+    return {d: set(os.listdir(d)) if d.exists() else set() for d in dirs}
+
+
+def assert_nothing_new(before: dict[Path, set[str]]) -> None:
+    for d, names in before.items():
+        now = set(os.listdir(d)) if d.exists() else set()
+        assert now == names, f"left behind in {d}: {sorted(now - names)}"
+
+
+@contextlib.contextmanager
+def expect(exc: type[BaseException], match: str, *watch: Path):
+    """The block raises `exc` with a message matching `match`, and adds no entry to any folder in `watch`."""
+    before = snapshot(*watch)
+    with pytest.raises(exc, match=match):
+        yield
+    assert_nothing_new(before)
+
+
+def rewrite_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def lie_about_sizes(file: Path) -> None:
+    """Rewrite a safetensors header so the first tensor claims 4 KiB more data than the file holds."""
+    raw = bytearray(file.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    start, end = header[name]["data_offsets"]
+    header[name]["data_offsets"] = [start, end + 4096]
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    file.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(raw[8 + n :]))
+
+
+def tensor_names(file: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), "numpy") as handle:
+        return list(handle.keys())
+
+
+# ------------------------------------------------------------------------------------------------ load_hf
+LOAD_CASES = {
+    # name: (mutate(ckpt_dir), error type name, message pattern)
+    "config.json not JSON": (lambda d: (d / "config.json").write_text("{not json"), "CheckpointError",
+                             r"config\.json is not valid JSON"),
+    "config.json a JSON list": (lambda d: (d / "config.json").write_text("[1, 2]"), "CheckpointError",
+                                r"config\.json must hold a JSON object"),
+    "config.json missing": (lambda d: (d / "config.json").unlink(), "CheckpointError", r"no config\.json in .*bad"),
+    "unsupported model_type": (lambda d: rewrite_json(d / "config.json", model_type="gpt9"), "ValueError",
+                               r"unsupported model_type 'gpt9'"),
+    "config disagrees with tensors": (lambda d: rewrite_json(d / "config.json", intermediate_size=96),
+                                      "CheckpointError", r"mis-shaped tensors .*mlp\.down_proj\.weight"),
+    "safetensors header lies about sizes": (lambda d: lie_about_sizes(d / "model.safetensors"), "CheckpointError",
+                                            r"cannot read safetensors file .*model\.safetensors"),
+    "truncated safetensors": (lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[:1000]), "CheckpointError", r"cannot read .*model\.safetensors"),
+    "no weights at all": (lambda d: (d / "model.safetensors").unlink(), "CheckpointError",
+                          r"no model\.safetensors .* in .*bad"),
+    "index names a missing shard": (
+        lambda d: (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+            name: ("model-00002-of-00002.safetensors" if i == 0 else "model.safetensors")
+            for i, name in enumerate(tensor_names(d / "model.safetensors"))}})),
+        "CheckpointError", r"refers to missing shard file\(s\): .*model-00002-of-00002\.safetensors"),
+    "index not JSON": (lambda d: (d / "model.safetensors.index.json").write_text("garbage"), "CheckpointError",
+                       r"model\.safetensors\.index\.json is not valid JSON"),
+    "generation_config.json not JSON": (lambda d: (d / "generation_config.json").write_text("nope"),
+                                        "CheckpointError", r"generation_config\.json is not valid JSON"),
+    "config.json is a folder": (lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir()),
+                                "IsADirectoryError", r"config\.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOAD_CASES))
+def test_load_hf_refuses(case, ckpts, tmp_path):
+    from jax_cat.models import hf
+
+    mutate, error, pattern = LOAD_CASES[case]
+    bad = copy_ckpt(ckpts["good"], tmp_path / "bad")
+    mutate(bad)
+    exc = {"CheckpointError": hf.CheckpointError, "ValueError": ValueError, "IsADirectoryError": IsADirectoryError}[error]
+    with expect(exc, pattern, bad, tmp_path):
+        hf.load_hf(bad)
+
+
+def test_load_hf_refuses_missing_paths(ckpts, tmp_path):
+    from jax_cat.models.hf import load_hf
+
+    with expect(FileNotFoundError, r"does not exist", tmp_path):
+        load_hf(tmp_path / "nowhere" / "ckpt")
+    with expect(FileNotFoundError, r"model\.safetensors is a file", tmp_path):
+        load_hf(ckpts["good"] / "model.safetensors")
+
+
+UNREADABLE_SCRIPT = """
+import sys
+from jax_cat.models.hf import load_hf
+try:
+    load_hf(sys.argv[1])
+except PermissionError as e:
+    print("PermissionError:", e)
+"""
+
+
+def test_load_hf_unreadable_file(ckpts, tmp_path, monkeypatch):
+    """chmod 000 on config.json. Root reads anything, so as root the load runs in a child as 'nobody'; where that
+    user cannot run this interpreter, the OS refusal is simulated at the open call instead."""
+    from jax_cat.models.hf import load_hf
+
+    bad = copy_ckpt(ckpts["good"], tmp_path / "bad")
+    for d in (tmp_path, bad):
+        os.chmod(d, 0o755)
+    (bad / "config.json").chmod(0)
+    if os.geteuid() != 0:
+        with expect(PermissionError, r"config\.json", bad):
+            load_hf(bad)
+        return
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+    before = snapshot(bad)
+    try:
+        proc = subprocess.run([sys.executable, "-c", UNREADABLE_SCRIPT, str(bad)], capture_output=True, text=True,
+                              env=env, timeout=120, user="nobody", cwd=tmp_path)
+    except (PermissionError, KeyError, OSError):
+        proc = None  # 'nobody' missing or unable to execute the interpreter (e.g. installed under /root)
+    if proc is not None and proc.stdout.startswith("PermissionError:"):
+        assert "config.json" in proc.stdout
+        assert_nothing_new(before)
+        return
+    real_read_text = Path.read_text
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "config.json" and self.parent == bad:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with expect(PermissionError, r"Permission denied: .*bad/config\.json", bad):
+        load_hf(bad)
+
+
+# ------------------------------------------------------------------------------------------------ full disk
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root / CAP_SYS_ADMIN); skipped with the reason where it cannot be mounted."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no `mount` command: cannot make a small full disk here")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or proc.returncode}); full-disk row skipped")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_save_hf_on_a_full_disk_leaves_nothing(tiny_disk, ckpts):
+    """The tiny model is ~1.5 MB: the write fails with ENOSPC, and no output or temp folder is left."""
+    from jax_cat.models.hf import load_hf, save_hf
+
+    model = load_hf(ckpts["good"])
+    with expect(OSError, r"No space left on device", tiny_disk):
+        save_hf(model, tiny_disk / "out")
+
+
+def test_merge_on_a_full_disk_leaves_nothing(tiny_disk, ckpts):
+    from merging.methods import MergeSpec
+    from merging.stream import merge_checkpoints
+
+    with expect(OSError, r"No space left on device", tiny_disk):
+        merge_checkpoints(ckpts["good"], [ckpts["ft"]], MergeSpec("task_arithmetic"), tiny_disk / "merged",
+                          progress=False)
+
+
+def test_save_hf_into_a_path_under_a_file(ckpts, tmp_path):
+    from jax_cat.models.hf import load_hf, save_hf
+
+    (tmp_path / "afile").write_text("x")
+    model = load_hf(ckpts["good"])
+    with expect((FileExistsError, NotADirectoryError), r"afile", tmp_path):
+        save_hf(model, tmp_path / "afile" / "out")
+
+
+# ------------------------------------------------------------------------------------------------ generate
+def _toy():
+    from tests.sampling.toy_model import CharTokenizer, ToyLM
+
+    return ToyLM(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32)), CharTokenizer(8)
+
+
+GENERATE_CASES = {
+    "n = 0": (dict(prompts=[[3]], n=0, max_new_tokens=2), ValueError, r"n must be >= 1, got 0"),
+    "max_new_tokens = 0": (dict(prompts=[[3]], max_new_tokens=0), ValueError, r"max_new_tokens must be >= 1, got 0"),
+    "top_p > 1": (dict(prompts=[[3]], max_new_tokens=2, top_p=1.5), ValueError, r"top_p must be in \[0, 1\], got 1.5"),
+    "negative temperature": (dict(prompts=[[3]], max_new_tokens=2, temperature=-1.0), ValueError,
+                             r"temperature must be a finite number >= 0.*-1"),
+    "NaN temperature": (dict(prompts=[[3]], max_new_tokens=2, temperature=float("nan")), ValueError,
+                        r"temperature must be a finite number"),
+    "negative top_k": (dict(prompts=[[3]], max_new_tokens=2, top_k=-1), ValueError, r"top_k must be an int >= 0"),
+    "empty prompt": (dict(prompts=[[3], []], max_new_tokens=2), ValueError, r"prompt 1 is empty"),
+    "prompt too long": (dict(prompts=[[3] * 7], max_new_tokens=2), ValueError,
+                        r"prompt 0 has 7 tokens.*max_position_embeddings=8"),
+    "empty stop string": (dict(prompts=[[3]], max_new_tokens=2, stop=["x", ""]), ValueError,
+                          r"stop strings must be non-empty"),
+    "mixed prompt kinds": (dict(prompts=[[3], "ab"], max_new_tokens=2), TypeError, r"prompt 1 is a string"),
+}
+
+
+@pytest.mark.parametrize("case", list(GENERATE_CASES))
+def test_generate_refuses(case):
+    from jax_cat.sampling import generate
+
+    kwargs, exc, pattern = GENERATE_CASES[case]
+    model, tokenizer = _toy()
+    with pytest.raises(exc, match=pattern):
+        generate(model, tokenizer, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ rewards, losses
+def test_compute_rewards_refuses():
+    from jax_cat.rewards import MathVerifier, compute_rewards
+
+    with pytest.raises(ValueError, match=r"completions \(3\) and golds \(2\) must have equal length"):
+        compute_rewards(["1", "2", "3"], ["1", "2"], use_math_verify=False)
+    with pytest.raises(ValueError, match=r"max_workers must be >= 1, got 0"):
+        MathVerifier(max_workers=0)
+    with pytest.raises(ValueError, match=r"timeout_s must be > 0, got -1"):
+        MathVerifier(timeout_s=-1)
+    with pytest.raises(ValueError, match=r"never 'fork'\), got 'fork'"):
+        MathVerifier(mp_context="fork")
+    with pytest.raises(ValueError, match=r"pair_fn .* must be a module-level function"):
+        MathVerifier(pair_fn=lambda p, g, t: True)
+
+
+def test_losses_refuse_rewards_of_the_wrong_length():
+    import jax.numpy as jnp
+
+    from jax_cat.losses.cat import cat_weights, group_advantages
+    from jax_cat.losses.strategies import BestOfN
+
+    with pytest.raises(ValueError, match=r"group_advantages: rewards .* must have shape \[B\]=\(4,\), got \(5,\)"):
+        group_advantages(jnp.ones(5), jnp.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match=r"cat_weights: rewards .* must have shape \[B\]=\(4,\), got \(3,\)"):
+        cat_weights(BestOfN(2), rewards=jnp.ones(3), group_ids=jnp.array([0, 0, 1, 1]))
+
+
+@pytest.mark.skip(reason="group ids split across micro-batches: the trainer's micro-batching API (issue 10) does not "
+                         "exist yet; this row is added with it")
+def test_group_split_across_micro_batches():
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+class _PlainTokenizer:
+    chat_template = None
+    pad_token_id, eos_token_id = 0, 2
+
+
+EVALUATE_CASES = {
+    "k above n": (dict(problems=[{"prompt": "q", "answer": "1"}], n=2, ks=[1, 4]), ValueError,
+                  r"ks must be non-empty integers in \[1, n=2\], got \[1, 4\]"),
+    "no problems": (dict(problems=[], n=2, ks=[1]), ValueError, r"no problems given"),
+    "problem without answer": (dict(problems=[{"prompt": "q", "answer": "1"}, {"prompt": "r"}], n=1, ks=[1]),
+                               ValueError, r"problem 1 needs a string 'prompt' and an 'answer'"),
+    "unknown bon scorer": (dict(problems=[{"prompt": "q", "answer": "1"}], n=1, ks=[1], bon_scorer="vibes"),
+                           ValueError, r"bon_scorer must be one of .* got 'vibes'"),
+}
+
+
+@pytest.mark.parametrize("case", list(EVALUATE_CASES))
+def test_evaluate_refuses(case):
+    from jax_cat.evaluate import evaluate
+
+    kwargs, exc, pattern = EVALUATE_CASES[case]
+    with pytest.raises(exc, match=pattern):
+        evaluate(object(), _PlainTokenizer(), **kwargs)
+
+
+def test_evaluate_cli_refuses_before_writing(tmp_path, capsys):
+    from jax_cat.evaluate import main
+
+    out = tmp_path / "results"
+    with expect(SystemExit, r"--k: every k must be <= --n=4", tmp_path):
+        main(["--model", str(tmp_path / "nowhere"), "--dataset", "arithmetic", "--n", "4", "--k", "1,8",
+              "--out", str(out)])
+    with expect(SystemExit, r"2", tmp_path):  # argparse: exit status 2, the flag named on stderr
+        main(["--model", "x", "--dataset", "arithmetic", "--n", "many", "--out", str(out)])
+    assert "--n" in capsys.readouterr().err
+    with expect(FileNotFoundError, r"nowhere", tmp_path):
+        main(["--model", str(tmp_path / "nowhere"), "--dataset", "arithmetic", "--n", "2", "--out", str(out)])
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def test_merge_refuses_mismatched_checkpoints(ckpts, tmp_path):
+    from merging.methods import MergeSpec
+    from merging.stream import CheckpointMismatchError, merge_checkpoints
+
+    with expect(CheckpointMismatchError, r"tensor 'model\.layers\.0\.mlp\.\w+_proj\.weight': shape", tmp_path):
+        merge_checkpoints(ckpts["good"], [ckpts["other"]], MergeSpec("task_arithmetic"), tmp_path / "m",
+                          progress=False)
+    with expect(FileNotFoundError, r"nowhere", tmp_path):
+        merge_checkpoints(tmp_path / "nowhere", [ckpts["ft"]], MergeSpec("task_arithmetic"), tmp_path / "m",
+                          progress=False)
+    with expect(ValueError, r"got 1 models but 2 coeffs", tmp_path):
+        merge_checkpoints(ckpts["good"], [ckpts["ft"]], MergeSpec("task_arithmetic", coeffs=(1.0, 2.0)),
+                          tmp_path / "m", progress=False)
+
+
+def test_merge_never_overwrites_by_accident(ckpts, tmp_path):
+    from merging.methods import MergeSpec
+    from merging.stream import merge_checkpoints
+
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with expect(FileExistsError, r"m exists \(pass overwrite=True", tmp_path, out):
+        merge_checkpoints(ckpts["good"], [ckpts["ft"]], MergeSpec("task_arithmetic"), out, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_merge_spec_and_cli_refuse_bad_arguments(ckpts, tmp_path, capsys):
+    from merging.merge import main
+    from merging.methods import MergeSpec
+    from merging.stream import parse_size
+
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\], got 1.5"):
+        MergeSpec("ties", density=1.5)
+    with pytest.raises(ValueError, match=r"density has no effect with method 'task_arithmetic'"):
+        MergeSpec("task_arithmetic", density=0.5)
+    with pytest.raises(ValueError, match=r"method must be one of .* got 'average'"):
+        MergeSpec("average")
+    with pytest.raises(ValueError, match=r"cannot parse size '2XB'"):
+        parse_size("2XB")
+    with expect(SystemExit, r"2", tmp_path):
+        main(["--base", str(ckpts["good"]), "--models", str(ckpts["ft"]), "--method", "average",
+              "--out", str(tmp_path / "m")])
+    assert "--method" in capsys.readouterr().err
+    with expect(ValueError, r"cannot parse size '2XB'", tmp_path):
+        main(["--base", str(ckpts["good"]), "--models", str(ckpts["ft"]), "--method", "task_arithmetic",
+              "--max-shard-size", "2XB", "--out", str(tmp_path / "m"), "--no-progress"])
+
+
+def test_analysis_refuses_mismatched_inputs(ckpts, tmp_path):
+    from merging.analysis import magnitude_ratio, tensor_pair_stats
+    from merging.stream import CheckpointMismatchError, analyze_checkpoints
+
+    with pytest.raises(ValueError, match=r"shapes differ: \(2, 3\) vs \(3, 2\)"):
+        tensor_pair_stats(np.ones((2, 3)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"kind must be 'l2' or 'mean_abs', got 'l7'"):
+        magnitude_ratio({"a": np.ones(3)}, {"a": np.ones(3)}, kind="l7")
+    with expect(CheckpointMismatchError, r"tensor '.*': shape", tmp_path):
+        analyze_checkpoints(ckpts["good"], ckpts["ft"], ckpts["other"], progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ tokenizers
+@pytest.mark.xfail(reason="sampling/data area (issue8-vocab): a tokenizer with neither pad nor eos is accepted "
+                          "silently today (pad falls back to 0, generation can never end on EOS)", strict=False)
+def test_tokenizer_without_pad_or_eos_is_refused():
+    from jax_cat.sampling import generate
+    from tests.sampling.toy_model import ToyLM
+
+    class Bare:
+        chat_template = None
+        pad_token_id = eos_token_id = None
+
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [[3] for _ in texts]}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "x" * len(ids)
+
+    toy = ToyLM(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32))
+    toy.config = type(toy.config)(vocab_size=8)  # no eos/pad in the model config either
+    with pytest.raises(ValueError, match=r"eos"):
+        generate(toy, Bare(), ["a"], max_new_tokens=2)
+
+
+def test_unique_names():  # the table's rows are distinct (a copy-paste row would hide a missing case)
+    names = list(LOAD_CASES) + list(GENERATE_CASES) + list(EVALUATE_CASES)
+    assert len(names) == len(set(names)) and len(names) >= 25, len(names)
