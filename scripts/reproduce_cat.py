@@ -194,6 +194,23 @@ def plot_improvement(agg: dict, labels: dict[str, str], path: Path) -> Path:
     return path
 
 
+def write_report(out: Path, args, argv, problems, labels, per_seed, timing, t0) -> tuple[str, Path]:
+    """results.json, table.md and improvement.png from the runs finished so far (rewritten after each run)."""
+    done = {name: seeds for name, seeds in per_seed.items() if seeds}
+    agg = aggregate(done)
+    table = markdown_table(agg, labels)
+    results = {"args": vars(args), "num_problems": len(problems), "labels": labels, "aggregate": agg,
+               "per_seed": {n: {str(s): v for s, v in d.items()} for n, d in done.items()},
+               "timing_s": timing, "wall_s": time.perf_counter() - t0,
+               "command": "python scripts/reproduce_cat.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(out / "results.json")
+    (out / "table.md").write_text(table + "\n")
+    return table, plot_improvement(agg, labels, out / "improvement.png")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -246,18 +263,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {labels[name]:<20s} pass@1 {p['mean'][0]:.3f} pass@{p['k'][-1]} {p['mean'][-1]:.3f} "
                   f"maj@{m['k'][-1]} {m['mean'][-1]:.3f} ({timing[f'{name}/seed{seed}']:.0f}s)", flush=True)
 
-    agg = aggregate(per_seed)
-    table = markdown_table(agg, labels)
-    results = {"args": vars(args), "num_problems": len(problems), "labels": labels, "aggregate": agg,
-               "per_seed": {n: {str(s): v for s, v in d.items()} for n, d in per_seed.items()},
-               "timing_s": timing, "wall_s": time.perf_counter() - t0,
-               "command": "python scripts/reproduce_cat.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "table.md").write_text(table + "\n")
-    plot = plot_improvement(agg, labels, out / "improvement.png")
+            write_report(out, args, argv, problems, labels, per_seed, timing, t0)  # partial results after each run
+    table, plot = write_report(out, args, argv, problems, labels, per_seed, timing, t0)
     print("\n" + table)
-    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {plot} in {results['wall_s']:.0f}s")
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {plot} in {time.perf_counter() - t0:.0f}s")
     return 0
 
 
