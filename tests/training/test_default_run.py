@@ -76,3 +76,32 @@ def test_bad_settings_fail_clearly():
         DefaultRun(cat_strategy="pass@x")
     with pytest.raises(SystemExit):
         main(["--sft-steps", "many"])
+
+
+def test_arithmetic_batch_draws_verifiable_fresh_problems():
+    from jax_cat.data.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask.from_preset("sum3_2d", test_size=50)
+    batch = task.batch(7, 400)
+    assert batch == task.batch(7, 400) and batch != task.batch(8, 400)  # a pure function of (seed, split, index)
+    held_out = task.test_prompts()
+    for p in batch:
+        a, b, c = p["prompt"].rstrip("=").split("+")
+        assert len(a) == len(b) == len(c) == 2 and p["prompt"] not in held_out
+        assert p["answer"] == f"{int(a) + int(b) + int(c):03d}" == p["solution"]  # Python's integers are the reference
+    # digit counts uniform over {1, 2} as in problem(i): one-digit operands are < 10
+    one_digit = np.mean([int(x) < 10 for p in batch for x in p["prompt"].rstrip("=").split("+")])
+    assert 0.43 < one_digit < 0.57
+
+
+def test_arithmetic_tokenizer_round_trip(tmp_path):
+    from transformers import AutoTokenizer
+
+    from jax_cat.models.tiny import build_arithmetic_checkpoint
+
+    path = build_arithmetic_checkpoint(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = tok("12+05+67=")["input_ids"]
+    assert len(tok) == 18 and ids[0] == tok.bos_token_id and len(ids) == 10  # <bos> + one token per character
+    assert tok.decode(ids, skip_special_tokens=True) == "12+05+67="
+    assert tok("084", add_special_tokens=False)["input_ids"] == [4, 12, 8]  # ids: 4 specials, then "0123456789+-*="
