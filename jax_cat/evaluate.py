@@ -179,7 +179,7 @@ def evaluate(
         completions = _sample(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, params=params, seed=seed,
                               stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=not templated)
     with _timed(timing, "scoring"):
-        rewards, answers = _score(completions, golds, reward_fn)
+        rewards, answers = _score(completions, golds, reward_fn, progress=progress)
     mean_logprob = np.array([[c.mean_logprob for c in row] for row in completions])
     scores = rewards if bon_scorer == "verifier" else mean_logprob
     with _timed(timing, "estimates"):
@@ -260,12 +260,23 @@ def _sample(model: Any, tokenizer: Any, prompts: list[str], *, n: int, max_new_t
                     stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=add_special_tokens)
 
 
-def _score(completions: list, golds: list[str], reward_fn: Callable | None) -> tuple[np.ndarray, list[list[str | None]]]:
-    """Step 4: rewards [P, n] from the verifier and the answer keys that majority voting compares."""
+def _score(completions: list, golds: list[str], reward_fn: Callable | None, *, progress: bool | None = None,
+           chunk: int = 1024) -> tuple[np.ndarray, list[list[str | None]]]:
+    """Step 4: rewards [P, n] from the verifier and the answer keys that majority voting compares.
+
+    The verifier sees the completions in chunks of `chunk`, behind a progress bar when `progress` (default: when
+    stderr is a terminal); rewards are per completion, so chunking does not change them.
+    """
     flat_texts = [c.text for row in completions for c in row]
     flat_golds = [g for g, row in zip(golds, completions) for _ in row]
     reward_fn = default_reward_fn if reward_fn is None else reward_fn
-    rewards = np.asarray(reward_fn(flat_texts, flat_golds), np.float64).reshape(len(completions), -1)
+    starts = range(0, len(flat_texts), chunk)
+    if (sys.stderr.isatty() if progress is None else progress) and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="scoring", unit="chunk")
+    flat_rewards = [r for s in starts for r in reward_fn(flat_texts[s: s + chunk], flat_golds[s: s + chunk])]
+    rewards = np.asarray(flat_rewards, np.float64).reshape(len(completions), -1)
     answers = [[answer_key(c.text) for c in row] for row in completions]
     return rewards, answers
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from merging._cli import ArgumentParser, CLIError, run_cli
 from merging._paths import MODULES
 from merging.analysis import Comparison
-from merging.checkpoint import atomic_write_text
+from merging.checkpoint import atomic_write, atomic_write_text
 
 PROG = "python -m merging.analyze"
 
@@ -37,13 +36,7 @@ def _plt():
 
 def _savefig(fig, path: Path) -> None:
     """PNG through a temporary file and a rename (a reader never sees half a plot)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def plot_layer_magnitude(cmp: Comparison, path: Path) -> None:

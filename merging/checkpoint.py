@@ -20,7 +20,7 @@ import re
 import secrets
 import shutil
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ except ImportError:  # not POSIX: no inter-process lock (the temp-then-rename st
 
 __all__ = [
     "CheckpointMismatchError", "DTYPES", "FLOAT_DTYPES", "DEFAULT_SHARD_SIZE", "Checkpoint", "TensorInfo", "ShardedWriter", "OutputBusyError",
-    "atomic_output_dir", "atomic_write_text", "copy_side_files", "parse_size",
+    "atomic_output_dir", "atomic_write", "atomic_write_text", "copy_side_files", "parse_size",
 ]
 
 DTYPES: dict[str, Any] = {
@@ -346,15 +346,21 @@ def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -
             raise
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a text file through `<path>.tmp-<pid>-<hex>` + rename: readers see the old file or the new, never half."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp)` on `<path>.tmp-<pid>-<hex>` beside `path`, then rename it to `path`: readers see the old
+    file or the new, never half of one; on failure the temporary is removed."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """`atomic_write` of a text file."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -118,3 +118,25 @@ def test_real_processes_print_one_line_and_exit_2():
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and word in proc.stderr, proc.stderr
         assert proc.stdout == ""
+
+
+def test_quiet_third_party_silences_transformers_advice(monkeypatch, capfd):
+    """The main job prints only its own lines: transformers' advisory notices (e.g. "PyTorch was not found") are off."""
+    from transformers.utils import logging as hf_logging
+
+    from jax_cat.cli import quiet_third_party
+
+    for name in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "TRANSFORMERS_VERBOSITY", "TF_CPP_MIN_LOG_LEVEL"):
+        monkeypatch.setenv(name, "")  # recorded, so the test leaves the environment as it found it
+        monkeypatch.delenv(name)
+    logger = hf_logging.get_logger("transformers.jax_cat_test")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # transformers' default (an earlier in-process CLI run may have lowered it)
+    try:
+        logger.warning_advice("advice before")
+        assert "advice before" in capfd.readouterr().err  # the notice is printed by default ...
+        quiet_third_party()
+        logger.warning_advice("advice after")
+        assert "advice after" not in capfd.readouterr().err  # ... and not after quiet_third_party()
+    finally:
+        hf_logging.set_verbosity(verbosity)

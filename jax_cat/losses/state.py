@@ -42,6 +42,7 @@ def init_cat_state(history_capacity: int = HISTORY_CAPACITY) -> CATState:
                     jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
+@jax.jit
 def history_quantiles(state: CATState, rewards: jax.Array) -> jax.Array:
     """Quantile of each reward against the history: (#{h < r} + 1) / (len + 2), clamped to [0.001, 0.999] -> [B]."""
     rewards = jnp.asarray(rewards, jnp.float32)
@@ -52,6 +53,7 @@ def history_quantiles(state: CATState, rewards: jax.Array) -> jax.Array:
     return jnp.clip(q, *HISTORY_CLAMP)
 
 
+@jax.jit
 def history_append(state: CATState, rewards: jax.Array, sample_mask: jax.Array | None = None) -> CATState:
     """Append the (valid) rewards in order, dropping the oldest beyond capacity (FIFO) -> new state."""
     rewards = jnp.asarray(rewards, jnp.float32).reshape(-1)

@@ -66,7 +66,7 @@ def method_settings(method: str, **settings: Any) -> MergeMethod:
     `rescale_factor` / `count_scope`). A setting the method does not use is a ValueError naming it.
     """
     if method not in REGISTRY:
-        raise ValueError(f"unknown merge method {method!r}; choose one of {tuple(REGISTRY)}")
+        raise ValueError(f"unknown merge method: method must be one of {tuple(REGISTRY)}, got {method!r}")
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls)}
     aliases = {**_COMMON_ALIASES, **cls.aliases}
@@ -78,7 +78,7 @@ def method_settings(method: str, **settings: Any) -> MergeMethod:
         target = aliases.get(key, key)
         if target not in fields:
             raise ValueError(
-                f"merge method {method!r} does not use the setting {key!r}; its settings are "
+                f"{key} has no effect with method {method!r}: it does not use that setting; its settings are "
                 f"{', '.join(sorted(fields))} (see docs/merging.md)"
             )
         if target in kwargs:

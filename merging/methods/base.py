@@ -61,7 +61,8 @@ class MergeMethod:
         coeffs = self.coefficients if self.coefficients is not None else (1.0,) * n_models
         if len(coeffs) != n_models:
             raise ValueError(
-                f"got {n_models} fine-tuned model(s) but {len(coeffs)} coefficient(s); give one coefficient per model"
+                f"got {n_models} models but {len(coeffs)} coeffs (coefficients); give one coefficient per "
+                f"fine-tuned model"
             )
         return coeffs
 

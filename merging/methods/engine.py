@@ -11,6 +11,7 @@ Imports nothing from jax_cat.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -32,6 +33,19 @@ def tau_dtype(base_dtype: Any, finetuned_dtypes: Sequence[Any]) -> Any:
     for d in finetuned_dtypes:
         out = jnp.promote_types(out, compute_dtype(d))
     return jnp.dtype(out)
+
+
+@partial(jax.jit, static_argnames=("dtype",))
+def _taus_and_finite(base: jax.Array, fts: tuple[jax.Array, ...], dtype: Any) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """The task vectors (exactly `tv_leaf`'s arithmetic) and whether all of them are finite, in one computation."""
+    taus = []
+    for ft in fts:
+        c = jnp.promote_types(compute_dtype(base.dtype), compute_dtype(ft.dtype))
+        taus.append((ft.astype(c) - base.astype(c)).astype(dtype))
+    finite = jnp.asarray(True)
+    for t in taus:
+        finite = finite & jnp.all(jnp.isfinite(t))
+    return tuple(taus), finite
 
 
 def merge_tensors(
@@ -63,19 +77,23 @@ def merge_tensors(
     checked: set[str] = set()
 
     def read(name: str) -> tuple[Any, list[Any]]:
-        base = jnp.asarray(get_base(name))
-        fts = [jnp.asarray(get_finetuned(i, name)) for i in range(n_models)]
-        if not allow_nonfinite and name not in checked:
-            check_finite(name, [base, *fts], labels)
-            checked.add(name)
-        return base, fts
+        return jnp.asarray(get_base(name)), [jnp.asarray(get_finetuned(i, name)) for i in range(n_models)]
 
-    def taus_of(base: Any, fts: Sequence[Any]) -> list[Any]:
+    def taus_of(name: str, base: Any, fts: Sequence[Any]) -> list[Any]:
         dtype = tau_dtype(base.dtype, [f.dtype for f in fts])
-        return [tv_leaf(ft, base, out_dtype=dtype) for ft in fts]
+        if allow_nonfinite or name in checked:
+            return [tv_leaf(ft, base, out_dtype=dtype) for ft in fts]
+        # first visit of this tensor: the task vectors and their finiteness in one pass over the inputs (a NaN/Inf
+        # in the base or a model makes its task vector non-finite); the inputs are only examined one by one when
+        # that flag says something is wrong
+        taus, finite = _taus_and_finite(base, tuple(fts), dtype)
+        if not bool(finite):
+            check_finite(name, [base, *fts], labels)
+        checked.add(name)
+        return list(taus)
 
     def taus(name: str) -> list[Any]:
-        return taus_of(*read(name))
+        return taus_of(name, *read(name))
 
     sparsifiers = [spec.sparsifier(i) for i in range(n_models)]
     sparsify = any(s is not None for s in sparsifiers)
@@ -84,7 +102,7 @@ def merge_tensors(
 
     def merge_one(name: str) -> Any:  # a function, so its temporaries are freed before the next tensor is read
         base, fts = read(name)
-        ts = taus_of(base, fts)
+        ts = taus_of(name, base, fts)
         if sparsify:
             ts = [apply_sparsifier(sp, t, name, plan) if sp is not None else t
                   for sp, t, plan in zip(sparsifiers, ts, plans)]

@@ -6,11 +6,12 @@ import pytest
 import jax_cat.losses
 import jax_cat.losses.alignment
 import jax_cat.losses.cat
+import jax_cat.losses.reduce
 import jax_cat.losses.strategies
 
 
 @pytest.mark.parametrize("module", [jax_cat.losses, jax_cat.losses.strategies, jax_cat.losses.cat,
-                                    jax_cat.losses.alignment], ids=lambda m: m.__name__)
+                                    jax_cat.losses.alignment, jax_cat.losses.reduce], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0, result

@@ -231,18 +231,22 @@ def test_micro_batches_sum_to_the_whole_batch(reduction):
                                        err_msg=normalize)
 
 
+@partial(jax.jit, static_argnames=("reduction",))
+def _sft_value_and_grad(reduction, x, mask, den):
+    return jax.value_and_grad(lambda y: cat_sft_loss(None, None, mask, MajorityAtN(4), logprobs=y, reduction=reduction,
+                                                     loss_denominator=den)[0])(x)
+
+
 @pytest.mark.parametrize("reduction", ["token_mean", "sequence_mean", "token_sum"])
 def test_sft_micro_batches_sum_to_the_whole_batch(reduction):
     lp, _, _ = mb_inputs()
     den = loss_denominator(MB_MASK, reduction)
-    f = lambda x, rows: cat_sft_loss(None, None, MB_MASK[rows], MajorityAtN(4), logprobs=x,  # noqa: E731
-                                     reduction=reduction, loss_denominator=den)[0]
-    whole, g_whole = jax.value_and_grad(f)(lp, slice(0, MB))
+    whole, g_whole = _sft_value_and_grad(reduction, lp, MB_MASK, den)
     plain = cat_sft_loss(None, None, MB_MASK, MajorityAtN(4), logprobs=lp, reduction=reduction)[0]
     np.testing.assert_allclose(plain, whole, rtol=1e-6)
     for parts in (2, 4):
         size = MB // parts
-        outs = [jax.value_and_grad(f)(lp[i * size:(i + 1) * size], slice(i * size, (i + 1) * size))
+        outs = [_sft_value_and_grad(reduction, lp[i * size:(i + 1) * size], MB_MASK[i * size:(i + 1) * size], den)
                 for i in range(parts)]
         np.testing.assert_allclose(sum(v for v, _ in outs), whole, rtol=1e-5)
         np.testing.assert_allclose(jnp.concatenate([gr for _, gr in outs]), g_whole, rtol=1e-5, atol=1e-8)

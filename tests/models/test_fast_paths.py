@@ -161,3 +161,23 @@ def test_chunked_token_logprobs_equal_log_softmax(tiny_hf_checkpoint):
     assert abs(float(chunked) - float(plain)) <= 1e-5 * abs(float(plain))
     for a, b in zip(jax.tree.leaves(chunked_g), jax.tree.leaves(plain_g)):
         assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max())
+
+
+def test_activations_split_by_batch_under_a_mesh(tiny_hf_checkpoint):
+    """Under jax.set_mesh, the scanned model keeps hidden states batch-sharded (FSDP) and computes the same logits."""
+    from jax_cat.sharding import batch_sharding, make_mesh, shard_model
+
+    path = tiny_hf_checkpoint("qwen2")
+    ids, mask = left_padded_batch(128, lengths=(6, 5, 4, 3, 6, 2, 1, 6))
+    ref = np.asarray(load_hf(path)(jnp.asarray(ids), jnp.asarray(mask)))
+    mesh = make_mesh(data=2, fsdp=4, tensor=1)
+    model = shard_model(load_hf(path, scan_layers=True), mesh)
+    graphdef, state = nnx.split(model)
+    hidden_fn = jax.jit(lambda s, i, m: nnx.merge(graphdef, s).hidden_states(i, m))
+    with jax.set_mesh(mesh):
+        args = [jax.device_put(jnp.asarray(x), batch_sharding(mesh)) for x in (ids, mask)]
+        hidden = hidden_fn(state, *args)
+        logits = jax.jit(lambda s, h: nnx.merge(graphdef, s).logits_from_hidden(h))(state, hidden)
+    assert hidden.sharding.spec[0] == ("data", "fsdp")
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[real], ref[real], atol=1e-5)

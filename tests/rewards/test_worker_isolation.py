@@ -20,7 +20,7 @@ GUARDLESS = textwrap.dedent(
     from jax_cat.rewards import MathVerifier, compute_rewards
 
     print("top-level ran", flush=True)
-    with MathVerifier(max_workers=2, timeout_s=8.0, startup_timeout_s=60.0) as v:
+    with MathVerifier(max_workers=2, timeout_s=40.0, startup_timeout_s=60.0) as v:
         r = compute_rewards(
             ["\\boxed{\\sqrt{12}}", "\\boxed{(x+1)^2}", "\\boxed{\\sqrt{5}}", "#### 7"],
             ["2\\sqrt{3}", "x^2+2x+1", "2", "7"],

@@ -1,0 +1,249 @@
+"""Train-step throughput: SFT and GRPO steps (forward, loss, backward, AdamW) of our jitted NNX decoder vs a PyTorch +
+transformers loop doing the same work on the same checkpoint and batch, as a ratio measured in one run.
+
+Both sides run in their own subprocess pinned to the same CPUs (`taskset`) with the same thread count (torch:
+`set_num_threads`; XLA: its Eigen pool, single-threaded when --threads 1). Rounds interleave the sides (torch, then
+each JAX variant) so load drifting on a shared machine hits both; the reported ratio is the median of per-round
+ratios. Each worker also measures the float32 matmul peak of its own library on the same CPUs (a 2048^3 matmul), so
+the estimated MFU (model FLOPs 6*N*tokens plus attention, over that peak) is against the roofline of this CPU.
+
+  SFT:  loss = mean next-token cross-entropy over the batch.
+  GRPO: loss = -mean over completion tokens of min(r*A, clip(r, 0.8, 1.2)*A), r = exp(logp - old_logp), per-row
+        advantages A (the clipped policy-gradient surrogate; old log-probs and advantages are inputs, as in a step).
+
+    .venv/bin/python benchmarks/train_step.py                          # 39.3M Qwen2 shape, B=8, T=256, 2 threads
+    .venv/bin/python benchmarks/train_step.py --threads 1 --cpus 0     # both sides pinned to one core
+    .venv/bin/python benchmarks/train_step.py --variants plain,scan,chunked --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_forward import SIZES, batch, build_checkpoint  # noqa: E402
+
+VARIANTS = {  # JAX-side options, each timed against the same torch loop
+    "plain": dict(),
+    "scan": dict(scan_layers=True),
+    "chunked": dict(lm_chunk=512),  # vocabulary projection + loss in chunks of 512 positions (no [B,T,V] arrays)
+    "scan_chunked": dict(scan_layers=True, lm_chunk=512),
+    "bf16": dict(dtype="bfloat16"),  # bf16 compute on float32 masters (slow on CPUs without bf16 matmul units)
+}
+CLIP = 0.2
+
+
+def grpo_inputs(b: int, t: int, prompt_len: int):
+    """Loss mask over completion tokens, per-row advantages and old log-probs (fixed, reproducible)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((b, t - 1), np.float32)
+    mask[:, prompt_len - 1:] = 1.0
+    adv = rng.normal(size=(b,)).astype(np.float32)
+    old = (-rng.uniform(5.0, 12.0, size=(b, t - 1))).astype(np.float32)
+    return mask, adv, old
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_jax(ckpt: Path, kind: str, b: int, t: int, warmup: int, repeats: int, options: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from jax_cat.models import load_hf
+
+    a = jnp.ones((2048, 2048), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))
+    peak = 2 * 2048**3 / statistics.median(_time(lambda: jax.block_until_ready(mm(a)), 1, 5))
+
+    lm_chunk = options.pop("lm_chunk", None)
+    dtype = {"bfloat16": jnp.bfloat16, None: jnp.float32}[options.pop("dtype", None)]
+    model = load_hf(ckpt, dtype=dtype, param_dtype=jnp.float32, **options)
+    ids = jnp.asarray(batch(model.config.vocab_size, b, t))
+    mask, adv, old = (jnp.asarray(x) for x in grpo_inputs(b, t, t // 4))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adamw(1e-5, weight_decay=0.0)
+    opt_state = tx.init(params)
+
+    def token_logprobs(params, ids):
+        m = nnx.merge(graphdef, params)
+        hidden = m.hidden_states(ids)[:, :-1]
+        if lm_chunk:
+            return m.token_logprobs_from_hidden(hidden, ids[:, 1:], chunk_size=lm_chunk)
+        return -optax.softmax_cross_entropy_with_integer_labels(m.logits_from_hidden(hidden), ids[:, 1:])
+
+    def loss_fn(params, ids):
+        logp = token_logprobs(params, ids)
+        if kind == "sft":
+            return -logp.mean()
+        ratio = jnp.exp(logp - old)
+        surrogate = jnp.minimum(ratio * adv[:, None], jnp.clip(ratio, 1 - CLIP, 1 + CLIP) * adv[:, None])
+        return -jnp.sum(surrogate * mask) / jnp.sum(mask)
+
+    def step(params, opt_state, ids):
+        loss, grads = jax.value_and_grad(loss_fn)(params, ids)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    start = time.perf_counter()
+    compiled = step.lower(params, opt_state, ids).compile()
+    compile_s = time.perf_counter() - start
+    state = {"p": params, "o": opt_state}
+    first_loss = None
+
+    def run():
+        nonlocal first_loss
+        state["p"], state["o"], loss = compiled(state["p"], state["o"], ids)
+        jax.block_until_ready(loss)
+        first_loss = float(loss) if first_loss is None else first_loss
+
+    times = _time(run, warmup, repeats)
+    return dict(side="jax", loss=first_loss, times=times, compile_s=compile_s, params=model.num_params,
+                peak_flops=peak, peak_rss_mib=peak_rss_mib())
+
+
+def run_torch(ckpt: Path, kind: str, b: int, t: int, warmup: int, repeats: int, threads: int) -> dict:
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    a = torch.ones(2048, 2048)
+    peak = 2 * 2048**3 / statistics.median(_time(lambda: a @ a, 1, 5))
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).train()
+    ids = torch.from_numpy(batch(model.config.vocab_size, b, t).astype("int64"))
+    mask, adv, old = (torch.from_numpy(x) for x in grpo_inputs(b, t, t // 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+    first_loss = None
+
+    def run():
+        nonlocal first_loss
+        opt.zero_grad(set_to_none=True)
+        if kind == "sft":
+            loss = model(input_ids=ids, labels=ids).loss
+        else:
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            logp = torch.gather(torch.log_softmax(logits, -1), -1, ids[:, 1:, None])[..., 0]
+            ratio = torch.exp(logp - old)
+            surrogate = torch.minimum(ratio * adv[:, None], torch.clamp(ratio, 1 - CLIP, 1 + CLIP) * adv[:, None])
+            loss = -(surrogate * mask).sum() / mask.sum()
+        loss.backward()
+        opt.step()
+        first_loss = float(loss) if first_loss is None else first_loss
+
+    times = _time(run, warmup, repeats)
+    return dict(side="torch", loss=first_loss, times=times, params=sum(p.numel() for p in model.parameters()),
+                peak_flops=peak, peak_rss_mib=peak_rss_mib(), threads=torch.get_num_threads())
+
+
+def worker(side: str, args, ckpt: Path, kind: str, variant: str = "") -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    if args.threads == 1:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    if args.compile_cache:  # later rounds reuse the first round's executables (compile time is reported, not timed)
+        env["JAX_COMPILATION_CACHE_DIR"] = str(args.compile_cache)
+    cmd = ["taskset", "-c", args.cpus, sys.executable, __file__, "--worker", side, "--ckpt", str(ckpt),
+           "--kind", kind, "--variant", variant, "--batch", str(args.batch), "--seq", str(args.seq),
+           "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{side} {kind} {variant} worker failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def model_flops_per_token(config: dict, n_params: int, t: int) -> float:
+    """Training FLOPs per token: 6 * N (dense) plus attention scores and values, 12 * layers * T/2 * heads*head_dim."""
+    attn = 12 * config["num_hidden_layers"] * (t / 2) * config["num_attention_heads"] * config["head_dim"]
+    return 6 * n_params + attn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="40m")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--kinds", default="sft,grpo")
+    parser.add_argument("--variants", default="plain,scan_chunked")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpus", default=None, help="taskset CPU list for both sides (default 0..threads-1)")
+    parser.add_argument("--compile-cache", type=Path, default=None, help="JAX persistent compilation cache dir")
+    parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        if args.worker == "jax":
+            out = run_jax(args.ckpt, args.kind, args.batch, args.seq, args.warmup, args.repeats,
+                          dict(VARIANTS[args.variant]))
+        else:
+            out = run_torch(args.ckpt, args.kind, args.batch, args.seq, args.warmup, args.repeats, args.threads)
+        print(json.dumps(out))
+        return
+    args.cpus = args.cpus or ",".join(str(i) for i in range(args.threads))
+    kinds, variants = args.kinds.split(","), args.variants.split(",")
+    tokens = args.batch * args.seq
+    print(f"model {args.size}, batch {args.batch} x {args.seq}, {args.threads} thread(s) pinned to CPUs {args.cpus}, "
+          f"{args.rounds} interleaved round(s), median of {args.repeats} steps after {args.warmup} warm-up")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = build_checkpoint(args.size, Path(tmp) / f"bench-{args.size}")
+        for kind in kinds:
+            ratios: dict[str, list[float]] = {v: [] for v in variants}
+            last: dict[str, dict] = {}
+            for r in range(args.rounds):
+                torch_res = worker("torch", args, ckpt, kind)
+                torch_tok = tokens / statistics.median(torch_res["times"])
+                last["torch"] = dict(torch_res, tok_s=torch_tok)
+                for v in variants:
+                    res = worker("jax", args, ckpt, kind, v)
+                    tok = tokens / statistics.median(res["times"])
+                    if abs(res["loss"] - torch_res["loss"]) > 2e-3 * max(1.0, abs(torch_res["loss"])):
+                        raise SystemExit(f"{kind}/{v}: loss mismatch jax {res['loss']} vs torch {torch_res['loss']}")
+                    ratios[v].append(tok / torch_tok)
+                    last[v] = dict(res, tok_s=tok)
+            flops_tok = model_flops_per_token(SIZES[args.size], last[variants[0]]["params"], args.seq)
+            t = last["torch"]
+            print(f"[{kind}] torch: {t['tok_s']:7.0f} tok/s, MFU ~{flops_tok * t['tok_s'] / t['peak_flops']:.0%} "
+                  f"(matmul peak {t['peak_flops'] / 1e9:.0f} GFLOP/s), peak RSS {t['peak_rss_mib']:.0f} MiB, "
+                  f"loss {t['loss']:.4f}")
+            for v in variants:
+                j = last[v]
+                print(f"[{kind}] jax/{v:12s}: {j['tok_s']:7.0f} tok/s, MFU ~{flops_tok * j['tok_s'] / j['peak_flops']:.0%}"
+                      f" (matmul peak {j['peak_flops'] / 1e9:.0f} GFLOP/s), peak RSS {j['peak_rss_mib']:.0f} MiB, "
+                      f"compile {j['compile_s']:.1f}s; ratio jax/torch tokens/s median {statistics.median(ratios[v]):.2f}x"
+                      f" (rounds: {', '.join(f'{x:.2f}' for x in ratios[v])}; goal >= 1.2x)", flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

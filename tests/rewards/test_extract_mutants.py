@@ -1,0 +1,68 @@
+"""Cases added to kill mutmut survivors in jax_cat/rewards/extract.py (see docs/testing.md): math delimiters,
+lone dollar signs, markdown bold, and numbers in every written form."""
+from fractions import Fraction
+
+import pytest
+
+from jax_cat.rewards.extract import clean_answer, is_integer_answer, parse_number
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("$x$", "x"),
+    ("$$x+1$$", "x+1"),
+    ("\\(x+1\\)", "x+1"),
+    ("\\[y\\]", "y"),
+    ("$\\frac{1}{2}", "\\frac{1}{2}"),  # an opening $ whose closing one was cut off
+    ("x^2$", "x^2"),
+    ("$ab", "ab"),
+    ("$5", "5"),  # a currency sign, not a delimiter
+    ("$5$.", "5"),
+    ("**42**", "42"),
+    ("*42", "42"),
+    ("42*", "42"),
+])
+def test_clean_answer_strips_delimiters(raw, expected):
+    assert clean_answer(raw) == expected
+
+
+@pytest.mark.parametrize("text,value", [
+    ("3/4", Fraction(3, 4)),
+    ("\\frac{3}{4}", Fraction(3, 4)),
+    ("\\dfrac{1}{2}", Fraction(1, 2)),
+    ("-2.50", Fraction(-5, 2)),
+    ("1,234", Fraction(1234)),
+    ("abc", None),
+    ("", None),
+])
+def test_parse_number_forms(text, value):
+    assert parse_number(text) == value
+
+
+def test_is_integer_answer():
+    assert is_integer_answer("12") and is_integer_answer("-3") and is_integer_answer("0363")
+    assert not is_integer_answer("1.5") and not is_integer_answer("x") and not is_integer_answer("")
+
+
+def test_nested_and_bare_boxes():
+    from jax_cat.rewards.extract import extract_answer
+
+    assert extract_answer("\\boxed{\\fbox{7}}") == "7"
+    assert extract_answer("\\fbox{\\boxed{8}}") == "8"
+    assert extract_answer("so \\boxed 5") == "5"
+
+
+def test_normalize_answer_details():
+    from jax_cat.rewards.extract import normalize_answer
+
+    assert normalize_answer("\\tfrac{1}{2}") == normalize_answer("\\frac{1}{2}") == "\\frac{1}{2}"
+    assert normalize_answer("50%") == "50" and normalize_answer("5$") == "5"
+    assert normalize_answer("5.") == "5" and normalize_answer(".5") == ".5"  # a trailing period only
+    assert normalize_answer("{{5}}") == "5"
+    assert normalize_answer(None) == ""
+
+
+def test_non_strings_and_length_limit():
+    assert parse_number(None) is None and parse_number(5) is None
+    assert not is_integer_answer(None) and not is_integer_answer(12)
+    assert parse_number("1" * 400) == int("1" * 400) and parse_number("1" * 401) is None  # 400 chars at most
+    assert clean_answer("-4 \\$") == "-4"  # a trailing escaped dollar after a number
