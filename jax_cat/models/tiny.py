@@ -92,14 +92,26 @@ def build_char_tokenizer():
     `Qwen2Tokenizer` for qwen2). Encoding adds no bos/eos (the chat template adds bos); decode(encode(s)) == s for
     printable ASCII; other characters become <unk>. Padding is on the left, as decoding needs.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    tokenizer = _char_tokenizer(char_vocab(), DEFAULT_TINY_CONFIG["max_position_embeddings"], add_bos=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _char_tokenizer(vocab: dict[str, int], max_length: int, *, add_bos: bool):
+    """A byte-level BPE with no merges over `vocab` (one token per character), left padding; `add_bos`: encoding
+    with special tokens puts <bos> first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.BPE(vocab=char_vocab(), merges=[], unk_token=UNK))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(list(SPECIAL_TOKENS))
-    tokenizer = PreTrainedTokenizerFast(
+    if add_bos:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+        )
+    return PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=BOS,
         eos_token=EOS,
@@ -107,10 +119,8 @@ def build_char_tokenizer():
         unk_token=UNK,
         padding_side="left",
         clean_up_tokenization_spaces=False,
-        model_max_length=DEFAULT_TINY_CONFIG["max_position_embeddings"],
+        model_max_length=max_length,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 # The embedded default run's task alphabet (jax_cat.data.arithmetic "plain" style): digits, operators, "=".
@@ -135,27 +145,7 @@ def build_arithmetic_tokenizer(alphabet: str = ARITHMETIC_ALPHABET):
     adds the <bos>; the "plain" arithmetic prompts are what the model sees), and the target is the answer then
     <eos>. Padding on the left, as decoding needs. Characters outside the alphabet become <unk>.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = char_vocab(alphabet)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(list(SPECIAL_TOKENS))
-    core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-        model_max_length=ARITHMETIC_TINY_CONFIG["max_position_embeddings"],
-    )
+    return _char_tokenizer(char_vocab(alphabet), ARITHMETIC_TINY_CONFIG["max_position_embeddings"], add_bos=True)
 
 
 def arithmetic_model_config(**overrides: Any):
