@@ -163,11 +163,11 @@ def plot_improvement(agg: dict, labels: dict[str, str], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    for ax, method in zip(axes, ("sft", "grpo")):
+    methods = [m for m in ("sft", "grpo") if BASELINE[m] in agg] or ["grpo"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.6 * len(methods), 4.2), dpi=120, squeeze=False)
+    for ax, method in zip(axes[0], methods):
         base = BASELINE[method]
         if base not in agg:
-            ax.set_visible(False)
             continue
         for name, m in agg.items():
             if name == base or VARIANTS[name][0] != method:
@@ -179,7 +179,9 @@ def plot_improvement(agg: dict, labels: dict[str, str], path: Path) -> Path:
             ax.plot(ks, diff, marker="o", ms=4, label=f"{labels[name]} ({metric})")
             ax.fill_between(ks, diff - err, diff + err, alpha=0.15, linewidth=0)
         ax.axhline(0, color="0.3", lw=0.8)
+        ks_all = agg[base]["pass@k"]["k"]
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ks_all, [str(k) for k in ks_all])
         ax.set_xlabel("k")
         ax.set_ylabel(f"improvement over {labels[base]}")
         ax.grid(alpha=0.3)
