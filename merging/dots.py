@@ -36,8 +36,8 @@ from merging.search import DESIGNERS
 PROG = "python -m merging.dots"
 # Arguments that must not change between a run and its --resume (they define the study and its objectives).
 STUDY_KEYS = ("base", "sft", "rl", "queries", "query_pool", "density", "topk_scope", "rescale", "search_density",
-              "coeff_range", "designer", "perplexity", "votes", "temperature", "top_p", "max_new_tokens", "extract",
-              "seed", "n_easy", "n_hard", "max_difficulty", "selection_votes", "dtype")
+              "coeff_range", "designer", "perplexity", "votes", "vote_strategy", "temperature", "top_p",
+              "max_new_tokens", "extract", "seed", "n_easy", "n_hard", "max_difficulty", "selection_votes", "dtype")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl-budget", type=float, default=0.1,
                    help="automatic pick: highest consistency with perplexity <= (1 + budget) x the base's")
     p.add_argument("--votes", type=int, default=7, help="samples per query in a trial (default 7)")
+    p.add_argument("--vote-strategy", metavar="SPEC", help="score each query by a test-time strategy's chance of "
+                   "landing on the pool's modal answer (e.g. maj@5, pass@2) instead of the modal share")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=512, help="per sample (authors: 8192)")
@@ -224,9 +226,14 @@ def run(args: argparse.Namespace) -> int:
     _check_out(args, out, record)
     from merging.objectives import ObjectiveConfig
 
+    strategy = None
+    if args.vote_strategy:
+        from jax_cat.losses import strategy_from_spec
+
+        strategy = strategy_from_spec(args.vote_strategy)
     objective_cfg = ObjectiveConfig(votes=args.votes, temperature=args.temperature, top_p=args.top_p,
                                     max_new_tokens=args.max_new_tokens, extract=args.extract, seed=args.seed,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, strategy=strategy)
     from merging.search import Metric, SearchSpace
 
     lo, hi = args.coeff_range
@@ -255,11 +262,10 @@ def run(args: argparse.Namespace) -> int:
 
     from jax_cat.models import load_hf
     from jax_cat.sharding import make_mesh
-    from merging import task_vector
+    from merging import Rescale, task_vector, topk
     from merging.objectives import (
         Candidates, chat_prompt_ids, evaluate_candidate, query_difficulty, select_queries,
     )
-    from merging.sparsify import Rescale, topk
 
     if args.mesh:
         d, f, t = args.mesh
@@ -294,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         n_draw = args.n_easy + args.n_hard
         difficulty = None
         if len(queries) > n_draw:
-            sel_cfg = replace(objective_cfg, votes=args.selection_votes)
+            sel_cfg = replace(objective_cfg, votes=args.selection_votes, strategy=None)
             log(f"query selection: scoring {len(queries)} queries with each sparse vector alone "
                 f"({args.selection_votes} votes)")
             per_model = [evaluate_candidate(candidates.single(i), tokenizer, pool_ids, sel_cfg, mesh=mesh).per_query

@@ -23,7 +23,6 @@ import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from functools import partial
 from typing import Any
 
@@ -96,18 +95,17 @@ class CandidateScores:
 # Consistency
 # ---------------------------------------------------------------------------------------------------------------
 def answer_key(text: str | None, *, style: str = "auto") -> Hashable | None:
-    """The vote an answer text casts: the extracted final answer, numbers as exact fractions ("0.5" == "1/2"),
-    other answers normalised (`jax_cat.rewards.normalize_answer`); None when nothing can be extracted."""
-    from jax_cat.rewards import extract_answer, normalize_answer, parse_number
+    """The vote an answer text casts, as `jax_cat.evaluate.answer_key` (the extracted final answer; numbers as exact
+    rationals, "0.5" == "1/2"; other answers normalised), with the extraction `style` selectable; None when nothing
+    can be extracted."""
+    from jax_cat.evaluate import answer_key as vote_key
+
+    if style == "auto":
+        return vote_key(text)
+    from jax_cat.rewards import extract_answer
 
     raw = extract_answer(text, style=style)
-    if raw is None:
-        return None
-    number = parse_number(raw)
-    if number is not None:
-        return Fraction(number)
-    key = normalize_answer(raw)
-    return key or None
+    return None if raw is None else vote_key(raw)
 
 
 def modal_share(answers: Sequence[Hashable | None]) -> float:

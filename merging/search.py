@@ -121,15 +121,30 @@ def pareto_front(points: Any, goals: Sequence[str]) -> list[int]:
     [0, 1, 3]
     """
     q = _as_minimisation(points, goals)
-    ok = ~np.isnan(q).any(axis=1)
+    ok = np.flatnonzero(~np.isnan(q).any(axis=1))
+    if q.shape[1] == 2:  # sweep by the first metric: O(n log n)
+        front: list[int] = []
+        best = math.inf  # lowest second metric among points with a strictly lower first metric
+        sub = q[ok]
+        order = np.lexsort((sub[:, 1], sub[:, 0]))
+        i = 0
+        while i < len(order):
+            j = i
+            while j < len(order) and sub[order[j], 0] == sub[order[i], 0]:
+                j += 1
+            group = order[i:j]  # equal first metric, sorted by the second
+            low = sub[group[0], 1]
+            if low < best:
+                front += [int(ok[g]) for g in group if sub[g, 1] == low]
+                best = low
+            i = j
+        return sorted(front)
     front = []
-    for i in range(len(q)):
-        if not ok[i]:
-            continue
-        others = q[ok]
+    others = q[ok]
+    for i in ok:
         dominated = np.any(np.all(others <= q[i], axis=1) & np.any(others < q[i], axis=1))
         if not dominated:
-            front.append(i)
+            front.append(int(i))
     return front
 
 

@@ -99,17 +99,19 @@ def test_rescale_on_writes_the_norm_restored_merge(family, tmp_path):
     from jax_cat.models import load_hf
 
     out = tmp_path / "rescaled"
-    assert main(_args(family, out, "--trials", "1", "--rescale", "on", "--perplexity", "answer")) == 0
+    assert main(_args(family, out, "--trials", "1", "--rescale", "on", "--perplexity", "answer",
+                      "--vote-strategy", "maj@3")) == 0
     summary = json.loads((out / "summary.json").read_text())
     picked = summary["picked"]
     assert picked["perplexity"] == picked["answer_perplexity"]
+    assert 0.0 <= picked["consistency"] <= 1.0 and json.loads((out / "config.json").read_text())["vote_strategy"] == "maj@3"
     written = nnx.state(load_hf(out / "model"))
     want = _expected_state(family, (picked["sft"], picked["rl"]), 0.3, rescale=True)
     for a, b in zip(jax.tree.leaves(written), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("case", ["no_base", "no_queries", "out_exists", "bad_density"])
+@pytest.mark.parametrize("case", ["no_base", "no_queries", "out_exists", "bad_density", "bad_strategy"])
 def test_bad_input_is_one_line_and_exit_2(family, tmp_path, capsys, case):
     out = tmp_path / "o"
     args = _args(family, out, "--trials", "1")
@@ -120,12 +122,15 @@ def test_bad_input_is_one_line_and_exit_2(family, tmp_path, capsys, case):
     elif case == "out_exists":
         out.mkdir()
         (out / "something").write_text("x")
-    else:
+    elif case == "bad_density":
         args += ["--density", "1.5"]
+    else:
+        args += ["--vote-strategy", "maj@x"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("python -m merging.dots: error:") and "\n" not in err, err
-    assert {"no_base": "--base", "no_queries": "none.txt", "out_exists": "--resume", "bad_density": "--density"}[case] \
+    assert {"no_base": "--base", "no_queries": "none.txt", "out_exists": "--resume", "bad_density": "--density",
+            "bad_strategy": "maj@x"}[case] \
         in err
     with pytest.raises(SystemExit) as exc:  # argparse errors: one line, exit 2 too
         main(["--base", "x"])

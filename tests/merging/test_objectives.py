@@ -1,6 +1,5 @@
 """DoTS objectives: consistency, perplexities, candidates and the query selection, against hand computations and
 transformers' logits."""
-from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,9 @@ def test_strategy_consistency_majority_estimate_by_hand():
 
 
 def test_answer_key_extracts_and_canonicalises():
-    assert answer_key("so the answer is \\boxed{7}") == Fraction(7)
+    assert answer_key("so the answer is \\boxed{7}") == answer_key("7") != answer_key("8")
+    text = "The answer is 5. Later 6 apples"
+    assert answer_key(text) == answer_key("5") and answer_key(text, style="number") == answer_key("6")
     assert answer_key("x = 0.5") == answer_key("it is 1/2")
     assert answer_key("no digits here") is None
 
