@@ -63,7 +63,8 @@ class Settings:
     rl_task / sft_task: a name of `_task_specs()` ("add2", "sub2", "mul1") or an arithmetic preset ("sum3",
       "level2", ...); the RL model learns rl_task, the SFT model sft_task.
     style: arithmetic prompt style ("plain" for the char model; "natural" for chat models).
-    mesh: "data,fsdp,tensor" device mesh of every training stage.
+    mesh: "data,fsdp,tensor" device mesh of every training stage (-1 = the remaining devices; batch sizes must
+      divide over data x fsdp). Without a -1 the first data*fsdp*tensor devices are used.
     """
 
     out: str = "runs/dots_repro"
@@ -78,12 +79,12 @@ class Settings:
     base_steps: int = 500
     base_lr: float = 3e-3
     batch_size: int = 128
-    sft_steps: int = 200
+    sft_steps: int = 300
     sft_lr: float = 2e-3
-    rl_steps: int = 40
+    rl_steps: int = 60
     rl_prompts: int = 32
     group_size: int = 8
-    rl_lr: float = 1e-3
+    rl_lr: float = 2e-4
     joint_rounds: int = 4
     eval_problems: int = 200
     eval_samples: int = 8
@@ -450,7 +451,9 @@ def reproduce(s: Settings, *, say=_say) -> dict:
     max_new = lens[1]
     cfg = lambda method, steps, lr, seed, dataset: trainer_config(  # noqa: E731
         s, method=method, model_path=init_path, dataset=dataset, steps=steps, lr=lr, seed=seed, lens=lens, chat=chat)
-    mesh = build_mesh(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]))
+    sizes = [int(x) for x in s.mesh.split(",")]
+    devices = None if -1 in sizes else jax.devices()[: math.prod(sizes)]
+    mesh = build_mesh(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), devices)
     init_model, tokenizer = load_model(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), mesh)
 
     models: dict[str, dict] = {}
