@@ -57,7 +57,8 @@ def test_bad_setting_is_one_line_exit_2(capsys):
 @pytest.mark.slow
 def test_end_to_end_tiny_run_writes_every_method(tmp_path):
     out = tmp_path / "run"
-    code = rd.main(["--out", str(out), "--train-records", "256", "--base-steps", "2", "--sft-steps", "1",
+    code = rd.main(["--out", str(out), "--train-records", "256", "--base-steps", "1", "--sft-steps", "1",
+                    "--base-lr", "1e-3", "--sft-lr", "1e-3",
                     "--rl-steps", "1", "--rl-prompts", "2", "--group-size", "2", "--batch-size", "4", "--mesh", "1,1,1",
                     "--joint-rounds", "1", "--eval-problems", "4", "--eval-samples", "1", "--trials", "1",
                     "--queries-per-task", "1", "--votes", "1"])
