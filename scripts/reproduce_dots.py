@@ -337,7 +337,7 @@ def properties_table(p: dict) -> str:
     t = p["total"]
     return "\n".join([
         "| property | here | DoTS paper |", "|---|---|---|",
-        f"| magnitude ratio ||tau_sft|| / ||tau_rl|| (global L2) | {t['ratio_l2']:.2f} "
+        f"| magnitude ratio \\|\\|tau_sft\\|\\| / \\|\\|tau_rl\\|\\| (global L2) | {t['ratio_l2']:.2f} "
         f"(per tensor {p['per_tensor_ratio_min']:.2f} to {p['per_tensor_ratio_max']:.2f}) | ~30x |",
         f"| sign interference (opposite signs among entries both change) | {t['conflict_rate']:.1%} | ~45% |",
         f"| sign interference among both vectors' top {p['top_fraction']:.0%} | {t['conflict_rate_significant']:.1%} | - |",
