@@ -26,13 +26,14 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jax_cat.atomic import atomic_write, atomic_write_text
 
 DEFAULT_OUT = Path("runs") / "default"
 KS = (1, 2, 4, 8, 16, 32, 64)
@@ -138,14 +139,6 @@ def trainer_config(run: DefaultRun, *, method: str, model_path: str | os.PathLik
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -175,7 +168,7 @@ def base_checkpoint(run: DefaultRun, out: Path) -> Path:
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == stamp:
         return path
     build_arithmetic_checkpoint(path, seed=run.seed)
-    _atomic_write_text(marker, json.dumps({"fingerprint": stamp}) + "\n")
+    atomic_write_text(marker, json.dumps({"fingerprint": stamp}) + "\n")
     return path
 
 
@@ -203,7 +196,7 @@ def warm_start(run: DefaultRun, out: Path, base: Path) -> tuple[Path, dict[str, 
     save_hf(result.model, path, tokenizer=tokenizer)
     info = {"fingerprint": stamp, "seconds": time.perf_counter() - t0, "steps": run.sft_steps,
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
-    _atomic_write_text(marker, json.dumps(info) + "\n")
+    atomic_write_text(marker, json.dumps(info) + "\n")
     return path, dict(info, reused=False)
 
 
@@ -339,14 +332,9 @@ def plot_passk(results: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{cfg['preset']}: {results['num_problems']} held-out problems, n={cfg['eval_samples']} each, "
                  f"95% bootstrap CI", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
     return path
 
@@ -398,7 +386,7 @@ def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT
         "wall_seconds": time.perf_counter() - t_start,
         "command": "python -m jax_cat.train",
     }
-    _atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     plot = plot_passk(results, out / "passk.png")
     say(f"\npass@k on {len(problems)} held-out '{run.preset}' problems ({run.eval_samples} samples each):")
     say(format_table(results))
