@@ -381,7 +381,7 @@ def save_hf(
     """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads.
 
     Written atomically (`jax_cat.atomic.atomic_output_dir`): everything goes to `<out_dir>.tmp-<pid>-<hex>`, then
-    replaces an existing `out_dir` in one rename; a killed run's temporary is removed by the next save to the same
+    takes the place of an existing `out_dir` (moved aside, then deleted); a killed run's temporary is removed by the next save to the same
     target, and a second process saving to the same target at once gets `OutputBusyError`. `tokenizer` may be a
     tokenizer object (saved with save_pretrained) or a directory whose tokenizer files are copied.
     """
