@@ -380,10 +380,11 @@ def save_hf(
 ) -> Path:
     """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads.
 
-    Written atomically (`jax_cat.atomic.atomic_output_dir`): everything goes to `<out_dir>.tmp-<pid>-<hex>`, then
-    takes the place of an existing `out_dir` (moved aside, then deleted); a killed run's temporary is removed by the next save to the same
-    target, and a second process saving to the same target at once gets `OutputBusyError`. `tokenizer` may be a
-    tokenizer object (saved with save_pretrained) or a directory whose tokenizer files are copied.
+    Written atomically (`jax_cat.atomic.atomic_output_dir`): everything goes to `<out_dir>.tmp-<pid>-<hex>`, which
+    then takes the place of an existing `out_dir` (moved aside, then deleted); a killed run's temporary is removed
+    by the next save to the same target, and a second process saving to the same target at once gets
+    `OutputBusyError`. `tokenizer` may be a tokenizer object (saved with save_pretrained) or a directory whose
+    tokenizer files are copied.
     """
     out_dir = Path(out_dir).expanduser().resolve()
     with atomic_output_dir(out_dir, overwrite=True) as tmp:
