@@ -25,7 +25,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from jax_cat.atomic import atomic_write
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
 from jax_cat.rewards.answers import answer_key  # its home is jax_cat.rewards; kept here under its old name
 
@@ -321,18 +321,6 @@ def default_reward_fn(completions: Sequence[str], golds: Sequence[str]) -> list[
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_scaling(result: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path:
     """Accuracy vs k (log2 x axis), one line per strategy with its bootstrap CI band; written atomically as PNG."""
     import matplotlib
@@ -358,7 +346,7 @@ def plot_scaling(result: Mapping[str, Any], path: str | Path, *, title: str | No
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -383,7 +371,7 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, *, plot_title:
     samples = result.get("samples")
     summary = {k: v for k, v in result.items() if k not in ("samples", "prompts", "golds")}
     paths = {"results": out / "results.json", "plot": out / "scaling.png"}
-    _atomic_write(paths["results"], lambda tmp: tmp.write_text(to_json(summary) + "\n"))
+    atomic_write(paths["results"], lambda tmp: tmp.write_text(to_json(summary) + "\n"))
     plot_scaling(result, paths["plot"], title=plot_title)
     if samples is not None:
         paths["samples"] = out / "samples.jsonl"
@@ -394,7 +382,7 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, *, plot_title:
                     f.write(json.dumps({"problem": i, "prompt": result["prompts"][i], "gold": result["golds"][i],
                                         "samples": row}) + "\n")
 
-        _atomic_write(paths["samples"], write_samples)
+        atomic_write(paths["samples"], write_samples)
     return paths
 
 

@@ -84,6 +84,10 @@ PRESETS: dict[str, ArithmeticSpec] = {
     # The measured default for the tiny char-level model (shared/notes/cat-feasibility.md):
     # three numbers of 1-3 digits written with leading zeros, answer as 4 digits: "012+345+006=" -> "0363".
     "sum3": ArithmeticSpec(3, 1, 3, ("+",), pad_operands=True, answer_width=4, level=0, name="sum3"),
+    # The embedded default run's task (jax_cat.training.default_run): three numbers of 1-2 digits with leading
+    # zeros, answer as 3 digits: "12+05+67=" -> "084". The 108k-param RoPE model gets a warm start with pass@1 ~0.06
+    # and pass@32 ~0.87 from 1,000 SFT steps (sum3 needs 2,500+ steps for a weaker one, pass@1 0.04).
+    "sum3_2d": ArithmeticSpec(3, 1, 2, ("+",), pad_operands=True, answer_width=3, level=0, name="sum3_2d"),
     **{spec.name: spec for spec in LEVELS.values()},
 }
 
@@ -144,6 +148,14 @@ def make_problem(
     rng = _rng(seed, split, index, attempt)
     operands = [_draw_operand(rng, spec) for _ in range(spec.num_operands)]
     ops = [spec.ops[int(k)] for k in rng.integers(0, len(spec.ops), size=spec.num_operands - 1)]
+    problem = _format_problem(spec, operands, ops, style)
+    suffix = f"#{attempt}" if attempt else ""
+    problem["id"] = f"{spec.name}/{split}/{index}{suffix}"
+    return problem
+
+
+def _format_problem(spec: ArithmeticSpec, operands: Sequence[int], ops: Sequence[str], style: Style) -> dict:
+    """The record of one drawn problem (prompt, answer, level, solution; the caller sets its id)."""
     value = _evaluate(operands, ops)
     if style == "plain":
         width = spec.max_digits if spec.pad_operands else 0
@@ -160,14 +172,7 @@ def make_problem(
         solution = f"${shown} = {value}$. The answer is $\\boxed{{{value}}}$."
     else:
         raise ValueError(f"arithmetic: style must be 'plain' or 'natural', got {style!r}")
-    suffix = f"#{attempt}" if attempt else ""
-    return {
-        "prompt": prompt,
-        "answer": answer,
-        "level": spec.level,
-        "id": f"{spec.name}/{split}/{index}{suffix}",
-        "solution": solution,
-    }
+    return {"prompt": prompt, "answer": answer, "level": spec.level, "id": "", "solution": solution}
 
 
 @dataclass(frozen=True)
@@ -252,6 +257,45 @@ class ArithmeticTask:
                 return problem
         raise RuntimeError(
             f"ArithmeticTask: {split} problem {index} hit the test set {self.max_redraws} times; use a smaller test_size"
+        )
+
+    def batch(self, index: int, size: int, split: str = "train") -> list[dict]:
+        """Batch ``index`` of ``size`` fresh ``split`` problems, drawn vectorised (for training loops).
+
+        ``problem(i)`` seeds one Generator per problem (exactly addressable, ~0.1 ms each); a training loop that
+        needs 256 problems a step for thousands of steps wants them faster. Here one Generator seeded from
+        ``(seed, split, "batch", index)`` draws the whole batch with the same operand and operator distribution,
+        so batch ``index`` is still a pure function of its arguments (a resumed run redraws the same batch).
+        Train batches never show a test prompt (those rows are redrawn). Problem ``j`` uses
+        ``specs[j % len(specs)]``; "plain" and "natural" styles as in `make_problem`.
+        """
+        if index < 0 or size < 1:
+            raise ValueError(f"ArithmeticTask.batch: need index >= 0 and size >= 1, got index={index}, size={size}")
+        rng = np.random.default_rng([self.seed, _split_code(split), _split_code("batch"), index])
+        excluded = self._test[1] if split != "test" else frozenset()
+        out: list[dict | None] = [None] * size
+        for attempt in range(self.max_redraws):
+            todo = [j for j in range(size) if out[j] is None]
+            if not todo:
+                return out  # type: ignore[return-value]
+            for s, spec in enumerate(self.specs):
+                rows = [j for j in todo if j % len(self.specs) == s]
+                if not rows:
+                    continue
+                n, k = len(rows), spec.num_operands
+                digits = rng.integers(spec.min_digits, spec.max_digits + 1, size=(n, k))
+                low = np.where(digits == 1, 0, 10 ** (digits - 1))
+                values = rng.integers(low, 10**digits)  # uniform among numbers with that many digits
+                op_index = rng.integers(0, len(spec.ops), size=(n, k - 1))
+                for r, j in enumerate(rows):
+                    problem = _format_problem(spec, [int(v) for v in values[r]],
+                                              [spec.ops[int(o)] for o in op_index[r]], self.style)
+                    if problem["prompt"] in excluded:
+                        continue
+                    problem["id"] = f"{spec.name}/{split}/batch{index}/{j}" + (f"#{attempt}" if attempt else "")
+                    out[j] = problem
+        raise RuntimeError(
+            f"ArithmeticTask.batch: kept hitting the test set after {self.max_redraws} redraws; use a smaller test_size"
         )
 
     def source(self, split: str = "train", size: int | None = None) -> "ArithmeticSource":

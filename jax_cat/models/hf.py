@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from jax_cat.atomic import atomic_output_dir
 from jax_cat.models.config import ModelConfig
 from jax_cat.models.decoder import CausalLM
 
@@ -380,13 +380,14 @@ def save_hf(
 ) -> Path:
     """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads.
 
-    Written atomically: everything goes to a temp dir beside `out_dir`, then renamed into place. `tokenizer` may be
-    a tokenizer object (saved with save_pretrained) or a directory whose tokenizer files are copied.
+    Written atomically (`jax_cat.atomic.atomic_output_dir`): everything goes to `<out_dir>.tmp-<pid>-<hex>`, which
+    then takes the place of an existing `out_dir` (moved aside, then deleted); a killed run's temporary is removed
+    by the next save to the same target, and a second process saving to the same target at once gets
+    `OutputBusyError`. `tokenizer` may be a tokenizer object (saved with save_pretrained) or a directory whose
+    tokenizer files are copied.
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:
         config_dict = model.config.to_hf_dict(dtype=_dtype_name(model.param_dtype))
         (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
         _write_safetensors(model, tmp, max_shard_bytes)
@@ -398,10 +399,6 @@ def save_hf(
                         shutil.copy2(src, tmp / fname)
             else:
                 tokenizer.save_pretrained(str(tmp))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -442,14 +439,3 @@ def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int) -> None
         weight_map.update({name: fname for name in names})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Moves tmp to out_dir; an existing out_dir is swapped out first and removed after the swap."""
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)

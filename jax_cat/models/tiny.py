@@ -72,10 +72,15 @@ def _byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def char_vocab() -> dict[str, int]:
-    """token -> id: the 4 specials, then every printable ASCII character (string.printable order, byte-level form)."""
+def char_vocab(alphabet: str | None = None) -> dict[str, int]:
+    """token -> id: the 4 specials, then each character of `alphabet` (default: every printable ASCII character,
+    string.printable order), in byte-level form."""
     to_unicode = _byte_to_unicode()
-    tokens = list(SPECIAL_TOKENS) + [to_unicode[ord(ch)] for ch in string.printable]
+    chars = string.printable if alphabet is None else alphabet
+    bad = [ch for ch in chars if ord(ch) > 0x7F]
+    if bad or len(set(chars)) != len(chars) or not chars:
+        raise ValueError(f"char_vocab: alphabet must be distinct ASCII characters, got {alphabet!r}")
+    tokens = list(SPECIAL_TOKENS) + [to_unicode[ord(ch)] for ch in chars]
     return {tok: i for i, tok in enumerate(tokens)}
 
 
@@ -87,14 +92,26 @@ def build_char_tokenizer():
     `Qwen2Tokenizer` for qwen2). Encoding adds no bos/eos (the chat template adds bos); decode(encode(s)) == s for
     printable ASCII; other characters become <unk>. Padding is on the left, as decoding needs.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    tokenizer = _char_tokenizer(char_vocab(), DEFAULT_TINY_CONFIG["max_position_embeddings"], add_bos=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _char_tokenizer(vocab: dict[str, int], max_length: int, *, add_bos: bool):
+    """A byte-level BPE with no merges over `vocab` (one token per character), left padding; `add_bos`: encoding
+    with special tokens puts <bos> first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.BPE(vocab=char_vocab(), merges=[], unk_token=UNK))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(list(SPECIAL_TOKENS))
-    tokenizer = PreTrainedTokenizerFast(
+    if add_bos:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+        )
+    return PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=BOS,
         eos_token=EOS,
@@ -102,10 +119,56 @@ def build_char_tokenizer():
         unk_token=UNK,
         padding_side="left",
         clean_up_tokenization_spaces=False,
-        model_max_length=DEFAULT_TINY_CONFIG["max_position_embeddings"],
+        model_max_length=max_length,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+
+
+# The embedded default run's task alphabet (jax_cat.data.arithmetic "plain" style): digits, operators, "=".
+ARITHMETIC_ALPHABET = "0123456789+-*="
+
+ARITHMETIC_TINY_CONFIG: dict[str, Any] = dict(
+    DEFAULT_TINY_CONFIG,
+    model_type="llama",  # qwen2 always has q/k/v biases; the default run's model has none
+    vocab_size=len(SPECIAL_TOKENS) + len(ARITHMETIC_ALPHABET),
+    intermediate_size=192,
+    num_key_value_heads=4,
+    attention_bias=False,
+    max_position_embeddings=64,
+)
+
+
+def build_arithmetic_tokenizer(alphabet: str = ARITHMETIC_ALPHABET):
+    """A character-level tokenizer over just `alphabet` (+ <pad>/<bos>/<eos>/<unk>) for the shipped arithmetic task.
+
+    18 tokens for the default alphabet instead of 104, so a tiny model spends no capacity on characters the task
+    never uses. No chat template: a prompt is encoded as <bos> followed by its characters (``add_special_tokens``
+    adds the <bos>; the "plain" arithmetic prompts are what the model sees), and the target is the answer then
+    <eos>. Padding on the left, as decoding needs. Characters outside the alphabet become <unk>.
+    """
+    return _char_tokenizer(char_vocab(alphabet), ARITHMETIC_TINY_CONFIG["max_position_embeddings"], add_bos=True)
+
+
+def arithmetic_model_config(**overrides: Any):
+    """The default run's ModelConfig: 2 layers, d=64, 4 heads, SwiGLU 192, RoPE, over the 18-token arithmetic
+    vocabulary (about 108k parameters), with `overrides` applied."""
+    from jax_cat.models.config import ModelConfig
+
+    vocab = char_vocab(ARITHMETIC_ALPHABET)
+    fields = dict(ARITHMETIC_TINY_CONFIG, bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD])
+    fields.update(overrides)
+    if fields["vocab_size"] < len(vocab):
+        raise ValueError(f"vocab_size={fields['vocab_size']} is smaller than the arithmetic tokenizer ({len(vocab)})")
+    return ModelConfig(**fields)
+
+
+def build_arithmetic_checkpoint(out_dir: str | os.PathLike, *, seed: int = 0, dtype=jnp.float32,
+                                **config_overrides) -> Path:
+    """Writes a randomly initialised arithmetic-vocabulary tiny model + its tokenizer in HF format (atomically)."""
+    from jax_cat.models.decoder import CausalLM
+    from jax_cat.models.hf import save_hf
+
+    model = CausalLM(arithmetic_model_config(**config_overrides), rngs=nnx.Rngs(seed), dtype=dtype)
+    return save_hf(model, out_dir, tokenizer=build_arithmetic_tokenizer())
 
 
 def tiny_model_config(**overrides: Any):

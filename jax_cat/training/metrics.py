@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jax_cat.atomic import atomic_write_text
+
 
 def trim_jsonl(path: Path, stage: str, last_step: int) -> None:
     """Drop lines of `stage` after `last_step` (a resumed run rewrites the steps it repeats)."""
@@ -31,9 +33,7 @@ def trim_jsonl(path: Path, stage: str, last_step: int) -> None:
         if row.get("stage") == stage and row.get("step", 0) > last_step:
             continue
         kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
 class MetricsLogger:

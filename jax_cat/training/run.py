@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from jax_cat.atomic import atomic_write_text
 from jax_cat.training.checkpoint import is_primary
 from jax_cat.training.config import Config
 from jax_cat.training.grpo import run_grpo
@@ -47,9 +47,7 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[st
     out = Path(out) if out is not None else None
     if out is not None and is_primary():
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".config.json.tmp"
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        os.replace(tmp, out / "config.json")
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     mesh = build_mesh(cfg)
     model, tokenizer = load_model(cfg, mesh)
     stages: dict[str, RunResult] = {}

@@ -1,0 +1,602 @@
+"""Reproduce DoTS (Yuan et al. 2026, "Decouple before Integration") at small scale on the arithmetic task family.
+
+From ONE base model, train an SFT model and an RL model (GRPO, verifiable 0/1 reward) that learn DIFFERENT skills,
+then compare on held-out problems of both skills:
+
+  base, SFT, RL, sequential SFT->RL, joint SFT+RL (interleaved: the trainer has no mixed SFT+RL objective),
+  task arithmetic (1, 1), TIES, DARE, DoTS (sparsify + rescale + Vizier search on unlabeled queries),
+  the plain average of the two models (= base + 1/2 tau_sft + 1/2 tau_rl), base + 1/2 tau_sft, base + 1/2 tau_rl,
+  and the reviewers' ablation: the same search over the full (dense) vectors, and over sparsified vectors without
+  the rescale. Every method's wall time is recorded, and the three task-vector properties (magnitude ratio, sign
+  interference, per-module spread: `merging.analysis.compare`) are measured on these very models.
+
+Default skills (char-level "plain" prompts, the shipped 18-token arithmetic tokenizer):
+  * "add2" (RL skill; the base already half knows it): ``07+45=`` -> ``052`` (operands and answer zero-padded);
+  * "sub2" (SFT skill; new to the base, a new operation): ``07-45=`` -> ``-38``.
+The base is a fresh tiny model (`jax_cat.models.tiny.build_arithmetic_checkpoint`) SFT-trained on add2 only.
+
+    python scripts/reproduce_dots.py --out runs/dots_repro                 # the documented CPU default
+    python scripts/reproduce_dots.py --out runs/x --base-model PATH --rl-task add2 --sft-task sub2 --mesh 1,4,1
+
+Everything goes through the library: the trainer (`jax_cat.training.run_sft/run_grpo`), the merges
+(`merging.merge` with `TaskArithmeticMerge/TiesMerge/DareMerge`), the DoTS pieces (`merging.dots_sparsify`,
+`merging.objectives.Candidates/evaluate_candidate`, `merging.search.run_search/pick`), the evaluation
+(`jax_cat.training.default_run.pass_at_k_eval`: unbiased pass@k, bootstrap CIs). Writes `<out>/results.json`,
+`<out>/results.md` (the tables) and `<out>/dots_*.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file from a checkout
+    sys.path.insert(0, str(ROOT))
+
+
+def _task_specs() -> dict[str, Any]:
+    from jax_cat.data.arithmetic import ArithmeticSpec
+
+    return {
+        "add2": ArithmeticSpec(2, 1, 2, ("+",), pad_operands=True, answer_width=3, name="add2"),
+        "sub2": ArithmeticSpec(2, 1, 2, ("-",), pad_operands=True, name="sub2"),
+        "mul1": ArithmeticSpec(2, 1, 1, ("*",), pad_operands=True, name="mul1"),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything one reproduction run depends on (the CLI flags are these fields).
+
+    base_model: "tiny-arithmetic" (build a fresh 108k-parameter model and SFT it on the RL task for base_steps) or
+      an HF checkpoint folder used as the base as is (base_steps ignored).
+    rl_task / sft_task: a name of `_task_specs()` ("add2", "sub2", "mul1") or an arithmetic preset ("sum3",
+      "level2", ...); the RL model learns rl_task, the SFT model sft_task.
+    style: arithmetic prompt style ("plain" for the char model; "natural" for chat models).
+    mesh: "data,fsdp,tensor" device mesh of every training stage (-1 = the remaining devices; batch sizes must
+      divide over data x fsdp). Without a -1 the first data*fsdp*tensor devices are used.
+    """
+
+    out: str = "runs/dots_repro"
+    base_model: str = "tiny-arithmetic"
+    rl_task: str = "add2"
+    sft_task: str = "sub2"
+    style: str = "plain"
+    data_seed: int = 0
+    seed: int = 0
+    mesh: str = "1,1,1"
+    train_records: int = 60000
+    base_steps: int = 500
+    base_lr: float = 3e-3
+    batch_size: int = 128
+    sft_steps: int = 300
+    sft_lr: float = 2e-3
+    rl_steps: int = 60
+    rl_prompts: int = 32
+    group_size: int = 8
+    rl_lr: float = 2e-4
+    joint_rounds: int = 4
+    eval_problems: int = 200
+    eval_samples: int = 8
+    density: float = 0.3
+    ties_density: float = 0.3
+    dare_density: float = 0.3
+    trials: int = 12
+    designer: str = "QUASI_RANDOM_SEARCH"
+    coeff_low: float = 0.25
+    coeff_high: float = 1.5
+    queries_per_task: int = 16
+    votes: int = 7
+    search_temperature: float = 0.6
+    perplexity: str = "answer"
+    ppl_budget: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("base_steps", "sft_steps", "rl_steps", "joint_rounds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "rl_prompts", "group_size", "eval_problems", "eval_samples", "trials",
+                     "queries_per_task", "votes", "train_records"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.perplexity not in ("answer", "prompt"):
+            raise ValueError(f"perplexity must be 'answer' or 'prompt', got {self.perplexity!r}")
+        if not 0 < self.density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if not self.coeff_low < self.coeff_high:
+            raise ValueError(f"need coeff_low < coeff_high, got {self.coeff_low}, {self.coeff_high}")
+        if len(self.mesh.split(",")) != 3:
+            raise ValueError(f"mesh must be 'data,fsdp,tensor', got {self.mesh!r}")
+
+
+# ------------------------------------------------------------------------------------------------ small helpers
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Clock:
+    """Wall seconds per named piece of work (what each method cost)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ data
+def task(name: str, s: Settings):
+    """The ArithmeticTask of a skill (held-out test set of s.eval_problems prompts, seeded by s.data_seed)."""
+    from jax_cat.data.arithmetic import ArithmeticTask, get_spec
+
+    spec = _task_specs().get(name) or get_spec(name)
+    return ArithmeticTask(specs=(spec,), seed=s.data_seed, test_size=s.eval_problems, style=s.style)
+
+
+def write_dataset(name: str, s: Settings, folder: Path) -> Path:
+    """`<folder>/<name>_train.jsonl`: s.train_records training problems of the skill (never a test prompt)."""
+    path = folder / f"{name}_train.jsonl"
+    if path.is_file():
+        return path
+    t = task(name, s)
+    rows = []
+    for block in range(math.ceil(s.train_records / 4096)):
+        rows += t.batch(block, 4096)
+    text = "".join(json.dumps({k: r[k] for k in ("prompt", "answer", "solution")}) + "\n"
+                   for r in rows[: s.train_records])
+    _atomic_write_text(path, text)
+    return path
+
+
+def _lengths(tokenizer: Any, names: list[str], s: Settings, chat: bool) -> tuple[int, int]:
+    """(max prompt tokens, max target tokens + EOS) over the skills' train and test problems, plus slack."""
+    probe = []
+    for n in names:
+        t = task(n, s)
+        probe += t.batch(0, 512) + t.test_set()
+    if chat:
+        from jax_cat.data import format_prompt
+
+        prompts = [format_prompt(p["prompt"], tokenizer) for p in probe]
+        p_len = max(len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    else:
+        p_len = max(len(x) for x in tokenizer([p["prompt"] for p in probe])["input_ids"])
+    a_len = max(len(x) for x in tokenizer([p["solution"] for p in probe], add_special_tokens=False)["input_ids"])
+    return p_len, a_len + 1
+
+
+# ------------------------------------------------------------------------------------------------ training
+def trainer_config(s: Settings, *, method: str, model_path: Path, dataset: Path, steps: int, lr: float,
+                   seed: int, lens: tuple[int, int], chat: bool):
+    """One trainer stage (`jax_cat.training.config.Config`): plain CE SFT or plain GRPO (strategy pass@1)."""
+    from jax_cat.training.config import (
+        CheckpointConfig, Config, DataConfig, EvalConfig, LoggingConfig, MeshConfig, ModelSource, OptimizerConfig,
+        RolloutConfig, TrainConfig, validate,
+    )
+
+    data, fsdp, tensor = (int(x) for x in s.mesh.split(","))
+    sft = method == "sft"
+    cfg = Config(
+        train=TrainConfig(method=method, steps=max(steps, 1), seed=seed, log_every=max(1, min(25, steps)),
+                          eval_at_end=False, save_final=False),
+        model=ModelSource(path=str(model_path)),
+        data=DataConfig(dataset=str(dataset), data_seed=s.data_seed, style=s.style,
+                        batch_size=s.batch_size if sft else s.rl_prompts, max_prompt_len=lens[0],
+                        max_target_len=lens[1], use_chat_template=chat),
+        optimizer=(OptimizerConfig(learning_rate=lr, warmup_steps=min(20, steps // 10), schedule="cosine",
+                                   end_lr_ratio=0.1, weight_decay=0.0) if sft else
+                   OptimizerConfig(learning_rate=lr, warmup_steps=0, schedule="constant", weight_decay=0.0)),
+        rollout=RolloutConfig(group_size=s.group_size, max_new_tokens=lens[1], temperature=1.0),
+        strategy="pass@1",
+        mesh=MeshConfig(data=data, fsdp=fsdp, tensor=tensor),
+        checkpoint=CheckpointConfig(keep=1, async_save=False),
+        logging=LoggingConfig(progress=None, tensorboard=False),
+        eval=EvalConfig(num_problems=8, n=1, ks=(1,), max_new_tokens=lens[1]),
+    )
+    validate(cfg)
+    return cfg
+
+
+def train(method: str, model: Any, tokenizer: Any, cfg: Any, mesh: Any) -> tuple[Any, dict]:
+    """Runs one trainer stage in memory (nothing written); returns (model, {first/last loss or reward})."""
+    from jax_cat.training import run_grpo, run_sft
+
+    fn = run_sft if method == "sft" else run_grpo
+    result = fn(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=None, stage=method)
+    key = "loss" if method == "sft" else "reward"
+    vals = [row[key] for row in result.history if key in row]
+    return result.model, {f"first_{key}": vals[0] if vals else None, f"last_{key}": vals[-1] if vals else None}
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def evaluate(model: Any, tokenizer: Any, problems: dict[str, list[dict]], s: Settings, max_new: int) -> dict:
+    """pass@1 and pass@{eval_samples} (unbiased, bootstrap 95% CI) on each skill's held-out problems."""
+    from jax_cat.training.default_run import pass_at_k_eval
+
+    out = {}
+    ks = tuple(sorted({1, s.eval_samples}))
+    for name, probs in problems.items():
+        r = pass_at_k_eval(model, tokenizer, probs, n=s.eval_samples, ks=ks, max_new_tokens=max_new, seed=s.seed + 1)
+        rows = r["pass@k"]
+        out[name] = {f"pass@{k}": m for k, m in zip(rows["k"], rows["mean"])}
+        out[name]["pass@1_ci"] = [rows["ci_low"][0], rows["ci_high"][0]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def _state(model: Any) -> Any:
+    from flax import nnx
+
+    return nnx.split(model)[1]
+
+
+def _with_state(model: Any, state: Any) -> Any:
+    from flax import nnx
+
+    return nnx.merge(nnx.split(model)[0], state)
+
+
+def dots_search(name: str, base_model: Any, vectors: list[Any], tokenizer: Any, query_ids: list[list[int]],
+                s: Settings, out: Path, max_new: int, say) -> dict:
+    """One Vizier study over base + a*v_sft + b*v_rl (a, b in [coeff_low, coeff_high]) scored on unlabeled queries
+    (consistency max, perplexity min); the automatic pick within ppl_budget of the base. Returns the pick + trials."""
+    from merging.objectives import Candidates, ObjectiveConfig, evaluate_candidate
+    from merging.search import Metric, SearchSpace, pick, run_search
+
+    ocfg = ObjectiveConfig(votes=s.votes, temperature=s.search_temperature, max_new_tokens=max_new, seed=s.seed)
+    key = f"{s.perplexity}_perplexity"
+    ref = evaluate_candidate(base_model, tokenizer, query_ids, ocfg).metrics()
+    cands = Candidates(base_model, vectors)
+
+    def objective(p: dict[str, float]) -> dict[str, float]:
+        m = evaluate_candidate(cands.model([p["sft"], p["rl"]]), tokenizer, query_ids, ocfg).metrics()
+        return {**m, "perplexity": m[key]}
+
+    db = out / f"vizier_{name}.db"
+    for f in out.glob(f"vizier_{name}.db*"):
+        f.unlink()  # a fresh study each run (the comparison is per run)
+    space = SearchSpace({"sft": (s.coeff_low, s.coeff_high), "rl": (s.coeff_low, s.coeff_high)})
+    records = run_search(objective, space, [Metric("consistency", "max"), Metric("perplexity", "min")],
+                         num_trials=s.trials, db_path=db, study_id=f"repro_{name}", designer=s.designer)
+    best = pick(records, reference_perplexity=ref[key], budget=s.ppl_budget)
+    if best is None:
+        raise RuntimeError(f"search {name}: no trial with finite metrics (all {len(records)} infeasible)")
+    say(f"    {name}: {len(records)} trials, pick sft={best.parameters['sft']:.3f} rl={best.parameters['rl']:.3f} "
+        f"(consistency {best.metrics['consistency']:.3f}, {s.perplexity} ppl {best.metrics['perplexity']:.3f}; "
+        f"base {ref['consistency']:.3f} / {ref[key]:.3f})")
+    return {"pick": dict(best.parameters), "pick_metrics": dict(best.metrics), "reference": ref,
+            "trials": [r.row() for r in records], "model": cands.model([best.parameters["sft"], best.parameters["rl"]])}
+
+
+def vector_properties(tau_sft: Any, tau_rl: Any, density: float) -> dict:
+    """The DoTS paper's three properties on our vectors: magnitude ratio, sign interference, per-module spread."""
+    from merging.analysis import compare
+
+    cmp = compare(tau_sft, tau_rl, top_fraction=density, labels=("sft", "rl"))
+    total = cmp.total()
+    per_tensor = [st.ratio_l2 for st in cmp.per_tensor.values() if st.b2 > 0 and st.a2 > 0]
+    mods = {}
+    for mod, st in cmp.by_module().items():
+        mods[str(mod)] = {"n": st.n, "l2_sft": st.l2_a, "l2_rl": st.l2_b, "ratio_l2": st.ratio_l2,
+                          "share_sft": st.a2 / total.a2 if total.a2 else math.nan,
+                          "share_rl": st.b2 / total.b2 if total.b2 else math.nan,
+                          "conflict_rate": st.conflict_rate}
+    return {"total": total.metrics(), "per_tensor_ratio_min": float(np.min(per_tensor)) if per_tensor else math.nan,
+            "per_tensor_ratio_max": float(np.max(per_tensor)) if per_tensor else math.nan, "by_module": mods, "table": cmp.table()}
+
+
+# ------------------------------------------------------------------------------------------------ report
+LABELS = {
+    "base": "base", "sft": "SFT (sft task)", "rl": "RL (rl task, GRPO)", "seq": "sequential SFT->RL",
+    "joint": "joint SFT+RL (interleaved)", "avg": "plain average of SFT and RL", "half_sft": "base + 1/2 tau_sft",
+    "half_rl": "base + 1/2 tau_rl", "ta": "task arithmetic (1, 1)", "ties": "TIES", "dare": "DARE",
+    "dots": "DoTS (sparse + rescale + search)", "dots_dense": "ablation: search over dense vectors",
+    "dots_norescale": "ablation: sparse, no rescale, search",
+}
+
+
+def results_table(res: dict) -> str:
+    """Markdown table: one row per method, pass@1 / pass@k per skill, their mean, wall seconds."""
+    s = res["settings"]
+    rl, sft, k = s["rl_task"], s["sft_task"], s["eval_samples"]
+    head = (f"| method | {sft} pass@1 | {sft} pass@{k} | {rl} pass@1 | {rl} pass@{k} | mean pass@1 | coefficients "
+            f"| wall s |\n|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, m in res["models"].items():
+        e = m["eval"]
+        mean = (e[sft]["pass@1"] + e[rl]["pass@1"]) / 2
+        coeffs = m.get("coefficients")
+        c = "" if coeffs is None else ", ".join(f"{x:.2f}" for x in coeffs)
+        lines.append(f"| {LABELS.get(name, name)} | {e[sft]['pass@1']:.3f} | {e[sft][f'pass@{k}']:.3f} | "
+                     f"{e[rl]['pass@1']:.3f} | {e[rl][f'pass@{k}']:.3f} | {mean:.3f} | {c} | {m['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def properties_table(p: dict) -> str:
+    t = p["total"]
+    return "\n".join([
+        "| property | here | DoTS paper |", "|---|---|---|",
+        f"| magnitude ratio \\|\\|tau_sft\\|\\| / \\|\\|tau_rl\\|\\| (global L2) | {t['ratio_l2']:.2f} "
+        f"(per tensor {p['per_tensor_ratio_min']:.2f} to {p['per_tensor_ratio_max']:.2f}) | ~30x |",
+        f"| sign interference (opposite signs among entries both change) | {t['conflict_rate']:.1%} | ~45% |",
+        f"| sign interference among both vectors' top {p['top_fraction']:.0%} | {t['conflict_rate_significant']:.1%} | - |",
+        f"| cosine(tau_sft, tau_rl) | {t['cosine']:.3f} | - |",
+    ])
+
+
+def plot_results(res: dict, path: Path) -> Path:
+    """Bar chart: pass@1 on each skill per method (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = res["settings"]
+    names = list(res["models"])
+    a = [res["models"][n]["eval"][s["sft_task"]]["pass@1"] for n in names]
+    b = [res["models"][n]["eval"][s["rl_task"]]["pass@1"] for n in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=120)
+    ax.bar(x - 0.2, a, 0.4, label=f"{s['sft_task']} (SFT skill)", color="C1")
+    ax.bar(x + 0.2, b, 0.4, label=f"{s['rl_task']} (RL skill)", color="C0")
+    ax.set_xticks(x, [LABELS.get(n, n).replace(" (", "\n(") for n in names], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("pass@1 (held-out)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{s['eval_problems']} held-out problems per skill, n={s['eval_samples']} samples each", fontsize=9)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def plot_search(res: dict, path: Path) -> Path:
+    """Each study's trials in (consistency, perplexity), the pick circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for i, name in enumerate(("dots", "dots_dense", "dots_norescale")):
+        st = res["searches"].get(name)
+        if not st:
+            continue
+        xs = [t["consistency"] for t in st["trials"]]
+        ys = [t["perplexity"] for t in st["trials"]]
+        ax.scatter(xs, ys, s=14, color=f"C{i}", label=LABELS[name], alpha=0.7)
+        ax.scatter([st["pick_metrics"]["consistency"]], [st["pick_metrics"]["perplexity"]], s=90,
+                   facecolors="none", edgecolors=f"C{i}")
+    ref = res["searches"]["dots"]["reference"]
+    ax.axhline(ref[f"{res['settings']['perplexity']}_perplexity"], color="0.5", ls="--", lw=1, label="base perplexity")
+    ax.set_xlabel("consistency on unlabeled queries (max)")
+    ax.set_ylabel(f"{res['settings']['perplexity']} perplexity (min)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def _save_fig(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def reproduce(s: Settings, *, say=_say) -> dict:
+    """Runs the whole comparison into s.out; returns the results dict (also `<out>/results.json`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_cat.training.runtime import build_mesh, load_model
+    from merging import dots_sparsify, task_vector
+    from merging.methods import DareMerge, TaskArithmeticMerge, TiesMerge, merge
+    from merging.task_vectors import combine
+
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    clock = Clock()
+    say(f"reproduce_dots -> {out}: RL skill {s.rl_task}, SFT skill {s.sft_task}; loadavg {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs, JAX devices {jax.devices()}")
+
+    # 0. data and the base checkpoint
+    data_dir = out / "data"
+    ds = {n: write_dataset(n, s, data_dir) for n in (s.rl_task, s.sft_task)}
+    problems = {n: task(n, s).test_set() for n in (s.sft_task, s.rl_task)}
+    chat = s.base_model != "tiny-arithmetic"
+    if chat:
+        init_path = Path(s.base_model)
+    else:
+        from jax_cat.models.tiny import build_arithmetic_checkpoint
+
+        init_path = out / "init"
+        if not (init_path / "config.json").is_file():
+            build_arithmetic_checkpoint(init_path, seed=s.seed)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(init_path)
+    chat = chat and bool(getattr(tokenizer, "chat_template", None))
+    lens = _lengths(tokenizer, [s.rl_task, s.sft_task], s, chat)
+    max_new = lens[1]
+    cfg = lambda method, steps, lr, seed, dataset: trainer_config(  # noqa: E731
+        s, method=method, model_path=init_path, dataset=dataset, steps=steps, lr=lr, seed=seed, lens=lens, chat=chat)
+    sizes = [int(x) for x in s.mesh.split(",")]
+    devices = None if -1 in sizes else jax.devices()[: math.prod(sizes)]
+    mesh = build_mesh(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), devices)
+    init_model, tokenizer = load_model(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), mesh)
+
+    models: dict[str, dict] = {}
+
+    def record(name: str, model: Any, seconds: float, **extra) -> None:
+        t0 = time.perf_counter()
+        ev = evaluate(model, tokenizer, problems, s, max_new)
+        e = ", ".join(f"{k} pass@1 {v['pass@1']:.3f}" for k, v in ev.items())
+        say(f"  {LABELS.get(name, name)}: {e}  ({seconds:.0f}s; eval {time.perf_counter() - t0:.0f}s)")
+        models[name] = {"eval": ev, "seconds": seconds, **extra}
+
+    # 1. base
+    if chat or s.base_steps == 0:
+        base, info = init_model, {}
+    else:
+        say(f"[1/6] base: {s.base_steps} SFT steps on {s.rl_task}")
+        base, info = clock.run("base", train, "sft", init_model, tokenizer,
+                               cfg("sft", s.base_steps, s.base_lr, s.seed, ds[s.rl_task]), mesh)
+    record("base", base, clock.seconds.get("base", 0.0), train=info)
+
+    # 2. SFT, RL, sequential, joint
+    say(f"[2/6] SFT on {s.sft_task} ({s.sft_steps} steps), RL GRPO on {s.rl_task} ({s.rl_steps} steps), "
+        f"sequential, joint")
+    sft, info = clock.run("sft", train, "sft", base, tokenizer, cfg("sft", s.sft_steps, s.sft_lr, s.seed,
+                                                                      ds[s.sft_task]), mesh)
+    record("sft", sft, clock.seconds["sft"], train=info)
+    rl, info = clock.run("rl", train, "grpo", base, tokenizer, cfg("grpo", s.rl_steps, s.rl_lr, s.seed,
+                                                                     ds[s.rl_task]), mesh)
+    record("rl", rl, clock.seconds["rl"], train=info)
+    seq, info = clock.run("seq_rl", train, "grpo", sft, tokenizer, cfg("grpo", s.rl_steps, s.rl_lr, s.seed,
+                                                                         ds[s.rl_task]), mesh)
+    record("seq", seq, clock.seconds["sft"] + clock.seconds["seq_rl"], train=info)
+    joint, rounds = base, max(1, s.joint_rounds)
+    for r in range(rounds):  # interleave chunks of the same budgets; a new data order each round
+        sft_chunk, rl_chunk = max(1, s.sft_steps // rounds), max(1, s.rl_steps // rounds)
+        joint, _ = clock.run("joint", train, "sft", joint, tokenizer,
+                             cfg("sft", sft_chunk, s.sft_lr, s.seed + 100 + r, ds[s.sft_task]), mesh)
+        joint, _ = clock.run("joint", train, "grpo", joint, tokenizer,
+                             cfg("grpo", rl_chunk, s.rl_lr, s.seed + 100 + r, ds[s.rl_task]), mesh)
+    record("joint", joint, clock.seconds["joint"], rounds=rounds)
+
+    # 3. task vectors and their properties
+    say("[3/6] task vectors, properties, fixed merges")
+    b_state, sft_state, rl_state = _state(base), _state(sft), _state(rl)
+    tau_sft = clock.run("vectors", task_vector, sft_state, b_state, dtype=jnp.float32)
+    tau_rl = clock.run("vectors", task_vector, rl_state, b_state, dtype=jnp.float32)
+    props = vector_properties(tau_sft, tau_rl, s.density)
+    props["top_fraction"] = s.density
+    say(props["table"])
+
+    def fixed(name: str, fn, coeffs=None) -> None:
+        t0 = time.perf_counter()
+        merged = jax.block_until_ready(fn())
+        record(name, _with_state(base, merged), time.perf_counter() - t0, coefficients=coeffs)
+
+    fixed("avg", lambda: combine(b_state, [tau_sft, tau_rl], [0.5, 0.5]), [0.5, 0.5])
+    fixed("half_sft", lambda: combine(b_state, [tau_sft, tau_rl], [0.5, 0.0]), [0.5, 0.0])
+    fixed("half_rl", lambda: combine(b_state, [tau_sft, tau_rl], [0.0, 0.5]), [0.0, 0.5])
+    fixed("ta", lambda: merge(b_state, [sft_state, rl_state], TaskArithmeticMerge(coefficients=(1.0, 1.0))), [1, 1])
+    fixed("ties", lambda: merge(b_state, [sft_state, rl_state],
+                                TiesMerge(coefficients=(1.0, 1.0), density=s.ties_density)), [1, 1])
+    fixed("dare", lambda: merge(b_state, [sft_state, rl_state],
+                                DareMerge(coefficients=(1.0, 1.0), density=s.dare_density, seed=s.seed)), [1, 1])
+    # the plain average of the two models, computed as such, equals base + 1/2 tau_sft + 1/2 tau_rl
+    avg_direct = jax.tree.map(lambda a, b: (a + b) / 2, sft_state, rl_state)
+    avg_gap = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(
+        jax.tree.leaves(avg_direct), jax.tree.leaves(combine(b_state, [tau_sft, tau_rl], [0.5, 0.5]))))
+
+    # 4. queries: unlabeled prompts of both skills (answers never used)
+    qprompts = []
+    for n in (s.sft_task, s.rl_task):
+        qprompts += [p["prompt"] for p in task(n, s).batch(0, s.queries_per_task, split="dots-queries")]
+    from merging.objectives import chat_prompt_ids
+
+    query_ids = chat_prompt_ids(tokenizer, qprompts)
+
+    # 5. the three searches
+    say(f"[4/6] DoTS searches: {s.trials} trials each ({s.designer}), {len(qprompts)} unlabeled queries x "
+        f"{s.votes} votes")
+    variants = {
+        "dots": lambda: [dots_sparsify(tau_sft, s.density), dots_sparsify(tau_rl, s.density)],
+        "dots_dense": lambda: [tau_sft, tau_rl],
+        "dots_norescale": lambda: [dots_sparsify(tau_sft, s.density, rescale=False),
+                                   dots_sparsify(tau_rl, s.density, rescale=False)],
+    }
+    searches = {}
+    for name, make in variants.items():
+        t0 = time.perf_counter()
+        vecs = jax.block_until_ready(make())
+        st = dots_search(name, base, vecs, tokenizer, query_ids, s, out, max_new, say)
+        seconds = time.perf_counter() - t0
+        model = st.pop("model")
+        searches[name] = dict(st, seconds=seconds)
+        record(name, model, seconds, coefficients=[st["pick"]["sft"], st["pick"]["rl"]])
+
+    # 6. report
+    say("[5/6] report")
+    res = {
+        "settings": dataclasses.asdict(s),
+        "command": "python scripts/reproduce_dots.py " + " ".join(sys.argv[1:]),
+        "models": models,
+        "searches": searches,
+        "properties": {k: v for k, v in props.items() if k != "table"},
+        "properties_table": props["table"],
+        "average_equals_half_vectors_max_abs_diff": avg_gap,
+        "stage_seconds": clock.seconds,
+        "wall_seconds": time.perf_counter() - t_start,
+        "loadavg_end": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+    _atomic_write_text(out / "results.json", json.dumps(res, indent=1, default=float) + "\n")
+    md = "\n\n".join([results_table(res), properties_table(res["properties"] | {"top_fraction": s.density}),
+                      "```\n" + props["table"] + "\n```"])
+    _atomic_write_text(out / "results.md", md + "\n")
+    plot_results(res, out / "dots_methods.png")
+    plot_search(res, out / "dots_search.png")
+    say(md)
+    say(f"[6/6] wrote {out / 'results.json'}, results.md, dots_methods.png, dots_search.png in "
+        f"{res['wall_seconds']:.0f}s")
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python scripts/reproduce_dots.py", description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(Settings):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                       help=f"default {f.default}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                 if getattr(args, f.name) is not None}
+    try:
+        s = Settings(**overrides)
+    except ValueError as err:
+        print(f"reproduce_dots.py: error: {err}", file=sys.stderr)
+        return 2
+    reproduce(s)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""The embedded default run end to end with tiny step counts: its outputs, their structure and sane values."""
+import json
+
+import numpy as np
+import pytest
+
+from jax_cat.training.default_run import DefaultRun, format_table, main, run_default, warm_start
+
+TINY = DefaultRun(test_size=4, sft_steps=6, sft_batch_size=32, sft_learning_rate=3e-3, sft_warmup_steps=0,
+                  grpo_steps=2, grpo_prompts=4, group_size=4, eval_samples=4, log_every=1)
+# 4 held-out problems x 4 samples: the same sampler shapes as a rollout batch (4 prompts x 4), so one compile serves both
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("default")
+    lines: list[str] = []
+    results = run_default(TINY, out, say=lines.append)
+    return out, results, lines
+
+
+def test_outputs_exist_and_load(tiny_run):
+    out, results, _ = tiny_run
+    assert json.loads((out / "results.json").read_text())["models"].keys() == {"sft", "grpo", "grpo_cat"}
+    assert (out / "passk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"sft", "grpo", "grpo_cat"}
+    from jax_cat.models import load_hf
+
+    for stage in ("grpo", "grpo_cat"):  # each RL model's HF checkpoint, loadable, with the 18-token vocabulary
+        model = load_hf(out / stage / "final")
+        assert model.config.vocab_size == 18 and model.config.model_type == "llama"
+    assert (out / "checkpoints" / "sft").is_dir() and (out / "warm_start" / "config.json").is_file()
+
+
+def test_values_are_sane(tiny_run):
+    out, results, lines = tiny_run
+    sft_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    sft_loss = [r["loss"] for r in sft_rows if r["stage"] == "sft"]
+    assert len(sft_loss) == TINY.sft_steps
+    assert sft_loss[-1] < sft_loss[0] - 0.3  # from ~log(18) = 2.9 at init, 6 steps at 3e-3 clearly lower it
+    assert abs(sft_loss[0] - np.log(18)) < 0.3  # a random init predicts about uniformly
+    for name, model in results["models"].items():
+        rows = model["pass@k"]
+        assert rows["k"] == [1, 2, 4]
+        means = np.asarray(rows["mean"])
+        assert np.all((0 <= means) & (means <= 1)), name
+        assert np.all(np.diff(means) >= -1e-12), name  # pass@k never decreases in k
+        assert np.all(np.asarray(rows["ci_low"]) <= means + 1e-12) and np.all(means <= np.asarray(rows["ci_high"]) + 1e-12)
+    assert results["models"]["grpo"]["strategy"] == "pass@1"
+    assert results["models"]["grpo_cat"]["strategy"] == "pass@8"
+    assert results["num_problems"] == 4
+    table = format_table(results)
+    assert table in "\n".join(lines) and "CAT - plain" in table
+
+
+def test_warm_start_is_cached(tiny_run):
+    out, results, _ = tiny_run
+    assert results["models"]["sft"]["train"]["reused"] is False
+    path, info = warm_start(TINY, out, out / "base")
+    assert info["reused"] is True and path == out / "warm_start"
+    # a different SFT setting does not reuse it (the fingerprint covers the SFT config)
+    from jax_cat.training.default_run import _fingerprint, trainer_config
+
+    a = trainer_config(TINY, method="sft", model_path=out / "base").to_dict()
+    b = trainer_config(DefaultRun(**{**TINY.__dict__, "sft_steps": 7}), method="sft", model_path=out / "base").to_dict()
+    assert _fingerprint(a) != _fingerprint(b)
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="preset"):
+        DefaultRun(preset="level3")  # variable-width prompts
+    with pytest.raises(ValueError, match="group_size"):
+        DefaultRun(group_size=0)
+    with pytest.raises(ValueError):
+        DefaultRun(cat_strategy="pass@x")
+    with pytest.raises(SystemExit):
+        main(["--sft-steps", "many"])
+
+
+def test_arithmetic_batch_draws_verifiable_fresh_problems():
+    from jax_cat.data.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask.from_preset("sum3_2d", test_size=50)
+    batch = task.batch(7, 400)
+    assert batch == task.batch(7, 400) and batch != task.batch(8, 400)  # a pure function of (seed, split, index)
+    held_out = task.test_prompts()
+    for p in batch:
+        a, b, c = p["prompt"].rstrip("=").split("+")
+        assert len(a) == len(b) == len(c) == 2 and p["prompt"] not in held_out
+        assert p["answer"] == f"{int(a) + int(b) + int(c):03d}" == p["solution"]  # Python's integers are the reference
+    # digit counts uniform over {1, 2} as in problem(i): one-digit operands are < 10
+    one_digit = np.mean([int(x) < 10 for p in batch for x in p["prompt"].rstrip("=").split("+")])
+    assert 0.43 < one_digit < 0.57
+
+
+def test_arithmetic_tokenizer_round_trip(tmp_path):
+    from transformers import AutoTokenizer
+
+    from jax_cat.models.tiny import build_arithmetic_checkpoint
+
+    path = build_arithmetic_checkpoint(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = tok("12+05+67=")["input_ids"]
+    assert len(tok) == 18 and ids[0] == tok.bos_token_id and len(ids) == 10  # <bos> + one token per character
+    assert tok.decode(ids, skip_special_tokens=True) == "12+05+67="
+    assert tok("084", add_special_tokens=False)["input_ids"] == [4, 12, 8]  # ids: 4 specials, then "0123456789+-*="
