@@ -12,21 +12,24 @@ initialised first and each process reads its own data shard.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jax_cat.train", description=__doc__.splitlines()[0])
+
+PROG = "python -m jax_cat.train"
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])  # adds --debug (tracebacks on errors)
     p.add_argument("--config", default=None, help="recipe file (.toml/.json) or name in configs/ (e.g. grpo_cat)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--list", action="store_true", help="list the named recipes and exit")
     return p
 
@@ -50,65 +53,48 @@ def _distributed_init() -> None:
         )
 
 
-def _error(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _train(argv: list[str]) -> int:
+    """Parse, check the config and mesh before anything compiles, then run; bad input raises (see jax_cat.cli)."""
     args = build_parser().parse_args(argv)
     if not argv:
-        try:
-            from jax_cat.training import default_run
-        except ImportError:
-            print("The embedded default run (jax_cat.training.default_run) is not installed yet; run a recipe:\n"
-                  "  python -m jax_cat.train --config grpo_cat --out runs/grpo_cat", file=sys.stderr)
-            return 2
+        from jax_cat.training import default_run
+
         return int(default_run.main(args) or 0)
 
-    from jax_cat.training.config import ConfigError, load_config, recipe_names
+    from jax_cat.training.config import check_mesh, load_config, recipe_names
 
     if args.list:
         print("\n".join(recipe_names()))
         return 0
-    try:
-        cfg = load_config(args.config, args.overrides)
-        _distributed_init()
-        import jax
+    cfg = load_config(args.config, args.overrides)  # ConfigError (a ValueError): one line, exit 2
+    _distributed_init()
+    import jax
 
-        from jax_cat.training.config import check_mesh
-
-        check_mesh(cfg, jax.device_count())
-    except ConfigError as err:
-        if args.debug:
-            raise
-        return _error(str(err))
+    check_mesh(cfg, jax.device_count())
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "run")
     if args.resume and not (out / "checkpoints").is_dir():
-        return _error(f"--resume: no checkpoints in {out}/checkpoints (start without --resume)")
+        raise CLIError(f"--resume: no checkpoints in {out}/checkpoints (start without --resume)")
 
     from jax_cat.training.run import run
     from jax_cat.training.runtime import NonFiniteLoss
 
     try:
         summary = run(cfg, out=out, resume=args.resume)
-    except ConfigError as err:
-        if args.debug:
-            raise
-        return _error(str(err))
-    except NonFiniteLoss as err:
-        if args.debug:
-            raise
-        return _error(str(err), code=1)
+    except NonFiniteLoss as err:  # not bad input and not a bug: the run stopped, checkpoints kept; exit 1
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        return _error("interrupted (resume with --resume)", code=130)
-    import jax
-
+        print(f"{PROG}: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
     if jax.process_index() == 0:
         _report(summary, out)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; returns the exit status (bad input: one stderr line, exit 2; `--debug` adds the traceback)."""
+    quiet_third_party()
+    return run_cli(_train, argv, prog=PROG)
 
 
 def _report(summary: dict, out: Path) -> None:

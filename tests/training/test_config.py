@@ -74,8 +74,10 @@ def _cli(*args, timeout=120):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--set", "train.stpes=3"], "error: unknown config key 'train.stpes'; did you mean 'train.steps'?"),
-    (["--set", "mesh.data=3"], "error: mesh data=3 x fsdp=1 x tensor=1 needs 3 devices; this run has 8"),
+    (["--set", "train.stpes=3"],
+     "python -m jax_cat.train: error: unknown config key 'train.stpes'; did you mean 'train.steps'?"),
+    (["--set", "mesh.data=3"],
+     "python -m jax_cat.train: error: mesh data=3 x fsdp=1 x tensor=1 needs 3 devices; this run has 8"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, expected, tmp_path):
     proc, _ = _cli(*args, "--out", str(tmp_path / "run"))
