@@ -16,13 +16,17 @@ Default skills (char-level "plain" prompts, the shipped 18-token arithmetic toke
 The base is a fresh tiny model (`jax_cat.models.tiny.build_arithmetic_checkpoint`) SFT-trained on add2 only.
 
     python scripts/reproduce_dots.py --out runs/dots_repro                 # the documented CPU default
+    python scripts/reproduce_dots.py --out runs/dots_seeds --seeds 0,1,2 --designer GAUSSIAN_PROCESS_BANDIT \
+        --query-pool 64                                                   # mean +- std over seeds, GP bandit,
+                                                                          # the authors' easy/hard query draw
     python scripts/reproduce_dots.py --out runs/x --base-model PATH --rl-task add2 --sft-task sub2 --mesh 1,4,1
 
 Everything goes through the library: the trainer (`jax_cat.training.run_sft/run_grpo`), the merges
 (`merging.merge` with `TaskArithmeticMerge/TiesMerge/DareMerge`), the DoTS pieces (`merging.dots_sparsify`,
 `merging.objectives.Candidates/evaluate_candidate`, `merging.search.run_search/pick`), the evaluation
 (`jax_cat.training.default_run.pass_at_k_eval`: unbiased pass@k, bootstrap CIs). Writes `<out>/results.json`,
-`<out>/results.md` (the tables) and `<out>/dots_*.png`.
+`<out>/results.md` (the tables) and `<out>/dots_*.png`; with --seeds, one such folder per seed (`<out>/seed<N>`) and
+`<out>/seeds.md` / `seeds.json` (mean +- std over the seeds done so far).
 """
 from __future__ import annotations
 
@@ -63,6 +67,9 @@ class Settings:
     rl_task / sft_task: a name of `_task_specs()` ("add2", "sub2", "mul1") or an arithmetic preset ("sum3",
       "level2", ...); the RL model learns rl_task, the SFT model sft_task.
     style: arithmetic prompt style ("plain" for the char model; "natural" for chat models).
+    query_pool: 0 = the search queries are the first queries_per_task prompts of each skill's query split; N > 0 =
+      the authors' difficulty-based draw: N prompts per skill scored by base + S(tau_sft) and base + S(tau_rl)
+      (5 votes), then `merging.objectives.select_queries` keeps queries_per_task easy + queries_per_task hard ones.
     mesh: "data,fsdp,tensor" device mesh of every training stage (-1 = the remaining devices; batch sizes must
       divide over data x fsdp). Without a -1 the first data*fsdp*tensor devices are used.
     """
@@ -96,13 +103,14 @@ class Settings:
     coeff_low: float = 0.25
     coeff_high: float = 1.5
     queries_per_task: int = 16
+    query_pool: int = 0
     votes: int = 7
     search_temperature: float = 0.6
     perplexity: str = "answer"
     ppl_budget: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("base_steps", "sft_steps", "rl_steps", "joint_rounds"):
+        for name in ("base_steps", "sft_steps", "rl_steps", "joint_rounds", "query_pool"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "rl_prompts", "group_size", "eval_problems", "eval_samples", "trials",
@@ -525,10 +533,26 @@ def reproduce(s: Settings, *, say=_say) -> dict:
     # 4. queries: unlabeled prompts of both skills (answers never used)
     qprompts = []
     for n in (s.sft_task, s.rl_task):
-        qprompts += [p["prompt"] for p in task(n, s).batch(0, s.queries_per_task, split="dots-queries")]
+        qprompts += [p["prompt"] for p in task(n, s).batch(0, s.query_pool or s.queries_per_task,
+                                                           split="dots-queries")]
     from merging.objectives import chat_prompt_ids
 
     query_ids = chat_prompt_ids(tokenizer, qprompts)
+    query_selection = None
+    if s.query_pool:  # the authors' draw: easy and hard queries by the two sparse models' consistency (no labels)
+        from merging.objectives import (Candidates, ObjectiveConfig, evaluate_candidate, query_difficulty,
+                                        select_queries)
+
+        t0 = time.perf_counter()
+        cands = Candidates(base, [dots_sparsify(tau_sft, s.density), dots_sparsify(tau_rl, s.density)])
+        qcfg = ObjectiveConfig(votes=5, temperature=s.search_temperature, max_new_tokens=max_new, seed=s.seed)
+        cons = [evaluate_candidate(cands.model(c), tokenizer, query_ids, qcfg).per_query for c in ([1, 0], [0, 1])]
+        diff = query_difficulty(cons)
+        keep = select_queries(diff, n_easy=s.queries_per_task, n_hard=s.queries_per_task, seed=s.seed)
+        qprompts, query_ids = [qprompts[i] for i in keep], [query_ids[i] for i in keep]
+        query_selection = {"pool": len(diff), "kept": keep, "difficulty": diff.tolist(),
+                           "seconds": time.perf_counter() - t0}
+        say(f"    query draw: {len(keep)} of {len(diff)} pool queries (difficulty <= 0.8, easy/hard halves)")
 
     # 5. the three searches
     say(f"[4/6] DoTS searches: {s.trials} trials each ({s.designer}), {len(qprompts)} unlabeled queries x "
@@ -556,6 +580,7 @@ def reproduce(s: Settings, *, say=_say) -> dict:
         "command": "python scripts/reproduce_dots.py " + " ".join(sys.argv[1:]),
         "models": models,
         "searches": searches,
+        "query_selection": query_selection,
         "properties": {k: v for k, v in props.items() if k != "table"},
         "properties_table": props["table"],
         "average_equals_half_vectors_max_abs_diff": avg_gap,
@@ -577,11 +602,53 @@ def reproduce(s: Settings, *, say=_say) -> dict:
     return res
 
 
+def seeds_table(runs: dict[int, dict]) -> str:
+    """Markdown table over seeds: mean +- sample std (ddof 1) of each method's pass@1 per skill and their mean,
+    plus the searched coefficients and wall seconds."""
+    first = next(iter(runs.values()))
+    s = first["settings"]
+    rl, sft = s["rl_task"], s["sft_task"]
+    ms = lambda xs: (f"{np.mean(xs):.3f} +- {np.std(xs, ddof=1):.3f}" if len(xs) > 1  # noqa: E731
+                     else f"{xs[0]:.3f}")
+    lines = [f"| method | {sft} pass@1 | {rl} pass@1 | mean pass@1 | coefficients (sft, rl) per seed | wall s |",
+             "|---|---|---|---|---|---|"]
+    for name in first["models"]:
+        rows = [r["models"][name] for r in runs.values()]
+        a = [m["eval"][sft]["pass@1"] for m in rows]
+        b = [m["eval"][rl]["pass@1"] for m in rows]
+        c = "; ".join(", ".join(f"{x:.2f}" for x in m["coefficients"]) for m in rows
+                      if name.startswith("dots") and m.get("coefficients"))
+        lines.append(f"| {LABELS.get(name, name)} | {ms(a)} | {ms(b)} | {ms([(x + y) / 2 for x, y in zip(a, b)])} "
+                     f"| {c} | {np.mean([m['seconds'] for m in rows]):.0f} |")
+    ratio = [r["properties"]["total"]["ratio_l2"] for r in runs.values()]
+    conf = [r["properties"]["total"]["conflict_rate"] for r in runs.values()]
+    lines += ["", f"seeds {list(runs)}; magnitude ratio {ms(ratio)}, sign conflict {ms(conf)}; wall s per seed "
+              + ", ".join(f"{r['wall_seconds']:.0f}" for r in runs.values())]
+    return "\n".join(lines)
+
+
+def reproduce_seeds(s: Settings, seeds: list[int], *, say=_say) -> dict[int, dict]:
+    """The whole pipeline once per seed (model init, training, sampling, search) into <out>/seed<N>; after each seed
+    <out>/seeds.md and <out>/seeds.json hold the mean +- std table of the seeds done so far."""
+    out, runs = Path(s.out), {}
+    for seed in seeds:
+        runs[seed] = reproduce(dataclasses.replace(s, seed=seed, out=str(out / f"seed{seed}")), say=say)
+        table = seeds_table(runs)
+        _atomic_write_text(out / "seeds.md", table + "\n")
+        _atomic_write_text(out / "seeds.json", json.dumps({str(k): {"models": v["models"], "properties": v["properties"],
+                                                                    "wall_seconds": v["wall_seconds"]}
+                                                           for k, v in runs.items()}, indent=1, default=float) + "\n")
+        say(table)
+    return runs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python scripts/reproduce_dots.py", description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Settings):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
                        help=f"default {f.default}")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: the whole run per seed into "
+                   "<out>/seed<N>, then mean +- std over seeds in <out>/seeds.md (overrides --seed)")
     return p
 
 
@@ -591,10 +658,16 @@ def main(argv: list[str] | None = None) -> int:
                  if getattr(args, f.name) is not None}
     try:
         s = Settings(**overrides)
+        seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",") if x.strip()]
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"--seeds must be distinct integers, got {args.seeds!r}")
     except ValueError as err:
         print(f"reproduce_dots.py: error: {err}", file=sys.stderr)
         return 2
-    reproduce(s)
+    if seeds is None:
+        reproduce(s)
+    else:
+        reproduce_seeds(s, seeds)
     return 0
 
 

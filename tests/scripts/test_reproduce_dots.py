@@ -48,6 +48,25 @@ def test_results_table_mean_is_the_mean_of_the_two_skills():
     assert row == "| DoTS (sparse + rescale + search) | 0.250 | 0.500 | 0.750 | 1.000 | 0.500 | 0.50, 1.25 | 12 |"
 
 
+def test_seeds_table_is_mean_and_sample_std_over_seeds():
+    def run(sub2, add2, coeffs, ratio):
+        return {"settings": {"rl_task": "add2", "sft_task": "sub2"}, "wall_seconds": 100.0,
+                "properties": {"total": {"ratio_l2": ratio, "conflict_rate": 0.5}},
+                "models": {"dots": {"eval": {"sub2": {"pass@1": sub2}, "add2": {"pass@1": add2}}, "seconds": 10.0,
+                                    "coefficients": coeffs}}}
+    table = rd.seeds_table({0: run(0.1, 0.5, [1.0, 0.5], 20.0), 1: run(0.3, 0.5, [0.25, 1.5], 30.0)})
+    # sub2: mean .2, std sqrt(((.1-.2)^2 + (.3-.2)^2) / 1) = .1414; skill mean per seed .3 and .4 -> .35 +- .0707
+    assert table.splitlines()[2] == ("| DoTS (sparse + rescale + search) | 0.200 +- 0.141 | 0.500 +- 0.000 | "
+                                     "0.350 +- 0.071 | 1.00, 0.50; 0.25, 1.50 | 10 |")
+    assert "magnitude ratio 25.000 +- 7.071" in table
+
+
+def test_bad_seeds_is_one_line_exit_2(capsys):
+    assert rd.main(["--seeds", "0,0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds" in err[0]
+
+
 def test_bad_setting_is_one_line_exit_2(capsys):
     assert rd.main(["--density", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
