@@ -64,8 +64,8 @@ def test_pick_within_budget_else_lowest_perplexity():
 
 
 # ---------------------------------------------------------------------------------------------- Vizier
-@pytest.mark.parametrize("designer", ["QUASI_RANDOM_SEARCH", "NSGA2"])
-def test_search_finds_the_known_pareto_set(tmp_path, designer):
+def test_search_finds_the_known_pareto_set(tmp_path, designer="QUASI_RANDOM_SEARCH"):
+    """The geometric checks need a deterministic designer: quasi-random (Halton) points are the same every run."""
     records = run_search(synthetic, SPACE, METRICS, num_trials=40, db_path=tmp_path / "v.db", designer=designer)
     assert len(records) == 40 and [r.trial_id for r in records] == list(range(1, 41))
     pts = np.array([[r.metrics["consistency"], r.metrics["perplexity"]] for r in records])
@@ -81,6 +81,17 @@ def test_search_finds_the_known_pareto_set(tmp_path, designer):
     best = pick(records, reference_perplexity=synthetic({"sft": 1.0, "rl": 1.0})["perplexity"], budget=0.5)
     assert np.linalg.norm(np.array([best.parameters["sft"], best.parameters["rl"]]) - A) < 0.5
     assert not jax.config.read("jax_enable_x64")  # Vizier's service turns it on globally; we restore it
+
+
+def test_nsga2_designer_runs_and_covers_the_front(tmp_path):
+    """Vizier's NSGA2 samples uniformly at random (unseeded) until it has 100 trials, so below that only loose,
+    run-independent checks hold: 40 distinct trials, and a hypervolume well above what a bad search gives."""
+    records = run_search(synthetic, SPACE, METRICS, num_trials=40, db_path=tmp_path / "v.db", designer="NSGA2")
+    assert [r.trial_id for r in records] == list(range(1, 41))
+    assert len({(r.parameters["sft"], r.parameters["rl"]) for r in records}) == 40
+    pts = np.array([[r.metrics["consistency"], r.metrics["perplexity"]] for r in records])
+    assert hypervolume_2d(pts, REF) >= 0.85 * hypervolume_2d(_true_front(), REF)  # 10 runs: .952-.983
+    assert not jax.config.read("jax_enable_x64")
 
 
 def test_resume_continues_the_same_study_without_repeating_trials(tmp_path):
