@@ -31,15 +31,35 @@ PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || PY="$(command -v python)"
 WORK="${MUTATION_WORKDIR:-$(mktemp -d -t jax-cat-mutation-XXXX)}"
 mkdir -p "$WORK"
-cp -r "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"
+# configs/: jax_cat/training/recipes is a symlink to ../../configs (recipes ship as package data).
+cp -r "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/configs" "$ROOT/pyproject.toml" "$WORK/"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
+# mutmut maps each test to the functions it reaches (trampoline hits) in ONE stats process: a JIT cache hit skips
+# the trace, so a test that reuses a function compiled by an earlier test would not be mapped to it (and would not
+# be run against its mutants). Clear JAX's caches before each test of the stats run (scratch copy only).
+cat >> "$WORK/tests/conftest.py" <<'PY'
+
+
+@pytest.fixture(autouse=True)
+def _mutation_sh_fresh_jax_caches():
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        import jax
+
+        jax.clear_caches()
+    yield
+PY
 tests_toml=$(printf '"%s", ' "${TESTS[@]}")
 cat >> "$WORK/pyproject.toml" <<TOML
 
 [tool.mutmut]
 paths_to_mutate = ["$MODULE"]
 tests_dir = [${tests_toml%, }]
-also_copy = ["jax_cat", "merging", "tests"]
+also_copy = ["jax_cat", "merging", "tests", "configs"]
+# forkserver: mutmut's default forks each mutant from its main process, which has run the clean tests by then; with
+# JAX that child inherits JAX's threads (a forked child can deadlock; mutmut scores the hang as a "timeout", i.e. a
+# kill) and its JIT caches (a mutant inside a function the parent already compiled unmutated would not be traced: a false
+# survivor). The fork server only collects the tests, so every mutant starts with no JAX state.
+process_isolation = "forkserver"
 TOML
 cd "$WORK"
 unset PYTHONPATH  # mutmut's copy under $WORK/mutants must be what the tests import
