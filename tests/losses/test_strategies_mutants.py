@@ -173,3 +173,148 @@ def test_strategy_from_spec_accepts_every_documented_spelling():
     for bad in ("pass16", "pass@", "pass@-1", "maj@8:k=", "maj@8;k=3", "bon@4x", "maj@8:j=3", "top@3"):
         with pytest.raises(ValueError, match="not understood"):
             strategy_from_spec(bad)
+
+
+def test_majority_monte_carlo_is_reproducible_across_processes():
+    """The Monte Carlo subsets come from a fixed seed, not from the process: the same value after the subset cache
+    is dropped (as in a fresh process; test_strategies checks it against the exact enumeration)."""
+    rng = np.random.default_rng(3)
+    answers = list(rng.choice(["a", "b", "c"], size=22, p=[0.45, 0.35, 0.2]))
+    correct = [a == "a" for a in answers]
+    n = 9  # C(22, 9) = 497,420 > MAJORITY_EXACT_LIMIT -> Monte Carlo
+    assert math.comb(22, n) > st.MAJORITY_EXACT_LIMIT
+    first = MajorityAtN(n).estimate(correct, answers=answers)
+    st._subsets.cache_clear()
+    assert MajorityAtN(n).estimate(correct, answers=answers) == first
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def closed_form_success(n):
+    """S(p; k) = sum_{i>=k} C(n,i) p^i (1-p)^(n-i), written out term by term (the CAT paper's maj@N success)."""
+    comb = jnp.asarray([math.comb(n, i) for i in range(n + 1)], jnp.float64)
+    i = jnp.arange(n + 1, dtype=jnp.float64)
+
+    def S(p, k):
+        return jnp.sum(jnp.where(i >= k, comb * p ** i * (1 - p) ** (n - i), 0.0))
+    return S
+
+
+P_GRID = np.array([0.0, 1e-3, 0.05, 0.3, 0.5, 0.77, 0.999, 1.0])
+
+
+def test_majority_weights_equal_autodiff_of_the_closed_form_for_every_threshold():
+    """rl_weight = dS/dp (jax.grad of the written-out S) and sft_weight = p S'/S, for every k of n = 1, 4, 7,
+    as a per-element threshold array (the dynamic consensus threshold varies by prompt), in float64."""
+    rl_fn = jax.jit(majority_rl_weight, static_argnums=1)  # one compile per n (eager op-by-op is slower here)
+    sft_fn = jax.jit(majority_sft_weight, static_argnums=1)
+    with jax.enable_x64(True):
+        for n in (1, 4, 7):
+            ks = np.arange(1, n + 1)
+            pp, kk = np.meshgrid(P_GRID, ks)  # [n, len(P_GRID)]
+            S_fn = closed_form_success(n)
+            S = np.asarray(jax.jit(jax.vmap(S_fn))(pp.ravel(), kk.ravel())).reshape(pp.shape)
+            grad = np.asarray(jax.jit(jax.vmap(jax.grad(S_fn)))(pp.ravel(), kk.ravel())).reshape(pp.shape)
+            inner = (pp > 0) & (pp < 1)  # p^0 has no derivative at p = 0 in autodiff; the ends are checked below
+            rl = rl_fn(jnp.asarray(pp), n, jnp.asarray(kk))
+            assert rl.dtype == jnp.float64 and rl.shape == pp.shape
+            np.testing.assert_allclose(np.asarray(rl)[inner], grad[inner], rtol=1e-10, atol=1e-12)
+            # the paper's form N C(N-1, k-1) p^(k-1) (1-p)^(N-k) = N * Binomial(N-1, p).pmf(k-1), ends included
+            np.testing.assert_allclose(rl, n * stats.binom.pmf(kk - 1, n - 1, pp), rtol=1e-10, atol=1e-12)
+            sft = np.asarray(sft_fn(jnp.asarray(pp), n, jnp.asarray(kk)))
+            # atol: the written-out S loses ~1e-16 absolute to cancellation near p = 1
+            np.testing.assert_allclose(sft[inner], (pp * grad / S)[inner], rtol=1e-10, atol=1e-14)
+            np.testing.assert_allclose(sft[:, 0], ks, rtol=1e-12)  # p -> 0: S ~ C(n,k) p^k, so p S'/S -> k
+            np.testing.assert_allclose(sft[:, -1], np.where(ks == n, n, 0.0), atol=1e-12)  # p = 1: 0 unless k = n
+        # the strategy object passes its own k, or the override, to the same functions
+        np.testing.assert_allclose(MajorityAtN(7, 3).rl_weight(jnp.asarray(P_GRID)), rl[2], rtol=1e-12)
+        np.testing.assert_allclose(MajorityAtN(7).sft_weight(jnp.asarray(P_GRID), k=jnp.asarray(ks)[:, None]), sft,
+                                   rtol=1e-12)
+
+
+def test_majority_weights_keep_the_dtype_and_clip_a_traced_threshold():
+    p = np.array([0.2, 0.6], np.float32)
+    both = jax.jit(lambda q: (majority_rl_weight(q, 4, 2), majority_sft_weight(q, 4, 2)))
+    assert [w.dtype for w in both(jnp.asarray(p, jnp.bfloat16))] == [jnp.bfloat16] * 2
+    assert [w.dtype for w in both(1)] == [jnp.float32] * 2  # an int p is cast to the default float
+    # under jit k cannot be checked: it is clipped into [1, n]
+    rl = jax.jit(lambda q, k: majority_rl_weight(q, 4, k))
+    sft = jax.jit(lambda q, k: majority_sft_weight(q, 4, k))
+    np.testing.assert_allclose(rl(p, 9), 4 * stats.binom.pmf(3, 3, p), rtol=1e-6)  # k -> 4
+    np.testing.assert_allclose(rl(p, -3), 4 * stats.binom.pmf(0, 3, p), rtol=1e-6)  # k -> 1
+    np.testing.assert_allclose(sft(p, 9), 4.0, rtol=1e-6)  # k = n: S = p^n, p S'/S = n
+    np.testing.assert_allclose(sft(p, 0), 4 * p * (1 - p) ** 3 / (1 - (1 - p) ** 4), rtol=1e-6)  # k = 1: pass@4
+
+
+def mp_log_tail(n, k, p):
+    """log P(Binomial(n, p) >= k) with 60-digit arithmetic (mpmath)."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        q = mpmath.mpf(p)
+        return float(mpmath.log(mpmath.fsum(mpmath.binomial(n, i) * q ** i * (1 - q) ** (n - i)
+                                            for i in range(k, n + 1))))
+
+
+def test_majority_success_in_log_space_matches_high_precision_far_into_the_tails():
+    """log S(p) against a 60-digit evaluation of the binomial tail, where S is far below float range (float64)."""
+    p = np.array([1e-300, 1e-30, 1e-3, 0.4, 0.5, 0.6, 1 - 1e-9])
+    with jax.enable_x64(True):
+        for n, k in ((1, 1), (6, 3), (6, 6), (40, 21)):
+            s = MajorityAtN(n, k)
+            got = np.asarray(s.log_success_probability(jnp.asarray(p)))
+            np.testing.assert_allclose(got, [mp_log_tail(n, k, x) for x in p], rtol=1e-10, atol=1e-14)
+            # end points: S(0) = 0 and S(1) = 1 exactly (0 * log 0 = 0)
+            ends = np.asarray(s.success_probability(jnp.asarray([0.0, 1.0])))
+            assert ends[0] == 0.0 and ends[1] == 1.0
+
+
+def test_log_success_from_logp_keeps_relative_precision_at_both_ends_float32():
+    """float32 log-probabilities: pass@1024 where p = exp(a) is below float32 eps (the series branch), and
+    a = -1e-15 (p == 1 to working precision), against float64 references."""
+    a = np.log(np.array([1e-7, 5e-8, 1e-9, 1e-20], np.float64)).astype(np.float32)
+    p = np.exp(a.astype(np.float64))
+    ref = np.log(-np.expm1(1024 * np.log1p(-p)))
+    np.testing.assert_allclose(PassAtN(1024).log_success_from_logp(jnp.asarray(a)), ref, rtol=2e-7)
+    near = jnp.asarray([-1e-15, -1e-20], jnp.float32)
+    # k = N: S = p^N, so log S = N a exactly; k < N: log S = log(1 - P(X < k)) ~ -C(N,k-1)(-a)^(N-k+1) = 0
+    np.testing.assert_allclose(MajorityAtN(16, 16).log_success_from_logp(near), 16 * np.asarray(near), rtol=1e-6)
+    for s in (MajorityAtN(16), MajorityAtN(16, 1), PassAtN(16)):
+        assert np.all(np.asarray(s.log_success_from_logp(near)) == 0.0), s.name
+    # k = N - 1 a little further from 0: log S = log(1 - P(X <= N-2)) ~ -C(N, 2) (1-p)^2, still resolved
+    a = np.float32(-1e-7)
+    want = mp_log_tail(16, 15, float(np.exp(np.float64(a))))
+    assert float(MajorityAtN(16, 15).log_success_from_logp(a)) == pytest.approx(want, rel=1e-5)
+
+
+
+def mp_log1mexp(a):
+    import mpmath
+
+    with mpmath.workdps(200):  # 1 - exp(-300) needs ~130 digits
+        return float(mpmath.log(1 - mpmath.exp(mpmath.mpf(float(a)))))
+
+
+def test_log1mexp_is_accurate_on_both_sides_of_minus_log2():
+    """log(1 - exp(a)) to working precision near a = 0 (expm1 side) and far below -log 2 (log1p side)."""
+    a = [-1e-30, -1e-6, -0.5, -0.69, -0.7, -1.0, -20.0, -50.0]
+    ref = np.array([mp_log1mexp(np.float32(x)) for x in a])
+    np.testing.assert_allclose(st._log1mexp(jnp.asarray(a, jnp.float32)), ref, rtol=3e-7)
+    with jax.enable_x64(True):
+        a = a + [-300.0]
+        ref = np.array([mp_log1mexp(x) for x in a])
+        np.testing.assert_allclose(st._log1mexp(jnp.asarray(a, jnp.float64)), ref, rtol=4e-15)
+
+
+def test_majority_outputs_follow_the_input_dtype_with_x64_enabled():
+    """float32 / bfloat16 p stay float32 / bfloat16 even when x64 is on (host tables must not promote)."""
+    m = MajorityAtN(5)
+    fns = {"success_probability": m.success_probability, "log_success_probability": m.log_success_probability,
+           "log_success_from_logp": lambda x: m.log_success_from_logp(jnp.log(x)), "rl_weight": m.rl_weight,
+           "sft_weight": m.sft_weight}
+    with jax.enable_x64(True):
+        for dt in (jnp.float32, jnp.bfloat16):
+            p = jnp.asarray([0.2, 0.5], dt)
+            for name, f in fns.items():
+                assert f(p).dtype == dt, (name, dt)
+        # and the value is the float32 one: S(0.2) for maj@5 (k = 3) = P(Binomial(5, .2) >= 3)
+        assert float(m.success_probability(jnp.float32(0.2))) == pytest.approx(stats.binom.sf(2, 5, 0.2), rel=1e-6)
