@@ -3,6 +3,8 @@
 #
 #   scripts/mutation.sh MODULE [TEST_FILE ...]
 #   e.g. scripts/mutation.sh jax_cat/rewards/extract.py
+#   env: MUTATION_JOBS (parallel children, default 2), MUTATION_WORKDIR (reuse a scratch copy), MUTATION_NAMES
+#   (rerun only these mutant names/globs in that scratch copy)
 #
 # Copies the package and tests to a scratch folder (mutmut rewrites files there, never in this checkout), runs
 # mutmut on MODULE against TEST_FILEs (default: the module's own tests, below), and prints the counts and the
@@ -18,7 +20,7 @@ else
   case "$MODULE" in
     jax_cat/rewards/extract.py) TESTS=(tests/rewards/test_extract.py tests/rewards/test_extract_mutants.py) ;;
     jax_cat/sampling/logits_processing.py) TESTS=(tests/sampling/test_logits_processing.py) ;;
-    jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/properties/test_identities.py) ;;
+    jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/losses/test_strategies_mutants.py tests/properties/test_identities.py) ;;
     jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat.py) ;;
     merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/properties/test_identities.py) ;;
     merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/properties/test_identities.py) ;;
@@ -64,7 +66,10 @@ TOML
 cd "$WORK"
 unset PYTHONPATH  # mutmut's copy under $WORK/mutants must be what the tests import
 echo "mutating $MODULE against ${TESTS[*]} in $WORK" >&2
-"$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > "$WORK/mutmut-run.log" 2>&1 || true
+# MUTATION_NAMES="name-or-glob ...": (re)run only these mutants, e.g. last run's survivors after adding tests
+# (with the same MUTATION_WORKDIR; mutmut keeps every other mutant's result).
+read -r -a NAMES <<< "${MUTATION_NAMES:-}"
+"$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" ${NAMES[@]+"${NAMES[@]}"} > "$WORK/mutmut-run.log" 2>&1 || true
 "$PY" -m mutmut results --all true > "$WORK/results.txt" 2>/dev/null || true
 total=$(grep -c ': ' "$WORK/results.txt" || true)
 killed=$(grep -cE ': (killed|timeout)$' "$WORK/results.txt" || true)
