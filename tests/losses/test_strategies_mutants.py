@@ -70,6 +70,8 @@ def test_estimate_many_equals_the_per_problem_brute_force():
             want = [brute(5, n, plurality(c, a, ties)) for c, a in zip(correct, answers)]
             got = MajorityAtN(n).estimate_many(correct, answers=answers, ties=ties)
             np.testing.assert_allclose(got, want, atol=1e-12)
+            if ties == "split":  # the default
+                np.testing.assert_allclose(MajorityAtN(n).estimate_many(correct, answers=answers), want, atol=1e-12)
         want = [brute(5, n, lambda s, c=c, sc=sc: np.mean([c[i] for i in s if sc[i] == max(sc[j] for j in s)]))
                 for c, sc in zip(correct, scores)]
         np.testing.assert_allclose(BestOfN(n).estimate_many(correct, scores=scores), want, atol=1e-12)
@@ -125,6 +127,8 @@ def test_estimator_errors_name_the_offending_input():
         BestOfN(1).estimate([1, 0], scores=[1.0, float("nan")])
     with pytest.raises(ValueError, match=r"BestOfN.estimate needs `scores`"):
         BestOfN(1).estimate([1, 0])
+    with pytest.raises(ValueError, match=r"MajorityAtN.estimate needs `answers` \(one hashable per sample"):
+        MajorityAtN(1).estimate([1, 0])
     with pytest.raises(ValueError, match=r"MajorityAtN.estimate: len\(answers\)=3 != len\(correct\)=2"):
         MajorityAtN(1).estimate([1, 0], answers=["a", "b", "c"])
     with pytest.raises(ValueError, match=r"ties must be 'split' or 'failure', got 'first'"):
