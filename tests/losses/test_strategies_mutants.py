@@ -313,6 +313,14 @@ def test_log1mexp_is_accurate_on_both_sides_of_minus_log2():
         np.testing.assert_allclose(st._log1mexp(jnp.asarray(a, jnp.float64)), ref, rtol=4e-15)
 
 
+def test_bool_and_int_probabilities_are_cast_to_float():
+    """p given as bools or ints (a deterministic verdict: p = 1 or 0) gives the values at p = 1 and p = 0."""
+    for p in (jnp.asarray([True, False]), jnp.asarray([1, 0])):
+        np.testing.assert_array_equal(PassAtN(4).rl_weight(p), [0.0, 4.0])  # N (1-p)^(N-1)
+        np.testing.assert_array_equal(majority_rl_weight(p, 3, 1), [0.0, 3.0])  # k = 1 is pass@3
+        assert PassAtN(4).rl_weight(p).dtype == jnp.float32
+
+
 def test_majority_outputs_follow_the_input_dtype_with_x64_enabled():
     """float32 p stays float32 even when x64 is on (the host-built float64 tables must not promote it)."""
     m = MajorityAtN(5)
