@@ -3,6 +3,8 @@
 #
 #   scripts/mutation.sh MODULE [TEST_FILE ...]
 #   e.g. scripts/mutation.sh jax_cat/rewards/extract.py
+#        scripts/mutation.sh merging/methods          (a folder: every module in it)
+#   MUTATION_NAMES="merging.sparsify.x_topk*" ...     (only the mutants matching these globs, space-separated)
 #
 # Copies the package and tests to a scratch folder (mutmut rewrites files there, never in this checkout), runs
 # mutmut on MODULE against TEST_FILEs (default: the module's own tests, below), and prints the counts and the
@@ -22,7 +24,7 @@ else
     jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat.py) ;;
     merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/properties/test_identities.py) ;;
     merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/properties/test_identities.py) ;;
-    merging/methods.py) TESTS=(tests/merging/test_task_vectors.py tests/merging/test_sparsify.py) ;;
+    merging/methods|merging/methods/) TESTS=(tests/merging/test_methods.py tests/merging/test_sparsify.py) ;;
     jax_cat/evaluate.py) TESTS=(tests/evaluate/test_evaluate.py tests/wiring/test_evaluate_wiring.py) ;;
     *) echo "no default tests for $MODULE: pass test files after it" >&2; exit 2 ;;
   esac
@@ -31,7 +33,7 @@ PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || PY="$(command -v python)"
 WORK="${MUTATION_WORKDIR:-$(mktemp -d -t jax-cat-mutation-XXXX)}"
 mkdir -p "$WORK"
-cp -r "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"
+cp -rL "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
 tests_toml=$(printf '"%s", ' "${TESTS[@]}")
 cat >> "$WORK/pyproject.toml" <<TOML
@@ -40,11 +42,26 @@ cat >> "$WORK/pyproject.toml" <<TOML
 paths_to_mutate = ["$MODULE"]
 tests_dir = [${tests_toml%, }]
 also_copy = ["jax_cat", "merging", "tests"]
+process_isolation = "forkserver"
 TOML
+# mutmut forks each mutant's test run from a process that already ran the clean tests, so JAX's jit caches hold
+# the ORIGINAL code of every jitted function (the trampoline is resolved at trace time): without this reset a
+# mutant inside a @jax.jit function would run the cached original and "survive". Clear the caches in each
+# mutant's child before its tests run.
+cat >> "$WORK/tests/conftest.py" <<'PY'
+
+
+def pytest_sessionstart(session):  # added by scripts/mutation.sh (scratch copy only)
+    if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", ""):
+        import jax
+
+        jax.clear_caches()
+PY
 cd "$WORK"
 unset PYTHONPATH  # mutmut's copy under $WORK/mutants must be what the tests import
 echo "mutating $MODULE against ${TESTS[*]} in $WORK" >&2
-"$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > "$WORK/mutmut-run.log" 2>&1 || true
+read -r -a NAMES <<< "${MUTATION_NAMES:-}"
+"$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" "${NAMES[@]}" > "$WORK/mutmut-run.log" 2>&1 || true
 "$PY" -m mutmut results --all true > "$WORK/results.txt" 2>/dev/null || true
 total=$(grep -c ': ' "$WORK/results.txt" || true)
 killed=$(grep -cE ': (killed|timeout)$' "$WORK/results.txt" || true)
