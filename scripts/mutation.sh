@@ -22,9 +22,9 @@ else
     jax_cat/sampling/logits_processing.py) TESTS=(tests/sampling/test_logits_processing.py) ;;
     jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/properties/test_identities.py) ;;
     jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat.py) ;;
-    merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/properties/test_identities.py) ;;
-    merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/properties/test_identities.py) ;;
-    merging/methods|merging/methods/) TESTS=(tests/merging/test_methods.py tests/merging/test_sparsify.py) ;;
+    merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/merging/test_task_vectors_mutants.py tests/merging/test_examples.py) ;;
+    merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/merging/test_sparsify_mutants.py) ;;
+    merging/methods|merging/methods/) TESTS=(tests/merging/test_methods.py tests/merging/test_methods_mutants.py) ;;
     jax_cat/evaluate.py) TESTS=(tests/evaluate/test_evaluate.py tests/wiring/test_evaluate_wiring.py) ;;
     *) echo "no default tests for $MODULE: pass test files after it" >&2; exit 2 ;;
   esac
