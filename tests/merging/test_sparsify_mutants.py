@@ -138,6 +138,7 @@ def test_global_norm_and_rescale_to_norm_against_numpy():
     assert sp.global_norm(tree, "l1") == np.abs(flat).sum()
     assert sp.global_norm(tree, "linf") == np.abs(flat).max()
     assert sp.global_norm(tree, "l1", filter="b") == np.abs(arrays["b"]).sum()
+    assert sp.global_norm(tree, "l1", exclude="b") == np.abs(arrays["a"]).sum()
     assert sp.global_norm({"z": jnp.zeros((0,))}, "linf") == 0.0 and sp.global_norm({}, "l2") == 0.0
     sparse = {n: jnp.asarray(np.where(np.abs(v) >= 1.5, v, 0)) for n, v in arrays.items()}
     sflat = np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in sparse.values()])
@@ -158,6 +159,11 @@ def test_global_norm_and_rescale_to_norm_against_numpy():
     out = sp.rescale_to_norm({"a": jnp.asarray([1.0, 0.0]), "b": jnp.asarray([2.0])},
                              {"a": jnp.asarray([3.0, 4.0]), "b": jnp.asarray([7.0])}, exclude="b")
     assert np.asarray(out["a"]).tolist() == [5.0, 0.0] and np.asarray(out["b"]).tolist() == [2.0]
+    out = sp.rescale_to_norm({"a": jnp.asarray([1.0, 0.0]), "b": jnp.asarray([2.0])},
+                             {"a": jnp.asarray([3.0, 4.0]), "b": jnp.asarray([7.0])}, filter="a", scope="tensor")
+    assert np.asarray(out["a"]).tolist() == [5.0, 0.0] and np.asarray(out["b"]).tolist() == [2.0]
+    with pytest.raises(ValueError, match=r"^shape differs at 'a': sparse \(2,\) vs reference \(3,\)$"):
+        sp.rescale_to_norm({"a": jnp.ones(2)}, {"a": jnp.ones(3)})
     out = sp.rescale_to_norm({"a": jnp.asarray([1.0, 0.0])}, {"a": jnp.zeros(2)})  # reference 0: factor 1
     assert np.asarray(out["a"]).tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="scope must be one of"):
@@ -181,6 +187,12 @@ def test_topk_rescale_hand_example():
     assert np.asarray(out["b"]).tolist() == [0.0, 12.0]
     out = sp.dots_sparsify(tau, 0.5, rescale=False)
     assert np.asarray(out["a"]).tolist() == [3.0, 0.0, 4.0, 0.0]
+    ties = {"a": jnp.asarray([2.0, -2.0, 1.0, 0.0])}  # k = 1 of 4: exactly one of the tied 2s, or both
+    assert np.asarray(sp.dots_sparsify(ties, 0.25, rescale=False)["a"]).tolist() == [2.0, 0.0, 0.0, 0.0]
+    assert np.asarray(sp.dots_sparsify(ties, 0.25, rescale=False, tie_break="keep_all")["a"]).tolist() == [
+        2.0, -2.0, 0.0, 0.0]
+    ten = {"a": jnp.asarray(np.arange(1.0, 11.0, dtype=np.float32))}  # default density 0.3: the 3 largest
+    assert np.asarray(sp.dots_sparsify(ten, rescale=False)["a"]).tolist() == [0.0] * 7 + [8.0, 9.0, 10.0]
     out = sp.dots_sparsify(tau, 0.5, topk_scope="global", rescale=False)  # k = 3 of 6: 12, 4, 3
     assert np.asarray(out["a"]).tolist() == [3.0, 0.0, 4.0, 0.0] and np.asarray(out["b"]).tolist() == [0.0, 12.0]
     out = sp.topk(tau, 0.25, rescale=Rescale("linf", "tensor"))  # k = 1 in a (4), b: k = 0 -> zeros, factor 1
