@@ -295,3 +295,26 @@ def test_moved_merges_are_still_importable():
     assert sp.ties is ties.ties and sp.ram_rescales is ram.ram_rescales and sp.ram_counts_leaf is ram.ram_counts_leaf
     with pytest.raises(AttributeError, match="module 'merging.sparsify' has no attribute 'nope'"):
         sp.nope  # noqa: B018
+
+
+def test_every_sparsifier_passes_unselected_leaves_through():
+    big = np.arange(1.0, 101.0, dtype=np.float32)
+    tree = {"keep": jnp.asarray(big), "sp": jnp.asarray(big)}
+    fns = {
+        "topk": lambda **kw: sp.topk(tree, 0.5, **kw),
+        "dots": lambda **kw: sp.dots_sparsify(tree, 0.5, **kw),
+        "dare": lambda **kw: sp.dare(tree, 0.5, **kw),
+        "breadcrumbs": lambda **kw: sp.breadcrumbs(tree, 0.5, **kw),
+    }
+    for name, f in fns.items():
+        for out in (f(filter="sp"), f(exclude="keep")):
+            assert np.asarray(out["keep"]).tolist() == big.tolist(), name
+            assert np.count_nonzero(np.asarray(out["sp"])) < 100, name
+    # breadcrumbs' default top_remove 0.01: floor(0.01 * 100) = 1 largest dropped, the next 50 kept
+    out = np.asarray(sp.breadcrumbs(tree, 0.5)["sp"])
+    assert out.tolist() == [0.0] * 49 + big[49:99].tolist() + [0.0]
+
+
+def test_traced_linf_rescale_of_an_empty_tensor():
+    out = jax.jit(lambda t: sp.topk(t, 0.5, rescale=Rescale("linf", "tensor")))({"e": jnp.zeros((0, 2))})
+    assert out["e"].shape == (0, 2)
