@@ -140,6 +140,7 @@ def test_global_norm_and_rescale_to_norm_against_numpy():
     assert sp.global_norm(tree, "l1", filter="b") == np.abs(arrays["b"]).sum()
     assert sp.global_norm(tree, "l1", exclude="b") == np.abs(arrays["a"]).sum()
     assert sp.global_norm({"z": jnp.zeros((0,))}, "linf") == 0.0 and sp.global_norm({}, "l2") == 0.0
+    assert sp.global_norm({}, "linf") == 0.0 and sp.global_norm({"i": jnp.int32(3)}, "linf") == 0.0
     sparse = {n: jnp.asarray(np.where(np.abs(v) >= 1.5, v, 0)) for n, v in arrays.items()}
     sflat = np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in sparse.values()])
     for norm, f in (("l2", lambda v: np.sqrt((v**2).sum())), ("l1", lambda v: np.abs(v).sum()),
@@ -168,6 +169,10 @@ def test_global_norm_and_rescale_to_norm_against_numpy():
     assert np.asarray(out["a"]).tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="scope must be one of"):
         sp.rescale_to_norm(sparse, tree, scope="row")
+    # per-tensor factor under jit with a concrete reference closed over (traced sparse, concrete reference)
+    ref = {"a": jnp.asarray([3.0, 4.0])}
+    out = jax.jit(lambda s: sp.rescale_to_norm(s, ref, scope="tensor"))({"a": jnp.asarray([1.0, 0.0])})
+    assert np.asarray(out["a"]).tolist() == [5.0, 0.0]
 
 
 def test_topk_rescale_hand_example():
@@ -225,6 +230,7 @@ def test_dare_drop_rescale_and_seeding():
     np.testing.assert_array_equal(raw, np.where(kept, np.asarray(x), 0))  # same mask, no rescale
     normed = sp.dare({"x": x}, 0.75, seed=2, rescale=Rescale("l1", "global"))
     assert float(jnp.abs(normed["x"]).sum()) == pytest.approx(float(np.abs(np.asarray(x)).sum()), rel=1e-6)
+    np.testing.assert_array_equal(sp.dare({"x": x}, 0.75)["x"], sp.dare({"x": x}, 0.75, seed=0)["x"])  # default seed 0
     other = np.asarray(sp.dare({"x": x}, 0.75, seed=3)["x"])
     assert not np.array_equal(other != 0, kept)  # another seed, another mask
     # under jit the same mask (the key comes from the seed and the path, not from the trace)
