@@ -146,3 +146,25 @@ def test_functions_are_jittable_with_passengers():
     tau = jax.jit(tv.task_vector)(ft, base)
     assert np.asarray(tau["w"]).tolist() == [1.0, -2.0]
     assert np.asarray(jax.jit(tv.scale)(tau, jnp.asarray(2.0))["w"]).tolist() == [2.0, -4.0]
+
+
+def test_structure_messages_in_every_branch():
+    a, b, c = jnp.zeros(1), jnp.ones(1), jnp.full(1, 2.0)
+    with pytest.raises(tv.TreeMismatchError) as err:  # the first tree has a path the second lacks
+        tv.add({"a": a, "b": b, "c": c}, {"a": a, "b": b})
+    assert str(err.value) == "pytree structure differs between first and second: path 'c' is in first but not in second"
+    from collections import OrderedDict
+
+    with pytest.raises(tv.TreeMismatchError) as err:  # same paths in another order: the first differing one
+        tv.add({"a": a, "b": b, "c": c}, OrderedDict([("a", a), ("c", c), ("b", b)]))
+    assert str(err.value).startswith("pytree structure differs between first and second: node types differ at or "
+                                     "above 'b' (")
+    with pytest.raises(tv.TreeMismatchError) as err:  # no leaves at all, different containers
+        tv.add({}, [])
+    assert str(err.value) == ("pytree structure differs between first and second: node types differ at or above '' "
+                              f"({jax.tree_util.tree_structure({})} vs {jax.tree_util.tree_structure([])})")
+    # a passenger leaf in the base is still checked against every task vector, not only the first
+    base = {"i": jnp.int32(1), "w": a}
+    with pytest.raises(tv.TreeMismatchError) as err:
+        tv.combine(base, [{"i": jnp.int32(0), "w": a}, {"i": jnp.zeros(()), "w": a}], [1.0, 1.0])
+    assert str(err.value) == "leaf kind differs at 'i': base has ArrayImpl() int32, taus[1] has ArrayImpl() float32"
