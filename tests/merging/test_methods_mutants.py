@@ -95,12 +95,14 @@ def test_ties_through_merge_and_pytree_function():
     # topk_scope="global": trim over the whole vector (here one tensor: the same as per tensor)
     out = methods.merge(base, fts, methods.TiesMerge(density=0.5, topk_scope="global"))
     np.testing.assert_allclose(np.asarray(out["w"]), 1 + TIES_05, rtol=1e-6)
-    taus = [{"w": jnp.asarray(t), "x": jnp.asarray([1.0])} for t in (T1, T2, T3)]
-    m = ties(taus, 0.5, exclude="x")
+    taus = [{"w": jnp.asarray(t), "b": jnp.asarray([1.0, 2.0]), "n": jnp.int32(i)} for i, t in enumerate((T1, T2, T3))]
+    m = ties(taus, 0.5, exclude="b")
     np.testing.assert_allclose(np.asarray(m["w"]), TIES_05, rtol=1e-6)
-    assert np.asarray(m["x"]).tolist() == [0.0]  # unselected leaves are zero in the merged task vector
+    assert np.asarray(m["b"]).tolist() == [0.0, 0.0]  # unselected leaves are zero in the merged task vector
+    assert int(m["n"]) == 0  # passengers from the first vector
+    assert np.asarray(ties(taus, 0.5)["b"]).tolist() == [0.0, 2.0]
     np.testing.assert_allclose(np.asarray(ties(taus, 0.5, scope="global", filter="w")["w"]), TIES_05, rtol=1e-6)
-    with pytest.raises(ValueError, match="pass coefficients or its old name weights, not both"):
+    with pytest.raises(ValueError, match="^pass coefficients or its old name weights, not both$"):
         ties(taus, coefficients=[1, 1, 1], weights=[1, 1, 1])
     with pytest.raises(ValueError, match="^ties needs at least one task vector$"):
         ties([])
@@ -144,10 +146,17 @@ def test_ram_through_merge():
 
 
 def test_ram_pytree_function_and_rescales():
-    a = [{"a": jnp.asarray(t[:4]), "b": jnp.asarray(t[4:])} for t in (R1, R2)]
-    out = ram(a, rescale_factor=1.2, exclude="b")  # counts over "a" only: v1 3 changed 1 shared, v2 2 / 1
-    np.testing.assert_allclose(np.asarray(out["a"]), [1.1, 4.8, 0, -1.1], rtol=1e-6)
-    assert np.asarray(out["b"]).tolist() == [0.0] * 4
+    a = [{"a": jnp.asarray(t[:4]), "b": jnp.asarray(t[4:]), "n": jnp.int32(i)} for i, t in enumerate((R1, R2))]
+    out = ram(a, rescale_factor=1.2, exclude="a")  # counts over "b" only: v1 3 changed 1 shared, v2 2 / 1
+    np.testing.assert_allclose(np.asarray(out["b"]), [6, 2, 7.7, 8.8], rtol=1e-6)
+    assert np.asarray(out["a"]).tolist() == [0.0] * 4 and int(out["n"]) == 0
+    # global counts differ from per-tensor ones here (see test_ram_through_merge)
+    fts2 = [{"a": jnp.asarray([1.0, 1.0, 0.0, 0.0]), "b": jnp.asarray([1.0, 1.0, 1.0, 0.0])},
+            {"a": jnp.asarray([1.0, 0.0, 1.0, 0.0]), "b": jnp.asarray([0.0, 0.0, 0.0, 1.0])}]
+    out = ram(fts2, rescale_factor=2.0)
+    np.testing.assert_allclose(np.concatenate([out["a"], out["b"]]), [1, 1.25, 1.5, 0, 1.25, 1.25, 1.25, 1.5])
+    out = ram(fts2, rescale_factor=2.0, scope="tensor")
+    np.testing.assert_allclose(np.concatenate([out["a"], out["b"]]), [1, 2, 2, 0, 1, 1, 1, 1])
     out = ram(a, rescale_factor=1.2, scope="tensor", coefficients=[1.0, 2.0])
     np.testing.assert_allclose(np.asarray(out["b"]), [10 * 1.2, (3 + 2) / 2, 7 * 1.1, 8 * 1.1], rtol=1e-6)
     # per-tensor counts under jit (summed on device)
@@ -166,7 +175,9 @@ def test_ram_pytree_function_and_rescales():
         ram(a, coefficients=[1.0, 1.0, 1.0])
     # 1 + (r - 1) * min(1, shared / unique); unique 0: rho = inf if shared else 0; r <= 1 is plain RAM
     np.testing.assert_allclose(ram_rescales([6, 4, 3, 0, 5], [2, 2, 3, 0, 0], 1.5), [1.25, 1.5, 1.5, 1.0, 1.0])
-    np.testing.assert_allclose(ram_rescales([6, 1], [5, 0], 1.2), [1.2, 1.0])
+    np.testing.assert_allclose(ram_rescales([6, 1, 1], [5, 0, 1], 1.2), [1.2, 1.0, 1.2])
+    r = ram_rescales([3], [1], 1.2)  # host path in float64: exactly 1 + 0.2 * 0.5
+    assert r.dtype == np.float64 and r.tolist() == [1.0 + (1.2 - 1.0) * 0.5]
     np.testing.assert_allclose(ram_rescales([6, 4], [2, 2], 0.5), [1.0, 1.0])
     np.testing.assert_allclose(np.asarray(ram_rescales(jnp.asarray([6.0, 3.0]), jnp.asarray([2.0, 3.0]), 2.0, xp=jnp)),
                                [1.5, 2.0])

@@ -324,3 +324,18 @@ def test_every_sparsifier_passes_unselected_leaves_through():
 def test_traced_linf_rescale_of_an_empty_tensor():
     out = jax.jit(lambda t: sp.topk(t, 0.5, rescale=Rescale("linf", "tensor")))({"e": jnp.zeros((0, 2))})
     assert out["e"].shape == (0, 2)
+
+
+def test_norms_over_several_host_chunks():
+    # 2^22 + 1 entries: two chunks of the host reduction; l1/l2 add the chunks, linf takes their max
+    n = (1 << 22) + 1
+    x = {"x": np.ones(n, np.float32)}
+    assert sp.global_norm(x, "l1") == n and sp.global_norm(x, "linf") == 1.0
+    assert sp.global_norm(x, "l2") == pytest.approx(np.sqrt(n), rel=1e-15)
+
+
+def test_global_topk_refuses_mixed_float_widths():
+    with jax.enable_x64(True):
+        tree = {"a": jnp.ones(4, jnp.float32), "b": jnp.ones(4, jnp.float64)}
+        with pytest.raises(TypeError, match=r"^global top-k over mixed dtypes \(float64 vs float32\) is not supported$"):
+            sp.topk(tree, 0.5, scope="global")
