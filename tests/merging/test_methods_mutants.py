@@ -176,8 +176,8 @@ def test_ram_pytree_function_and_rescales():
     # 1 + (r - 1) * min(1, shared / unique); unique 0: rho = inf if shared else 0; r <= 1 is plain RAM
     np.testing.assert_allclose(ram_rescales([6, 4, 3, 0, 5], [2, 2, 3, 0, 0], 1.5), [1.25, 1.5, 1.5, 1.0, 1.0])
     np.testing.assert_allclose(ram_rescales([6, 1, 1], [5, 0, 1], 1.2), [1.2, 1.0, 1.2])
-    r = ram_rescales([3], [1], 1.2)  # host path in float64: exactly 1 + 0.2 * 0.5
-    assert r.dtype == np.float64 and r.tolist() == [1.0 + (1.2 - 1.0) * 0.5]
+    r = ram_rescales([4], [1], 1.3)  # host path in float64: exactly 1 + 0.3 * (1/3), not a float32 ratio
+    assert r.dtype == np.float64 and r.tolist() == [1.0 + (1.3 - 1.0) * (1 / 3)]
     np.testing.assert_allclose(ram_rescales([6, 4], [2, 2], 0.5), [1.0, 1.0])
     np.testing.assert_allclose(np.asarray(ram_rescales(jnp.asarray([6.0, 3.0]), jnp.asarray([2.0, 3.0]), 2.0, xp=jnp)),
                                [1.5, 2.0])
@@ -318,6 +318,9 @@ def test_engine_dtypes_and_input_checks():
     # unselected tensors keep the base (and are still checked for NaN/Inf)
     two = {"a": jnp.asarray([1.0]), "b": jnp.asarray([2.0])}
     ft2 = {"a": jnp.asarray([5.0]), "b": jnp.asarray([7.0])}
+    # a passenger that is not an array (a Python int, a function) rides along from the base
+    out = methods.merge({**two, "n": 3, "f": len}, [{**ft2, "n": 4, "f": len}], methods.TaskArithmeticMerge())
+    assert out["n"] == 3 and out["f"] is len and float(out["b"][0]) == 7.0
     out = methods.merge(two, [ft2], methods.TaskArithmeticMerge(exclude="b"))
     assert float(out["a"][0]) == 5.0 and float(out["b"][0]) == 2.0
     out = methods.merge(two, [ft2], methods.TaskArithmeticMerge(filter="b"))
