@@ -339,3 +339,29 @@ def test_global_topk_refuses_mixed_float_widths():
         tree = {"a": jnp.ones(4, jnp.float32), "b": jnp.ones(4, jnp.float64)}
         with pytest.raises(TypeError, match=r"^global top-k over mixed dtypes \(float64 vs float32\) is not supported$"):
             sp.topk(tree, 0.5, scope="global")
+
+
+def test_rescale_to_a_reference_of_another_dtype():
+    out = sp.rescale_to_norm({"a": jnp.asarray([1.0, 0.0], jnp.bfloat16)}, {"a": jnp.asarray([3.0, 4.0], jnp.float32)})
+    assert out["a"].dtype == jnp.bfloat16 and np.asarray(out["a"], np.float32).tolist() == [5.0, 0.0]
+
+
+def test_statistics_passes_report_progress():
+    from merging.methods import DotsMerge
+    from merging.methods.engine import merge_tensors
+
+    calls = []
+
+    def progress(it, desc, total):
+        calls.append((desc, total))
+        return it
+
+    t = {"a": np.asarray([2.0, 1.0, 2.0, 0.0], np.float32), "b": np.asarray([2.0, 3.0], np.float32)}
+    # global top-k of 3 of 6 entries: 3 and two of the three tied 2s (ties split across tensors)
+    out = dict(merge_tensors(["a", "b"], {"a": (4,), "b": (2,)}, lambda n: np.zeros_like(t[n]), lambda i, n: t[n], 1,
+                             DotsMerge(density=0.5, topk_scope="global"), progress=progress))
+    f = np.sqrt(22.0 / 17.0)
+    np.testing.assert_allclose(np.concatenate([out["a"], out["b"]]), [2 * f, 0, 2 * f, 0, 0, 3 * f], rtol=1e-6)
+    assert calls == [("stats pass 1 (global top-k threshold)", 2), ("stats pass 2 (global top-k threshold)", 2),
+                     ("stats pass 3 (top-k ties at the threshold)", 2), ("stats pass 4 (global norms)", 2),
+                     ("merging", 2)]
