@@ -32,6 +32,8 @@ PY="$ROOT/.venv/bin/python"
 WORK="${MUTATION_WORKDIR:-$(mktemp -d -t jax-cat-mutation-XXXX)}"
 mkdir -p "$WORK"
 cp -r "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"
+# jax_cat/training/recipes is a symlink to configs/: copy its target too, or mutmut's copy of jax_cat fails
+[ -d "$ROOT/configs" ] && cp -r "$ROOT/configs" "$WORK/"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
 tests_toml=$(printf '"%s", ' "${TESTS[@]}")
 cat >> "$WORK/pyproject.toml" <<TOML
@@ -39,7 +41,12 @@ cat >> "$WORK/pyproject.toml" <<TOML
 [tool.mutmut]
 paths_to_mutate = ["$MODULE"]
 tests_dir = [${tests_toml%, }]
-also_copy = ["jax_cat", "merging", "tests"]
+also_copy = ["jax_cat", "merging", "tests", "configs"]
+# Fork each mutant's test run from a server that has only imported (collected) the tests, never run them. The
+# default ("fork") forks from the process that ran the stats and clean runs: the child inherits JAX's compile caches
+# (a jitted function traced there keeps the unmutated code) and XLA's thread pools, and with JAX tests it hangs
+# until mutmut's timeout, which is then counted as a kill.
+process_isolation = "forkserver"
 TOML
 cd "$WORK"
 unset PYTHONPATH  # mutmut's copy under $WORK/mutants must be what the tests import
