@@ -97,3 +97,16 @@ def test_sample_from_logits_defaults_sample_the_model_distribution():
     assert stats.chisquare(np.bincount(tok, minlength=3), probs * n).pvalue > 1e-3
     np.testing.assert_allclose(np.asarray(lp), np.log(probs)[tok], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(slp), np.log(probs)[tok], rtol=1e-5)
+
+
+def test_dtypes_stay_float32_and_int32_under_x64():
+    """With jax_enable_x64 on (a user's choice), the sampling functions still hand out float32 logits / log-probs and
+    int32 tokens, greedy or not: the documented dtypes, and the ones the decode loop's buffers hold."""
+    logits = jnp.array([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]], jnp.bfloat16)
+    keys = jax.random.split(jax.random.key(0), 2)
+    with jax.enable_x64(True):
+        assert process_logits(logits, temperature=0.5, top_k=2, top_p=0.9).dtype == jnp.float32
+        for greedy in (True, False):
+            tok, lp, slp = sample_from_logits(keys, logits, greedy=greedy)
+            assert (tok.dtype, lp.dtype, slp.dtype) == (jnp.int32, jnp.float32, jnp.float32), greedy
+        np.testing.assert_array_equal(sample_from_logits(keys, logits, greedy=True)[0], [1, 0])
