@@ -66,3 +66,15 @@ def test_non_strings_and_length_limit():
     assert not is_integer_answer(None) and not is_integer_answer(12)
     assert parse_number("1" * 400) == int("1" * 400) and parse_number("1" * 401) is None  # 400 chars at most
     assert clean_answer("-4 \\$") == "-4"  # a trailing escaped dollar after a number
+
+
+def test_bare_box_nested_box_and_answer_line():
+    """The brace-less `\\boxed 5` (accepted by the MATH reference code) wins over a later number; a box inside the
+    boxed content is part of the answer (the reference's last `\\boxed{...}` + remove_boxed keep the whole content);
+    "The answer is ..." reads its own line only, even when earlier lines exist or later ones hold numbers."""
+    from jax_cat.rewards.extract import extract_answer
+
+    assert extract_answer("\\boxed 5, not 7") == "5"
+    assert extract_answer("\\boxed{y = \\fbox{3} + 1}") == "y = \\fbox{3} + 1"
+    assert extract_answer("Step 1\nThe answer is 12 apples and 3 pears") == "12"
+    assert extract_answer("The answer is B\nWhy: 5\ndone") == "B"
