@@ -78,3 +78,17 @@ def test_bare_box_nested_box_and_answer_line():
     assert extract_answer("\\boxed{y = \\fbox{3} + 1}") == "y = \\fbox{3} + 1"
     assert extract_answer("Step 1\nThe answer is 12 apples and 3 pears") == "12"
     assert extract_answer("The answer is B\nWhy: 5\ndone") == "B"
+
+
+def test_units_currency_and_braces_around_numbers():
+    """A number followed by unit words is the number: lm-eval's GSM8K regex `#### (\\-?[0-9\\.\\,]+)` reads "5" from
+    "#### 5 apples"; the MATH normaliser (Hendrycks' strip_string) drops "\\$"; braces around the whole answer go,
+    braces around parts of it stay."""
+    from jax_cat.rewards.extract import extract_answer, normalize_answer
+
+    assert extract_answer("#### 5 apples") == "5"
+    assert clean_answer("1,000 dollars") == "1,000" and clean_answer("5 apples") == "5"
+    assert parse_number("3/4 cup") == Fraction(3, 4) and parse_number("-5 dollars") == -5
+    assert parse_number("\\$\\frac{1}{2}") == Fraction(1, 2) and normalize_answer("\\frac{1}{2}\\$") == "\\frac{1}{2}"
+    assert parse_number("5$ each") == 5
+    assert parse_number("{-5}") == -5 and normalize_answer("{1}+{2}") == "{1}+{2}"
