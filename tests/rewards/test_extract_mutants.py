@@ -92,3 +92,14 @@ def test_units_currency_and_braces_around_numbers():
     assert parse_number("\\$\\frac{1}{2}") == Fraction(1, 2) and normalize_answer("\\frac{1}{2}\\$") == "\\frac{1}{2}"
     assert parse_number("5$ each") == 5
     assert parse_number("{-5}") == -5 and normalize_answer("{1}+{2}") == "{1}+{2}"
+
+
+def test_a_variable_named_x_survives_the_stripping():
+    """Stripping $, *, trailing punctuation and dots removes those characters only, not a neighbouring "X"; and
+    LaTeX is case-sensitive (\\Delta is not \\delta), so only command-free answers are lower-cased."""
+    from jax_cat.rewards.extract import normalize_answer
+
+    assert clean_answer("$X+1") == "X+1" and clean_answer("1+X$") == "1+X"
+    assert clean_answer("**X**") == "X" and clean_answer("X.") == "X"
+    assert normalize_answer("2X") == "2x"
+    assert normalize_answer("\\Delta") == "\\Delta" != normalize_answer("\\delta")
