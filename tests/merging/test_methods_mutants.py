@@ -190,36 +190,30 @@ def test_ram_pytree_function_and_rescales():
         methods.RamMerge(count_scope="row")
 
 
+BAD_SETTINGS = [  # (settings, the words the error must contain)
+    (lambda: methods.DotsMerge(density=0), r"density must be in \(0, 1\], got 0"),
+    (lambda: methods.DotsMerge(topk_scope="row"), r"topk_scope must be one of \('tensor', 'global'\), got 'row'"),
+    (lambda: methods.DotsMerge(tie_break="x"), r"tie_break must be one of \('index', 'keep_all'\), got 'x'"),
+    (lambda: methods.DotsMerge(norm="l3"), "norm must be one of"),
+    (lambda: methods.DotsMerge(rescale_scope="row"), "scope must be one of"),
+    (lambda: methods.DotsMerge(rescale=False, norm="l2"), "dots with rescale=False: norm has no effect here"),
+    (lambda: methods.DotsMerge(rescale=False, norm="l2", rescale_scope="global"),
+     "dots with rescale=False: norm, rescale_scope have no effect here"),
+    (lambda: methods.DareMerge(density=1.5), r"density must be in \(0, 1\], got 1.5"),
+    (lambda: methods.DareMerge(rescale="l2"), r"rescale must be one of \('inverse', 'norm'\), got 'l2'"),
+    (lambda: methods.DareMerge(rescale="norm", norm="l3"), "norm must be one of"),
+    (lambda: methods.DareMerge(rescale_scope="tensor"), "dare with rescale='inverse': rescale_scope has no effect here"),
+    (lambda: methods.TiesMerge(density=0), r"density must be in \(0, 1\], got 0"),
+    (lambda: methods.TiesMerge(topk_scope="row"), "topk_scope must be one of"),
+    (lambda: methods.TiesMerge(tie_break="x"), "tie_break must be one of"),
+]
+
+
 def test_settings_checks_and_messages():
-    with pytest.raises(ValueError, match=r"density must be in \(0, 1\], got 0"):
-        methods.DotsMerge(density=0)
-    with pytest.raises(ValueError, match=r"topk_scope must be one of \('tensor', 'global'\), got 'row'"):
-        methods.DotsMerge(topk_scope="row")
-    with pytest.raises(ValueError, match=r"tie_break must be one of \('index', 'keep_all'\), got 'x'"):
-        methods.DotsMerge(tie_break="x")
-    with pytest.raises(ValueError, match="norm must be one of"):
-        methods.DotsMerge(norm="l3")
-    with pytest.raises(ValueError, match="scope must be one of"):
-        methods.DotsMerge(rescale_scope="row")
-    with pytest.raises(ValueError, match="dots with rescale=False: norm has no effect here"):
-        methods.DotsMerge(rescale=False, norm="l2")
-    with pytest.raises(ValueError, match="dots with rescale=False: norm, rescale_scope have no effect here"):
-        methods.DotsMerge(rescale=False, norm="l2", rescale_scope="global")
+    for make, words in BAD_SETTINGS:
+        with pytest.raises(ValueError, match=words):
+            make()
     methods.DotsMerge(rescale=False)
-    with pytest.raises(ValueError, match=r"density must be in \(0, 1\], got 1.5"):
-        methods.DareMerge(density=1.5)
-    with pytest.raises(ValueError, match=r"rescale must be one of \('inverse', 'norm'\), got 'l2'"):
-        methods.DareMerge(rescale="l2")
-    with pytest.raises(ValueError, match="norm must be one of"):
-        methods.DareMerge(rescale="norm", norm="l3")
-    with pytest.raises(ValueError, match="dare with rescale='inverse': rescale_scope has no effect here"):
-        methods.DareMerge(rescale_scope="tensor")
-    with pytest.raises(ValueError, match=r"density must be in \(0, 1\], got 0"):
-        methods.TiesMerge(density=0)
-    with pytest.raises(ValueError, match=r"topk_scope must be one of"):
-        methods.TiesMerge(topk_scope="row")
-    with pytest.raises(ValueError, match=r"tie_break must be one of"):
-        methods.TiesMerge(tie_break="x")
     with pytest.raises(ValueError, match=r"coefficients must be a sequence of numbers, got 3"):
         methods.TaskArithmeticMerge(coefficients=3)
     spec = methods.TaskArithmeticMerge(coefficients=[1, 2])
