@@ -78,20 +78,27 @@ def profile_jax(ckpt: Path, args) -> None:
         if m:
             op = re.search(r'op_name="([^"]*)"', line)
             meta[m.group(1)] = op.group(1) if op else ""
-    with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp):
-            run()
-        data = _profile_data.ProfileData.from_file(glob.glob(tmp + "/**/*.xplane.pb", recursive=True)[0])
-    total, count, whole = collections.Counter(), collections.Counter(), 0
-    for plane in data.planes:
-        for line in plane.lines:
-            for e in line.events:
-                if e.name.startswith("while"):
-                    whole += e.duration_ns
-                elif line.name.startswith("tf_XLAEigen") and not e.name.startswith("ThunkExecutor"):
-                    total[e.name] += e.duration_ns
-                    count[e.name] += 1
+    for _ in range(3):  # the trace now and then comes back without the per-op events: trace again
+        with tempfile.TemporaryDirectory() as tmp:
+            with jax.profiler.trace(tmp):
+                run()
+            data = _profile_data.ProfileData.from_file(glob.glob(tmp + "/**/*.xplane.pb", recursive=True)[0])
+        total, count, whole = collections.Counter(), collections.Counter(), 0
+        for plane in data.planes:
+            for line in plane.lines:
+                for e in line.events:
+                    if e.name.startswith("while"):
+                        whole += e.duration_ns
+                    elif line.name.startswith("tf_XLA") and not e.name.startswith(("ThunkExecutor", "PjRt", "Execute")):
+                        total[e.name] += e.duration_ns
+                        count[e.name] += 1
+        if total:
+            break
+        if os.environ.get("PROFILE_DEBUG"):
+            print("    no per-op events; lines:", {(p.name, ln.name) for p in data.planes for ln in p.lines})
     steps = args.new_tokens
+    if os.environ.get("PROFILE_DEBUG"):
+        print("    event counts:", collections.Counter(count.values()).most_common(8))
     per_bucket = collections.Counter()
     for name, ns in total.items():
         if count[name] >= steps:  # ran once per decode step: part of the while body
