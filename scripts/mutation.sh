@@ -3,13 +3,16 @@
 #
 #   scripts/mutation.sh MODULE [TEST_FILE ...]
 #   e.g. scripts/mutation.sh jax_cat/rewards/extract.py
-#   env: MUTATION_JOBS (parallel children, default 2), MUTATION_WORKDIR (reuse a scratch copy), MUTATION_NAMES
-#   (rerun only these mutant names/globs in that scratch copy)
+#   MUTATION_NAMES='jax_cat.evaluate.x_bootstrap_ci* jax_cat.evaluate.x_scaling_metrics*' \
+#     scripts/mutation.sh jax_cat/evaluate.py      # only the mutants of some functions (mutmut name globs)
+#   scripts/mutation.sh merging/methods            # a folder: every module in it
 #
 # Copies the package and tests to a scratch folder (mutmut rewrites files there, never in this checkout), runs
 # mutmut on MODULE against TEST_FILEs (default: the module's own tests, below), and prints the counts and the
 # surviving mutants (inspect one with `cd $WORK && mutmut show NAME`). Score = (killed + timeout) / all mutants;
 # "no tests" mutants count as survivors. Record the score in docs/testing.md.
+# MUTATION_WORKDIR=DIR reuses a scratch folder (mutmut keeps its results there; with MUTATION_NAMES the named
+# mutants are re-run, e.g. the survivors after adding tests). MUTATION_JOBS = parallel children (default 2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODULE="${1:?usage: scripts/mutation.sh MODULE [TEST_FILE ...]}"
@@ -19,13 +22,17 @@ if [ "$#" -gt 0 ]; then
 else
   case "$MODULE" in
     jax_cat/rewards/extract.py) TESTS=(tests/rewards/test_extract.py tests/rewards/test_extract_mutants.py) ;;
-    jax_cat/sampling/logits_processing.py) TESTS=(tests/sampling/test_logits_processing.py) ;;
-    jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/losses/test_strategies_mutants.py tests/properties/test_identities.py) ;;
+    jax_cat/sampling/logits_processing.py) TESTS=(tests/sampling/test_logits_processing.py tests/sampling/test_logits_processing_mutants.py) ;;
+    jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/losses/test_strategies_mutants.py
+                                        tests/properties/test_identities.py) ;;
     jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat.py) ;;
-    merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/properties/test_identities.py) ;;
-    merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/properties/test_identities.py) ;;
-    merging/methods.py) TESTS=(tests/merging/test_task_vectors.py tests/merging/test_sparsify.py) ;;
-    jax_cat/evaluate.py) TESTS=(tests/evaluate/test_evaluate.py tests/wiring/test_evaluate_wiring.py) ;;
+    merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/merging/test_task_vectors_mutants.py tests/merging/test_examples.py) ;;
+    merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/merging/test_sparsify_mutants.py) ;;
+    merging/methods|merging/methods/) TESTS=(tests/merging/test_methods.py tests/merging/test_methods_mutants.py) ;;
+    # the estimators only (run with the MUTATION_NAMES above); the end-to-end tests would cost ~30 s a mutant
+    jax_cat/evaluate.py) TESTS=(tests/evaluate/test_evaluate.py::test_scaling_metrics_on_a_hand_made_pool
+                                tests/evaluate/test_evaluate.py::test_bootstrap_ci tests/wiring/test_evaluate_wiring.py
+                                tests/evaluate/test_evaluate_mutants.py) ;;
     *) echo "no default tests for $MODULE: pass test files after it" >&2; exit 2 ;;
   esac
 fi
@@ -33,23 +40,10 @@ PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || PY="$(command -v python)"
 WORK="${MUTATION_WORKDIR:-$(mktemp -d -t jax-cat-mutation-XXXX)}"
 mkdir -p "$WORK"
-# configs/: jax_cat/training/recipes is a symlink to ../../configs (recipes ship as package data).
-cp -r "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/configs" "$ROOT/pyproject.toml" "$WORK/"
+cp -r "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"
+# jax_cat/training/recipes is a symlink to configs/: copy its target too, or mutmut's copy of jax_cat fails
+[ -d "$ROOT/configs" ] && cp -r "$ROOT/configs" "$WORK/"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
-# mutmut maps each test to the functions it reaches (trampoline hits) in ONE stats process: a JIT cache hit skips
-# the trace, so a test that reuses a function compiled by an earlier test would not be mapped to it (and would not
-# be run against its mutants). Clear JAX's caches before each test of the stats run (scratch copy only).
-cat >> "$WORK/tests/conftest.py" <<'PY'
-
-
-@pytest.fixture(autouse=True)
-def _mutation_sh_fresh_jax_caches():
-    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
-        import jax
-
-        jax.clear_caches()
-    yield
-PY
 tests_toml=$(printf '"%s", ' "${TESTS[@]}")
 cat >> "$WORK/pyproject.toml" <<TOML
 
@@ -57,20 +51,51 @@ cat >> "$WORK/pyproject.toml" <<TOML
 paths_to_mutate = ["$MODULE"]
 tests_dir = [${tests_toml%, }]
 also_copy = ["jax_cat", "merging", "tests", "configs"]
-# forkserver: mutmut's default forks each mutant from its main process, which has run the clean tests by then; with
-# JAX that child inherits JAX's threads (a forked child can deadlock; mutmut scores the hang as a "timeout", i.e. a
-# kill) and its JIT caches (a mutant inside a function the parent already compiled unmutated would not be traced: a false
-# survivor). The fork server only collects the tests, so every mutant starts with no JAX state.
+# Fork each mutant's test run from a server that has only imported (collected) the tests, never run them. The
+# default ("fork") forks from the process that ran the stats and clean runs: the child inherits JAX's compile caches
+# (a jitted function traced there keeps the unmutated code) and XLA's thread pools, and with JAX tests it hangs
+# until mutmut's timeout, which is then counted as a kill.
 process_isolation = "forkserver"
 TOML
+# Guard for the same reason: clear JAX's caches in each mutant's child before its tests run, in case the fork
+# server has traced something (a traced function keeps the unmutated code; the trampoline resolves at trace time).
+cat >> "$WORK/tests/conftest.py" <<'PY'
+
+
+def pytest_sessionstart(session):  # added by scripts/mutation.sh (scratch copy only)
+    if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", ""):
+        import jax
+
+        jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _mutation_sh_fresh_jax_caches():
+    """Stats run only: mutmut maps each test to the functions it reaches (trampoline hits) in ONE process, and a
+    JIT cache hit skips the trace, so a test reusing a function an earlier test compiled would not be mapped to it
+    (nor run against its mutants). Clear the in-memory caches before each test there."""
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        import jax
+
+        jax.clear_caches()
+    yield
+PY
+# JAX's persistent compilation cache, keyed by the compiled HLO: a mutant that changes a traced computation gets a
+# fresh compile, every other child reuses the executables (about half the test time of a JAX-heavy module).
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORK/jax-cache}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 cd "$WORK"
 unset PYTHONPATH  # mutmut's copy under $WORK/mutants must be what the tests import
 echo "mutating $MODULE against ${TESTS[*]} in $WORK" >&2
-# MUTATION_NAMES="name-or-glob ...": (re)run only these mutants, e.g. last run's survivors after adding tests
-# (with the same MUTATION_WORKDIR; mutmut keeps every other mutant's result).
 read -r -a NAMES <<< "${MUTATION_NAMES:-}"
-"$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" ${NAMES[@]+"${NAMES[@]}"} > "$WORK/mutmut-run.log" 2>&1 || true
-"$PY" -m mutmut results --all true > "$WORK/results.txt" 2>/dev/null || true
+"$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" "${NAMES[@]}" > "$WORK/mutmut-run.log" 2>&1 || true
+"$PY" -m mutmut results --all true 2>/dev/null | "$PY" -c '
+import fnmatch, sys
+globs = sys.argv[1:]
+for line in sys.stdin:
+    name = line.strip().split(": ")[0]
+    if not globs or any(fnmatch.fnmatchcase(name, g) for g in globs):
+        sys.stdout.write(line)' "${NAMES[@]}" > "$WORK/results.txt" || true
 total=$(grep -c ': ' "$WORK/results.txt" || true)
 killed=$(grep -cE ': (killed|timeout)$' "$WORK/results.txt" || true)
 echo "$MODULE: $killed of $total mutants killed ($(awk -v k="$killed" -v t="$total" 'BEGIN{if(t) printf "%.1f", 100*k/t; else print "n/a"}') %)"
