@@ -25,6 +25,7 @@ else
     jax_cat/sampling/logits_processing.py) TESTS=(tests/sampling/test_logits_processing.py) ;;
     jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/properties/test_identities.py) ;;
     jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat_mutants.py tests/losses/test_cat.py tests/losses/test_rl_reference.py) ;;
+    jax_cat/losses/alignment.py) TESTS=(tests/losses/test_alignment_mutants.py tests/losses/test_alignment.py) ;;
     merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/properties/test_identities.py) ;;
     merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/properties/test_identities.py) ;;
     merging/methods.py) TESTS=(tests/merging/test_task_vectors.py tests/merging/test_sparsify.py) ;;
