@@ -40,6 +40,7 @@ def test_token_surrogate_ppo_clip_by_hand(reduction, want):
     loss, m = rl(clip_eps_low=0.2, clip_eps_high=0.28, reduction=reduction)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     np.testing.assert_allclose(m["pg_loss"], want, rtol=1e-5)
+    np.testing.assert_allclose(m["loss"], want, rtol=1e-5)
     np.testing.assert_allclose(m["ppo_clip_frac"], 2 / 5, rtol=1e-6)
     np.testing.assert_allclose(m["ratio_mean"], RATIO_MEAN, rtol=1e-5)
     np.testing.assert_allclose(m["kl"], 0.0)
@@ -72,6 +73,11 @@ def test_sequence_surrogate_by_hand(reduction, want):
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     np.testing.assert_allclose(m["ppo_clip_frac"], 1 / 2, rtol=1e-6)  # of the 2 non-empty sequences
     np.testing.assert_allclose(m["ratio_mean"], E(0.3), rtol=1e-5)
+    # a one-token sequence counts as a sequence: rows of 1, 3, 0 tokens -> row 0 (ratio exp(0.3), A = 2) clipped,
+    # row 1 not: 1 of the 2 non-empty sequences
+    _, m1 = cat_rl_loss(LP, OLD, None, None, None, MASK.at[0, 1].set(False), PassAtN(1), advantages=ADV,
+                        clip_eps_low=0.2, clip_eps_high=0.28, surrogate="sequence")
+    np.testing.assert_allclose(m1["ppo_clip_frac"], 1 / 2, rtol=1e-6)
     unclipped, _ = rl(surrogate="sequence", reduction="token_sum")
     np.testing.assert_allclose(unclipped, -(2 * E(0.3) - E(0.3)) / 3, rtol=1e-5)  # -rho A summed over rows / 3
 
@@ -138,8 +144,12 @@ def test_sft_gradient_and_errors():
     with pytest.raises(ValueError, match="logits"):
         token_logprobs(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32))
     # token_logprobs against log_softmax by hand: logits [0, ln 3] -> log p = [log 1/4, log 3/4]
-    lp = token_logprobs(jnp.asarray([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]]), jnp.asarray([[0, 1]]))
+    logits = jnp.asarray([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]])
+    lp = token_logprobs(logits, jnp.asarray([[0, 1]]))
     np.testing.assert_allclose(lp, [[math.log(0.25), math.log(0.75)]], rtol=1e-6)
+    with jax.enable_x64(True):  # at least float32, never wider than the logits: no float64 copy of [B, T, V]
+        for dt, want in ((jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32), (jnp.float64, jnp.float64)):
+            assert token_logprobs(logits.astype(dt), jnp.asarray([[0, 1]])).dtype == want
 
 
 # ------------------------------------------------------------------------------------------------------------
