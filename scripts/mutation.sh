@@ -26,6 +26,9 @@ else
     jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/properties/test_identities.py) ;;
     jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat_mutants.py tests/losses/test_cat.py tests/losses/test_rl_reference.py) ;;
     jax_cat/losses/alignment.py) TESTS=(tests/losses/test_alignment_mutants.py tests/losses/test_alignment.py) ;;
+    jax_cat/losses/reduce.py) TESTS=(tests/losses/test_losses_small_mutants.py tests/losses/test_cat_mutants.py) ;;
+    jax_cat/losses/state.py) TESTS=(tests/losses/test_losses_small_mutants.py tests/losses/test_rl_reference.py) ;;
+    jax_cat/losses/config.py) TESTS=(tests/losses/test_losses_small_mutants.py) ;;
     merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/properties/test_identities.py) ;;
     merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/properties/test_identities.py) ;;
     merging/methods.py) TESTS=(tests/merging/test_task_vectors.py tests/merging/test_sparsify.py) ;;
@@ -52,6 +55,7 @@ process_isolation = "forkserver"
 forkserver_warmup = "import"
 preload_modules_file = "$WORK/mutmut_preload.txt"
 timeout_multiplier = 5.0
+timeout_constant = 30.0  # a child's start (pytest, test modules, JAX backend) under load; a timeout counts as a kill
 TOML
 cd "$WORK"
 unset PYTHONPATH  # mutmut's copy under $WORK/mutants must be what the tests import

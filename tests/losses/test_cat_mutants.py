@@ -12,8 +12,8 @@ import pytest
 
 from jax_cat.losses import (BestOfN, MajorityAtN, PassAtN, cat_advantages, cat_rl_loss, cat_sft_loss, cat_weights,
                             init_cat_state)
-from jax_cat.losses.cat import (consensus_threshold, dynamic_consensus_threshold, estimate_success, group_index,
-                                group_quantiles, token_logprobs)
+from jax_cat.losses.cat import (consensus_threshold, dynamic_consensus_threshold, estimate_success, group_advantages,
+                                group_index, group_quantiles, token_logprobs)
 
 E = math.exp
 # Three sequences, the third empty (all masked). Ratios rho = exp(lp - old) on the valid tokens:
@@ -360,7 +360,26 @@ def test_cat_weights_and_rl_loss_errors_name_the_input():
         cat_rl_loss(LP, OLD, OLD[:, :2], None, None, MASK, PassAtN(1), advantages=ADV)
     with pytest.raises(ValueError, match="advantages"):
         cat_rl_loss(LP, OLD, None, None, None, MASK, PassAtN(1), advantages=ADV[:2])
-    with pytest.raises(ValueError, match="rewards and group_ids"):
-        cat_rl_loss(LP, OLD, None, None, None, MASK, PassAtN(1))
-    with pytest.raises(ValueError, match="rewards"):
+    for r, g in ((None, None), (ADV, None), (None, jnp.asarray([0, 0, 1]))):  # either one missing
+        with pytest.raises(ValueError, match="rewards and group_ids"):
+            cat_rl_loss(LP, OLD, None, r, g, MASK, PassAtN(1))
+    with pytest.raises(ValueError, match="^rewards must have shape"):
         cat_rl_loss(LP, OLD, None, ADV[:2], None, MASK, PassAtN(1), advantages=ADV)
+    with pytest.raises(ValueError, match=r"be loss_denominator\(full_mask, reduction\)"):  # what to pass instead
+        rl(ref=LP, beta=0.1, loss_denominator=5.0)
+    with pytest.raises(ValueError, match="^group_advantages: sample_mask must"):
+        group_advantages(ADV, jnp.asarray([0, 0, 1]), sample_mask=jnp.ones(2, bool))
+
+
+def test_group_advantages_dtype_and_traced_padding_mask():
+    r, g = jnp.asarray([1.0, 0.0, 0.0, 1.0]), jnp.asarray([0, 0, 1, 1])
+    with jax.enable_x64(True):  # float32 rewards stay float32; float64 stay float64 (exact 1/sqrt(1/2) values)
+        assert group_advantages(r.astype(jnp.float32), g).dtype == jnp.float32
+        a64 = group_advantages(r.astype(jnp.float64), g, eps=0.0)
+        assert a64.dtype == jnp.float64
+        np.testing.assert_allclose(a64, np.array([1, -1, -1, 1]) * 0.5 / math.sqrt(0.5), rtol=1e-12)
+    # a traced padding mask with concrete rewards: the eager 0/1 check must step aside, not fail on the tracer
+    sm = jnp.asarray([True, True, True, False])
+    adv = jax.jit(lambda m: cat_advantages(PassAtN(1), rewards=r, group_ids=g, sample_mask=m)[0])(sm)
+    np.testing.assert_allclose(adv, [0.5 / (math.sqrt(0.5) + 1e-4), -0.5 / (math.sqrt(0.5) + 1e-4), 0.0, 0.0],
+                               rtol=1e-5)
