@@ -327,11 +327,11 @@ def test_cat_advantages_errors_name_the_input():
     with pytest.raises(ValueError, match="old_logprobs"):
         cat_advantages(PassAtN(4), rewards=r, group_ids=g, p_source="sequence", old_logprobs=jnp.zeros((4, 3)),
                        mask=jnp.ones((4, 2)))
-    with pytest.raises(ValueError, match="state"):
+    with pytest.raises(ValueError, match="need state="):
         cat_advantages(PassAtN(4), rewards=r, group_ids=g, normalize="running")
     with pytest.raises(ValueError, match="state"):
         cat_advantages(BestOfN(4), rewards=r, group_ids=g, bon_quantile="history")
-    with pytest.raises(ValueError, match="min_k"):
+    with pytest.raises(ValueError, match=r"min_k must be in \[1, n//2\+1=3\], got 4"):  # maj@4: k <= 3
         cat_advantages(MajorityAtN(4), rewards=r, group_ids=g, answer_ids=jnp.asarray([0, 1, 0, 0]), min_k=4)
     # ... but min_k plays no role without answer_ids, and BoN with history only needs the state
     cat_advantages(MajorityAtN(4), rewards=r, group_ids=g, min_k=4)
@@ -352,6 +352,8 @@ def test_cat_weights_and_rl_loss_errors_name_the_input():
         cat_weights(PassAtN(4), rewards=r, group_ids=g, p=p[:3])
     with pytest.raises(TypeError, match="strategy"):
         cat_weights(object(), rewards=r, group_ids=g, p=p)
+    with pytest.raises(ValueError, match="^cat_weights: sample_mask must"):
+        cat_weights(PassAtN(4), rewards=r, group_ids=g, p=p, sample_mask=jnp.ones(3, bool))
     with pytest.raises(ValueError, match="logprobs"):
         cat_rl_loss(LP[0], None, None, None, None, MASK[0], PassAtN(1), advantages=ADV)
     with pytest.raises(ValueError, match="old_logprobs"):
