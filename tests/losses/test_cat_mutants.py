@@ -352,6 +352,8 @@ def test_cat_weights_and_rl_loss_errors_name_the_input():
         cat_weights(PassAtN(4), rewards=r, group_ids=g, p=p[:3])
     with pytest.raises(TypeError, match="strategy"):
         cat_weights(object(), rewards=r, group_ids=g, p=p)
+    with pytest.raises(ValueError, match="^q must have shape"):
+        cat_weights(BestOfN(4), rewards=r, group_ids=g, q=p[:3])
     with pytest.raises(ValueError, match="^cat_weights: sample_mask must"):
         cat_weights(PassAtN(4), rewards=r, group_ids=g, p=p, sample_mask=jnp.ones(3, bool))
     with pytest.raises(ValueError, match="logprobs"):
