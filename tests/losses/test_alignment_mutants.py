@@ -88,3 +88,20 @@ def test_arguments_are_checked_and_named():
         alignment_coefficient(None, [1.0, np.nan, 1.0], p=P3)
     with pytest.raises(ValueError, match="train weights must be finite and nonnegative"):
         alignment_coefficient([1.0, -0.5, 1.0], None, p=P3)
+
+
+def test_integer_weights_are_converted_before_squaring():
+    """Integer weights as large as 2e10 square past int64 (9.2e18): they must become float64 first. Weights
+    proportional to [0, 1, 2] are perfectly aligned with [0, 1, 2]."""
+    r = alignment_coefficient(np.array([0, 10 ** 10, 2 * 10 ** 10]), [0.0, 1.0, 2.0], p=P3)
+    assert r.coefficient == pytest.approx(1.0, rel=1e-12)
+    assert r.w_train.dtype == np.float64
+
+
+def test_a_callable_with_only_one_weight_method_is_used_as_a_callable():
+    def w(p):
+        return 1 - p
+
+    w.rl_weight = None  # not a strategy: a strategy has both rl_weight and sft_weight
+    r = alignment_coefficient(w, None, p=P3)
+    np.testing.assert_allclose(r.w_train, [1.0, 0.5, 0.0])
