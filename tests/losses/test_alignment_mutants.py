@@ -105,3 +105,21 @@ def test_a_callable_with_only_one_weight_method_is_used_as_a_callable():
     w.rl_weight = None  # not a strategy: a strategy has both rl_weight and sft_weight
     r = alignment_coefficient(w, None, p=P3)
     np.testing.assert_allclose(r.w_train, [1.0, 0.5, 0.0])
+
+
+def test_grids_of_two_points_and_of_float32_are_fine():
+    r = alignment_coefficient(np.ones(2), [1.0, 3.0], p=np.array([0.0, 1.0]))  # the smallest grid: 2 points
+    assert r.coefficient == pytest.approx(2 / math.sqrt(5), rel=1e-12)  # int 1*[1,3] = 2, int 1 = 1, int [1,9] = 5
+    p32 = np.linspace(0.0, 1.0, 11, dtype=np.float32)  # evaluated in float64, not at float32 precision
+    r = alignment_coefficient(PassAtN(4), lambda p: (p * 2e10).astype(np.int64), kind="rl", p=p32)
+    assert r.p.dtype == np.float64
+    q = p32.astype(np.float64)
+    np.testing.assert_allclose(r.w_train, 4 * (1 - q) ** 3, rtol=1e-13)
+    np.testing.assert_allclose(r.w_test, np.floor(q * 2e10), rtol=1e-15)  # int64 output, squared in float64
+
+
+def test_messages_start_with_the_function_and_argument():
+    with pytest.raises(ValueError, match="^alignment_coefficient: p must be a strictly increasing 1-D grid"):
+        alignment_coefficient(None, None, p=np.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="^alignment_coefficient: density must be nonnegative"):
+        alignment_coefficient(None, None, p=P3, density=-np.ones(3))
