@@ -123,3 +123,12 @@ def test_messages_start_with_the_function_and_argument():
         alignment_coefficient(None, None, p=np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="^alignment_coefficient: density must be nonnegative"):
         alignment_coefficient(None, None, p=P3, density=-np.ones(3))
+
+
+def test_starvation_is_weighted_by_the_density():
+    """Training covers p = 0, 0.5 only; density [1, 1, 2]: starvation = int [0, 0, 2] / int [1, 1, 2]
+    = (2/4) / (5/4) = 0.4 (the density multiplies; it does not divide)."""
+    r = alignment_coefficient([1.0, 1.0, 0.0], np.ones(3), p=P3, density=np.array([1.0, 1.0, 2.0]))
+    assert r.starvation == pytest.approx(0.4, rel=1e-12)
+    s = alignment_coefficient(np.ones(3), [1.0, 1.0, 0.0], p=P3, density=np.array([1.0, 1.0, 2.0]))
+    assert s.waste == pytest.approx(0.4, rel=1e-12)

@@ -149,6 +149,16 @@ def test_config_accepts_the_edges_and_canonicalises():
     cfg = CATLossConfig(smoothing=0, adv_eps=0.0, all_wrong_penalty=0, beta=0, weight_clip=1e-3, advantage_clip=2,
                         clip_eps_low=0.1, clip_eps_high=10, logp_floor=-1e-6, norm_decay=0.0, min_k=1, std_ddof=0)
     assert (cfg.min_k, cfg.std_ddof, cfg.norm_decay) == (1, 0, 0.0)
+    for field, values in {"form": ("raw", "log"), "p_source": ("group", "sequence"), "no_answer": ("rival", "abstain"),
+                          "normalize": ("batch", "mixed", "none", "running"), "bon_quantile": ("group", "history"),
+                          "surrogate": ("token", "sequence"), "kl": ("sequence_mean", "token"),
+                          "reduction": ("token_mean", "sequence_mean", "token_sum")}.items():
+        for v in values:  # every documented choice is accepted
+            assert getattr(CATLossConfig(**{field: v}), field) == v
+    with pytest.raises(ValueError, match="CATLossConfig.min_k must be an int >= 1, got 0"):
+        CATLossConfig(min_k=0)
+    with pytest.raises(ValueError, match="CATLossConfig.std_ddof must be an int >= 0, got -1"):
+        CATLossConfig(std_ddof=-1)
     assert CATLossConfig(normalize=True).normalize == "batch" and CATLossConfig(normalize=False).normalize == "none"
     with pytest.warns(DeprecationWarning):
         assert CATLossConfig(reduction="sequence_sum").reduction == "token_sum"
