@@ -96,6 +96,8 @@ def test_integer_weights_are_converted_before_squaring():
     r = alignment_coefficient(np.array([0, 10 ** 10, 2 * 10 ** 10]), [0.0, 1.0, 2.0], p=P3)
     assert r.coefficient == pytest.approx(1.0, rel=1e-12)
     assert r.w_train.dtype == np.float64
+    r = alignment_coefficient(lambda p: (p * 2e10).astype(np.int64), [0.0, 1.0, 2.0], p=P3)  # a callable's ints too
+    assert r.coefficient == pytest.approx(1.0, rel=1e-12)
 
 
 def test_a_callable_with_only_one_weight_method_is_used_as_a_callable():
