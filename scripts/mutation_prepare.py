@@ -9,14 +9,11 @@
    the score would silently leave them out. Each such top-level or class-level function
    ``@d1 @d2 def f`` becomes ``def f`` followed by ``f = d1(d2(f))``: mutmut then mutates ``f`` and the jit wraps
    its trampoline, so the mutant active in the forked child is what gets traced (the child starts with empty
-   in-memory JAX caches; mutmut forks it from a server that only ran ``pytest --collect-only``).
-2. **A pytest plugin appended to the scratch ``tests/conftest.py``**:
-   - stats run (``MUTANT_UNDER_TEST=stats``): ``jax.clear_caches()`` before every test. A jitted function's Python
-     body (and every helper it calls) runs only when it is traced; without clearing, only the first test that
-     traces a shape would be recorded as covering those functions, and a mutant would then skip the other tests.
-   - every run: JAX's persistent compilation cache in SCRATCH/.jax_cache (min compile time 0). Keyed on the
-     exact HLO, so a mutant's changed function is compiled afresh; the unchanged ones load from disk.
-   - tests run fastest first (the durations mutmut measured in its stats run), so a mutant is killed sooner.
+   in-memory JAX caches: mutmut forks it from a server that has only imported modules, see 3.).
+2. **A pytest hook appended to the scratch ``tests/conftest.py``**: tests run fastest first (the durations
+   mutmut measured in its stats run), so a mutant is killed sooner. (scripts/mutation.sh itself appends the JAX
+   cache clearing -- before every test of the stats run, and in each mutant's child -- and sets JAX's persistent
+   compilation cache.)
 3. **The fork-server preload list** SCRATCH/mutmut_preload.txt (see `write_preload`). mutmut's default
    ``process_isolation="fork"`` forks every mutant's child from the main process after it has run the whole suite
    (stats + clean run): the child then inherits JAX's compiled-function caches of the UNMUTATED code (a mutant of a
@@ -69,41 +66,12 @@ def unwrap_jit(path: Path) -> list[str]:
 PLUGIN = '''
 
 # ---------------------------------------------------------------- added by scripts/mutation_prepare.py (scratch only)
-import json as _mm_json
-import os as _mm_os
+def pytest_collection_modifyitems(session, config, items):  # fastest tests first: a mutant dies sooner
+    import json
 
-import jax as _mm_jax
-
-_mm_jax.config.update("jax_compilation_cache_dir", _mm_os.path.join(_mm_os.path.dirname(__file__), "..", "..",
-                                                                    ".jax_cache"))
-_mm_jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-_mm_jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def _mm_mode():
-    try:
-        from mutmut.mutation.trampoline import get_mutant_under_test
-        return get_mutant_under_test()
-    except Exception:  # noqa: BLE001
-        return _mm_os.environ.get("MUTANT_UNDER_TEST", "")
-
-
-_mm_cleared_in = []
-
-
-@pytest.fixture(autouse=True)
-def _mm_clear_jax_caches():
-    mode = _mm_mode()
-    if mode == "stats" or ("__mutmut_" in mode and _mm_os.getpid() not in _mm_cleared_in):
-        _mm_jax.clear_caches()  # stats: every test traces afresh; a mutant child: never reuse a parent's trace
-        _mm_cleared_in.append(_mm_os.getpid())
-    yield
-
-
-def pytest_collection_modifyitems(session, config, items):
     try:
         with open("mutmut-stats.json") as f:
-            durations = _mm_json.load(f)["duration_by_test"]
+            durations = json.load(f)["duration_by_test"]
     except (OSError, ValueError, KeyError):
         return
     items.sort(key=lambda it: durations.get(it.nodeid, durations.get("mutants/" + it.nodeid, 1e9)))
@@ -192,8 +160,9 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[1] == "--score":  # --score RESULTS [SELECTED]
         return score(Path(argv[2]), Path(argv[3]) if len(argv) > 3 else None)
-    scratch, module = Path(argv[1]), argv[2]
-    names = unwrap_jit(scratch / module)
+    scratch, module = Path(argv[1]), argv[2].rstrip("/")
+    files = sorted((scratch / module).rglob("*.py")) if (scratch / module).is_dir() else [scratch / module]
+    names = [n for f in files for n in unwrap_jit(f)]
     print(f"mutation_prepare: unwrapped jit decorators of {len(names)} functions in {module}: {', '.join(names)}",
           file=sys.stderr)
     write_preload(scratch, module)

@@ -176,7 +176,10 @@ class Attention(nnx.Module):
         mask: jax.Array,
         cache: tuple[jax.Array, jax.Array] | _StackedCacheSlot | None = None,
         cache_index: jax.Array | int | None = None,
+        prefill: bool = False,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | _StackedCacheSlot | None]:
+        """`prefill`: `cache_index` is a Python int and the queries attend to the cache slots [0, cache_index + T)
+        only (not to the whole cache; the mask is [B, T, cache_index + T]), see `CausalLM.prefill`."""
         w = lambda p: p[...].astype(self.dtype)
         q = jnp.einsum("btd,dhk->bthk", x, w(self.q_proj))
         k = jnp.einsum("btd,dhk->bthk", x, w(self.k_proj))
@@ -202,6 +205,8 @@ class Attention(nnx.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             new_cache = (cache_k, cache_v)
             k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+        if prefill:  # only the slots written so far
+            k, v = k[:, :, : cache_index + x.shape[1]], v[:, :, : cache_index + x.shape[1]]
         out = (fused_attention if self.attention_impl == "dot_product_attention" else attention)(q, k, v, mask)
         out = jnp.einsum("bthk,hkd->btd", out, w(self.o_proj))
         if self.o_bias is not None:
@@ -252,8 +257,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         self.mlp = MLP(config, rngs=rngs, **kw)
 
-    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
-        attn_out, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, prefill=False):
+        attn_out, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index, prefill)
         x = shard_batch(x + attn_out)
         x = shard_batch(x + self.mlp(self.post_attention_layernorm(x)))
         return x, new_cache
@@ -360,12 +365,13 @@ class CausalLM(nnx.Module):
     def _windows(self) -> list[int | None]:
         return sorted(set(self._layer_windows()), key=lambda w: (w is not None, w or 0))
 
-    def _run_layers(self, x, positions, query_slots, kv_mask, cache: KVCache | None, cache_index):
+    def _run_layers(self, x, positions, query_slots, kv_mask, cache: KVCache | None, cache_index,
+                    prefill: bool = False):
         cos, sin = rope_cos_sin(self.config, positions)
         masks = {w: attention_mask_for_slots(query_slots, kv_mask, w) for w in self._windows()}
         policy_name = _remat_policy_name(self.remat) if cache is None else None
         if self.scan_layers:
-            x, new_cache = self._scan_layers(x, cos, sin, masks, cache, cache_index, policy_name)
+            x, new_cache = self._scan_layers(x, cos, sin, masks, cache, cache_index, policy_name, prefill)
             return self.norm(x), new_cache
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
@@ -375,14 +381,15 @@ class CausalLM(nnx.Module):
                 remat_layer = nnx.remat(lambda lyr, *a: lyr(*a), policy=REMAT_POLICIES[policy_name])
                 x, _ = remat_layer(layer, x, cos, sin, mask)
             else:
-                x, layer_cache = layer(x, cos, sin, mask, layer_cache, cache_index)
+                x, layer_cache = layer(x, cos, sin, mask, layer_cache, cache_index, prefill)
             if cache is not None:
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])
         new_cache = KVCache(k=tuple(new_k), v=tuple(new_v)) if cache is not None else None
         return self.norm(x), new_cache
 
-    def _scan_layers(self, x, cos, sin, masks, cache: KVCache | None, cache_index, policy_name: str | None):
+    def _scan_layers(self, x, cos, sin, masks, cache: KVCache | None, cache_index, policy_name: str | None,
+                     prefill: bool = False):
         """The layers under `jax.lax.scan` over the stacked parameters (and the stacked cache, carried in place)."""
         graphdef, state = nnx.split(self.layers)
         windows = self._windows()
@@ -401,7 +408,9 @@ class CausalLM(nnx.Module):
             def body(carry, xs):
                 h, ck, cv = carry
                 layer_state, wi, i = xs
-                h, slot = nnx.merge(graphdef, layer_state)(h, cos, sin, mask_of(wi), _StackedCacheSlot(ck, cv, i), cache_index)
+                h, slot = nnx.merge(graphdef, layer_state)(
+                    h, cos, sin, mask_of(wi), _StackedCacheSlot(ck, cv, i), cache_index, prefill
+                )
                 return (h, slot.k, slot.v), None
 
             (x, ck, cv), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
@@ -509,6 +518,41 @@ class CausalLM(nnx.Module):
             cache, cache_index,
         )
         return self.logits_from_hidden(hidden), new_cache
+
+    def prefill(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        cache: KVCache,
+        prompt_mask: jax.Array,
+        *,
+        chunk_size: int = 256,
+    ) -> KVCache:
+        """Writes a prompt's keys/values [B, T] into cache slots [0, T) and returns the cache (no logits).
+
+        The same cache as `forward_cached(input_ids, positions, cache, 0, kv_mask)` with kv_mask True on the
+        prompt's real tokens, at a fraction of the memory: the prompt runs through the layers `chunk_size` tokens at
+        a time (at least T / 8), each block attending to the slots written so far (not to the cache's max_len), and
+        no vocabulary projection is computed. The largest temporaries are then [B, heads, chunk, T] scores and
+        [B, chunk, intermediate] activations instead of [B, heads, T, max_len] and [B, T, intermediate] (the
+        sampler's long-context peak; docs/benchmarks.md, "Sampling"). `prompt_mask` [B, T]: True on real tokens.
+        """
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        positions = jnp.asarray(positions, jnp.int32)
+        prompt_mask = jnp.asarray(prompt_mask).astype(bool)
+        t = input_ids.shape[1]
+        if t > cache.max_len:
+            raise ValueError(f"prefill: {t} prompt tokens do not fit a KV cache of {cache.max_len} slots")
+        if chunk_size < 1:
+            raise ValueError(f"prefill: chunk_size must be >= 1, got {chunk_size}")
+        chunk = max(int(chunk_size), -(-t // 8))  # at most 8 blocks: each is unrolled in the compiled program
+        for start in range(0, t, chunk):
+            end = min(start + chunk, t)
+            _, cache = self._run_layers(
+                self.embed(input_ids[:, start:end]), positions[:, start:end], jnp.arange(start, end, dtype=jnp.int32),
+                prompt_mask[:, :end], cache, start, prefill=True,
+            )
+        return cache
 
     @property
     def num_params(self) -> int:

@@ -191,8 +191,10 @@ def _prefill(model: Any, prompt_ids: jax.Array, attention_mask: jax.Array, group
              max_len: int, cache_dtype: Any) -> _Prompts:
     """Run every prompt token but the last through the model, then give each sample row its prompt's cache.
 
-    The last prompt token's logits would be unused, so it is left to the decode loop (which needs them) and XLA drops
-    the vocabulary projection of the prefill (the [U, P, V] logits would cost as much as the rest of it).
+    The last prompt token's logits would be unused, so it is left to the decode loop (which needs them), and the
+    prefill computes no vocabulary projection (the [U, P, V] logits would cost as much as the rest of it). Models
+    with a `prefill` method (CausalLM) attend over the prompt only, in query blocks: the [U, H, P, max_len] scores of
+    attending over the whole cache were the sampler's peak memory at long context.
     """
     num_prompts, prompt_len = prompt_ids.shape
     slots = jnp.arange(max_len, dtype=jnp.int32)
@@ -200,9 +202,12 @@ def _prefill(model: Any, prompt_ids: jax.Array, attention_mask: jax.Array, group
     cache = model.init_cache(num_prompts, max_len, cache_dtype)
     if prompt_len > 1:
         positions = positions_from_mask(attention_mask)
-        _, cache = model.forward_cached(
-            prompt_ids[:, :-1], positions[:, :-1], cache, jnp.int32(0), kv_mask & (slots < prompt_len - 1)
-        )
+        if hasattr(model, "prefill"):  # attends over the prompt only, in query blocks (the long-context peak)
+            cache = model.prefill(prompt_ids[:, :-1], positions[:, :-1], cache, attention_mask[:, :-1])
+        else:
+            _, cache = model.forward_cached(
+                prompt_ids[:, :-1], positions[:, :-1], cache, jnp.int32(0), kv_mask & (slots < prompt_len - 1)
+            )
     prompts = _Prompts(cache, kv_mask, jnp.sum(attention_mask.astype(jnp.int32), axis=-1), prompt_ids[:, -1])
     if group_ids is None:
         return prompts
@@ -285,6 +290,51 @@ def _sample_core(
         group_ids=jnp.arange(batch, dtype=jnp.int32) if group_ids is None else group_ids,
         sample_mask=~inactive,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host memory: give the compiler's freed memory back before the first run of a new program
+# ----------------------------------------------------------------------------------------------------------------
+
+_TRIM = {"active": False, "registered": False}
+
+
+def _after_backend_compile(event: str, duration: float, **_: Any) -> None:
+    """After XLA compiled a program for `sample_tokens`, hand the memory the compiler freed back to the OS.
+
+    glibc keeps freed heap pages mapped: at a 768-token prompt (B = 8) compiling the sampler left ~200 MiB of freed
+    memory in the process, on top of which the first run allocated its cache and activations, so the compiler's
+    garbage counted in the sampler's peak RSS (docs/benchmarks.md, "Sampling"). `malloc_trim(0)` takes ~ms.
+    """
+    if _TRIM["active"] and event == "/jax/core/compile/backend_compile_duration":
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _trimming_compiles():
+    """Context manager: while active, every backend compile is followed by `_malloc_trim` (see above)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+        if not _TRIM["registered"]:
+            jax.monitoring.register_event_duration_secs_listener(_after_backend_compile)
+            _TRIM["registered"] = True
+        previous, _TRIM["active"] = _TRIM["active"], sys.platform.startswith("linux")
+        try:
+            yield
+        finally:
+            _TRIM["active"] = previous
+
+    return scope()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,13 +443,14 @@ def sample_tokens(
     batch = inactive.shape[0]
     row_keys = _row_keys(key, row_keys, batch)
     graphdef, state = nnx.split(model)
-    return _sample_core(
-        graphdef, state, prompt_ids, attention_mask, row_keys, inactive,
-        jnp.float32(max(params.temperature, 1e-30)), jnp.float32(params.top_p), group_ids,
-        max_new_tokens=int(max_new_tokens), greedy=params.greedy, top_k=params.top_k,
-        use_top_p=params.top_p < 1.0, eos_token_ids=tuple(int(e) for e in eos_token_ids),
-        pad_token_id=int(pad_token_id), cache_dtype=cache_dtype,
-    )
+    with _trimming_compiles():
+        return _sample_core(
+            graphdef, state, prompt_ids, attention_mask, row_keys, inactive,
+            jnp.float32(max(params.temperature, 1e-30)), jnp.float32(params.top_p), group_ids,
+            max_new_tokens=int(max_new_tokens), greedy=params.greedy, top_k=params.top_k,
+            use_top_p=params.top_p < 1.0, eos_token_ids=tuple(int(e) for e in eos_token_ids),
+            pad_token_id=int(pad_token_id), cache_dtype=cache_dtype,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
