@@ -184,3 +184,26 @@ def test_resolve_config_applies_only_keywords_that_differ_from_the_default():
         resolve_config(None, temperature=1.0)
     with pytest.raises(TypeError, match="config must be a CATLossConfig, got dict"):
         resolve_config({"beta": 0.1})
+
+
+def test_state_and_divisors_keep_float32_and_int32_under_x64():
+    """The state is carried through jit from step to step (and checkpointed): its dtypes must not drift to
+    float64 when x64 is on, nor the divisors'."""
+    with jax.enable_x64(True):
+        st = init_cat_state(3)
+        assert [x.dtype for x in st] == [jnp.float32, jnp.int32, jnp.float32, jnp.int32, jnp.int32]
+        st = history_append(st, jnp.asarray([1.0, 2.0], jnp.float64))
+        q = history_quantiles(st, jnp.asarray([1.5], jnp.float64))
+        assert q.dtype == jnp.float32 and st.history.dtype == jnp.float32
+        np.testing.assert_allclose(q, [0.5])  # (1 + 1) / (2 + 2)
+        scale, st = running_scale(st, jnp.asarray(2.0, jnp.float64), 0.9)
+        assert scale.dtype == jnp.float32 and st.norm_mean.dtype == jnp.float32
+        for r in ("token_mean", "sequence_mean", "token_sum"):
+            den = loss_denominator(MASK, r, sample_mask=jnp.ones(4, bool))
+            assert den.policy.dtype == jnp.float32 and den.sequences.dtype == jnp.float32
+    d = as_denominator((8, 2), "token_mean", "f")
+    assert d.policy.dtype == jnp.float32  # an int pair still gives float32 divisors
+    one = jnp.asarray([[1, 1, 0]], bool)  # a batch of one row: token_sum divides by 1
+    assert float(local_denominator(one, "token_sum").policy) == 1.0
+    with pytest.raises(ValueError, match=r"sample_mask \(3,\) must be \[B\]=\(4,\)"):
+        loss_denominator(MASK, "token_sum", sample_mask=jnp.ones(3, bool))
