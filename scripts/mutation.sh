@@ -13,6 +13,9 @@
 # "no tests" mutants count as survivors. Record the score in docs/testing.md.
 # MUTATION_WORKDIR=DIR reuses a scratch folder (mutmut keeps its results there; with MUTATION_NAMES the named
 # mutants are re-run, e.g. the survivors after adding tests). MUTATION_JOBS = parallel children (default 2).
+# MUTATION_SAMPLE=N MUTATION_SEED=S: a uniform random sample of N mutants (plus any MUTATION_NAMES matches); the
+# score then comes with its exact binomial 95 % interval. scripts/mutation_prepare.py makes jitted functions
+# mutable (mutmut skips decorated functions) and keeps the fork server free of a started JAX backend: see there.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODULE="${1:?usage: scripts/mutation.sh MODULE [TEST_FILE ...]}"
@@ -25,7 +28,11 @@ else
     jax_cat/sampling/logits_processing.py) TESTS=(tests/sampling/test_logits_processing.py tests/sampling/test_logits_processing_mutants.py) ;;
     jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/losses/test_strategies_mutants.py
                                         tests/properties/test_identities.py) ;;
-    jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat.py) ;;
+    jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat_mutants.py tests/losses/test_cat.py tests/losses/test_rl_reference.py) ;;
+    jax_cat/losses/alignment.py) TESTS=(tests/losses/test_alignment_mutants.py tests/losses/test_alignment.py) ;;
+    jax_cat/losses/reduce.py) TESTS=(tests/losses/test_losses_small_mutants.py tests/losses/test_cat_mutants.py) ;;
+    jax_cat/losses/state.py) TESTS=(tests/losses/test_losses_small_mutants.py tests/losses/test_rl_reference.py) ;;
+    jax_cat/losses/config.py) TESTS=(tests/losses/test_losses_small_mutants.py) ;;
     merging/task_vectors.py) TESTS=(tests/merging/test_task_vectors.py tests/merging/test_task_vectors_mutants.py tests/merging/test_examples.py) ;;
     merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/merging/test_sparsify_mutants.py) ;;
     merging/methods|merging/methods/) TESTS=(tests/merging/test_methods.py tests/merging/test_methods_mutants.py) ;;
@@ -44,6 +51,7 @@ cp -r "$ROOT/jax_cat" "$ROOT/merging" "$ROOT/tests" "$ROOT/pyproject.toml" "$WOR
 # jax_cat/training/recipes is a symlink to configs/: copy its target too, or mutmut's copy of jax_cat fails
 [ -d "$ROOT/configs" ] && cp -r "$ROOT/configs" "$WORK/"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
+"$PY" "$ROOT/scripts/mutation_prepare.py" "$WORK" "$MODULE"  # jitted functions become mutable; preload list
 tests_toml=$(printf '"%s", ' "${TESTS[@]}")
 cat >> "$WORK/pyproject.toml" <<TOML
 
@@ -56,6 +64,12 @@ also_copy = ["jax_cat", "merging", "tests", "configs"]
 # (a jitted function traced there keeps the unmutated code) and XLA's thread pools, and with JAX tests it hangs
 # until mutmut's timeout, which is then counted as a kill.
 process_isolation = "forkserver"
+# ... and the server imports only modules that leave JAX's backend unstarted (collecting the tests would start it:
+# test modules build arrays at import), so no child inherits XLA's threads (scripts/mutation_prepare.py)
+forkserver_warmup = "import"
+preload_modules_file = "$WORK/mutmut_preload.txt"
+timeout_multiplier = 5.0
+timeout_constant = 30.0  # a child's start (pytest, test modules, JAX backend) under load; a timeout counts as a kill
 TOML
 # Guard for the same reason: clear JAX's caches in each mutant's child before its tests run, in case the fork
 # server has traced something (a traced function keeps the unmutated code; the trampoline resolves at trace time).
@@ -86,8 +100,18 @@ export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORK/jax-cache}"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 cd "$WORK"
 unset PYTHONPATH  # mutmut's copy under $WORK/mutants must be what the tests import
+# tests/conftest.py sets these too, but the fork server has imported jax before any conftest runs
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+case "${XLA_FLAGS:-}" in *xla_force_host_platform_device_count*) ;;
+  *) export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=8" ;; esac
 echo "mutating $MODULE against ${TESTS[*]} in $WORK" >&2
 read -r -a NAMES <<< "${MUTATION_NAMES:-}"
+if [ -n "${MUTATION_SAMPLE:-}" ]; then  # a uniform sample (plus the MUTATION_NAMES globs), named one by one
+  "$PY" "$ROOT/scripts/mutation_prepare.py" --select "$MUTATION_SAMPLE" "${MUTATION_SEED:-0}" "${NAMES[@]}" \
+    > "$WORK/selected.txt" 2> "$WORK/select.log"
+  mapfile -t NAMES < "$WORK/selected.txt"
+  echo "selected ${#NAMES[@]} mutants (MUTATION_SAMPLE=$MUTATION_SAMPLE MUTATION_SEED=${MUTATION_SEED:-0})" >&2
+fi
 "$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" "${NAMES[@]}" > "$WORK/mutmut-run.log" 2>&1 || true
 "$PY" -m mutmut results --all true 2>/dev/null | "$PY" -c '
 import fnmatch, sys
@@ -96,9 +120,12 @@ for line in sys.stdin:
     name = line.strip().split(": ")[0]
     if not globs or any(fnmatch.fnmatchcase(name, g) for g in globs):
         sys.stdout.write(line)' "${NAMES[@]}" > "$WORK/results.txt" || true
-total=$(grep -c ': ' "$WORK/results.txt" || true)
-killed=$(grep -cE ': (killed|timeout)$' "$WORK/results.txt" || true)
-echo "$MODULE: $killed of $total mutants killed ($(awk -v k="$killed" -v t="$total" 'BEGIN{if(t) printf "%.1f", 100*k/t; else print "n/a"}') %)"
-awk -F': ' '{print $2}' "$WORK/results.txt" | sort | uniq -c
+if [ -n "${MUTATION_SAMPLE:-}" ]; then
+  echo -n "$MODULE (a SAMPLE of ${#NAMES[@]} mutants): "
+  "$PY" "$ROOT/scripts/mutation_prepare.py" --score "$WORK/results.txt" "$WORK/selected.txt"
+else
+  echo -n "$MODULE: "
+  "$PY" "$ROOT/scripts/mutation_prepare.py" --score "$WORK/results.txt"
+fi
 echo "survivors (cd $WORK && $PY -m mutmut show NAME):"
-grep -vE ': (killed|timeout)$' "$WORK/results.txt" || true
+grep -vE ': (killed|timeout|not checked)$' "$WORK/results.txt" || true
