@@ -333,3 +333,37 @@ def test_majority_outputs_follow_the_input_dtype_with_x64_enabled():
             assert f(p).dtype == jnp.float32, name
         # and the value is the float32 one: S(0.2) for maj@5 (k = 3) = P(Binomial(5, .2) >= 3)
         assert float(m.success_probability(jnp.float32(0.2))) == pytest.approx(stats.binom.sf(2, 5, 0.2), rel=1e-6)
+
+
+# --- jitted methods (mutable only under scripts/mutation_prepare.py's jit unwrapping; docs/testing.md) ---------------
+P_GRID = np.array([0.0, 0.05, 0.3, 0.5, 0.77, 0.99, 1.0], np.float64)
+
+
+def test_pass_at_n_log_success_probability_is_log_of_one_minus_miss_to_the_n():
+    """log S(p) = log(1 - (1 - p)^N) in float64 numpy (-inf at p = 0)."""
+    with np.errstate(divide="ignore"):
+        want = np.log1p(-(1.0 - P_GRID) ** 4)
+    got = np.asarray(PassAtN(4).log_success_probability(jnp.asarray(P_GRID, jnp.float32)), np.float64)
+    assert np.isneginf(got[0]) and np.isneginf(want[0])
+    np.testing.assert_allclose(got[1:], want[1:], rtol=1e-5, atol=1e-7)
+
+
+def test_majority_rl_weight_uses_the_k_passed_in_not_the_strategys():
+    """dS/dp for maj@5 with an explicit k = 2 is 5 C(4,1) p (1-p)^3 = 20 p (1-p)^3 (the paper's weight), not k = 3's."""
+    p = P_GRID[1:-1]
+    m = MajorityAtN(5, 3)
+    got = np.asarray(m.rl_weight(jnp.asarray(p, jnp.float32), k=jnp.asarray(2)), np.float64)
+    np.testing.assert_allclose(got, 20 * p * (1 - p) ** 3, rtol=1e-5)
+    own = np.asarray(m.rl_weight(jnp.asarray(p, jnp.float32)), np.float64)
+    np.testing.assert_allclose(own, 5 * math.comb(4, 2) * p**2 * (1 - p) ** 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_best_of_small_n_is_the_cdf_and_density_of_the_max(n):
+    """For N = 2, 3: P(max of N quantiles <= q) = q^N and its density N q^(N-1) (order statistics)."""
+    q = P_GRID
+    s = BestOfN(n)
+    np.testing.assert_allclose(np.asarray(s.success_probability(jnp.asarray(q, jnp.float32))), q**n, rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_allclose(np.asarray(s.rl_weight(jnp.asarray(q, jnp.float32))), n * q ** (n - 1), rtol=1e-6,
+                               atol=1e-7)
