@@ -168,3 +168,27 @@ def test_structure_messages_in_every_branch():
     with pytest.raises(tv.TreeMismatchError) as err:
         tv.combine(base, [{"i": jnp.int32(0), "w": a}, {"i": jnp.zeros(()), "w": a}], [1.0, 1.0])
     assert str(err.value) == "leaf kind differs at 'i': base has ArrayImpl() int32, taus[1] has ArrayImpl() float32"
+
+
+def test_float32_leaves_subtract_in_float32_even_when_written_as_float64():
+    """Under x64, task_vector(..., dtype=float64) of float32 leaves is the float32 difference widened (the documented
+    compute dtype), not the exact float64 one: 1 + 2^-23 minus 2^-30 rounds to 1 + 2^-23 in float32."""
+    ft = np.array([1.0 + 2.0**-23, 3.0], np.float32)
+    base = np.array([2.0**-30, 1.0], np.float32)
+    with jax.enable_x64(True):
+        tau = tv.task_vector({"w": jnp.asarray(ft)}, {"w": jnp.asarray(base)}, dtype=jnp.float64)["w"]
+        assert tau.dtype == jnp.float64
+        np.testing.assert_array_equal(np.asarray(tau), (ft - base).astype(np.float64))
+        assert float(tau[0]) != float(np.float64(ft[0]) - np.float64(base[0]))
+
+
+def test_combine_of_float32_leaves_accumulates_in_float32_under_x64():
+    """1 + 2^-24 + 2^-24 accumulated in float32 is 1.0 (each half-ulp step ties to even); exactly, or in float64, it
+    would be 1 + 2^-23. combine keeps float32 arithmetic for float32 leaves even when x64 is on."""
+    base = {"w": np.array([1.0, 2.0], np.float32)}
+    taus = [{"w": np.array([2.0**-24, 1.0], np.float32)}, {"w": np.array([2.0**-24, 1.0], np.float32)}]
+    with jax.enable_x64(True):
+        out = tv.combine(jax.tree.map(jnp.asarray, base), [jax.tree.map(jnp.asarray, t) for t in taus],
+                         jnp.asarray([1.0, 1.0], jnp.float32))["w"]
+        assert out.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(out), np.array([1.0, 4.0], np.float32))

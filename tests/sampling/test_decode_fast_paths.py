@@ -89,3 +89,13 @@ def test_argmax_last_equals_jnp_argmax_on_ties_infinities_and_nan():
         got = np.asarray(jax.jit(argmax_last)(logits))
         np.testing.assert_array_equal(got, np.asarray(jnp.argmax(logits, axis=-1)))
         assert got.dtype == np.int32
+
+
+def test_argmax_last_reduces_the_last_axis_of_any_rank():
+    """[B, S, V] logits (V != S): argmax over the last axis, as jnp.argmax(axis=-1), int32."""
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 5))
+    logits = logits.at[1, 2].set(jnp.array([0.0, 4.0, 4.0, -1.0, 2.0]))  # a tie: the first index wins
+    got = argmax_last(logits)
+    assert got.dtype == jnp.int32 and got.shape == (2, 3)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(logits, axis=-1)))
+    assert int(got[1, 2]) == 1
