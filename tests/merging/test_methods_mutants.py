@@ -346,3 +346,43 @@ def test_ram_statistics_pass_reports_progress():
         dict(merge_tensors(*args))
     with pytest.raises(NonFiniteError, match=r"^tensor 'b' of tuned holds 1 NaN"):
         dict(merge_tensors(*args, labels=["orig", "tuned"]))
+
+
+# --- the jitted kernels (mutable only under scripts/mutation_prepare.py's jit unwrapping; docs/testing.md) ------------
+def test_ram_counts_per_vector_and_row_by_hand():
+    """|tau| > 0.1 (strict: an entry equal to the threshold is unchanged), counted per row of the last axis, for a
+    2-D tensor and the same entries as a [2, 1, 3] tensor (rows = every axis but the last)."""
+    from merging.methods.ram import ram_counts_leaf
+
+    t1 = np.array([[0.5, 0.0, 0.2], [0.1, 0.0, 0.9]], np.float32)
+    t2 = np.array([[0.4, 0.3, 0.0], [0.0, 0.0, -0.05]], np.float32)
+    # changed: t1 rows [2, 1] (0.1 is not > 0.1), t2 rows [2, 0]; shared (changed by both): entry (0, 0) only
+    for shape in [(2, 3), (2, 1, 3)]:
+        changed, shared = ram_counts_leaf((jnp.asarray(t1.reshape(shape)), jnp.asarray(t2.reshape(shape))),
+                                          jnp.asarray(0.1, jnp.float32))
+        assert changed.dtype == jnp.int32 and shared.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(changed), [[2, 1], [2, 0]])
+        np.testing.assert_array_equal(np.asarray(shared), [[1, 0], [1, 0]])
+
+
+def test_ram_leaf_with_three_vectors_by_hand():
+    """Entry changed by 2 of 3 vectors: the mean of those two w_i tau_i (the third adds nothing); by one: w tau r;
+    by none: 0 (RAM, arXiv 2025, and the authors' arm code)."""
+    from merging.methods.ram import ram_leaf
+
+    taus = (np.array([1.0, 2.0, 0.0, 0.05], np.float32), np.array([3.0, 0.0, 0.0, 0.0], np.float32),
+            np.array([0.0, 0.0, 0.0, 0.0], np.float32))
+    out = ram_leaf(tuple(jnp.asarray(t) for t in taus), jnp.asarray([1.0, 1.0, 1.0], jnp.float32),
+                   jnp.asarray([1.5, 1.0, 1.0], jnp.float32), jnp.asarray(0.1, jnp.float32))
+    np.testing.assert_allclose(np.asarray(out), [2.0, 3.0, 0.0, 0.0], rtol=1e-7)
+
+
+def test_ties_leaf_counts_a_weighted_value_of_exactly_one():
+    """TIES disjoint mean over the agreeing non-zero entries: values 1 and 3 (both +) -> 2; 1, -3, 0 -> elected -,
+    mean of -3 alone."""
+    from merging.methods.ties import ties_leaf
+
+    trimmed = (jnp.asarray([1.0, 1.0], jnp.float32), jnp.asarray([3.0, -3.0], jnp.float32),
+               jnp.asarray([0.0, 0.0], jnp.float32))
+    out = ties_leaf(trimmed, jnp.asarray([1.0, 1.0, 1.0], jnp.float32))
+    np.testing.assert_allclose(np.asarray(out), [2.0, -3.0], rtol=1e-7)
