@@ -23,6 +23,7 @@ EOS or max_new_tokens, then text, tokens and log-probs are cut at the first stop
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -319,22 +320,17 @@ def _malloc_trim() -> None:
         pass
 
 
+@contextlib.contextmanager
 def _trimming_compiles():
-    """Context manager: while active, every backend compile is followed by `_malloc_trim` (see above)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def scope():
-        if not _TRIM["registered"]:
-            jax.monitoring.register_event_duration_secs_listener(_after_backend_compile)
-            _TRIM["registered"] = True
-        previous, _TRIM["active"] = _TRIM["active"], sys.platform.startswith("linux")
-        try:
-            yield
-        finally:
-            _TRIM["active"] = previous
-
-    return scope()
+    """While active, every backend compile is followed by `_malloc_trim` (see above)."""
+    if not _TRIM["registered"]:
+        jax.monitoring.register_event_duration_secs_listener(_after_backend_compile)
+        _TRIM["registered"] = True
+    previous, _TRIM["active"] = _TRIM["active"], sys.platform.startswith("linux")
+    try:
+        yield
+    finally:
+        _TRIM["active"] = previous
 
 
 # ----------------------------------------------------------------------------------------------------------------
