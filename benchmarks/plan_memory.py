@@ -220,6 +220,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _append_json(path: Path | None, result: dict) -> None:
+    """Append one result as a JSON line to --json's file (nothing when --json is not given)."""
+    if path is not None:
+        with path.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="1.5b")
@@ -252,9 +259,7 @@ def main() -> None:
                   f"{'scan' if args.scan else 'loop'}: compile {result['compile_s']:.1f}s wall, "
                   f"{result['compile_cpu_s']:.1f}s CPU (lower {result['lower_s']:.1f}s); temp "
                   f"{result['temp_gib']:.2f} GiB", flush=True)
-            if args.json:
-                with args.json.open("a") as f:
-                    f.write(json.dumps(result) + "\n")
+            _append_json(args.json, result)
             continue
         result = plan(args.model, layers=depth, batch=args.batch, seq=args.seq, scan=args.scan, remat=args.remat,
                       dtype=args.dtype, mesh_shape=mesh_shape, lm_chunk=args.lm_chunk)
@@ -264,9 +269,7 @@ def main() -> None:
               f"(lower {result['lower_s']:.1f}s); "
               f"per device: args {result['argument_gib']:.2f} GiB, temp {result['temp_gib']:.2f} GiB, "
               f"peak ~{result['peak_gib']:.2f} GiB", flush=True)
-        if args.json:
-            with args.json.open("a") as f:
-                f.write(json.dumps(result) + "\n")
+        _append_json(args.json, result)
 
 
 if __name__ == "__main__":
