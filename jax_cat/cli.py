@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from jax_cat.extras import MissingExtraError
+
 __all__ = ["ArgumentParser", "BAD_INPUT_ERRORS", "CLIError", "one_line", "quiet_third_party", "run_cli", "split_debug"]
 
 BAD_INPUT_STATUS = 2
@@ -39,6 +41,7 @@ class CLIError(Exception):
 # with messages that name the offending argument.
 BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
     CLIError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+    MissingExtraError,
 )
 
 

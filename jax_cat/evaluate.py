@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from jax_cat.atomic import atomic_write
+from jax_cat.extras import pyplot
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
 from jax_cat.rewards.answers import answer_key  # its home is jax_cat.rewards; kept here under its old name
 
@@ -321,12 +322,13 @@ def default_reward_fn(completions: Sequence[str], golds: Sequence[str]) -> list[
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def plot_scaling(result: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path:
-    """Accuracy vs k (log2 x axis), one line per strategy with its bootstrap CI band; written atomically as PNG."""
-    import matplotlib
+def plot_scaling(result: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path | None:
+    """Accuracy vs k (log2 x axis), one line per strategy with its bootstrap CI band; written atomically as PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns None (after one note) when matplotlib, the 'plots' extra, is not installed."""
+    plt = pyplot(feature="the scaling plot")
+    if plt is None:
+        return None
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     for (name, rows), color in zip(result["metrics"].items(), ("C0", "C1", "C2", "C3")):
@@ -372,7 +374,8 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, *, plot_title:
     summary = {k: v for k, v in result.items() if k not in ("samples", "prompts", "golds")}
     paths = {"results": out / "results.json", "plot": out / "scaling.png"}
     atomic_write(paths["results"], lambda tmp: tmp.write_text(to_json(summary) + "\n"))
-    plot_scaling(result, paths["plot"], title=plot_title)
+    if plot_scaling(result, paths["plot"], title=plot_title) is None:
+        del paths["plot"]
     if samples is not None:
         paths["samples"] = out / "samples.jsonl"
 

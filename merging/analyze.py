@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from jax_cat.extras import pyplot
 from merging._cli import ArgumentParser, CLIError, run_cli
 from merging._paths import MODULES
 from merging.analysis import Comparison
@@ -26,12 +27,7 @@ PROG = "python -m merging.analyze"
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot(feature="the analysis plots")
 
 
 def _savefig(fig, path: Path) -> None:
@@ -131,6 +127,8 @@ def write_report(cmp: Comparison, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "analysis.json", out / "layer_magnitude.png", out / "sign_conflict.png", out / "module_mass.png"]
     atomic_write_text(paths[0], json.dumps(_clean(cmp.summary()), indent=1) + "\n")
+    if _plt() is None:
+        return paths[:1]
     if cmp.by_layer():
         plot_layer_magnitude(cmp, paths[1])
         plot_sign_conflict(cmp, paths[2])

@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from jax_cat.extras import MissingExtraError, pyplot, require
 from merging.search import DESIGNERS
 
 PROG = "python -m merging.dots"
@@ -168,10 +169,9 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
 def plot_pareto(path: Path, records: Sequence[Any], front: set[int], picked: Any, reference: dict[str, float] | None,
                 perplexity_label: str) -> None:
     """Consistency against perplexity of every trial; the front joined, the pick starred, the base marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(feature="the Pareto plot")
+    if plt is None:
+        return
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     xs = [r.metrics["perplexity"] for r in records]
@@ -220,6 +220,7 @@ def _check_out(args: argparse.Namespace, out: Path, record: dict[str, Any]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
+    require("vizier.service.clients", feature="python -m merging.dots (the coefficient search)")
     out = Path(args.out)
     record = {k: getattr(args, k) for k in STUDY_KEYS}
     record["coeff_range"] = list(args.coeff_range)
@@ -408,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(args)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, MissingExtraError) as err:
         if args.debug:
             raise
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__

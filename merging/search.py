@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from jax_cat.extras import require
+
 __all__ = [
     "DESIGNERS", "Metric", "SearchSpace", "TrialRecord", "StudyMismatchError",
     "run_search", "load_trials", "pareto_front", "hypervolume_2d", "pick",
@@ -213,7 +215,7 @@ def _use_database(url: str) -> None:
     Vizier builds its local servicer once per process from `environment_variables.servicer_kwargs` (an lru_cache);
     to open another datastore in the same process (tests, benchmarks) that cache is cleared first.
     """
-    from vizier.service import clients
+    clients = require("vizier.service.clients", feature="the DoTS coefficient search")
 
     kwargs = clients.environment_variables.servicer_kwargs
     if kwargs.get("database_url") == url and _CURRENT_DB == [url]:

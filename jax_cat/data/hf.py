@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from jax_cat.extras import require
 from jax_cat.rewards.extract import clean_answer, extract_answer
 
 Schema = Literal["auto", "gsm8k", "math", "prompt_answer"]
@@ -212,7 +213,7 @@ def load_prompt_dataset(
             return records[:limit] if limit is not None else records
         return list(task.source(split, limit if limit is not None else 10_000))
 
-    import datasets
+    datasets = require("datasets", feature="reading dataset files and hub datasets")
 
     path = Path(source_str).expanduser()
     if path.exists():

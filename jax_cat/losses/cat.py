@@ -255,12 +255,15 @@ def _sft_loss(strategy, reduction, logits, targets, mask, logprobs, policy_den):
 # ----------------------------------------------------------------------------------------------------------
 # RL: advantages
 # ----------------------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("std_ddof",))
+@partial(jax.jit, static_argnames=("std_ddof", "scale"))
 def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1e-4, std_ddof: int = 1,
-                     sample_mask: jax.Array | None = None) -> jax.Array:
-    """GRPO advantages A = (r - mean_g) / (std_g + eps) within each group (std with ``std_ddof``; 1 = unbiased).
+                     sample_mask: jax.Array | None = None,
+                     scale: Literal["group", "batch", "none"] = "group") -> jax.Array:
+    """GRPO advantages A = (r - mean_g) / (std + eps), centred within each group (std with ``std_ddof``; 1 = unbiased).
 
-    A group of one (or with all rewards equal) gets A = 0.
+    ``scale`` (TRL's ``scale_rewards``): "group" = std of the group's rewards (GRPO); "batch" = std of all valid
+    rewards of the batch; "none" = A = r - mean_g, no division (Dr. GRPO: the std favours prompts that are nearly
+    always or never solved). A group of one (or with all rewards equal) gets A = 0.
     """
     rewards = jnp.asarray(rewards)
     dt = jnp.promote_types(rewards.dtype, jnp.float32)
@@ -272,6 +275,13 @@ def group_advantages(rewards: jax.Array, group_ids: jax.Array, *, eps: float = 1
     m = _segment_sum(valid.astype(dt), seg)
     mean = _segment_sum(jnp.where(valid, r, 0), seg) / jnp.maximum(m, 1)
     dev = jnp.where(valid, r - mean, 0)
+    if scale == "none":
+        return dev
+    if scale == "batch":
+        n = jnp.sum(valid.astype(dt))
+        batch_dev = jnp.where(valid, r - jnp.sum(jnp.where(valid, r, 0)) / jnp.maximum(n, 1), 0)
+        std = jnp.sqrt(jnp.sum(batch_dev * batch_dev) / jnp.maximum(n - std_ddof, 1))
+        return jnp.where(valid, dev / (std + eps), 0)
     var = _segment_sum(dev * dev, seg) / jnp.maximum(m - std_ddof, 1)
     return jnp.where(valid, dev / (jnp.sqrt(var) + eps), 0)
 
@@ -413,7 +423,7 @@ def cat_advantages(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Arr
                    config: CATLossConfig | None = None, **settings: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
     """CAT-weighted GRPO advantages of one whole logical (rollout) batch, computed once -> (A' [B] float32, metrics).
 
-    A = (r - mean_g)/(std_g + adv_eps) per prompt, minus ``all_wrong_penalty`` on prompts with no correct rollout,
+    A = (r - mean_g)/(std_g + adv_eps) per prompt (the std per ``scale_rewards``: "group", "batch", "none"), minus ``all_wrong_penalty`` on prompts with no correct rollout,
     clipped to ±``advantage_clip``; A' = A · w̃ with w̃ the CAT weight (stop-gradient) at the success estimate:
     p by Laplace per prompt from ``correct`` (p_source="group"; default correct = rewards > 0, and then rewards
     must be 0/1) or from the rollout policy's sequence log-prob (p_source="sequence": ``old_logprobs`` [B, T] and
@@ -485,7 +495,8 @@ def _advantages(strategy, cfg, need_binary, rewards, group_ids, correct, answer_
     binary = jnp.all(jnp.where(valid, (rf == 0) | (rf == 1), True))
     corr = (rf > 0) if correct is None else jnp.asarray(correct).astype(bool)
     seg = group_index(group_ids)
-    adv = group_advantages(rf, group_ids, eps=cfg.adv_eps, std_ddof=cfg.std_ddof, sample_mask=valid)
+    adv = group_advantages(rf, group_ids, eps=cfg.adv_eps, std_ddof=cfg.std_ddof, sample_mask=valid,
+                           scale=cfg.scale_rewards)
     n_correct = _segment_sum(jnp.where(valid, corr, False).astype(jnp.float32), seg)
     all_wrong = valid & (n_correct == 0)
     if cfg.all_wrong_penalty:
@@ -553,8 +564,8 @@ def cat_rl_loss(logprobs: jax.Array, old_logprobs: jax.Array | None, ref_logprob
     reduction)`` and the micro-batch's slice of the full batch's advantages; losses and gradients then sum
     exactly to the whole batch's). Settings: ``config=`` (`CATLossConfig`, e.g. REFERENCE_MAJORITY) and/or its
     fields as keywords (p_source, smoothing, logp_floor, min_k, no_answer, weight_clip, normalize, norm_decay,
-    bon_quantile, adv_eps, std_ddof, all_wrong_penalty, advantage_clip, surrogate, clip_eps_low, clip_eps_high,
-    beta, kl, reduction). ``PassAtN(1)`` with weight_clip None is plain GRPO.
+    bon_quantile, adv_eps, std_ddof, scale_rewards, all_wrong_penalty, advantage_clip, surrogate, clip_eps_low,
+    clip_eps_high, beta, kl, reduction). ``PassAtN(1)`` with weight_clip None is plain GRPO.
 
     >>> import jax.numpy as jnp
     >>> lp, mask = -jnp.ones((4, 3)), jnp.ones((4, 3))

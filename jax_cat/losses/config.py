@@ -41,6 +41,8 @@ class CATLossConfig:
       bon_quantile: BestOfN's reward quantile: "group" = within the prompt's rollouts [reference "within_prompt"];
         "history" = against a FIFO of past rewards carried in `CATState` [reference "history", 4000 rewards].
       adv_eps: GRPO std epsilon [1e-4]. std_ddof: 1 = unbiased std [1].
+      scale_rewards: what the centred reward is divided by (TRL's name and values): "group" = the prompt's reward
+        std (GRPO) [reference]; "batch" = the std of every reward in the batch; "none" = no division (Dr. GRPO).
       all_wrong_penalty: subtracted from the advantage of every rollout of a prompt with no correct rollout
         [majority 0.5, pass@N 0]. advantage_clip: clip |A| (after the penalty) [None].
     Loss side (used by `cat_rl_loss`):
@@ -65,6 +67,7 @@ class CATLossConfig:
     bon_quantile: Literal["group", "history"] = "group"
     adv_eps: float = 1e-4
     std_ddof: int = 1
+    scale_rewards: Literal["group", "batch", "none"] = "group"
     all_wrong_penalty: float = 0.0
     advantage_clip: float | None = None
     surrogate: Literal["token", "sequence"] = "token"
@@ -80,7 +83,8 @@ class CATLossConfig:
         object.__setattr__(self, "reduction", canonical_reduction(self.reduction))
         choices = {"form": ("raw", "log"), "p_source": ("group", "sequence"), "no_answer": ("rival", "abstain"),
                    "normalize": NORMALIZE_MODES, "bon_quantile": ("group", "history"),
-                   "surrogate": ("token", "sequence"), "kl": ("sequence_mean", "token"), "reduction": REDUCTIONS}
+                   "surrogate": ("token", "sequence"), "kl": ("sequence_mean", "token"), "reduction": REDUCTIONS,
+                   "scale_rewards": ("group", "batch", "none")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CATLossConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from jax_cat.atomic import atomic_write, atomic_write_text
+from jax_cat.extras import pyplot
 
 DEFAULT_OUT = Path("runs") / "default"
 KS = (1, 2, 4, 8, 16, 32, 64)
@@ -306,12 +307,11 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_passk(results: dict[str, Any], path: Path) -> Path:
-    """pass@k vs k (log2 axis) for every model with its bootstrap band, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_passk(results: dict[str, Any], path: Path) -> Path | None:
+    """pass@k vs k (log2 axis) for every model with its bootstrap band, written atomically as PNG (None: no matplotlib)."""
+    plt = pyplot(feature="the pass@k plot")
+    if plt is None:
+        return None
 
     styles = {"sft": ("0.45", "--"), "grpo": ("C0", "-"), "grpo_cat": ("C3", "-")}
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -390,7 +390,8 @@ def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT
     plot = plot_passk(results, out / "passk.png")
     say(f"\npass@k on {len(problems)} held-out '{run.preset}' problems ({run.eval_samples} samples each):")
     say(format_table(results))
-    say(f"\nwrote {out / 'results.json'}, {plot} in {results['wall_seconds']:.0f}s")
+    wrote = f"{out / 'results.json'}, {plot}" if plot is not None else f"{out / 'results.json'}"
+    say(f"\nwrote {wrote} in {results['wall_seconds']:.0f}s")
     return results
 
 

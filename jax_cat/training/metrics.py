@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jax_cat.extras import optional
 from jax_cat.atomic import atomic_write_text
 
 
@@ -54,12 +55,9 @@ class MetricsLogger:
         self._tick = time.perf_counter()
         self._writer = None
         if tensorboard and out_dir is not None and enabled:
-            try:
-                from tensorboardX import SummaryWriter
-
-                self._writer = SummaryWriter(str(Path(out_dir) / "tb" / stage))
-            except ImportError:
-                self._writer = None
+            tensorboard_x = optional("tensorboardX", feature="TensorBoard logging")
+            if tensorboard_x is not None:
+                self._writer = tensorboard_x.SummaryWriter(str(Path(out_dir) / "tb" / stage))
         if progress is None:
             progress = sys.stderr.isatty()
         self._bar = None
