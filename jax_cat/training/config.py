@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jax_cat.losses.config import CATLossConfig
+from jax_cat.training.familiar_names import familiar_hint
 
 
 class ConfigError(ValueError):
@@ -292,6 +293,9 @@ def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _did_you_mean(key: str) -> str:
+    familiar = familiar_hint(key)  # TRL / tunix names: the key to use here and what differs
+    if familiar:
+        return familiar
     close = []
     if "." not in key:  # a bare field name: suggest the first section that has it
         close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == key][:1]
