@@ -404,8 +404,16 @@ def run_search(
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(db_path):
         study = open_study(db_path, study_id, space, metrics, designer, seed=seed)
-        abandon_pending_suggestions(study)
-        return _search_loop(study, objective, metrics, num_trials, on_trial)
+        try:
+            abandon_pending_suggestions(study)
+            return _search_loop(study, objective, metrics, num_trials, on_trial)
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            orig = getattr(exc, "orig", None) or exc  # SQLAlchemy's message carries the SQL and the whole trial blob
+            raise OSError(f"{db_path}: the Vizier datastore could not be updated ({type(orig).__name__}: "
+                          f"{' '.join(str(orig).split())[:160]}); fix the cause (e.g. free disk space), then resume: "
+                          f"completed trials are kept") from None
 
 
 def _search_loop(study: Any, objective: Callable[[dict[str, float]], Mapping[str, float]], metrics: Sequence[Metric],

@@ -121,3 +121,29 @@ def test_seeded_designers_are_reproducible(tmp_path, designer):
     assert a == b and a != c and len(set(a)) == 4
     with pytest.raises(StudyMismatchError, match="seed"):
         params("a", 9)
+
+
+def test_datastore_write_failure_is_one_short_line(tmp_path, monkeypatch):
+    """A full disk under vizier.db: SQLAlchemy's message holds the SQL and the serialized trial; we report one short
+    OSError naming the file, and the completed trials survive for the resume."""
+    import sqlite3
+
+    import sqlalchemy.exc
+    from vizier._src.service import sql_datastore
+
+    db = tmp_path / "v.db"
+    run_search(objective, SPACE, METRICS, num_trials=1, db_path=db, designer="RANDOM_SEARCH")
+
+    def full(self, trial):
+        raise sqlalchemy.exc.OperationalError("UPDATE trials SET serialized_trial=? " + "x" * 5000, ("blob",),
+                                              sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(sql_datastore.SQLDataStore, "update_trial", full)
+    with pytest.raises(OSError) as info:
+        run_search(objective, SPACE, METRICS, num_trials=2, db_path=db, designer="RANDOM_SEARCH")
+    msg = str(info.value)
+    assert str(db) in msg and "database or disk is full" in msg and len(msg) < 500 and "\n" not in msg
+    monkeypatch.undo()
+    with deadline(30):
+        assert [r.trial_id for r in run_search(objective, SPACE, METRICS, num_trials=2, db_path=db,
+                                               designer="RANDOM_SEARCH")] == [1, 2]
