@@ -34,7 +34,9 @@ QUERIES = ["What is 2+3?", "What is 4+4?", "Compute 7-2.", "What is 1+1?", "What
            "What is 3+3?", "Compute 8-5."]
 
 CHILD = r"""
-import sys, time
+import signal, sys, time
+# a child started from a background job inherits SIGINT ignored (POSIX); Ctrl-C must reach it as at a terminal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 phase_delay = float(sys.argv[1])
 
 def mark(phase):
