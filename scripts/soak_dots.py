@@ -286,10 +286,15 @@ def main(argv: list[str] | None = None) -> int:
                         "(trials 1..N, none lost or repeated, no leftovers) and that every resume progressed")
     p.add_argument("--work", type=Path, default=Path("/tmp/soak-dots"))
     p.add_argument("--deadline", type=float, default=300.0, help="seconds one child may run")
+    p.add_argument("--phases", help="the kill points in order, e.g. suggest,trial,write (default: random "
+                   "suggest/trial, the last fifth during the final write)")
     p.add_argument("--json", type=Path, help="also write the report here")
     a = p.parse_args(argv)
+    schedule = a.phases.split(",") if a.phases else None
+    if schedule and (len(schedule) != a.kills or not set(schedule) <= set(PHASES)):
+        p.error(f"--phases needs {a.kills} of {PHASES}")
     report = soak(a.work, kills=a.kills, trials=a.trials, seed=a.seed, designer=a.designer, rng_seed=a.rng_seed,
-                  deadline=a.deadline)
+                  deadline=a.deadline, schedule=schedule)
     text = json.dumps(report, indent=2)
     print(text)
     if a.json:
