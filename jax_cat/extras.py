@@ -22,7 +22,7 @@ __all__ = ["EXTRA_OF", "MissingExtraError", "extra_for", "optional", "pyplot", "
 EXTRA_OF: dict[str, str] = {
     "vizier": "dots", "equinox": "dots", "jaxopt": "dots", "jaxtyping": "dots", "typeguard": "dots",
     "tensorflow_probability": "dots", "tree": "dots",
-    "datasets": "data",
+    "datasets": "data", "pyarrow": "data", "sqlalchemy": "dots",
     "matplotlib": "plots",
     "tensorboardX": "tensorboard",
 }

@@ -13,8 +13,11 @@ perplexity, see `merging.search.pick`), the trial table (trials.csv, trials.json
 picked model written tensor by tensor as an HF checkpoint (DIR/model). Nothing is written per trial except the
 table. See docs/dots.md.
 
-Bad input (missing checkpoint, unreadable queries, an existing DIR without --resume, a study that does not match)
-prints one line on stderr and exits with status 2 (`--debug` shows the traceback).
+Every input is validated before anything is written into DIR (flags, checkpoint shapes, the queries, a resumed
+study's files): a refused run leaves nothing behind. Errors follow `merging._cli` (the trainer's policy): one line on
+stderr, exit 2 for bad input, 1 for a failure, 130 for Ctrl-C; `--debug` adds the traceback. One process owns DIR at a
+time (`DIR.lock`). A run killed at any point (SIGKILL, Ctrl-C, full disk) resumes with `--resume`; see
+docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +35,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from jax_cat.extras import MissingExtraError, pyplot, require
+from jax_cat.extras import pyplot, require
+from merging._cli import ArgumentParser, CLIError, quiet_third_party, run_cli
+from merging.queries import load_queries
 from merging.search import DESIGNERS
 
 PROG = "python -m merging.dots"
@@ -41,13 +47,8 @@ STUDY_KEYS = ("base", "sft", "rl", "queries", "query_pool", "density", "topk_sco
               "max_new_tokens", "extract", "seed", "n_easy", "n_hard", "max_difficulty", "selection_votes", "dtype")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's convention too)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="DoTS: label-free multi-objective search of task-vector merge coefficients "
+    p = ArgumentParser(prog=PROG, description="DoTS: label-free multi-objective search of task-vector merge coefficients "
                 "(consistency and perplexity on unlabeled queries, Vizier), then the picked merge as an HF checkpoint.")
     p.add_argument("--base", required=True, help="base HF checkpoint folder")
     p.add_argument("--sft", required=True, help="SFT checkpoint folder (fine-tuned from --base)")
@@ -93,7 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="rows decoded together")
     p.add_argument("--max-shard-size", default="2GB", help="shard size of the written model")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     return p
 
 
@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------------
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Temp then rename (`merging.checkpoint.atomic_write_text`): the temporary is removed on every error path."""
+    from merging.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -116,30 +117,6 @@ def _json_default(x: Any) -> Any:
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
-
-
-def load_queries(source: str, limit: int | None = None) -> list[str]:
-    """Query texts from a .txt file (one per non-empty line) or anything `jax_cat.data.load_prompt_dataset` reads
-    (json/jsonl/parquet, hub ids, arithmetic:PRESET); answers, when the source has them, are never read."""
-    path = Path(source).expanduser()
-    if path.suffix == ".txt":
-        if not path.is_file():
-            raise FileNotFoundError(f"--queries: no file {path}")
-        queries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    else:
-        if path.suffix in (".json", ".jsonl", ".parquet") and not path.exists():
-            raise FileNotFoundError(f"--queries: no file {path}")
-        from jax_cat.data import load_prompt_dataset
-
-        try:
-            records = load_prompt_dataset(source, limit=limit)
-        except (RuntimeError, KeyError) as err:
-            raise ValueError(f"--queries {source!r}: {err}") from err
-        queries = [str(r["prompt"]) for r in records]
-    queries = queries[:limit] if limit is not None else queries
-    if not queries:
-        raise ValueError(f"--queries {source!r} holds no queries")
-    return queries
 
 
 def _records_table(records: Sequence[Any], front: set[int], picked: int | None) -> list[dict[str, Any]]:
@@ -189,42 +166,249 @@ def plot_pareto(path: Path, records: Sequence[Any], front: set[int], picked: Any
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from merging.checkpoint import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ---------------------------------------------------------------------------------------------------------------
-def _check_out(args: argparse.Namespace, out: Path, record: dict[str, Any]) -> None:
-    cfg_path = out / "config.json"
-    if out.exists() and any(out.iterdir()):
-        if not args.resume:
-            raise FileExistsError(f"--out {out} exists and is not empty (pass --resume to continue its study)")
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            changed = [k for k in STUDY_KEYS if json.dumps(old.get(k)) != json.dumps(record.get(k))]
-            if changed:
-                k = changed[0]
-                raise ValueError(f"--resume: --{k.replace('_', '-')} was {old.get(k)!r} in {out}, now "
-                                 f"{record.get(k)!r} ({len(changed)} setting(s) differ)")
-    if args.trials < 1:
-        raise ValueError(f"--trials must be >= 1, got {args.trials}")
-    if not 0 < args.density <= 1:
-        raise ValueError(f"--density must be in (0, 1], got {args.density}")
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise CLIError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag in its range, named in the message (`--query-pool -1` used to drop the last query)."""
+    def at_least(flag: str, value: int, low: int, why: str = "") -> None:
+        if value < low:
+            raise CLIError(f"{flag} must be >= {low}{why}, got {value}")
+
+    def within(flag: str, value: float, lo: float, hi: float, lo_open: bool = True) -> None:
+        _finite(flag, value)
+        if not ((lo < value) if lo_open else (lo <= value)) or value > hi:
+            raise CLIError(f"{flag} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value:g}")
+
+    at_least("--query-pool", args.query_pool, 1)
+    at_least("--trials", args.trials, 1)
+    within("--density", args.density, 0, 1)
+    for d in args.search_density or ():
+        within("--search-density", d, 0, 1)
+    lo, hi = (_finite("--coeff-range", v) for v in args.coeff_range)
+    if not lo < hi:
+        raise CLIError(f"--coeff-range LOW HIGH needs LOW < HIGH, got {lo:g} {hi:g}")
+    if _finite("--ppl-budget", args.ppl_budget) < 0:
+        raise CLIError(f"--ppl-budget must be >= 0, got {args.ppl_budget:g}")
+    at_least("--votes", args.votes, 2, " (consistency over one sample is always 1)")
+    at_least("--selection-votes", args.selection_votes, 2, " (difficulty from one sample is always 0)")
+    if not _finite("--temperature", args.temperature) > 0:
+        raise CLIError(f"--temperature must be > 0 (greedy samples all agree: consistency 1 for every trial), got "
+                       f"{args.temperature:g}")
+    within("--top-p", args.top_p, 0, 1)
+    at_least("--max-new-tokens", args.max_new_tokens, 1)
+    at_least("--n-easy", args.n_easy, 0)
+    at_least("--n-hard", args.n_hard, 0)
+    if args.n_easy + args.n_hard < 1:
+        raise CLIError("--n-easy + --n-hard must be >= 1 (the queries each trial is scored on)")
+    within("--max-difficulty", args.max_difficulty, 0, 1, lo_open=False)
+    at_least("--seed", args.seed, 0)
+    at_least("--batch-size", args.batch_size, 1)
+    for axis, n in zip(("DATA", "FSDP", "TENSOR"), args.mesh or ()):
+        at_least(f"--mesh {axis}", n, 1)
+    from merging.checkpoint import parse_size
+
+    try:
+        parse_size(args.max_shard_size)
+    except ValueError as err:
+        raise CLIError(f"--max-shard-size: {err}") from None
+
+
+def check_checkpoints(args: argparse.Namespace) -> None:
+    """--base, --sft and --rl are readable safetensors checkpoints of one architecture (headers only: no weights
+    are read): the same tensor names and shapes (a tied lm_head.weight may be missing on either side)."""
+    from merging.checkpoint import Checkpoint, CheckpointMismatchError
+
+    ckpts = {}
     for name in ("base", "sft", "rl"):
-        if not Path(getattr(args, name)).is_dir():
-            raise FileNotFoundError(f"--{name}: no checkpoint folder {getattr(args, name)}")
+        path = Path(getattr(args, name))
+        if not path.is_dir():
+            raise FileNotFoundError(f"--{name}: no checkpoint folder {path}")
+        try:
+            ckpts[name] = Checkpoint(path)
+        except (ValueError, OSError) as err:
+            raise type(err)(f"--{name}: {err}") from None
+    base = ckpts["base"].info
+    for name in ("sft", "rl"):
+        info = ckpts[name].info
+        for tensor in sorted(set(base) & set(info)):
+            if base[tensor].shape != info[tensor].shape:
+                raise CheckpointMismatchError(
+                    f"--{name} {args.__dict__[name]} is not a fine-tune of --base: tensor {tensor!r} has shape "
+                    f"{info[tensor].shape} there and {base[tensor].shape} in the base")
+        missing = sorted((set(base) ^ set(info)) - {"lm_head.weight"})
+        if missing:
+            where = "--base" if missing[0] in info else f"--{name}"
+            raise CheckpointMismatchError(
+                f"--{name} {args.__dict__[name]} is not a fine-tune of --base: tensor {missing[0]!r} is missing in "
+                f"{where} ({len(missing)} tensor name(s) differ)")
+
+
+def _read_json(path: Path, what: str, kind: type = dict) -> Any:
+    """A JSON file the run wrote earlier; a damaged one is bad input naming the file and what to do."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({' '.join(str(err).split())[:100]}); {what}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} is damaged (a JSON {type(value).__name__}, not a {kind.__name__}); {what}")
+    return value
+
+
+def _check_database(db: Path) -> None:
+    """vizier.db opens as a SQLite database (read only: nothing is created or changed)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            con.execute("select count(*) from sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise ValueError(f"{db} is not a readable Vizier study database ({err}); move it aside to start the search "
+                         f"afresh (trials.json beside it lists the completed trials), or restore it from a backup") \
+            from None
+
+
+def check_out(args: argparse.Namespace, out: Path, record: dict[str, Any], queries: list[str]) -> None:
+    """--out can be written and, with --resume, holds the same study with intact files (read only)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: cannot write in {probe} (read-only file system or no permission); "
+                              f"choose another --out")
+    if not (out.exists() and any(out.iterdir())):
+        return
+    if not args.resume:
+        raise FileExistsError(f"--out {out} exists and is not empty (pass --resume to continue its study, or "
+                              f"choose another --out)")
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        old = _read_json(cfg_path, "restore it, or start again in another --out")
+        changed = [k for k in STUDY_KEYS if json.dumps(old.get(k)) != json.dumps(record.get(k))]
+        if changed:
+            k = changed[0]
+            raise ValueError(f"--resume: --{k.replace('_', '-')} was {old.get(k)!r} in {out}, now "
+                             f"{record.get(k)!r} ({len(changed)} setting(s) differ); resume with the same arguments "
+                             f"or choose another --out")
+    redo = "remove it and --resume to compute it again"
+    for name in ("analysis.json", "reference.json"):
+        if (out / name).exists():
+            _read_json(out / name, redo)
+    if (out / "queries.json").exists():
+        q = _read_json(out / "queries.json", redo)
+        sel = q.get("selected")
+        if not (isinstance(sel, list) and sel and all(isinstance(i, int) and 0 <= i < len(queries) for i in sel)):
+            raise ValueError(f"{out / 'queries.json'} is damaged (its 'selected' indices do not fit the "
+                             f"{len(queries)} queries of --queries); {redo}")
+    if (out / "vizier.db").exists():
+        _check_database(out / "vizier.db")
+
+
+def validate(args: argparse.Namespace) -> list[str]:
+    """Check every input before anything is written (flags, strategy, mesh, checkpoints, queries, --out); return
+    the query pool."""
+    check_flags(args)
+    if args.vote_strategy:
+        from jax_cat.losses import strategy_from_spec
+
+        strategy = strategy_from_spec(args.vote_strategy)
+        if getattr(strategy, "n", 0) > args.votes:
+            raise CLIError(f"--vote-strategy {args.vote_strategy} needs {strategy.n} samples but --votes is "
+                           f"{args.votes}")
+    if args.mesh:
+        import jax
+
+        need, have = math.prod(args.mesh), len(jax.devices())
+        if need > have:
+            raise CLIError(f"--mesh {' '.join(map(str, args.mesh))} needs {need} devices, {have} available")
+    check_checkpoints(args)
+    queries = load_queries(args.queries, args.query_pool)
+    record = _record_args(args)
+    check_out(args, Path(args.out), record, queries)
+    return queries
+
+
+def _record_args(args: argparse.Namespace) -> dict[str, Any]:
+    record = {k: getattr(args, k) for k in STUDY_KEYS}
+    record["coeff_range"] = list(args.coeff_range)
+    return record
+
+
+_TMP = re.compile(r"(?:\.(?P<a>.+)\.tmp-(?P<pa>\d+)(?:\.\w+)?|(?P<b>.+)\.tmp-(?P<pb>\d+)-[0-9a-f]+)")
+
+
+def clean_stale_temporaries(out: Path) -> list[Path]:
+    """Remove temporaries (`<name>.tmp-<pid>-<hex>`, and the older `.<name>.tmp-<pid>`) of killed runs from --out:
+    only those whose process is gone."""
+    from merging.checkpoint import _pid_alive
+
+    removed = []
+    for p in out.iterdir() if out.is_dir() else ():
+        m = _TMP.fullmatch(p.name)
+        if m and p.is_file():
+            pid = int(m.group("pa") or m.group("pb"))
+            if pid != os.getpid() and not _pid_alive(pid):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def run(args: argparse.Namespace) -> int:
+    """Validate everything, then own --out (lock) and run the pipeline; a refused or failed fresh run leaves no
+    --out behind (an interrupted one stays, for --resume)."""
+    from merging.checkpoint import output_lock
+
     require("vizier.service.clients", feature="python -m merging.dots (the coefficient search)")
+    queries = validate(args)
     out = Path(args.out)
-    record = {k: getattr(args, k) for k in STUDY_KEYS}
-    record["coeff_range"] = list(args.coeff_range)
-    _check_out(args, out, record)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        check_out(args, out, _record_args(args), queries)  # again, now that we own it
+        created = not out.exists()
+        fresh = created or not any(out.iterdir())
+        clean_stale_temporaries(out)
+        try:
+            return _pipeline(args, out, queries)
+        except BaseException as err:
+            if fresh and not isinstance(err, KeyboardInterrupt) and not (out / "trials.json").exists():
+                _remove_run(out, keep_folder=not created)  # ours (this run made it, under our lock), nothing done
+            raise
+
+
+def _remove_run(out: Path, keep_folder: bool) -> None:
+    import shutil
+
+    if not keep_folder:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for p in out.iterdir() if out.is_dir() else ():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _pipeline(args: argparse.Namespace, out: Path, queries: list[str]) -> int:
+    record = _record_args(args)
     from merging.objectives import ObjectiveConfig
 
     strategy = None
@@ -240,7 +424,6 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = args.coeff_range
     densities = {n: tuple(args.search_density) for n in ("sft", "rl")} if args.search_density else {}
     space = SearchSpace({"sft": (lo, hi), "rl": (lo, hi)}, densities)
-    queries = load_queries(args.queries, args.query_pool)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", record)
     log = (lambda *a: None) if args.no_progress else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -296,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
     # (3) query selection (cached in queries.json)
     qpath = out / "queries.json"
     if qpath.exists():
-        chosen = json.loads(qpath.read_text())["selected"]
+        chosen = _read_json(qpath, "remove it and --resume to compute it again")["selected"]
     else:
         n_draw = args.n_easy + args.n_hard
         difficulty = None
@@ -319,7 +502,7 @@ def run(args: argparse.Namespace) -> int:
     # reference: the base model on the same queries and draws (cached)
     rpath = out / "reference.json"
     if rpath.exists():
-        reference = json.loads(rpath.read_text())
+        reference = _read_json(rpath, "remove it and --resume to compute it again")
     else:
         scores = evaluate_candidate(candidates.model([0.0, 0.0]), tokenizer, prompt_ids, objective_cfg, mesh=mesh)
         reference = scores.metrics()
@@ -358,7 +541,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = [Metric("consistency", "max"), Metric("perplexity", "min")]
     start = time.perf_counter()
     records = run_search(objective, space, metrics, num_trials=args.trials, db_path=out / "vizier.db",
-                         study_id="dots", designer=args.designer, on_trial=on_trial)
+                         study_id="dots", designer=args.designer, on_trial=on_trial, seed=args.seed)
     bar.close()
     if not records:
         raise RuntimeError("the study has no completed feasible trial")
@@ -403,18 +586,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from merging.search import StudyMismatchError  # noqa: F401  (a ValueError)
+def _main(argv: list[str]) -> int:
+    return run(build_parser().parse_args(argv))
 
-    try:
-        return run(args)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, MissingExtraError) as err:
-        if args.debug:
-            raise
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI in process through `merging._cli.run_cli`: one line on stderr and exit 2 (bad input), 1 (failure)
+    or 130 (Ctrl-C); `--debug` prints the traceback first; third-party logging quiet unless --debug."""
+    quiet_third_party()
+    return run_cli(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

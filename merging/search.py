@@ -5,6 +5,10 @@
 - `run_search(objective, space, metrics, ...)`: a Vizier study whose SQL datastore is a file (e.g. in the output
   folder): a search killed half way resumes with the same study; completed trials are never re-run and the
   trial that was being evaluated is handed back to us (Vizier keeps an ACTIVE trial assigned to its client id).
+  A search killed while Vizier computed a suggestion resumes too: the dead call's pending suggestion operation
+  (which Vizier would hand back to our fixed client id and poll forever) is closed first. One process at a time
+  owns a datastore (`<db>.lock`; a second one gets `OutputBusyError`). With a `seed`, RANDOM_SEARCH and
+  QUASI_RANDOM_SEARCH are reproducible: trial n's parameters depend on (seed, n) only (`merging/_vizier_seeded.py`).
   Metrics carry their own goals (`Metric("consistency", "max")`, `Metric("perplexity", "min")`); nothing is negated.
   Designers: "GAUSSIAN_PROCESS_BANDIT" (default; ~5 s a suggestion on 2 CPU cores), "RANDOM_SEARCH",
   "QUASI_RANDOM_SEARCH", "NSGA2" (the genetic algorithm behind the DoTS authors' Optuna default), "DEFAULT"
@@ -241,19 +245,54 @@ def _keep_x64_setting() -> Iterator[None]:
 
 
 def _suggest(study: Any) -> list[Any]:
-    """One suggestion, computed with x64 on in this thread only (Vizier's GP designers want float64)."""
+    """One suggestion, computed with x64 on in this thread only (Vizier's GP designers want float64).
+
+    When the computation is interrupted or crashes (Ctrl-C, a designer error), Vizier's in-process service leaves
+    the suggestion operation pending; it is closed here so that the next call starts a fresh one.
+    """
     import jax
 
-    with _keep_x64_setting(), jax.enable_x64(True):
-        return study.suggest(count=1, client_id=CLIENT_ID)
+    try:
+        with _keep_x64_setting(), jax.enable_x64(True):
+            return study.suggest(count=1, client_id=CLIENT_ID)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            abandon_pending_suggestions(study)
+        raise
 
 
-def _study_config(space: SearchSpace, metrics: Sequence[Metric], designer: str) -> Any:
+def abandon_pending_suggestions(study: Any, client_id: str = CLIENT_ID) -> int:
+    """Close (done, with an ABORTED error) the study's unfinished suggestion operations of `client_id`; return how
+    many. They belong to a call that died while the designer computed (SIGKILL, Ctrl-C, a crash): Vizier hands a
+    pending operation back to the same client id and polls it forever, since nothing will ever finish it. A trial
+    that call had already created stays ACTIVE and is still handed back by the next suggestion. Call only while
+    owning the datastore (`run_search` holds its lock)."""
+    from google.rpc import code_pb2, status_pb2
+    from vizier._src.service import custom_errors, vizier_client
+
+    datastore = vizier_client._create_local_vizier_servicer().datastore
+    try:
+        pending = datastore.list_suggestion_operations(study.resource_name, client_id, lambda op: not op.done)
+    except custom_errors.NotFoundError:
+        return 0
+    for op in pending:
+        op.done = True
+        op.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.ABORTED,
+                                            message="abandoned: the process computing it was interrupted"))
+        datastore.update_suggestion_operation(op)
+    return len(pending)
+
+
+def _study_config(space: SearchSpace, metrics: Sequence[Metric], designer: str, seed: int | None = None) -> Any:
     from vizier.service import pyvizier as vz
+
+    from merging import _vizier_seeded
 
     if designer not in DESIGNERS:
         raise ValueError(f"designer must be one of {DESIGNERS}, got {designer!r}")
     cfg = vz.StudyConfig(algorithm=designer)
+    if seed is not None:
+        cfg.metadata.ns(_vizier_seeded.NAMESPACE)["seed"] = str(int(seed))
     space.add_to(cfg.search_space.root)
     for m in metrics:
         goal = vz.ObjectiveMetricGoal.MAXIMIZE if m.goal == "max" else vz.ObjectiveMetricGoal.MINIMIZE
@@ -262,20 +301,39 @@ def _study_config(space: SearchSpace, metrics: Sequence[Metric], designer: str) 
 
 
 def open_study(db_path: str | Path, study_id: str, space: SearchSpace, metrics: Sequence[Metric],
-               designer: str = "GAUSSIAN_PROCESS_BANDIT", owner: str = "merging") -> Any:
+               designer: str = "GAUSSIAN_PROCESS_BANDIT", owner: str = "merging", seed: int | None = None) -> Any:
     """Create, or load when the datastore already has it, the study `study_id` in the sqlite file `db_path`.
 
-    Raises `StudyMismatchError` when a stored study with that id has other parameters, metrics or designer.
+    Raises `StudyMismatchError` when a stored study with that id has other parameters, metrics, designer or seed,
+    and `ValueError` naming the file when it is not a readable Vizier datastore. `seed` makes RANDOM_SEARCH and
+    QUASI_RANDOM_SEARCH reproducible (a stored study keeps the seed it was created with).
     """
+    from vizier._src.service import vizier_client
     from vizier.service import clients
+
+    from merging import _vizier_seeded
 
     db_path = Path(db_path).resolve()
     db_path.parent.mkdir(parents=True, exist_ok=True)
     _use_database(f"sqlite:///{db_path}")
-    cfg = _study_config(space, metrics, designer)
-    with _keep_x64_setting():  # Vizier's in-process Pythia service turns jax_enable_x64 on globally when created
-        study = clients.Study.from_study_config(cfg, owner=owner, study_id=study_id)
-    stored = study.materialize_study_config()
+    cfg = _study_config(space, metrics, designer, seed)
+    try:
+        with _keep_x64_setting():  # Vizier's in-process Pythia service turns jax_enable_x64 on globally when created
+            _vizier_seeded.install(vizier_client._create_local_vizier_servicer())
+            study = clients.Study.from_study_config(cfg, owner=owner, study_id=study_id)
+        stored = study.materialize_study_config()
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
+        _CURRENT_DB.clear()  # do not keep a service bound to the broken file
+        raise ValueError(
+            f"{db_path} is not a readable Vizier study database ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:160]}); move it aside to start the search afresh (trials.json beside it "
+            f"lists the completed trials), or restore it from a backup") from None
+    stored_seed = _vizier_seeded.study_seed(stored)
+    if seed is not None and stored_seed is not None and stored_seed != int(seed):
+        raise StudyMismatchError(f"{db_path} already holds study {study_id!r} with seed {stored_seed}, this search "
+                                 f"has seed {seed}. Use the same seed, another output folder or study id.")
     stored_params = sorted(p.name for p in stored.search_space.parameters)
     stored_metrics = sorted((m.name, str(m.goal)) for m in stored.metric_information)
     want_metrics = sorted((m.name, str(m.goal)) for m in cfg.metric_information)
@@ -287,6 +345,21 @@ def open_study(db_path: str | Path, study_id: str, space: SearchSpace, metrics: 
             f"{cfg.algorithm}. Use another output folder or study id."
         )
     return study
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """True for sqlite/SQLAlchemy errors (a corrupt or foreign file where the datastore should be)."""
+    try:
+        import sqlalchemy.exc
+    except ImportError:  # pragma: no cover - Vizier depends on SQLAlchemy
+        return False
+    import sqlite3
+
+    while exc is not None:
+        if isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _record(trial: Any) -> TrialRecord:
@@ -313,18 +386,43 @@ def run_search(
     study_id: str = "dots",
     designer: str = "GAUSSIAN_PROCESS_BANDIT",
     on_trial: Callable[[TrialRecord, list[TrialRecord]], None] | None = None,
+    seed: int | None = None,
 ) -> list[TrialRecord]:
     """Run (or continue) the study until it has `num_trials` completed trials; return them all.
+
+    The datastore is owned by this call (`<db_path>.lock`; a concurrent call gets `OutputBusyError`). Suggestion
+    operations left pending by a killed or interrupted earlier call are closed first, so a resumed search always
+    progresses; the trial such a call was evaluating is handed back and evaluated once. `seed`: see `open_study`.
 
     `objective(parameters)` returns at least the `metrics` (extra entries are stored too; "seconds" is added). A
     NaN/inf in a searched metric marks the trial infeasible (kept in the datastore, not on the front). `on_trial`
     is called after each completed trial with it and all completed so far (progress bars, tables on disk).
     """
-    from vizier.service import pyvizier as vz
+    from merging.checkpoint import output_lock
 
     if num_trials < 1:
         raise ValueError(f"num_trials must be >= 1, got {num_trials}")
-    study = open_study(db_path, study_id, space, metrics, designer)
+    db_path = Path(db_path).resolve()
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(db_path):
+        study = open_study(db_path, study_id, space, metrics, designer, seed=seed)
+        try:
+            abandon_pending_suggestions(study)
+            return _search_loop(study, objective, metrics, num_trials, on_trial)
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            orig = getattr(exc, "orig", None) or exc  # SQLAlchemy's message carries the SQL and the whole trial blob
+            raise OSError(f"{db_path}: the Vizier datastore could not be updated ({type(orig).__name__}: "
+                          f"{' '.join(str(orig).split())[:160]}); fix the cause (e.g. free disk space), then resume: "
+                          f"completed trials are kept") from None
+
+
+def _search_loop(study: Any, objective: Callable[[dict[str, float]], Mapping[str, float]], metrics: Sequence[Metric],
+                 num_trials: int, on_trial: Callable[[TrialRecord, list[TrialRecord]], None] | None
+                 ) -> list[TrialRecord]:
+    from vizier.service import pyvizier as vz
+
     done = load_trials(study)
     finished = sum(1 for t in study.trials().get() if t.status.name == "COMPLETED")
     while finished < num_trials:

@@ -165,10 +165,11 @@ def test_every_third_party_import_is_core_or_an_extra():
                     continue
                 unknown.setdefault(top, []).append(str(path.relative_to(REPO)))
     assert not unknown, f"imports that are neither core dependencies nor mapped to an extra: {unknown}"
-    extras = {k: {_name(r) for r in v if not r.startswith("jax-cat")} for k, v in PROJECT["optional-dependencies"].items()}
+    extras = {k: _closure([r for r in v if not r.startswith("jax-cat")])
+              for k, v in PROJECT["optional-dependencies"].items()}
     for module, extra in EXTRA_OF.items():
         installed = {re.sub(r"[-_.]+", "-", d).lower() for d in md.packages_distributions().get(module, [])}
-        assert installed & extras[extra], f"{module} maps to the '{extra}' extra, which does not list {installed}"
+        assert installed & extras[extra], f"{module} maps to the '{extra}' extra, which does not install {installed}"
     assert set(extras) >= {"dots", "data", "plots", "tensorboard", "all", "test"}
     assert set(EXTRA_OF.values()) <= {e for e in extras if e not in ("all", "test")}
 

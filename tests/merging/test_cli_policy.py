@@ -1,0 +1,84 @@
+"""One CLI error policy: `merging._cli` (merging imports nothing from jax_cat, so it keeps a copy) behaves exactly
+like `jax_cat.cli` -- the same exit status and the same stderr for every kind of failure, with and without --debug."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from jax_cat import cli as jcli
+from merging import _cli as mcli
+
+
+def _argparse_error(cli):
+    def main(argv):
+        p = cli.ArgumentParser(prog="p")
+        p.add_argument("--n", type=int, required=True)
+        p.parse_args(argv)
+    return main
+
+
+def _raise(exc):
+    def main(argv):
+        raise exc
+    return main
+
+
+ERRORS = {
+    "cli error": lambda cli: _raise(cli.CLIError("--x is bad; give --y")),
+    "value": lambda _: _raise(ValueError("--top-p must be in (0, 1], got 2")),
+    "type (bad input, not a bug)": lambda _: _raise(TypeError("coefficients must be numbers")),
+    "missing file": lambda _: _raise(FileNotFoundError("no file q.jsonl")),
+    "not a dir": lambda _: _raise(NotADirectoryError("out is a file")),
+    "is a dir": lambda _: _raise(IsADirectoryError("q.jsonl is a folder")),
+    "permission": lambda _: _raise(PermissionError(errno.EACCES, "Permission denied", "/ro/out")),
+    "multi-line": lambda _: _raise(ValueError("first\n  second\n")),
+    "empty message": lambda _: _raise(ValueError()),
+    "key error (a bug)": lambda _: _raise(KeyError("weight_map")),
+    "runtime (a bug)": lambda _: _raise(RuntimeError("boom")),
+    "full disk (a failure)": lambda _: _raise(OSError(errno.ENOSPC, "No space left on device", "/x/.a.json.tmp")),
+    "ctrl-c": lambda _: _raise(KeyboardInterrupt()),
+    "argparse usage": _argparse_error,
+    "argparse type": lambda cli: (lambda argv: _argparse_error(cli)(["--n", "x"])),
+    "fine": lambda _: (lambda argv: 0),
+    "fine, None": lambda _: (lambda argv: None),
+}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_merging_cli_policy_is_the_trainers(case, debug, capsys):
+    results = []
+    for cli in (jcli, mcli):
+        status = cli.run_cli(ERRORS[case](cli), ["--debug"] if debug else [], prog="p")
+        err = capsys.readouterr().err
+        results.append((status, err.strip().splitlines()[-1:] if err.strip() else [], err.startswith("Traceback")))
+    assert results[0] == results[1]
+    status, last, traceback_shown = results[1]
+    assert traceback_shown == (debug and case not in ("fine", "fine, None"))
+    assert status in (0, 1, 2, 130) and len(last) == (status != 0)
+
+
+def test_merging_counts_existing_outputs_as_bad_input(capsys):
+    """The one deliberate addition: FileExistsError (an existing --out, OutputBusyError) is bad input, exit 2."""
+    assert set(jcli.BAD_INPUT_ERRORS) - {jcli.CLIError} <= set(mcli.BAD_INPUT_ERRORS)
+    assert set(mcli.BAD_INPUT_ERRORS) - set(jcli.BAD_INPUT_ERRORS) == {mcli.CLIError, FileExistsError}
+    from merging.checkpoint import OutputBusyError
+
+    assert mcli.run_cli(_raise(OutputBusyError("another process (pid 1) is writing o")), [], prog="p") == 2
+    assert capsys.readouterr().err == "p: error: another process (pid 1) is writing o\n"
+
+
+def test_third_party_logging_is_quiet_unless_debug(caplog):
+    import logging
+
+    def warn(argv):
+        logging.getLogger("absl").warning("Python 3.8+ is required in this case.")
+
+    caplog.set_level(logging.INFO)
+    before = logging.getLogger("absl").level
+    assert mcli.run_cli(warn, [], prog="p") == 0
+    assert "Python 3.8" not in caplog.text
+    assert logging.getLogger("absl").level == before  # restored afterwards
+    assert mcli.run_cli(warn, ["--debug"], prog="p") == 0
+    assert "Python 3.8" in caplog.text
