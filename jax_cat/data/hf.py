@@ -132,10 +132,9 @@ def math_record(row: Mapping[str, Any], index: int, *, prefix: str = "math") -> 
 
 def prompt_answer_record(row: Mapping[str, Any], index: int, *, prefix: str = "data") -> dict:
     """A row that already has ``prompt`` and ``answer``; other common fields are kept when present."""
-    missing = [key for key in ("prompt", "answer") if key not in row]
-    if missing:
-        raise KeyError(f"prompt_answer_record: row {index} lacks {missing}; columns are {sorted(row)}")
-    if _blank(row["answer"]):  # a null cell (e.g. a JSONL row without the key) is no answer, never the text "None"
+    if "prompt" not in row:
+        raise KeyError(f"prompt_answer_record: row {index} lacks ['prompt']; columns are {sorted(row)}")
+    if _blank(row.get("answer")):  # a null cell (e.g. a JSONL row without the key) is no answer, never the text "None"
         raise MissingAnswer(f"prompt_answer_record: row {index} has no answer")
     record = dict(row)
     record["answer"] = str(row["answer"])

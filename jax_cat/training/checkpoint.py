@@ -45,10 +45,15 @@ class Checkpointer:
 
     def param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
         """{parameter path: shape} of checkpoint `step`, read from its metadata (no array is loaded)."""
-        meta = ocp.StandardCheckpointer().metadata(self.path(step) / "state")
+        state = self.path(step) / "state"
+        if not state.is_dir():
+            raise FileNotFoundError(f"its item 'state' is missing ({state})")
+        meta = ocp.StandardCheckpointer().metadata(state)
         tree = getattr(meta, "item_metadata", meta)
-        params = tree["params"] if isinstance(tree, dict) or hasattr(tree, "__getitem__") else None
-        return {path: tuple(leaf.shape) for path, leaf in flat_paths(params).items()}
+        shapes = {path: tuple(leaf.shape) for path, leaf in flat_paths(tree["params"]).items()}
+        if not shapes:
+            raise ValueError(f"no parameters in the metadata of {state}")
+        return shapes
 
     def set_aside(self, step: int) -> Path:
         """Rename checkpoint `step` to `damaged-<step>` (kept for inspection, no longer a step) and forget it."""

@@ -104,7 +104,7 @@ def _dataset_records(dataset: str, split: str, limit: int | None) -> list[dict]:
                           "{prompt, answer} records")
     if skipped and is_primary():
         shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
-        print(f"data.dataset={dataset!r} (split {split!r}): skipped {len(skipped)} rows without an answer "
+        print(f"warning: data.dataset={dataset!r} (split {split!r}): skipped {len(skipped)} rows without an answer "
               f"(rows {shown}); using {len(records)}", file=sys.stderr, flush=True)
     return records
 

@@ -12,7 +12,7 @@ from jax_cat.training.config import Config
 from jax_cat.training.data import check_data
 from jax_cat.training.grpo import run_grpo
 from jax_cat.training.run_folder import check_out_dir, owner_lock, prepare_run_folder
-from jax_cat.training.runtime import RunResult, build_mesh, load_model, save_final
+from jax_cat.training.runtime import RunResult, build_mesh, load_model, model_path, save_final
 from jax_cat.training.sft import run_sft
 
 
@@ -61,6 +61,7 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite:
     with owner_lock(out):
         write_config = prepare_run_folder(cfg, out, resume=resume, overwrite=overwrite)
         check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)
+        model_path(cfg.model.path)  # a missing folder or an unknown hub id: refused before anything is written
         out.mkdir(parents=True, exist_ok=True)
         if write_config:
             atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
