@@ -33,7 +33,8 @@ def build_parser() -> ArgumentParser:
                    help="override one config key, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out (same "
-                   "config; only the keys listed in docs/training.md may change)")
+                   "config, by default the run's own config.json; only the keys listed in docs/training.md may "
+                   "change)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its config.json, "
                    "metrics, checkpoints, final/, eval/)")
     p.add_argument("--list", action="store_true", help="list the named recipes and exit")
@@ -81,8 +82,11 @@ def _train(argv: list[str]) -> int:
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                        "--overwrite replaces it; pass one")
-    cfg = load_config(args.config, args.overrides)  # ConfigError (a ValueError): one line, exit 2
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "run")
+    recipe = args.config
+    if args.resume and recipe is None and (out / "config.json").is_file():
+        recipe = str(out / "config.json")  # `--out DIR --resume [--set ...]`: the run's own settings
+    cfg = load_config(recipe, args.overrides)  # ConfigError (a ValueError): one line, exit 2
     if not _several_processes():  # the run folder, before JAX starts (run() checks again under the owner lock)
         from jax_cat.training.run_folder import check_out_dir, check_run_folder
 

@@ -515,6 +515,9 @@ def check_ranges(cfg: Config) -> None:
     _in_range("eval.temperature", e.temperature, 0, inf, high_open=True)
     for k in e.ks:
         _positive("eval.ks", k, 1)
+    if not e.ks and t.eval_at_end and e.num_problems > 0:
+        raise ConfigError("eval.ks is empty: name the k values to report (e.g. eval.ks=1,2,4), or set "
+                          "train.eval_at_end=false")
 
 
 def check_objective(cfg: Config) -> None:

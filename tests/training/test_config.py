@@ -53,6 +53,7 @@ def test_overrides_are_typed():
     (["optimizer.b2=1"], "optimizer.b2 must be in [0, 1), got 1.0"),
     (["train.stop_after=0"], "train.stop_after must be >= 1, got 0"),
     (["data.dataset="], "data.dataset must not be empty"),
+    (["eval.ks="], "eval.ks is empty"),
     # issue 19 item 6: objectives that can never move
     (["train.method=grpo", "rollout.group_size=1"], "rollout.group_size=1: GRPO's advantage is a sample's reward minus"),
     (["train.method=grpo", "strategy=maj@1"], "strategy=maj@1 with loss.min_k=2: the majority threshold must be in [1, 1]"),

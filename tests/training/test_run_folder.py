@@ -130,6 +130,11 @@ def test_resume_refuses_a_changed_config_naming_the_keys(finished, capsys):
     line = _one_line(capsys)
     assert "optimizer.learning_rate (0.001 -> 0.0003)" in line and "strategy ('pass@1' -> 'pass@4')" in line
     assert "train.steps" not in line and (run / "config.json").read_bytes() == config
+    # `--out DIR --resume` alone resumes with the run's own config.json; --set applies on top of it
+    assert train_cli.main(["--out", str(run), "--resume", "--set", "optimizer.learning_rate=3e-4"]) == 2
+    assert _one_line(capsys).endswith("in optimizer.learning_rate (0.001 -> 0.0003); resume with the same settings "
+                                      f"(see {run / 'config.json'}), or start a new run with another --out (keys "
+                                      "--resume may change: docs/training.md)")
     # more steps on the (default) cosine schedule would change the learning rates of the steps already taken
     assert train_cli.main([*_args(model), "--set", "train.steps=4", "--out", str(run), "--resume"]) == 2
     assert "train.steps (2 -> 4: more steps need optimizer.schedule=constant" in _one_line(capsys)
