@@ -92,13 +92,13 @@ def _train(argv: list[str]) -> int:
 
         check_out_dir(out)
         check_run_folder(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    if args.resume and not (out / "checkpoints").is_dir():
+        hint = "start without --resume" if not (out / "config.json").exists() else "start it over with --overwrite"
+        raise CLIError(f"--resume: no checkpoints in {out}/checkpoints ({hint})")
     _distributed_init()
     import jax
 
     check_mesh(cfg, jax.device_count())
-    if args.resume and not (out / "checkpoints").is_dir():
-        hint = "start without --resume" if not (out / "config.json").exists() else "start it over with --overwrite"
-        raise CLIError(f"--resume: no checkpoints in {out}/checkpoints ({hint})")
 
     from jax_cat.training.run import run
     from jax_cat.training.runtime import NonFiniteLoss
@@ -111,11 +111,13 @@ def _train(argv: list[str]) -> int:
     except Exception as err:  # noqa: BLE001 - a full disk surfaces from the checkpoint library's own threads too
         if not _out_of_space(err):
             raise
-        print(f"{PROG}: error: no space left on the device holding {out} (the last complete checkpoint is kept); "
+        print(f"{PROG}: error: no space left on the device holding {out} (complete checkpoints are kept); "
               "free some space, then continue with --resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (resume with --resume)", file=sys.stderr)
+        saved = any(p.name.isdigit() for p in (out / "checkpoints").glob("*/*"))
+        hint = "resume with --resume" if saved else "no checkpoint was written yet: start again with --overwrite"
+        print(f"{PROG}: interrupted ({hint})", file=sys.stderr)
         return 130
     if jax.process_index() == 0:
         _report(summary, out)

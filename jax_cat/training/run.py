@@ -59,9 +59,10 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite:
         _barrier("run folder checked")
         return _run(cfg, out, resume=resume)
     with owner_lock(out):
-        write_config = prepare_run_folder(cfg, out, resume=resume, overwrite=overwrite)
+        prepare_run_folder(cfg, out, resume=resume, overwrite=overwrite, dry_run=True)
         check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)
         model_path(cfg.model.path)  # a missing folder or an unknown hub id: refused before anything is written
+        write_config = prepare_run_folder(cfg, out, resume=resume, overwrite=overwrite)  # --overwrite removes here
         out.mkdir(parents=True, exist_ok=True)
         if write_config:
             atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -94,6 +94,15 @@ def test_a_run_folder_is_not_replaced_without_resume_or_overwrite(finished, caps
     assert _tree(run) == before  # final/, checkpoints, metrics and config.json untouched
 
 
+def test_overwrite_with_bad_input_leaves_the_old_run_alone(finished, capsys):
+    run, model = finished
+    before = _tree(run)
+    argv = [*_args(model), "--set", "data.dataset=/nonexistent/train.jsonl", "--out", str(run), "--overwrite"]
+    assert train_cli.main(argv) == 2
+    assert "no such file or folder: /nonexistent/train.jsonl" in _one_line(capsys)
+    assert _tree(run) == before  # the old run is removed only once every input has been checked
+
+
 def test_overwrite_removes_the_run_and_only_the_run(finished, tmp_path):
     from jax_cat.training.config import load_config
     from jax_cat.training.run_folder import RUN_ENTRIES, prepare_run_folder
