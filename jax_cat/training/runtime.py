@@ -143,7 +143,7 @@ def restore_latest_intact(checkpointer: Checkpointer, target: TrainState,
     """
     import sys
 
-    warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+    warn = warn or (lambda text: is_primary() and print(text, file=sys.stderr, flush=True))
     damaged: list[tuple[int, str]] = []
     for step in sorted(checkpointer.all_steps(), reverse=True):
         try:
