@@ -16,6 +16,7 @@ this behaviour (it imports nothing from `jax_cat`); see docs/glossary.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -65,14 +66,28 @@ def one_line(error: BaseException) -> str:
     return "; ".join(parts) or type(error).__name__
 
 
-def quiet_third_party() -> None:
-    """Silence the import-time notices of dependencies (call before they are imported); explicit env settings win."""
+QUIET_LOGGERS = ("absl", "orbax", "tensorstore", "datasets", "huggingface_hub", "grain", "fsspec", "filelock")
+
+
+def quiet_third_party(debug: bool = False) -> None:
+    """Silence the import-time notices of dependencies (call before they are imported); explicit env settings win.
+
+    Unless `debug`, also the libraries' own logging (absl / Orbax: a full disk is otherwise hundreds of lines of
+    checkpoint-library log before the one line that matters) and the dataset download/build progress bars.
+    """
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found. Models won't ..."
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("pkg_resources", "setuptools", "distutils"):
         warnings.filterwarnings("ignore", message=f".*{name}.*")
         warnings.filterwarnings("ignore", module=name)
+    if debug:
+        return
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:

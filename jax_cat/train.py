@@ -1,23 +1,26 @@
 """`python -m jax_cat.train`: SFT and GRPO with CAT objectives on a device mesh.
 
-    python -m jax_cat.train [--config PATH_OR_NAME] [--set KEY=VALUE ...] [--out DIR] [--resume] [--debug]
+    python -m jax_cat.train [--config PATH_OR_NAME] [--set KEY=VALUE ...] [--out DIR] [--resume | --overwrite]
+                            [--debug]
 
 With no arguments it runs the embedded default (`jax_cat.training.default_run`). Recipes: the files of configs/
 (`--config grpo_cat`) or any .toml/.json path; `--set` overrides one key (`--set strategy=pass@8`). A bad key, value
 or mesh is one line on stderr and exit status 2 before anything compiles; a non-finite loss stops the run with
-exit status 1, keeping the last good checkpoint. Multi-host: when the environment names a coordinator
+exit status 1, keeping the last good checkpoint. A folder that holds a run is never replaced by accident (--resume
+continues it with the same config, --overwrite replaces it), and one trainer at a time owns it. Multi-host: when the environment names a coordinator
 (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; or JAX_CAT_DISTRIBUTED=auto on a cluster JAX
 detects), `jax.distributed` is
 initialised first and each process reads its own data shard.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
+from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli, split_debug
 
 
 PROG = "python -m jax_cat.train"
@@ -29,9 +32,19 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out (same "
+                   "config, by default the run's own config.json; only the keys listed in docs/training.md may "
+                   "change)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its config.json, "
+                   "metrics, checkpoints, final/, eval/)")
     p.add_argument("--list", action="store_true", help="list the named recipes and exit")
     return p
+
+
+def _several_processes() -> bool:
+    """Whether the environment describes a multi-process run (then process 0 alone checks the run folder)."""
+    return (os.environ.get("JAX_CAT_DISTRIBUTED") == "auto"
+            or (bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1))
 
 
 def _distributed_init() -> None:
@@ -56,7 +69,7 @@ def _distributed_init() -> None:
 def _train(argv: list[str]) -> int:
     """Parse, check the config and mesh before anything compiles, then run; bad input raises (see jax_cat.cli)."""
     args = build_parser().parse_args(argv)
-    if not argv:
+    if not argv or argv == ["--overwrite"]:  # the embedded default run (README's first command)
         from jax_cat.training import default_run
 
         return int(default_run.main(args) or 0)
@@ -66,34 +79,65 @@ def _train(argv: list[str]) -> int:
     if args.list:
         print("\n".join(recipe_names()))
         return 0
-    cfg = load_config(args.config, args.overrides)  # ConfigError (a ValueError): one line, exit 2
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                       "--overwrite replaces it; pass one")
+    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "run")
+    recipe = args.config
+    if args.resume and recipe is None and (out / "config.json").is_file():
+        recipe = str(out / "config.json")  # `--out DIR --resume [--set ...]`: the run's own settings
+    cfg = load_config(recipe, args.overrides)  # ConfigError (a ValueError): one line, exit 2
+    if not _several_processes():  # the run folder, before JAX starts (run() checks again under the owner lock)
+        from jax_cat.training.run_folder import check_out_dir, check_run_folder
+
+        check_out_dir(out)
+        check_run_folder(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    if args.resume and not (out / "checkpoints").is_dir():
+        hint = "start without --resume" if not (out / "config.json").exists() else "start it over with --overwrite"
+        raise CLIError(f"--resume: no checkpoints in {out}/checkpoints ({hint})")
     _distributed_init()
     import jax
 
     check_mesh(cfg, jax.device_count())
-    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "run")
-    if args.resume and not (out / "checkpoints").is_dir():
-        raise CLIError(f"--resume: no checkpoints in {out}/checkpoints (start without --resume)")
 
     from jax_cat.training.run import run
     from jax_cat.training.runtime import NonFiniteLoss
 
     try:
-        summary = run(cfg, out=out, resume=args.resume)
+        summary = run(cfg, out=out, resume=args.resume, overwrite=args.overwrite)
     except NonFiniteLoss as err:  # not bad input and not a bug: the run stopped, checkpoints kept; exit 1
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:  # noqa: BLE001 - a full disk surfaces from the checkpoint library's own threads too
+        if not _out_of_space(err):
+            raise
+        print(f"{PROG}: error: no space left on the device holding {out} (complete checkpoints are kept); "
+              "free some space, then continue with --resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (resume with --resume)", file=sys.stderr)
+        saved = any(p.name.isdigit() for p in (out / "checkpoints").glob("*/*"))
+        hint = "resume with --resume" if saved else "no checkpoint was written yet: start again with --overwrite"
+        print(f"{PROG}: interrupted ({hint})", file=sys.stderr)
         return 130
     if jax.process_index() == 0:
         _report(summary, out)
     return 0
 
 
+def _out_of_space(err: BaseException | None) -> bool:
+    """Whether `err` (or an exception it was raised from) is a full disk (ENOSPC)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit status (bad input: one stderr line, exit 2; `--debug` adds the traceback)."""
-    quiet_third_party()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_third_party(debug=split_debug(argv)[1])
     return run_cli(_train, argv, prog=PROG)
 
 
@@ -113,4 +157,9 @@ def _report(summary: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    if status == 130:  # interrupted: checkpoints were waited for; skip exit hooks that could print a traceback
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    raise SystemExit(status)

@@ -474,6 +474,89 @@ def test_analysis_refuses_mismatched_inputs(ckpts, tmp_path):
         analyze_checkpoints(ckpts["good"], ckpts["ft"], ckpts["other"], progress=False)
 
 
+# ------------------------------------------------------------------------------------------------ datasets
+def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+DATASET_CASES = {  # issue 19 item 13: each names the file (and the line); nothing is tried as a hub id
+    "missing file": (lambda d: d / "nope.jsonl", FileNotFoundError, r"no such file or folder: .*nope\.jsonl"),
+    "missing path in a folder": (lambda d: d / "sub" / "train", FileNotFoundError, r"sub/train"),
+    "malformed JSON lines": (lambda d: _write(d / "bad.jsonl", '{"prompt": "a", "answer": "1"}\n\n{"prompt": }\n'),
+                             ValueError, r"bad\.jsonl, line 3: not valid JSON"),
+    "a line that is not an object": (lambda d: _write(d / "list.jsonl", '[1, 2]\n'), ValueError,
+                                     r"list\.jsonl, line 1: expected a JSON object"),
+    "not UTF-8": (lambda d: _write(d / "latin.jsonl", '{"prompt": "\xe9", "answer": "1"}\n', "latin-1"), ValueError,
+                  r"latin\.jsonl: not UTF-8"),
+    "a row without an answer": (lambda d: _write(d / "na.jsonl", '{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n'),
+                                ValueError, r"row 1 has no answer"),
+    "a null answer": (lambda d: _write(d / "null.json", '[{"prompt": "a", "answer": null}]'), ValueError,
+                      r"row 0 has no answer"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATASET_CASES))
+def test_load_prompt_dataset_refuses(case, tmp_path):
+    from jax_cat.data import load_prompt_dataset
+
+    make, exc, match = DATASET_CASES[case]
+    source = make(tmp_path)
+    with expect(exc, match, tmp_path):
+        load_prompt_dataset(source)
+
+
+def test_rows_without_answers_are_skipped_and_counted_never_trained_as_none(tmp_path, capfd):
+    """Issue 19 item 5: a JSONL row without the key (filled with null by a table reader) or with null is skipped,
+    its index reported; no record's answer is the text "None". No progress bar is printed for a local file."""
+    from jax_cat.data import load_prompt_dataset
+    from jax_cat.training.config import ConfigError, DataConfig
+    from jax_cat.training.data import train_records
+
+    rows = ['{"prompt": "1+1=", "answer": "2"}', '{"prompt": "2+2="}', '{"prompt": "3+3=", "answer": null}',
+            '{"prompt": "4+4=", "answer": 8}', '{"prompt": "5+5=", "answer": "  "}']
+    path = _write(tmp_path / "train.jsonl", "\n".join(rows) + "\n")
+    skipped: list[int] = []
+    records = load_prompt_dataset(path, skipped=skipped)
+    assert [r["answer"] for r in records] == ["2", "8"] and skipped == [1, 2, 4]
+    assert load_prompt_dataset(path, skipped=[], limit=1)[0]["answer"] == "2"
+    capfd.readouterr()
+    assert [r["answer"] for r in train_records(DataConfig(dataset=str(path)))] == ["2", "8"]
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == [f"warning: data.dataset='{path}' (split 'train'): skipped 3 rows without an "
+                                        "answer (rows 1, 2, 4); using 2"], err
+    none = _write(tmp_path / "none.jsonl", rows[1] + "\n" + rows[2] + "\n")
+    with expect(ConfigError, r"none\.jsonl.*none of its 2 rows has an answer", tmp_path):
+        train_records(DataConfig(dataset=str(none)))
+
+
+def test_an_unknown_hub_name_fails_at_once_when_the_hub_is_unreachable(tmp_path):
+    """Issue 19 item 15: with the hub unreachable (here: an endpoint that refuses connections) and HF_HUB_OFFLINE
+    unset, an unknown dataset or model name fails in seconds with one message, instead of ~30 s of retries."""
+    script = (
+        "import time\n"
+        "from jax_cat.data import load_prompt_dataset\n"
+        "from jax_cat.training.runtime import model_path\n"
+        "for call in (lambda: load_prompt_dataset('someorg/nonexistent', split='train'),\n"
+        "             lambda: model_path('someorg/nomodel')):\n"
+        "    t = time.perf_counter()\n"
+        "    try:\n"
+        "        call()\n"
+        "    except Exception as err:\n"
+        "        print(type(err).__name__, round(time.perf_counter() - t, 1), err)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2, proc.stdout + proc.stderr[-2000:]
+    dataset, model = (line.split(" ", 2) for line in lines)
+    assert dataset[0] == "FileNotFoundError" and "hub is unreachable (offline)" in dataset[2]
+    assert model[0] == "ConfigError" and "model.path='someorg/nomodel'" in model[2] and "offline" in model[2]
+    assert float(dataset[1]) < 10 and float(model[1]) < 10, lines  # datasets' own retries took ~30 s
+    assert "Retrying" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------------------------ tokenizers
 def test_tokenizer_without_pad_or_eos_is_refused():
     from jax_cat.sampling import generate
@@ -496,5 +579,5 @@ def test_tokenizer_without_pad_or_eos_is_refused():
 
 
 def test_unique_names():  # the table's rows are distinct (a copy-paste row would hide a missing case)
-    names = list(LOAD_CASES) + list(GENERATE_CASES) + list(EVALUATE_CASES)
+    names = list(LOAD_CASES) + list(GENERATE_CASES) + list(EVALUATE_CASES) + list(DATASET_CASES)
     assert len(names) == len(set(names)) and len(names) >= 25, len(names)

@@ -14,14 +14,17 @@ import pytest
 
 import jax_cat.__main__ as smoke
 import jax_cat.evaluate as evaluate_cli
+import jax_cat.train as train_cli
 from jax_cat.cli import ArgumentParser, CLIError, run_cli, split_debug
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "python -m jax_cat"
 EVAL = "python -m jax_cat.evaluate"
+TRAIN = "python -m jax_cat.train"
+OUT = ["--out", "{out}"]  # the trainer's rows always name a fresh folder: a refusal must leave it uncreated
 
 # (cli, argv, words the one line must contain). "{empty}" is an existing folder with no checkpoint in it,
-# "{file}" an existing plain file.
+# "{file}" an existing plain file, "{out}" a folder that does not exist yet, "{dir}" the folder of the data files.
 BAD_INVOCATIONS = [
     (SMOKE, ["--max-new-tokens", "0"], ["--max-new-tokens must be >= 1", "got 0"]),
     (SMOKE, ["--max-new-tokens", "many"], ["--max-new-tokens", "invalid int value", "--help"]),
@@ -39,20 +42,42 @@ BAD_INVOCATIONS = [
     (EVAL, ["--model", "tiny", "--out", "{file}"], ["--out", "is a file", "give a folder"]),
     (EVAL, ["--model", "tiny", "--dataset", "arithmetic:nosuchpreset"], ["--dataset arithmetic:nosuchpreset", "unknown arithmetic preset"]),
     (EVAL, ["--model", "{empty}", "--n", "2", "--k", "1"], ["--model", "no config.json", "HF-format checkpoint folder"]),
+    # the trainer (issue 19 items 6, 12, 13): every value and file is checked before a model is loaded
+    (TRAIN, ["--set", "eval.temperature=-1", *OUT], ["eval.temperature must be in [0, inf), got -1.0"]),
+    (TRAIN, ["--set", "rollout.top_p=2", *OUT], ["rollout.top_p must be in (0, 1], got 2.0"]),
+    (TRAIN, ["--set", "data.limit=-3", *OUT], ["data.limit must be >= 1, got -3"]),
+    (TRAIN, ["--set", "train.method=grpo", "--set", "rollout.group_size=1", *OUT],
+     ["rollout.group_size=1", "every advantage is 0", "rollout.group_size >= 2"]),
+    (TRAIN, ["--set", "data.dataset={dir}/missing.jsonl", *OUT], ["data.dataset=", "missing.jsonl", "no such file"]),
+    (TRAIN, ["--set", "data.dataset={dir}/empty.jsonl", *OUT], ["empty.jsonl", "holds no records"]),
+    (TRAIN, ["--set", "data.dataset={dir}/bad.jsonl", *OUT], ["bad.jsonl, line 2: not valid JSON"]),
+    (TRAIN, ["--set", "data.dataset={dir}/unanswered.jsonl", *OUT], ["unanswered.jsonl", "none of its 2 rows has an answer"]),
+    (TRAIN, ["--set", "model.path={dir}/no-model", *OUT], ["model.path=", "no-model", "no such folder"]),
+    (TRAIN, ["--config", "{dir}/latin1.toml", *OUT], ["latin1.toml: not UTF-8 text"]),
+    (TRAIN, ["--config", "{dir}/list.json", *OUT], ["list.json: expected a table of sections", "got a list"]),
+    (TRAIN, ["--out", "{file}"], ["file.txt is a file, not a folder"]),
+    (TRAIN, ["--resume", "--overwrite", *OUT], ["--resume and --overwrite contradict each other"]),
 ]
-MAINS = {SMOKE: smoke.main, EVAL: evaluate_cli.main}
+MAINS = {SMOKE: smoke.main, EVAL: evaluate_cli.main, TRAIN: train_cli.main}
 
 
 @pytest.fixture
 def places(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("not a folder\n")
-    return {"{empty}": str(tmp_path / "empty"), "{file}": str(tmp_path / "file.txt")}
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer":\n')
+    (tmp_path / "unanswered.jsonl").write_text('{"prompt": "1+1="}\n{"prompt": "2+2=", "answer": null}\n')
+    (tmp_path / "latin1.toml").write_bytes("[train]\nsteps = 1 # \xe9t\xe9\n".encode("latin-1"))
+    (tmp_path / "list.json").write_text("[1, 2]\n")
+    return {"{empty}": str(tmp_path / "empty"), "{file}": str(tmp_path / "file.txt"), "{out}": str(tmp_path / "run"),
+            "{dir}": str(tmp_path)}
 
 
 @pytest.mark.parametrize("cli,argv,words", BAD_INVOCATIONS, ids=[f"{c.split()[-1]}:{' '.join(a)}" for c, a, _ in BAD_INVOCATIONS])
 def test_bad_invocation_is_one_line_and_exit_2(cli, argv, words, places, capsys):
-    argv = [places.get(a, a) for a in argv]
+    for key, value in places.items():
+        argv = [a.replace(key, value) for a in argv]
     assert MAINS[cli](argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
@@ -61,6 +86,7 @@ def test_bad_invocation_is_one_line_and_exit_2(cli, argv, words, places, capsys)
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert captured.out == ""
+    assert not os.path.exists(places["{out}"]) and not os.path.exists(places["{out}"] + ".lock")
 
 
 def test_the_table_is_large_enough():

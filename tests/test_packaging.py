@@ -125,9 +125,11 @@ print("analyze-status", analyze(["--base", {str(tmp_path / 'base')!r}, "--sft", 
                                  "--rl", {str(tmp_path / 'rl')!r}, "--out", {str(tmp_path / 'analysis')!r}]))
 from merging.dots import main as dots
 print("dots-status", dots(["--base", "b", "--sft", "s", "--rl", "r", "--queries", "q.jsonl", "--out", "o"]))
-from jax_cat.data.hf import load_prompt_dataset as load_records
+from jax_cat.data.hf import load_prompt_dataset
+open("rows.jsonl", "w").write('{{"question": "1+1?", "answer": "#### 2"}}\\n')
+print("local-rows", len(load_prompt_dataset("rows.jsonl")))  # local files need no extra
 try:
-    load_records({str(tmp_path / 'x.jsonl')!r})
+    load_prompt_dataset("owner/some-dataset")
 except ImportError as e:
     print("data-error", e)
 """
@@ -140,6 +142,7 @@ except ImportError as e:
     assert "dots-status 2" in done.stdout
     assert "pip install 'jax-cat[dots]'" in done.stderr
     assert "Traceback" not in done.stderr
+    assert "local-rows 1" in done.stdout
     assert "pip install 'jax-cat[data]'" in done.stdout
 
 

@@ -15,12 +15,14 @@ from jax_cat.data.arithmetic import (
 )
 from jax_cat.data.hf import (
     KNOWN_DATASETS,
+    MissingAnswer,
     detect_schema,
     format_prompt,
     gsm8k_record,
     load_prompt_dataset,
     math_record,
     prompt_answer_record,
+    read_local_rows,
     to_records,
 )
 
@@ -40,6 +42,7 @@ def __getattr__(name: str):
 __all__ = [
     "KNOWN_DATASETS",
     "LEVELS",
+    "MissingAnswer",
     "PRESETS",
     "ArithmeticSource",
     "ArithmeticSpec",
@@ -55,6 +58,7 @@ __all__ = [
     "pad_token_id",
     "prompt_answer_record",
     "prompt_length",
+    "read_local_rows",
     "resolve_eos_token_ids",
     "resolve_pad_token_id",
     "to_records",

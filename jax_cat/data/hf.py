@@ -13,6 +13,8 @@ Every loader returns a list of records ``{"prompt", "answer", "level", "id", "so
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,11 @@ from typing import Any, Literal
 
 from jax_cat.extras import require
 from jax_cat.rewards.extract import clean_answer, extract_answer
+
+
+def _head(table: Any, n: int) -> Any:
+    """The first n rows of a list or a ``datasets.Dataset``."""
+    return table[:n] if isinstance(table, list) else table.select(range(min(n, len(table))))
 
 Schema = Literal["auto", "gsm8k", "math", "prompt_answer"]
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -54,6 +61,14 @@ KNOWN_DATASETS.update({spec.repo_id: spec for spec in list(KNOWN_DATASETS.values
 KNOWN_DATASETS["math"] = KNOWN_DATASETS["hendrycks_math"]
 
 
+class MissingAnswer(ValueError):
+    """A row without an answer: it cannot be a training target or a graded problem (``to_records(skipped=...)``)."""
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
+
+
 # ------------------------------------------------------------------------------------------------ adapters
 
 _CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
@@ -66,9 +81,11 @@ def gsm8k_record(row: Mapping[str, Any], index: int, *, prefix: str = "gsm8k") -
         question, rationale = row["question"], row["answer"]
     except KeyError as err:
         raise KeyError(f"gsm8k_record: row {index} lacks column {err}; columns are {sorted(row)}") from None
+    if _blank(rationale):
+        raise MissingAnswer(f"gsm8k_record: row {index} has no answer")
     final = extract_answer(rationale, style="gsm8k")
     if final is None:
-        raise ValueError(f"gsm8k_record: row {index} has no '#### answer' line: {rationale[-80:]!r}")
+        raise MissingAnswer(f"gsm8k_record: row {index} has no '#### answer' line: {rationale[-80:]!r}")
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", final):
         final = final.replace(",", "")
     solution = _CALCULATOR_RE.sub("", rationale).strip()
@@ -97,9 +114,10 @@ def math_record(row: Mapping[str, Any], index: int, *, prefix: str = "math") -> 
     except KeyError as err:
         raise KeyError(f"math_record: row {index} lacks column {err}; columns are {sorted(row)}") from None
     answer = row.get("answer")
-    answer = clean_answer(str(answer)) if answer not in (None, "") else extract_answer(solution, style="boxed")
+    answer = (clean_answer(str(answer)) if not _blank(answer) else
+              extract_answer(solution, style="boxed") if isinstance(solution, str) else None)
     if not answer:
-        raise ValueError(f"math_record: row {index} has no 'answer' column and no \\boxed{{}} in its solution")
+        raise MissingAnswer(f"math_record: row {index} has no 'answer' column and no \\boxed{{}} in its solution")
     record = {
         "prompt": problem.strip(),
         "answer": answer,
@@ -115,9 +133,10 @@ def math_record(row: Mapping[str, Any], index: int, *, prefix: str = "math") -> 
 
 def prompt_answer_record(row: Mapping[str, Any], index: int, *, prefix: str = "data") -> dict:
     """A row that already has ``prompt`` and ``answer``; other common fields are kept when present."""
-    missing = [key for key in ("prompt", "answer") if key not in row]
-    if missing:
-        raise KeyError(f"prompt_answer_record: row {index} lacks {missing}; columns are {sorted(row)}")
+    if "prompt" not in row:
+        raise KeyError(f"prompt_answer_record: row {index} lacks ['prompt']; columns are {sorted(row)}")
+    if _blank(row.get("answer")):  # a null cell (e.g. a JSONL row without the key) is no answer, never the text "None"
+        raise MissingAnswer(f"prompt_answer_record: row {index} has no answer")
     record = dict(row)
     record["answer"] = str(row["answer"])
     record.setdefault("level", None)
@@ -148,19 +167,91 @@ def detect_schema(columns: Iterable[str]) -> str:
     )
 
 
-def to_records(rows: Iterable[Mapping[str, Any]], *, schema: Schema = "auto", prefix: str = "data") -> list[dict]:
-    """Map raw rows (a ``datasets.Dataset`` or dicts) to common records with the named or detected adapter."""
+def to_records(rows: Iterable[Mapping[str, Any]], *, schema: Schema = "auto", prefix: str = "data",
+               skipped: list[int] | None = None) -> list[dict]:
+    """Map raw rows (a ``datasets.Dataset`` or dicts) to common records with the named or detected adapter.
+
+    A row without an answer raises `MissingAnswer` naming it; with a ``skipped`` list it is left out instead and
+    its index appended (the caller reports the count).
+    """
     rows = list(rows)
     if not rows:
         return []
-    name = detect_schema(rows[0].keys()) if schema == "auto" else schema
+    columns: dict[str, None] = {}
+    for row in rows:  # the union (a JSON-lines file need not give every row every key)
+        columns.update(dict.fromkeys(row.keys()))
+    name = detect_schema(columns) if schema == "auto" else schema
     if name not in ADAPTERS:
         raise ValueError(f"schema must be 'auto' or one of {sorted(ADAPTERS)}, got {schema!r}")
     adapter = ADAPTERS[name]
-    return [adapter(row, i, prefix=prefix) for i, row in enumerate(rows)]
+    records = []
+    for i, row in enumerate(rows):
+        try:
+            records.append(adapter(row, i, prefix=prefix))
+        except MissingAnswer:
+            if skipped is None:
+                raise
+            skipped.append(i)
+    return records
 
 
 # ------------------------------------------------------------------------------------------------ loading
+
+
+def looks_local(source: str) -> bool:
+    """Whether a dataset / model name is meant as a local path (not a hub id 'owner/name')."""
+    return (source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+            or Path(source).suffix in _LOCAL_BUILDERS)
+
+
+def _json_rows(path: Path) -> list[dict]:
+    """Rows of a .json (a list of objects, or JSON lines) or .jsonl file; ValueError naming the file and line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None  # maybe JSON lines in a .json file, as `datasets` accepts
+        else:
+            if isinstance(data, dict):
+                data = [data]
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise ValueError(f"{path}: expected a list of objects (or one object per line)")
+            return data
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def read_local_rows(path: str | Path) -> list[dict]:
+    """The rows of a local .json / .jsonl / .parquet file or folder of them (no ``datasets`` cache, no progress
+    bars); errors name the file (and the line, for JSON lines)."""
+    path = Path(path).expanduser()
+    builder, files = _local_files(path)
+    rows: list[dict] = []
+    for file in map(Path, files):
+        if builder == "parquet":
+            pq = require("pyarrow.parquet", feature="Parquet dataset files")
+
+            try:
+                rows.extend(pq.read_table(file).to_pylist())
+            except Exception as err:  # noqa: BLE001 - pyarrow's errors name neither the file nor the fix
+                raise ValueError(f"{file}: not a readable parquet file ({type(err).__name__}: {err})") from None
+        else:
+            rows.extend(_json_rows(file))
+    return rows
 
 
 def _local_files(path: Path) -> tuple[str, list[str]]:
@@ -187,6 +278,7 @@ def load_prompt_dataset(
     arithmetic_seed: int = 0,
     arithmetic_style: str = "plain",
     data_seed: int | None = None,
+    skipped: list[int] | None = None,
 ) -> list[dict]:
     """Records from a local json/jsonl/parquet file or folder, a hub dataset id, or ``arithmetic[:preset]``.
 
@@ -194,7 +286,9 @@ def load_prompt_dataset(
     default split (test) and schema filled in; ``hendrycks_math`` loads and concatenates all seven subjects
     unless ``config`` names some. ``split`` applies to hub datasets and the arithmetic task (a local file or
     folder is one table). ``limit`` keeps the first rows. ``data_seed`` seeds the arithmetic generator
-    (``arithmetic_seed`` is its old name; give one).
+    (``arithmetic_seed`` is its old name; give one). A row without an answer raises `MissingAnswer`; with a
+    ``skipped`` list such rows are left out and their indices appended. A path-looking source that does not
+    exist is a FileNotFoundError (never tried as a hub id); a hub id fails at once when the hub is unreachable.
     """
     if data_seed is not None:
         if arithmetic_seed not in (0, data_seed):
@@ -213,15 +307,21 @@ def load_prompt_dataset(
             return records[:limit] if limit is not None else records
         return list(task.source(split, limit if limit is not None else 10_000))
 
-    datasets = require("datasets", feature="reading dataset files and hub datasets")
-
     path = Path(source_str).expanduser()
     if path.exists():
-        builder, files = _local_files(path)
-        table = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir)
         prefix = path.stem
-        tables = [table]
+        tables = [read_local_rows(path)]
+    elif looks_local(source_str):
+        raise FileNotFoundError(f"load_prompt_dataset: no such file or folder: {source_str} (a local dataset; a hub "
+                                "dataset id looks like 'owner/name')")
     else:
+        from jax_cat.hub import go_offline_if_unreachable
+
+        datasets = require("datasets", feature="hub datasets")
+        go_offline_if_unreachable()
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
         known = KNOWN_DATASETS.get(source_str)
         repo_id = known.repo_id if known else source_str
         if config is None:
@@ -237,15 +337,26 @@ def load_prompt_dataset(
             try:
                 tables.append(datasets.load_dataset(repo_id, name=name, split=split, cache_dir=cache_dir))
             except Exception as err:  # noqa: BLE001 - add what the user can do about it
-                raise RuntimeError(
+                from jax_cat.hub import is_offline, short_reason
+
+                where = "the hub is unreachable (offline)" if is_offline() else short_reason(err)
+                raise FileNotFoundError(
                     f"load_prompt_dataset: could not load hub dataset {repo_id!r} (config={name!r}, split={split!r}): "
-                    f"{err}. Offline? Pass a local .json/.jsonl/.parquet file or 'arithmetic:sum3' instead."
+                    f"{where}. Pass a local .json/.jsonl/.parquet file or 'arithmetic:sum3' instead."
                 ) from err
     records: list[dict] = []
+    consumed = 0  # rows read from earlier tables (skipped indices count across tables)
     for table in tables:
-        rows = table if limit is None else table.select(range(min(limit - len(records), len(table))))
-        records.extend(to_records(rows, schema=schema, prefix=prefix))
+        if skipped is None:
+            rows = table if limit is None else _head(table, max(0, limit - len(records)))
+            records.extend(to_records(rows, schema=schema, prefix=prefix))
+        else:  # rows without answers are left out, so every row is read and `limit` applies to the kept ones
+            lost: list[int] = []
+            records.extend(to_records(table, schema=schema, prefix=prefix, skipped=lost))
+            skipped.extend(consumed + i for i in lost)
+            consumed += len(table)
         if limit is not None and len(records) >= limit:
+            records = records[:limit]
             break
     if len({r["id"] for r in records}) != len(records):  # ids from per-config prefixes can collide
         for i, record in enumerate(records):

@@ -43,6 +43,35 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target._asdict()), extra=ocp.args.JsonRestore()))
         return TrainState(**restored["state"]), dict(restored["extra"])
 
+    def param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """{parameter path: shape} of checkpoint `step`, read from its metadata (no array is loaded)."""
+        state = self.path(step) / "state"
+        if not state.is_dir():
+            raise FileNotFoundError(f"its item 'state' is missing ({state})")
+        meta = ocp.StandardCheckpointer().metadata(state)
+        tree = getattr(meta, "item_metadata", meta)
+        shapes = {path: tuple(leaf.shape) for path, leaf in flat_paths(tree["params"]).items()}
+        if not shapes:
+            raise ValueError(f"no parameters in the metadata of {state}")
+        return shapes
+
+    def set_aside(self, step: int) -> Path:
+        """Rename checkpoint `step` to `damaged-<step>` (kept for inspection, no longer a step) and forget it."""
+        src = self.path(step)
+        dst = self.directory / f"damaged-{int(step)}"
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = self.directory / f"damaged-{int(step)}-{n}"
+        if is_primary():
+            os.replace(src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self._manager.reload()
+        return dst
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self._manager.wait_until_finished()
@@ -53,6 +82,15 @@ class Checkpointer:
 
     def path(self, step: int) -> Path:
         return self.directory / str(int(step))
+
+
+def flat_paths(tree: Any) -> dict[str, Any]:
+    """{"layers.0.mlp.up_proj.kernel": leaf, ...}: a pytree's leaves by dotted path (keys, attributes, indices)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        out[".".join(parts)] = leaf
+    return out
 
 
 def is_primary() -> bool:

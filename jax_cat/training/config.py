@@ -427,11 +427,19 @@ def read_recipe(path_or_name: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(f"--config {path_or_name!r}: no such file or recipe{hint}")
         path = matches[0]
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read: {err.strerror or err}") from None
+    try:
+        tree = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"--config {path}: cannot parse: {err}") from None
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"--config {path}: expected a table of sections (e.g. {{\"train\": {{\"steps\": 100}}}}), "
+                          f"got a {type(tree).__name__}")
+    return tree
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -458,8 +466,81 @@ def load_config(path_or_name: str | os.PathLike | None = None, overrides: Mappin
 
 # -------------------------------------------------------------------------------------------------- validation
 def _positive(key: str, value: int | float, minimum: float = 1) -> None:
-    if value < minimum:
+    if not value >= minimum:  # NaN fails too
         raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def _in_range(key: str, value: float, low: float, high: float, *, low_open: bool = False,
+              high_open: bool = False) -> None:
+    """ConfigError naming `key` unless low <(=) value <(=) high (NaN and infinities never pass a finite bound)."""
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{key} must be in {interval}, got {value}")
+
+
+def _not_empty(key: str, value: str) -> None:
+    if not str(value).strip():
+        raise ConfigError(f"{key} must not be empty")
+
+
+def check_ranges(cfg: Config) -> None:
+    """A range check for every key of every section (the keys `validate` relates to each other come after)."""
+    t, d, o, r, w, e = cfg.train, cfg.data, cfg.optimizer, cfg.rollout, cfg.warmup, cfg.eval
+    inf = float("inf")
+    for key, value, minimum in (
+        ("train.steps", t.steps, 0), ("train.seed", t.seed, 0), ("train.checkpoint_every", t.checkpoint_every, 0),
+        ("train.micro_batches", t.micro_batches, 1), ("train.updates_per_batch", t.updates_per_batch, 1),
+        ("train.log_every", t.log_every, 1), ("data.data_seed", d.data_seed, 0), ("data.batch_size", d.batch_size, 1),
+        ("data.max_prompt_len", d.max_prompt_len, 1), ("data.max_target_len", d.max_target_len, 1),
+        ("optimizer.warmup_steps", o.warmup_steps, 0), ("rollout.group_size", r.group_size, 1),
+        ("rollout.max_new_tokens", r.max_new_tokens, 1), ("rollout.top_k", r.top_k, 0),
+        ("warmup.steps", w.steps, 0), ("warmup.batch_size", w.batch_size, 0), ("checkpoint.keep", cfg.checkpoint.keep, 1),
+        ("eval.num_problems", e.num_problems, 0), ("eval.n", e.n, 1), ("eval.max_new_tokens", e.max_new_tokens, 0),
+    ):
+        _positive(key, value, minimum)
+    if t.stop_after is not None:
+        _positive("train.stop_after", t.stop_after, 1)
+    if d.limit is not None:
+        _positive("data.limit", d.limit, 1)
+    for key, value in (("model.path", cfg.model.path), ("data.dataset", d.dataset), ("data.split", d.split),
+                       ("data.eval_split", d.eval_split)):
+        _not_empty(key, value)
+    _in_range("optimizer.learning_rate", o.learning_rate, 0, inf, low_open=True, high_open=True)
+    _in_range("warmup.learning_rate", w.learning_rate, 0, inf, low_open=True, high_open=True)
+    _in_range("optimizer.end_lr_ratio", o.end_lr_ratio, 0, 1)
+    _in_range("optimizer.weight_decay", o.weight_decay, 0, inf, high_open=True)
+    _in_range("optimizer.b1", o.b1, 0, 1, high_open=True)
+    _in_range("optimizer.b2", o.b2, 0, 1, high_open=True)
+    _in_range("optimizer.eps", o.eps, 0, inf, low_open=True, high_open=True)
+    _in_range("optimizer.clip_norm", o.clip_norm, 0, inf, high_open=True)
+    _in_range("rollout.temperature", r.temperature, 0, inf, high_open=True)
+    _in_range("rollout.top_p", r.top_p, 0, 1, low_open=True)
+    _in_range("eval.temperature", e.temperature, 0, inf, high_open=True)
+    for k in e.ks:
+        _positive("eval.ks", k, 1)
+    if not e.ks and t.eval_at_end and e.num_problems > 0:
+        raise ConfigError("eval.ks is empty: name the k values to report (e.g. eval.ks=1,2,4), or set "
+                          "train.eval_at_end=false")
+
+
+def check_objective(cfg: Config) -> None:
+    """Refuse GRPO settings whose objective is degenerate (every advantage 0: the run would never move)."""
+    from jax_cat.losses import MajorityAtN, strategy_from_spec
+
+    if cfg.train.method != "grpo":
+        return
+    if cfg.rollout.group_size < 2:
+        raise ConfigError(
+            f"rollout.group_size={cfg.rollout.group_size}: GRPO's advantage is a sample's reward minus the mean of "
+            "its prompt's group, so with one sample per prompt every advantage is 0 and the run never moves; "
+            "use rollout.group_size >= 2"
+        )
+    strategy = strategy_from_spec(cfg.strategy)
+    min_k = cfg.loss_config().min_k
+    if isinstance(strategy, MajorityAtN) and not 1 <= min_k <= strategy.n // 2 + 1:
+        raise ConfigError(f"strategy={cfg.strategy} with loss.min_k={min_k}: the majority threshold must be in "
+                          f"[1, {strategy.n // 2 + 1}] for n={strategy.n}; lower loss.min_k or raise the n of maj@n")
 
 
 def validate(cfg: Config) -> None:
@@ -472,25 +553,12 @@ def validate(cfg: Config) -> None:
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
     t = cfg.train
-    _positive("train.steps", t.steps, 0)
-    _positive("train.checkpoint_every", t.checkpoint_every, 0)
-    _positive("train.micro_batches", t.micro_batches)
-    _positive("train.updates_per_batch", t.updates_per_batch)
-    _positive("train.log_every", t.log_every)
-    _positive("data.batch_size", cfg.data.batch_size)
-    _positive("data.max_prompt_len", cfg.data.max_prompt_len)
-    _positive("data.max_target_len", cfg.data.max_target_len)
-    _positive("rollout.group_size", cfg.rollout.group_size)
-    _positive("rollout.max_new_tokens", cfg.rollout.max_new_tokens)
-    _positive("checkpoint.keep", cfg.checkpoint.keep)
-    _positive("warmup.steps", cfg.warmup.steps, 0)
-    _positive("warmup.batch_size", cfg.warmup.batch_size, 0)
-    if not cfg.optimizer.learning_rate > 0:
-        raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
+    check_ranges(cfg)
     try:
         cfg.loss_config()
     except (ValueError, TypeError) as err:
         raise ConfigError(f"loss: {err}") from None
+    check_objective(cfg)
     if t.method == "sft" and cfg.data.batch_size % t.micro_batches:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split into train.micro_batches={t.micro_batches}")
     if t.method == "grpo" and (cfg.data.batch_size * cfg.rollout.group_size) % t.micro_batches:

@@ -5,6 +5,8 @@ reads its own shard and an iterator's `get_state()` / `set_state()` resumes exac
 """
 from __future__ import annotations
 
+import functools
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,6 +15,7 @@ import grain
 import numpy as np
 
 from jax_cat.data.pipeline import PromptCollator, prompt_pipeline
+from jax_cat.training.checkpoint import is_primary
 from jax_cat.training.config import ConfigError, DataConfig
 
 
@@ -71,18 +74,49 @@ def train_records(cfg: DataConfig) -> Sequence[Mapping[str, Any]]:
         task = _arithmetic_task(cfg)
         size = cfg.limit or 1_000_000
         return ArithmeticBlocks(task, size) if hasattr(task, "batch") else task.source("train", size)
-    from jax_cat.data import load_prompt_dataset
-
-    return load_prompt_dataset(cfg.dataset, split=cfg.split, limit=cfg.limit)
+    return _dataset_records(cfg.dataset, cfg.split, cfg.limit)
 
 
 def eval_records(cfg: DataConfig, limit: int) -> list[dict]:
     """The first `limit` held-out problems (the arithmetic test set, or the dataset's eval split)."""
     if is_arithmetic(cfg):
         return _arithmetic_task(cfg).test_set()[:limit]
+    return list(_dataset_records(cfg.dataset, cfg.eval_split, limit))
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset_records(dataset: str, split: str, limit: int | None) -> list[dict]:
+    """A dataset's records (loaded once per run: the check before the model load and the loops share them).
+
+    Rows without an answer are left out and counted in one stderr line; a missing, empty or malformed file, or one
+    where no row has an answer, is a ConfigError naming data.dataset and the file (and line)."""
     from jax_cat.data import load_prompt_dataset
 
-    return load_prompt_dataset(cfg.dataset, split=cfg.eval_split, limit=limit)
+    skipped: list[int] = []
+    try:
+        records = load_prompt_dataset(dataset, split=split, limit=limit, skipped=skipped)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise ConfigError(f"data.dataset={dataset!r}: {text.removeprefix('load_prompt_dataset: ')}") from None
+    if not records:
+        why = f"none of its {len(skipped)} rows has an answer" if skipped else "it holds no records"
+        raise ConfigError(f"data.dataset={dataset!r} (split {split!r}): {why}; give a file of "
+                          "{prompt, answer} records")
+    if skipped and is_primary():
+        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        print(f"warning: data.dataset={dataset!r} (split {split!r}): skipped {len(skipped)} rows without an answer "
+              f"(rows {shown}); using {len(records)}", file=sys.stderr, flush=True)
+    return records
+
+
+def check_data(cfg: DataConfig, *, evaluate: bool = False, eval_problems: int = 0) -> None:
+    """Load (and cache) the training records, and the held-out ones when `evaluate`, before any model is loaded:
+    a bad dataset is refused in seconds, not after compiling (ConfigError naming data.dataset)."""
+    records = train_records(cfg)
+    if len(records) == 0:
+        raise ConfigError(f"data.dataset={cfg.dataset!r}: no training records")
+    if evaluate and eval_problems > 0 and not is_arithmetic(cfg):
+        eval_records(cfg, eval_problems)
 
 
 class SFTCollator:

@@ -207,6 +207,9 @@ def train_variant(run: DefaultRun, out: Path, warm: Path, stage: str, strategy: 
     from jax_cat.training.runtime import load_model, save_final
 
     cfg = trainer_config(run, method="grpo", model_path=warm, strategy=strategy)
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / stage, ignore_errors=True)  # an RL stage always starts from the warm start
     t0 = time.perf_counter()
     mesh = default_mesh(cfg)
     model, tokenizer = load_model(cfg, mesh)
@@ -341,11 +344,30 @@ def plot_passk(results: dict[str, Any], path: Path) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------ the run
 def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT_OUT, *,
-                say: Callable[[str], None] = _say) -> dict[str, Any]:
-    """Runs the whole default pipeline into `out` and returns the results dict (also in `<out>/results.json`)."""
-    from jax_cat.data.arithmetic import ArithmeticTask
+                say: Callable[[str], None] = _say, overwrite: bool = False) -> dict[str, Any]:
+    """Runs the whole default pipeline into `out` and returns the results dict (also in `<out>/results.json`).
+
+    One run at a time owns `out` (a second gets one line). A folder that holds a finished default run
+    (results.json) is refused unless `overwrite`; an unfinished one is continued (the SFT warm start is reused
+    when its settings are unchanged, the RL stages start again from it).
+    """
+    from jax_cat.training.run_folder import RunFolderError, check_out_dir, owner_lock
 
     out = Path(out)
+    check_out_dir(out)
+    with owner_lock(out):
+        if (out / "results.json").exists() and not overwrite:
+            raise RunFolderError(
+                f"{out} already holds a finished default run (results.json, passk.png): read them there, run it "
+                "again with `python -m jax_cat.train --overwrite` (the SFT warm start is reused), or use --out "
+                "with `python -m jax_cat.training.default_run`"
+            )
+        return _run_default(run, out, say)
+
+
+def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    from jax_cat.data.arithmetic import ArithmeticTask
+
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     cat_label = f"CAT GRPO {run.cat_strategy}"
@@ -398,6 +420,7 @@ def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jax_cat.training.default_run", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"run folder (default {DEFAULT_OUT})")
+    p.add_argument("--overwrite", action="store_true", help="run again into a folder that holds a finished run")
     for field in dataclasses.fields(DefaultRun):
         p.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
                        help=f"default {field.default}")
@@ -410,9 +433,13 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(None if args is None else list(args))
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DefaultRun)
                  if getattr(args, f.name, None) is not None}
-    run_default(DefaultRun(**overrides), getattr(args, "out", None) or DEFAULT_OUT)
+    run_default(DefaultRun(**overrides), getattr(args, "out", None) or DEFAULT_OUT,
+                overwrite=bool(getattr(args, "overwrite", False)))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    from jax_cat.cli import quiet_third_party, run_cli
+
+    quiet_third_party()
+    raise SystemExit(run_cli(main, sys.argv[1:], prog="python -m jax_cat.training.default_run"))

@@ -9,8 +9,10 @@ from typing import Any
 from jax_cat.atomic import atomic_write_text
 from jax_cat.training.checkpoint import is_primary
 from jax_cat.training.config import Config
+from jax_cat.training.data import check_data
 from jax_cat.training.grpo import run_grpo
-from jax_cat.training.runtime import RunResult, build_mesh, load_model, save_final
+from jax_cat.training.run_folder import check_out_dir, owner_lock, prepare_run_folder
+from jax_cat.training.runtime import RunResult, build_mesh, load_model, model_path, save_final
 from jax_cat.training.sft import run_sft
 
 
@@ -42,12 +44,43 @@ def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) ->
     return result
 
 
-def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[str, Any]:
-    """Runs every stage of `cfg`; returns {"stages": {name: RunResult}, "final": path, "eval": result}."""
+def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Runs every stage of `cfg`; returns {"stages": {name: RunResult}, "final": path, "eval": result}.
+
+    The run folder `out` is checked and locked first (`jax_cat.training.run_folder`): a folder holding a run is
+    refused unless `resume` (same config, up to the keys `SAFE_ON_RESUME` lists) or `overwrite` (its run entries are
+    removed); a second process on the same folder is refused. The data is loaded and checked before the model.
+    """
     out = Path(out) if out is not None else None
-    if out is not None and is_primary():
+    if out is None:
+        return _run(cfg, None, resume=resume)
+    check_out_dir(out)
+    if not is_primary():  # process 0 owns the folder; the others only read checkpoints and shards from it
+        _barrier("run folder checked")
+        return _run(cfg, out, resume=resume)
+    with owner_lock(out):
+        prepare_run_folder(cfg, out, resume=resume, overwrite=overwrite, dry_run=True)
+        check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)
+        model_path(cfg.model.path)  # a missing folder or an unknown hub id: refused before anything is written
+        write_config = prepare_run_folder(cfg, out, resume=resume, overwrite=overwrite)  # --overwrite removes here
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if write_config:
+            atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        _barrier("run folder checked")
+        return _run(cfg, out, resume=resume)
+
+
+def _barrier(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _run(cfg: Config, out: Path | None, *, resume: bool) -> dict[str, Any]:
+    check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)  # cached
     mesh = build_mesh(cfg)
     model, tokenizer = load_model(cfg, mesh)
     stages: dict[str, RunResult] = {}

@@ -55,12 +55,25 @@ def model_path(path: str) -> Path:
         return default_checkpoint()
     local = Path(path).expanduser()
     if local.exists():
+        if not local.is_dir():
+            raise ConfigError(f"model.path={path!r} is a file; give an HF-format checkpoint folder or a hub id")
         if not (local / "config.json").is_file():
             raise ConfigError(f"model.path={path!r}: no config.json there (expected an HF-format checkpoint folder)")
         return local
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise ConfigError(f"model.path={path!r}: no such folder (a local checkpoint; a hub id looks like 'owner/name')")
+    from jax_cat.hub import go_offline_if_unreachable, is_offline, short_reason
     from jax_cat.models.hf import resolve_checkpoint_dir
 
-    return resolve_checkpoint_dir(path)
+    go_offline_if_unreachable()
+    try:
+        return resolve_checkpoint_dir(path)
+    except FileNotFoundError as err:
+        cause = err.__cause__ or err
+        why = ("the hub is unreachable (offline) and it is not in the local cache" if is_offline() else
+               short_reason(cause))
+        raise ConfigError(f"model.path={path!r}: not a local folder, and fetching it from the hub failed: {why}; "
+                          "pass a local HF-format checkpoint folder") from None
 
 
 def load_model(cfg: Config, mesh: Mesh | None) -> tuple[Any, Any]:
@@ -88,14 +101,83 @@ def local_batch_size(global_batch: int) -> int:
     return global_batch // count
 
 
+class CheckpointError(ConfigError):
+    """No usable checkpoint to resume from (all damaged, or of another model); the message says what to do."""
+
+
+def _short(err: BaseException) -> str:
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
+
+
+def check_same_model(checkpointer: Checkpointer, step: int, target: TrainState) -> None:
+    """CheckpointError naming one parameter and both shapes when checkpoint `step` holds another model's params."""
+    from jax_cat.training.checkpoint import flat_paths
+
+    saved = checkpointer.param_shapes(step)
+    mine = {path: tuple(leaf.shape) for path, leaf in flat_paths(target.params).items()}
+    where = checkpointer.path(step)
+    for path, shape in mine.items():
+        if path not in saved:
+            raise CheckpointError(f"checkpoint {where} belongs to another model: it has no parameter {path} "
+                                  f"(shape {shape} in this model); resume with the model it was trained from, or "
+                                  "start over with --overwrite")
+        if saved[path] != shape:
+            raise CheckpointError(f"checkpoint {where} belongs to another model: parameter {path} has shape "
+                                  f"{saved[path]} there and {shape} in this model; resume with the model it was "
+                                  "trained from, or start over with --overwrite")
+    extra = sorted(set(saved) - set(mine))
+    if extra:
+        raise CheckpointError(f"checkpoint {where} belongs to another model: its parameter {extra[0]} is not in this "
+                              "model; resume with the model it was trained from, or start over with --overwrite")
+
+
+def restore_latest_intact(checkpointer: Checkpointer, target: TrainState,
+                          warn: Callable[[str], None] | None = None) -> tuple[TrainState, int, dict[str, Any]] | None:
+    """(state, step, extras) of the newest checkpoint that restores, or None when there is none.
+
+    A damaged checkpoint (a truncated data file, a missing item) is set aside as `damaged-<step>` with a one-line
+    warning and the one before it is tried; when every one is damaged, CheckpointError names them and what to
+    remove. A checkpoint of another model (parameter shapes) is a CheckpointError at once, nothing set aside.
+    """
+    import sys
+
+    warn = warn or (lambda text: is_primary() and print(text, file=sys.stderr, flush=True))
+    damaged: list[tuple[int, str]] = []
+    for step in sorted(checkpointer.all_steps(), reverse=True):
+        try:
+            check_same_model(checkpointer, step, target)
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - unreadable metadata: damaged
+            damaged.append((step, _short(err)))
+            continue
+        try:
+            state, extra = checkpointer.restore(step, target)
+        except Exception as err:  # noqa: BLE001 - the storage library's errors: damaged data or a missing item
+            damaged.append((step, _short(err)))
+            continue
+        for bad, problem in damaged:  # newer than the one restored: set aside, or the run would save over them
+            aside = checkpointer.set_aside(bad)
+            warn(f"warning: checkpoint {checkpointer.path(bad)} is damaged ({problem}); kept as {aside.name}, "
+                 f"resuming from {checkpointer.path(step)}")
+        return state, int(step), extra
+    if damaged:
+        listed = "; ".join(f"{checkpointer.path(s)} ({p})" for s, p in damaged)
+        raise CheckpointError(f"no intact checkpoint to resume from: {listed}; remove the damaged folder(s) to "
+                              "start this stage over with --resume, or start the run over with --overwrite")
+    return None
+
+
 def restore_or_init(checkpointer: Checkpointer | None, resume: bool, tx: Any, model: Any, shardings: TrainState,
                     init: Callable[[], TrainState]) -> tuple[TrainState, int, dict[str, Any]]:
-    """(state, start step, extras): the latest checkpoint when resuming and there is one, else a fresh state."""
+    """(state, start step, extras): the newest intact checkpoint when resuming and there is one, else a fresh
+    state (see `restore_latest_intact` for damaged checkpoints and checkpoints of another model)."""
     if resume and checkpointer is not None:
-        step = checkpointer.latest_step()
-        if step is not None:
-            state, extra = checkpointer.restore(step, abstract_state(tx, model, shardings))
-            return state, int(step), extra
+        restored = restore_latest_intact(checkpointer, abstract_state(tx, model, shardings))
+        if restored is not None:
+            return restored
     return init(), 0, {}
 
 

@@ -103,7 +103,7 @@ def test_hub_calls_are_constructed_right(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake)
     assert load_prompt_dataset("HuggingFaceH4/MATH-500")[0]["answer"] == "2"
     assert fake.calls == [("HuggingFaceH4/MATH-500", None, "test")]
-    with pytest.raises(RuntimeError, match="Offline\\?.*arithmetic:sum3"):
+    with pytest.raises(FileNotFoundError, match="hub is unreachable \\(offline\\).*arithmetic:sum3"):
         load_prompt_dataset("someone/unknown", config="nope")
 
 

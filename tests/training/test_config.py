@@ -45,6 +45,18 @@ def test_overrides_are_typed():
     (["strategy=top@3"], "strategy: strategy spec 'top@3' not understood"),
     (["train.steps"], "expected KEY=VALUE"),
     (["eval.ks=1,128"], "eval.ks [1, 128] must all be <= eval.n=16"),
+    # issue 19 item 12: every value is range-checked here, before any model is loaded
+    (["eval.temperature=-1"], "eval.temperature must be in [0, inf), got -1.0"),
+    (["rollout.top_p=2"], "rollout.top_p must be in (0, 1], got 2.0"),
+    (["data.limit=-3"], "data.limit must be >= 1, got -3"),
+    (["optimizer.learning_rate=nan"], "optimizer.learning_rate must be in (0, inf), got nan"),
+    (["optimizer.b2=1"], "optimizer.b2 must be in [0, 1), got 1.0"),
+    (["train.stop_after=0"], "train.stop_after must be >= 1, got 0"),
+    (["data.dataset="], "data.dataset must not be empty"),
+    (["eval.ks="], "eval.ks is empty"),
+    # issue 19 item 6: objectives that can never move
+    (["train.method=grpo", "rollout.group_size=1"], "rollout.group_size=1: GRPO's advantage is a sample's reward minus"),
+    (["train.method=grpo", "strategy=maj@1"], "strategy=maj@1 with loss.min_k=2: the majority threshold must be in [1, 1]"),
 ])
 def test_bad_keys_and_values_name_the_problem(overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -84,3 +96,41 @@ def test_cli_bad_input_is_one_line_exit_2(args, expected, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == expected
     assert not (tmp_path / "run").exists()  # nothing was written (or compiled) before the check
+
+
+# One value out of range for every numeric key (issue 19 item 12): a key added without a range check fails here.
+OUT_OF_RANGE = {
+    "train.steps": -1, "train.seed": -1, "train.checkpoint_every": -1, "train.micro_batches": 0,
+    "train.updates_per_batch": 0, "train.log_every": 0, "train.stop_after": 0, "data.data_seed": -1,
+    "data.batch_size": 0, "data.max_prompt_len": 0, "data.max_target_len": 0, "data.limit": 0,
+    "optimizer.learning_rate": 0, "optimizer.warmup_steps": -1, "optimizer.end_lr_ratio": 1.5,
+    "optimizer.weight_decay": -0.1, "optimizer.b1": 1.0, "optimizer.b2": -0.1, "optimizer.eps": 0,
+    "optimizer.clip_norm": -1, "rollout.group_size": 0, "rollout.max_new_tokens": 0, "rollout.temperature": -0.5,
+    "rollout.top_p": 0, "rollout.top_k": -1, "warmup.steps": -1, "warmup.learning_rate": -1e-3,
+    "warmup.batch_size": -1, "mesh.data": 0, "mesh.fsdp": -2, "mesh.tensor": 0, "checkpoint.keep": 0,
+    "eval.num_problems": -1, "eval.n": 0, "eval.ks": "1,0", "eval.max_new_tokens": -1, "eval.temperature": float("inf"),
+}
+
+
+def _numeric_keys() -> list[str]:
+    import dataclasses
+    import typing
+
+    keys = []
+    for section in dataclasses.fields(Config):
+        hint = typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(hint) or section.name == "loss":  # loss: CATLossConfig checks itself
+            continue
+        for f in dataclasses.fields(hint):
+            arg_types = set(typing.get_args(typing.get_type_hints(hint)[f.name])) | {typing.get_type_hints(hint)[f.name]}
+            if arg_types & {int, float} or typing.get_type_hints(hint)[f.name] == tuple[int, ...]:
+                keys.append(f"{section.name}.{f.name}")
+    return keys
+
+
+def test_every_numeric_key_has_a_range_check():
+    assert sorted(_numeric_keys()) == sorted(OUT_OF_RANGE), "add the new key to OUT_OF_RANGE (and a check)"
+    for key, value in OUT_OF_RANGE.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(None, {key: value})
+        assert str(info.value).startswith(key), (key, str(info.value))

@@ -67,6 +67,21 @@ def test_warm_start_is_cached(tiny_run):
     assert _fingerprint(a) != _fingerprint(b)
 
 
+def test_a_finished_default_run_is_not_replaced_by_accident(tiny_run, capsys):
+    """Issue 19 item 1 for the default run: a second run into a folder holding a finished one is refused with the
+    way out (`--overwrite`), and nothing in the folder changes; a concurrent one is refused too."""
+    from jax_cat.atomic import output_lock
+    from jax_cat.training.run_folder import RunFolderError
+
+    out, _, _ = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(RunFolderError, match=r"already holds a finished default run.*python -m jax_cat.train --overwrite"):
+        run_default(TINY, out, say=lambda _: None)
+    with output_lock(out), pytest.raises(RunFolderError, match=r"another trainer \(pid \d+\) is running"):
+        run_default(TINY, out, say=lambda _: None, overwrite=True)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
 def test_bad_settings_fail_clearly():
     with pytest.raises(ValueError, match="preset"):
         DefaultRun(preset="level3")  # variable-width prompts
