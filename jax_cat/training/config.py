@@ -72,6 +72,10 @@ class ModelSource:
       remat: rematerialise decoder layers in the backward pass: false, true (= "full"), "dots" or "dots_no_batch"
         (`jax_cat.models.decoder.REMAT_POLICIES`; saves memory with scan_layers).
       scan_layers: run the layers as one `lax.scan` over stacked parameters (one layer compiled, not L).
+      logprob_chunk: token log-probs (SFT loss, GRPO loss, old-policy / reference log-probs) take the vocabulary
+        projection this many sequence positions at a time (default 128): a device holds its rows x 128 x vocab
+        float32 logits at once instead of the whole [B, T, vocab]. None (JSON null; `--set model.logprob_chunk=none`)
+        = all positions at once.
     """
 
     path: str = "tiny"
@@ -79,6 +83,7 @@ class ModelSource:
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool | Literal["full", "dots", "dots_no_batch"] = False
     scan_layers: bool = False
+    logprob_chunk: int | None = 128
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -479,6 +484,8 @@ def validate(cfg: Config) -> None:
     _positive("rollout.group_size", cfg.rollout.group_size)
     _positive("rollout.max_new_tokens", cfg.rollout.max_new_tokens)
     _positive("checkpoint.keep", cfg.checkpoint.keep)
+    if cfg.model.logprob_chunk is not None:
+        _positive("model.logprob_chunk", cfg.model.logprob_chunk)
     _positive("warmup.steps", cfg.warmup.steps, 0)
     _positive("warmup.batch_size", cfg.warmup.batch_size, 0)
     if not cfg.optimizer.learning_rate > 0:

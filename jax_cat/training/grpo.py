@@ -14,7 +14,6 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from jax_cat.losses import strategy_from_spec
 from jax_cat.training import data as tdata
 from jax_cat.training import steps
 from jax_cat.training.checkpoint import Checkpointer, is_primary
@@ -46,16 +45,9 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         model, tokenizer = load_model(cfg, mesh)
     out = Path(out) if out is not None else None
     t, r = cfg.train, cfg.rollout
-    graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, t.steps)
-    prompt_len = cfg.data.max_prompt_len
-    settings = dict(strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss_config(), prompt_len=prompt_len,
-                    micro_batches=t.micro_batches)
-    if steps.needs_cat_state(settings["strategy"], settings["loss_cfg"]):  # running normaliser / BoN history
-        shardings = steps.with_cat_state(shardings, mesh)
-    step_fn = steps.cached("grpo_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
-                           lambda: steps.make_grpo_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
-    logprob_fn = steps.cached("logprob", (graphdef, mesh, prompt_len), lambda: steps.make_logprob_fn(
-        graphdef, shardings, mesh, prompt_len=prompt_len))
+    built = steps.steps_for_config(cfg, model, mesh)  # the step and log-prob function `--plan` lowers
+    graphdef, tx, shardings = built.graphdef, built.tx, built.shardings
+    step_fn, logprob_fn = built.step, built.logprob_fn
     checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save) if out is not None else None)
     state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,
