@@ -31,6 +31,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--list", action="store_true", help="list the named recipes and exit")
+    p.add_argument("--plan", nargs="?", const=0, type=int, default=None, metavar="DEVICES",
+                   help="print the run's per-device memory plan (training step, rollouts) from the checkpoint's "
+                        "config.json alone and exit; DEVICES: plan for that many (CPU devices are forced if needed)")
     return p
 
 
@@ -67,6 +70,14 @@ def _train(argv: list[str]) -> int:
         print("\n".join(recipe_names()))
         return 0
     cfg = load_config(args.config, args.overrides)  # ConfigError (a ValueError): one line, exit 2
+    if args.plan is not None:  # before JAX starts: it may need N forced CPU devices; no weights are loaded
+        from jax_cat.training import plan
+
+        n = plan.devices_needed(cfg, args.plan)
+        if n:
+            plan.force_host_devices(n)
+        plan.run_plan(cfg, devices=n, name=plan.recipe_name(args.config))
+        return 0
     _distributed_init()
     import jax
 

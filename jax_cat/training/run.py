@@ -43,20 +43,28 @@ def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) ->
 
 
 def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[str, Any]:
-    """Runs every stage of `cfg`; returns {"stages": {name: RunResult}, "final": path, "eval": result}."""
+    """Runs every stage of `cfg`; returns {"stages": {name: RunResult}, "final": path, "eval": result}. The warm-up
+    stage's RunResult keeps its history only (model and state None: its weights went on into the main stage)."""
     out = Path(out) if out is not None else None
     if out is not None and is_primary():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     mesh = build_mesh(cfg)
-    model, tokenizer = load_model(cfg, mesh)
+    # The loaded weights are handed to the loops, not kept here: a loop copies them into its train state, and a
+    # reference held here would keep a second copy of the policy on the devices through the whole stage.
+    handoff: dict[str, Any] = {}
+    handoff["model"], tokenizer = load_model(cfg, mesh)
     stages: dict[str, RunResult] = {}
     if cfg.train.method == "grpo" and cfg.warmup.steps > 0:
-        stages["warmup"] = run_sft(warmup_config(cfg), model=model, tokenizer=tokenizer, mesh=mesh, out=out,
-                                   resume=resume, stage="warmup")
-        model = stages["warmup"].model
+        warm = run_sft(warmup_config(cfg), model=handoff.pop("model"), tokenizer=tokenizer, mesh=mesh, out=out,
+                       resume=resume, stage="warmup")
+        handoff["model"] = warm.model
+        # its history stays; its weights are the next stage's start and its optimizer state is not needed again
+        stages["warmup"] = dataclasses.replace(warm, model=None, state=None)
+        del warm
     loop = run_grpo if cfg.train.method == "grpo" else run_sft
-    result = loop(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, resume=resume, stage=cfg.train.method)
+    result = loop(cfg, model=handoff.pop("model"), tokenizer=tokenizer, mesh=mesh, out=out, resume=resume,
+                  stage=cfg.train.method)
     stages[cfg.train.method] = result
     summary: dict[str, Any] = {"stages": stages, "final": None, "eval": None}
     if cfg.train.stop_after is not None and cfg.train.stop_after < cfg.train.steps:

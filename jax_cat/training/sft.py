@@ -34,6 +34,7 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
                                  async_save=cfg.checkpoint.async_save) if out is not None else None)
     state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,
                                           lambda: steps.init_state(model, tx, shardings))
+    del model  # trained from the state's own copy; the caller's weights are not held here (see run.run)
     index, count = shard_info()
     iterator = iter(tdata.sft_pipeline(tdata.train_records(cfg.data), tokenizer, cfg.data,
                                        batch_size=local_batch_size(cfg.data.batch_size), seed=cfg.train.seed,
