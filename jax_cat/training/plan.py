@@ -42,6 +42,7 @@ class Phase:
     peak: int
     note: str = ""
     compile_cpu_s: float = 0.0
+    compile_s: float = 0.0  # wall
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +214,10 @@ def _analysis(lowered: Any) -> Any:
     """XLA's memory analysis of the compiled program, with the compile's CPU seconds as `compile_cpu_s`."""
     import time
 
-    start = time.process_time()
+    start, wall = time.process_time(), time.perf_counter()
     mem = lowered.compile().memory_analysis()
     return _Analysis(mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
-                     mem.temp_size_in_bytes, time.process_time() - start)
+                     mem.temp_size_in_bytes, time.process_time() - start, time.perf_counter() - wall)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +227,7 @@ class _Analysis:
     alias_size_in_bytes: int
     temp_size_in_bytes: int
     compile_cpu_s: float
+    compile_s: float
 
 
 def memory_plan(cfg: Any, mesh: Any, *, model_config: Any = None) -> MemoryPlan:
@@ -252,7 +254,7 @@ def memory_plan(cfg: Any, mesh: Any, *, model_config: Any = None) -> MemoryPlan:
     phases = [Phase("training step", params, optimizer, mem.temp_size_in_bytes, train_peak - params - optimizer
                     - mem.temp_size_in_bytes, train_peak,
                     f"{rows} x {t} tokens" + (f" in {micro} micro-batches of {rows // micro}" if micro > 1 else ""),
-                    mem.compile_cpu_s)]
+                    mem.compile_cpu_s, mem.compile_s)]
     kv = 0
     if cfg.train.method == "grpo":
         d, r = cfg.data, cfg.rollout
@@ -268,14 +270,14 @@ def memory_plan(cfg: Any, mesh: Any, *, model_config: Any = None) -> MemoryPlan:
         peak = params + optimizer + reference + other + sampler.temp_size_in_bytes
         phases.append(Phase("rollouts (sampler)", params, optimizer, sampler.temp_size_in_bytes, other + reference,
                             peak, f"{d.batch_size} prompts x {r.group_size} samples, {d.max_prompt_len} prompt + "
-                                  f"{r.max_new_tokens} new tokens", sampler.compile_cpu_s))
+                                  f"{r.max_new_tokens} new tokens", sampler.compile_cpu_s, sampler.compile_s))
         if old or ref:
             lp = _analysis(built.logprob_fn.lower(state.params, batch))
             other = lp.argument_size_in_bytes - params + lp.output_size_in_bytes
             peak = params + optimizer + reference + other + lp.temp_size_in_bytes
             what = " and ".join(w for w, on in (("old-policy", old), ("reference", ref)) if on)
             phases.append(Phase("log-prob pass", params, optimizer, lp.temp_size_in_bytes, other + reference, peak,
-                                f"{what} log-probs of the {rows} x {t} rollout batch", lp.compile_cpu_s))
+                                f"{what} log-probs of the {rows} x {t} rollout batch", lp.compile_cpu_s, lp.compile_s))
     return MemoryPlan(model=config.model_type, num_params=_count(state.params), method=cfg.train.method,
                       mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform, phases=tuple(phases),
                       kv_cache=kv)

@@ -158,11 +158,12 @@ def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, An
 
 
 def lower_rollout_sampler(model: nnx.Module, mesh: Mesh, cfg: RolloutConfig, *, num_prompts: int, prompt_len: int,
-                          eos_token_ids: Sequence[int], pad_token_id: int) -> Any:
+                          eos_token_ids: Sequence[int], pad_token_id: int, with_mesh: bool = True) -> Any:
     """The sampler program `collect_rollouts` runs for `num_prompts` prompts of `prompt_len` slots, lowered (not run)
     from `model`'s shapes: `model` may be abstract (its params `jax.ShapeDtypeStruct`s with their shardings). The same
     jitted function, static settings and input shardings as `sample_tokens(..., row_prompt=...)` there, under the
-    same mesh context; for `jax_cat.training.plan`."""
+    same mesh context (`with_mesh=False`: outside it, as before issue 20, for comparison); for
+    `jax_cat.training.plan`."""
     from jax_cat.sampling.engine import SamplingParams, _sample_core
 
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
@@ -171,7 +172,7 @@ def lower_rollout_sampler(model: nnx.Module, mesh: Mesh, cfg: RolloutConfig, *, 
     sds = jax.ShapeDtypeStruct
     graphdef, state = nnx.split(model)
     key_dtype = jax.random.key(0).dtype
-    with mesh_context(mesh):
+    with mesh_context(mesh if with_mesh else None):
         return _sample_core.lower(
             graphdef, state, sds((num_prompts, prompt_len), jnp.int32, sharding=data),
             sds((num_prompts, prompt_len), jnp.bool_, sharding=data), sds((rows,), key_dtype, sharding=data),

@@ -51,3 +51,17 @@ def test_grpo_samples_with_one_copy_of_the_policy_weights(tiny_ckpt, monkeypatch
         assert count == 3 * per_copy, f"{count / per_copy} copies of the weights alive while sampling (want 3)"
     n = int(np.prod(embed))
     assert seen[-1][1] >= 3 * 4 * n  # sanity: the count saw the state
+
+
+def test_grpo_with_the_pass_at_n_preset_gets_old_and_reference_logprobs(tokenizer):
+    """REFERENCE_PASS_AT_N has p_source "sequence" and beta 0.05: the loop must compute old-policy and reference
+    log-probs. It read them off the raw [loss] table (defaults: "group", 0), so the step refused the batch."""
+    from jax_cat.training.grpo import logprob_passes, run_grpo
+    from tests.training.conftest import make_model
+
+    cfg = small_config(**{"train.method": "grpo", "train.steps": 1, "loss_preset": "reference_pass_at_n",
+                          "strategy": "pass@4"})
+    assert logprob_passes(cfg) == (True, True)
+    result = run_grpo(cfg, model=make_model(0), tokenizer=tokenizer, mesh=one_device(),
+                      reward_fn=lambda texts, golds: [float(i % 2) for i in range(len(texts))])
+    assert result.history and np.isfinite(result.history[-1]["loss"])
