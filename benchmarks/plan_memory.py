@@ -129,7 +129,8 @@ def table(rows: list[dict]) -> str:
         mesh = " x ".join(f"{k}={v}" for k, v in r["mesh"].items() if v > 1) or "1 device"
         roll = f"{s['temp_gib']:.1f} / {s['peak_gib']:.1f} GiB ({r['kv_cache_gib']:.1f})" if s else "-"
         fits = " / ".join("yes" if r["fits"][k] else "no" for k in ("16", "24", "40", "80", "96", "141"))
-        out.append(f"| {r['model']} | {r['params'] / 1e9:.2f}B | {mesh} | {r['remat']} | "
+        remat = {"True": "full", "False": "none"}.get(r["remat"], r["remat"])
+        out.append(f"| {r['model']} | {r['params'] / 1e9:.2f}B | {mesh} | {remat} | "
                    f"{(t['params_gib'] + t['optimizer_gib']):.2f} GiB | {t['temp_gib']:.1f} / {t['peak_gib']:.1f} GiB | "
                    f"{roll} | **{r['peak_gib']:.1f} GiB** | {fits} |")
     return "\n".join(out)

@@ -80,6 +80,7 @@ def test_plan_figures_match_hand_counts(config_only):
     assert abs(train_phase.optimizer - 2 * train_phase.params) <= 64  # two AdamW moments (+ int32 counters)
     rows, slots = 4 * 2, 12 + 8
     assert result.kv_cache == 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * slots * (rows // 2) * 4
+    assert rollouts.temp >= result.kv_cache  # the sampler program holds its (batch-split) KV cache
     assert rollouts.peak >= rollouts.params + rollouts.optimizer + result.kv_cache  # the train state stays resident
     assert result.peak == max(p.peak for p in result.phases) > train_phase.params + train_phase.optimizer
 
