@@ -247,6 +247,7 @@ def chunked_token_logprobs(model: Any, hidden: jax.Array, targets: jax.Array, ch
     if chunk is None or chunk >= t:
         return losses.token_logprobs(model.logits_from_hidden(hidden), targets)
     n = -(-t // chunk)
+    chunk = -(-t // n)  # n equal chunks of at most `chunk`: 192 positions at 128 run as 2 x 96, not 2 x 128 padded
     pad = n * chunk - t
     h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, chunk, D]
     y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
