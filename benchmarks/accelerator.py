@@ -111,30 +111,40 @@ def _median_wall(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def step_config(*, batch: int, seq: int, steps: int, scan: bool, remat: str):
+    """The recipe of the timed step: SFT (pass@1 = plain CE) on [batch, seq], bf16 compute on float32 masters,
+    AdamW (constant 1e-5, clip 1.0), one device; everything else the trainer's defaults (chunked log-probs...)."""
+    from jax_cat.training import load_config
+
+    return load_config(None, {
+        "train.method": "sft", "train.steps": steps + 2, "strategy": "pass@1", "data.batch_size": batch,
+        "data.max_prompt_len": seq // 2, "data.max_target_len": seq - seq // 2, "model.compute_dtype": "bfloat16",
+        "model.param_dtype": "float32", "model.scan_layers": scan, "model.remat": remat if remat != "none" else False,
+        "optimizer.learning_rate": 1e-5, "optimizer.warmup_steps": 0, "optimizer.schedule": "constant",
+        "optimizer.weight_decay": 0.0, "optimizer.clip_norm": 1.0, "mesh.data": 1})
+
+
 def measure_mfu(config, peaks: dict, *, batch: int, seq: int, steps: int, scan: bool, remat: str,
                 attention: str) -> dict:
-    """Tokens/s and MFU of the library's bf16 SFT step (float32 masters) on random weights of `config`."""
+    """Tokens/s and MFU of the trainer's own bf16 SFT step (float32 masters) on random weights of `config`: the
+    `Step` of `steps.steps_for_config(step_config(...), model, mesh)`, what `run_sft` runs for that recipe."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from jax_cat.losses import PassAtN
     from jax_cat.models import CausalLM
     from jax_cat.sharding import make_mesh
     from jax_cat.training import steps as st
-    from jax_cat.training.config import OptimizerConfig
 
+    cfg = step_config(batch=batch, seq=seq, steps=steps, scan=scan, remat=remat)
     model = nnx.jit(lambda: CausalLM(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.float32,
-                                     scan_layers=scan, remat=remat, attention_impl=attention))()
+                                     scan_layers=scan, remat=cfg.model.remat, attention_impl=attention))()
     n_params = model.num_params
     mesh = make_mesh(data=1, devices=jax.devices()[:1])
-    tx = st.make_optimizer(OptimizerConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant",
-                                           weight_decay=0.0, clip_norm=1.0), steps + 2)
-    shardings = st.state_shardings_for(tx, model, mesh)
-    graphdef, _ = st.split_model(model)
-    step = st.make_sft_step(graphdef, tx, shardings, mesh, strategy=PassAtN(1))
-    state = st.init_state(model, tx, shardings)
+    built = st.steps_for_config(cfg, model, mesh)
+    step = built.step
+    state = st.init_state(model, built.tx, built.shardings)
     del model
     ids = np.random.default_rng(0).integers(3, config.vocab_size, size=(batch, seq)).astype(np.int32)
     data = jax.device_put(dict(input_ids=ids, attention_mask=np.ones_like(ids), loss_mask=np.ones_like(ids)),

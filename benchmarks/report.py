@@ -5,14 +5,15 @@ output, and prints one markdown table: figure | measured | goal | verdict (met /
 command. Progress goes to stderr, the table to stdout; --out writes the rows and every benchmark's raw figures as
 JSON, and --from re-renders such a file without running anything.
 
-  train step   benchmarks/train_step.py, variant `trainer` (the library's jitted SFT/GRPO step) against the same
-               torch + transformers loop, 39.3M Qwen2 shape, B=8, T=256, one pinned core and two; goal >= 1.2x
-               tokens/s (wall: the goal's measure; CPU-s beside it, the load-robust one). The hand-written
-               step (`plain`) is shown beside it for reference.
+  train step   benchmarks/train_step.py, variant `trainer` (the trainer's own jitted SFT/GRPO step, built from a
+               Config by `steps.steps_for_config`) against the same torch + transformers loop, 39.3M Qwen2 shape,
+               B=8, T=256, one pinned core and two; goal >= 1.2x tokens/s (wall: the goal's measure; CPU-s beside
+               it, the load-robust one). The same step with scanned layers (`trainer_scan`) is shown beside it.
   decode       benchmarks/sampling.py (qwen2-40m, greedy, one pinned thread a side) at B=8 (64 + 128 new) and
                B=64 (64 + 64 new): goal >= 4x `generate` new tokens/s; peak RSS at prompt 768 + 512 new <= torch's.
-  compile      benchmarks/plan_memory.py, Qwen2.5-1.5B shape, scan over layers, AOT from abstract shapes: train
-               step (8-device FSDP mesh, remat full) and sampler (one device) at 4/14/28 layers: the 28-layer
+  compile      benchmarks/plan_memory.py, Qwen2.5-1.5B shape, the 1.5B recipe's own programs (scan over layers),
+               AOT from abstract shapes on its 8-device FSDP mesh: train step (remat full) and rollout sampler at
+               4/14/28 layers: the 28-layer
                compile < 60 s wall, and flat with depth (28-layer / 4-layer compile CPU time <= 1.5).
   accelerator  benchmarks/accelerator.py: bf16 train-step MFU on the 0.5B shape >= 45 %, batch-1 decode >= 70 % of
                HBM bandwidth; "not measured: no accelerator (CPU only)" on the CPU backend.
@@ -71,7 +72,7 @@ class Run:
 def plan_runs(quick: bool, sampling_json: bool = True) -> list[Run]:
     """The benchmark invocations (quick: fewer rounds, repeats and depths)."""
     rounds, repeats, warmup = ("1", "2", "1") if quick else ("3", "4", "2")
-    variants = "trainer" if quick else "trainer,plain"
+    variants = "trainer" if quick else "trainer,trainer_scan"
     train = ("benchmarks/train_step.py", "--variants", variants, "--kinds", "sft,grpo", "--rounds", rounds,
              "--repeats", repeats, "--warmup", warmup)
     reps = ("1", "1", "1") if quick else ("5", "3", "3")
@@ -190,8 +191,8 @@ def train_rows(key: str, result: dict | None, command: str) -> list[Row]:
         t = v["trainer"]
         measured = (f"{t['ratio_wall']:.2f}x wall, {t['ratio_cpu']:.2f}x CPU-s "
                     f"(rounds {'/'.join(f'{x:.2f}' for x in t['rounds_wall'])})")
-        if "plain" in v:
-            measured += f"; hand-written step {v['plain']['ratio_wall']:.2f}x / {v['plain']['ratio_cpu']:.2f}x"
+        if "trainer_scan" in v:
+            measured += f"; scanned layers {v['trainer_scan']['ratio_wall']:.2f}x / {v['trainer_scan']['ratio_cpu']:.2f}x"
         rows.append(Row(figure, measured, goal, at_least(t["ratio_wall"], TRAIN_GOAL), command))
     return rows
 
@@ -225,7 +226,7 @@ def decode_rows(key: str, result: dict | None, command: str) -> list[Row]:
 
 
 def compile_rows(key: str, result: dict | None, command: str) -> list[Row]:
-    what = "train step (8-dev FSDP, remat full)" if key == "compile_train" else "sampler (1 device)"
+    what = "train step (8-dev FSDP, remat full)" if key == "compile_train" else "rollout sampler (8-dev FSDP)"
     fig_time = f"Compile, Qwen2.5-1.5B {what}, 28 layers, scan, AOT"
     fig_flat = f"Compile time vs depth, 1.5B {what}"
     goal_time, goal_flat = f"< {COMPILE_LIMIT_S:.0f} s wall", f"flat: 28-layer / 4-layer <= {FLAT_LIMIT} (CPU-s)"

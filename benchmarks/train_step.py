@@ -14,17 +14,20 @@ seconds) is against the roofline of this CPU.
         advantages A (the clipped policy-gradient surrogate; old log-probs and advantages are inputs, as in a step).
         A = the group-normalised binary rewards of `grpo_rewards` (groups of 4 rows).
 
-Variants plain/scan/chunked/scan_chunked/bf16 time a hand-written jitted step (`handwritten_loss` + optax AdamW).
-trainer/trainer_scan time the library's own step, `jax_cat.training.steps.make_sft_step` / `make_grpo_step` (what
-`jax_cat.train` runs: CAT loss with PassAtN(1), which is plain CE / GRPO, its metrics, the non-finite update guard,
-the GRPO advantages computed in the step from the rewards), same model, batch and AdamW (`trainer_step`); the
-first-step losses agree (checked against torch here, and against the hand-written step in
-tests/training/test_bench_trainer_step.py). --json PATH writes every figure (the format `main` builds).
+Every JAX variant times the trainer's own step: `jax_cat.training.steps.steps_for_config(cfg, model, mesh).step`,
+the `Step` `python -m jax_cat.train` runs, built from a Config (`trainer_config`: strategy pass@1, i.e. plain CE /
+GRPO; AdamW at a constant 1e-5 without clipping or weight decay, as torch's) on the model the CLI's loader gives
+(`jax_cat.training.runtime.load_model`): CAT loss, its metrics, the non-finite update guard, the GRPO advantages
+computed in the step from the rewards, chunked log-probs and the mesh context. Variants change only recipe keys:
+trainer (the defaults), trainer_scan (model.scan_layers), trainer_full_logits (model.logprob_chunk = none: the
+whole [B, T, vocab] logits), trainer_bf16 (model.compute_dtype = bfloat16; slow on CPUs without bf16 matmul
+units). The first-step losses agree with torch's (checked here) and with a hand-written reference loss
+(tests/training/test_bench_trainer_step.py). --json PATH writes every figure (the format `main` builds).
 
     .venv/bin/python benchmarks/train_step.py                          # 39.3M Qwen2 shape, B=8, T=256, 2 threads
     .venv/bin/python benchmarks/train_step.py --threads 1 --cpus 0     # both sides pinned to one core
-    .venv/bin/python benchmarks/train_step.py --variants plain,scan,chunked --rounds 3
-    .venv/bin/python benchmarks/train_step.py --variants plain,trainer --json /tmp/train.json
+    .venv/bin/python benchmarks/train_step.py --variants trainer,trainer_full_logits --rounds 3
+    .venv/bin/python benchmarks/train_step.py --variants trainer --json /tmp/train.json
 """
 from __future__ import annotations
 
@@ -42,16 +45,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_forward import SIZES, batch, build_checkpoint  # noqa: E402
 
-VARIANTS = {  # JAX-side options, each timed against the same torch loop
-    "plain": dict(),
-    "scan": dict(scan_layers=True),
-    "chunked": dict(lm_chunk=512),  # vocabulary projection + loss in chunks of 512 positions (no [B,T,V] arrays)
-    "scan_chunked": dict(scan_layers=True, lm_chunk=512),
-    "bf16": dict(dtype="bfloat16"),  # bf16 compute on float32 masters (slow on CPUs without bf16 matmul units)
-    # The library's own jitted steps (jax_cat.training.steps.make_sft_step / make_grpo_step: CAT loss with
-    # PassAtN(1), i.e. plain CE / GRPO, metrics, non-finite guard, donation) on the same model, batch and AdamW.
-    "trainer": dict(trainer=True),
-    "trainer_scan": dict(trainer=True, scan_layers=True),
+VARIANTS = {  # recipe keys (`--set` spellings) of each JAX variant, each timed against the same torch loop
+    "trainer": {},
+    "trainer_scan": {"model.scan_layers": True},
+    "trainer_full_logits": {"model.logprob_chunk": None},
+    "trainer_bf16": {"model.compute_dtype": "bfloat16"},
 }
 CLIP = 0.2
 GOAL = 1.2  # issue 12: the train step at >= 1.2x PyTorch's tokens/s
@@ -106,76 +104,60 @@ def _time(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-def handwritten_loss(graphdef, kind: str, grpo, lm_chunk: int | None = None):
-    """The hand-written loss ((params, ids [B, T]) -> scalar) of the 'plain'/'scan'/'chunked' variants: mean next-token CE (SFT)
-    or the clipped surrogate over completion tokens with fixed advantages and old log-probs (GRPO)."""
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
+def trainer_config(kind: str, b: int, t: int, prompt_len: int, options: dict | None = None, *, lr: float = 1e-5):
+    """The Config whose step the benchmark times: `kind` ("sft" / "grpo") on a [b, t] batch (GRPO: groups of GROUP
+    rows, the completion after `prompt_len` tokens), strategy pass@1, AdamW at a constant `lr` without clipping or
+    weight decay (as torch's), the token surrogate clipped at 1 +- CLIP, token_mean; `options`: recipe keys."""
+    from jax_cat.training import load_config
 
-    mask, adv, old = grpo
-
-    def token_logprobs(params, ids):
-        m = nnx.merge(graphdef, params)
-        hidden = m.hidden_states(ids)[:, :-1]
-        if lm_chunk:
-            return m.token_logprobs_from_hidden(hidden, ids[:, 1:], chunk_size=lm_chunk)
-        return -optax.softmax_cross_entropy_with_integer_labels(m.logits_from_hidden(hidden), ids[:, 1:])
-
-    def loss_fn(params, ids):
-        logp = token_logprobs(params, ids)
-        if kind == "sft":
-            return -logp.mean()
-        ratio = jnp.exp(logp - old)
-        surrogate = jnp.minimum(ratio * adv[:, None], jnp.clip(ratio, 1 - CLIP, 1 + CLIP) * adv[:, None])
-        return -jnp.sum(surrogate * mask) / jnp.sum(mask)
-
-    return loss_fn
+    keys = {"strategy": "pass@1", "optimizer.learning_rate": lr, "optimizer.warmup_steps": 0,
+            "optimizer.schedule": "constant", "optimizer.weight_decay": 0.0, "optimizer.clip_norm": 0.0,
+            "mesh.data": 1, "train.steps": 1, "model.path": "unused"}
+    if kind == "sft":
+        keys.update({"train.method": "sft", "data.batch_size": b, "data.max_prompt_len": t // 2,
+                     "data.max_target_len": t - t // 2})
+    else:
+        keys.update({"train.method": "grpo", "data.batch_size": b // GROUP, "rollout.group_size": GROUP,
+                     "data.max_prompt_len": prompt_len, "rollout.max_new_tokens": t - prompt_len,
+                     "loss.clip_eps_low": CLIP, "loss.clip_eps_high": CLIP, "loss.surrogate": "token",
+                     "loss.reduction": "token_mean"})
+    keys.update(options or {})
+    return load_config(None, keys)
 
 
-def trainer_step(model, kind: str, ids, grpo, *, lr: float = 1e-5):
-    """The library's real step for `kind` on one device -> (step, state, batch): `jax_cat.training.steps`'
-    make_sft_step (PassAtN(1) = mean CE over target tokens) or make_grpo_step (PassAtN(1), token surrogate clipped
-    at 1 +- CLIP, token_mean: GRPO), AdamW without clipping or weight decay at a constant `lr`, as the others."""
+def trainer_step(model, kind: str, ids, grpo, *, options: dict | None = None, lr: float = 1e-5):
+    """The trainer's step for `kind` on one device -> (step, state, batch): `steps.steps_for_config` of
+    `trainer_config` (what `run_sft` / `run_grpo` build), its initial state and the batch placed for it."""
     import jax
     import numpy as np
 
-    from jax_cat.losses import CATLossConfig, PassAtN
     from jax_cat.sharding import make_mesh
     from jax_cat.training import steps
-    from jax_cat.training.config import OptimizerConfig
 
-    mesh = make_mesh(data=1, devices=jax.devices()[:1])
-    opt = OptimizerConfig(learning_rate=lr, warmup_steps=0, schedule="constant", weight_decay=0.0, clip_norm=0.0)
-    tx = steps.make_optimizer(opt, 1)
-    shardings = steps.state_shardings_for(tx, model, mesh)
-    graphdef, _ = steps.split_model(model)
     ids = np.asarray(ids)
     b, t = ids.shape
+    mask, _, old = (np.asarray(x) for x in grpo)
+    prompt_len = int(t - mask[0].sum())  # the mask covers the completion's targets, ids[:, prompt_len:]
+    cfg = trainer_config(kind, b, t, prompt_len, options, lr=lr)
+    mesh = make_mesh(data=1, devices=jax.devices()[:1])
+    built = steps.steps_for_config(cfg, model, mesh)
     if kind == "sft":
-        step = steps.make_sft_step(graphdef, tx, shardings, mesh, strategy=PassAtN(1), reduction="token_mean")
         batch = dict(input_ids=ids, attention_mask=np.ones_like(ids), loss_mask=np.ones_like(ids))
     else:
-        mask, _, old = (np.asarray(x) for x in grpo)
-        prompt_len = int(t - mask[0].sum())  # the mask covers the completion's targets, ids[:, prompt_len:]
         rewards, groups = grpo_rewards(b)
-        cfg = CATLossConfig(clip_eps_low=CLIP, clip_eps_high=CLIP, surrogate="token", reduction="token_mean")
-        step = steps.make_grpo_step(graphdef, tx, shardings, mesh, strategy=PassAtN(1), loss_cfg=cfg,
-                                    prompt_len=prompt_len)
         batch = dict(input_ids=ids, attention_mask=np.ones_like(ids),
                      completion_mask=np.ones((b, t - prompt_len), np.int32), rewards=rewards, group_ids=groups,
                      answer_ids=np.zeros(b, np.int32), old_logprobs=old[:, prompt_len - 1:])
-    batch = jax.device_put(batch, step.batch_sharding)
-    return step, steps.init_state(model, tx, shardings), batch
+    batch = jax.device_put(batch, built.step.batch_sharding)
+    return built.step, steps.init_state(model, built.tx, built.shardings), batch
 
 
 def run_jax(ckpt: Path, kind: str, b: int, t: int, warmup: int, repeats: int, options: dict) -> dict:
     import jax
     import jax.numpy as jnp
-    import optax
-    from flax import nnx
 
-    from jax_cat.models import load_hf
+    from jax_cat.sharding import make_mesh
+    from jax_cat.training.runtime import load_model
 
     a = jnp.ones((2048, 2048), jnp.float32)
     mm = jax.jit(lambda x: x @ x)
@@ -183,41 +165,23 @@ def run_jax(ckpt: Path, kind: str, b: int, t: int, warmup: int, repeats: int, op
     _time(lambda: jax.block_until_ready(mm(a)), 1, 5)
     peak = 2 * 2048**3 / statistics.median(CPU_TIMES)
 
-    lm_chunk = options.pop("lm_chunk", None)
-    trainer = options.pop("trainer", False)
-    dtype = {"bfloat16": jnp.bfloat16, None: jnp.float32}[options.pop("dtype", None)]
-    model = load_hf(ckpt, dtype=dtype, param_dtype=jnp.float32, **options)
-    ids = jnp.asarray(batch(model.config.vocab_size, b, t))
-    grpo = tuple(jnp.asarray(x) for x in grpo_inputs(b, t, t // 4))
-    state = {}
-    if trainer:
-        step, state["s"], data = trainer_step(model, kind, ids, grpo)
-        start = time.perf_counter()
-        compiled = step.lower(state["s"], data).compile()
-        compile_s = time.perf_counter() - start
+    grpo = grpo_inputs(b, t, t // 4)
+    # the model as the CLI loads it (dtypes, scan) for this variant's recipe keys
+    cfg = trainer_config(kind, b, t, t // 4, options).replace(**{"model.path": str(ckpt)})
+    model, _ = load_model(cfg, make_mesh(data=1, devices=jax.devices()[:1]))
+    ids = batch(model.config.vocab_size, b, t)
+    step, state0, data = trainer_step(model, kind, ids, grpo, options=options)
+    n_params = model.num_params
+    del model
+    state = {"s": state0}
+    del state0
+    start = time.perf_counter()
+    compiled = step.lower(state["s"], data).compile()
+    compile_s = time.perf_counter() - start
 
-        def call():
-            state["s"], metrics = compiled(state["s"], data)
-            return metrics["loss"]
-    else:
-        graphdef, params = nnx.split(model, nnx.Param)
-        tx = optax.adamw(1e-5, weight_decay=0.0)
-        loss_fn = handwritten_loss(graphdef, kind, grpo, lm_chunk)
-
-        def step(params, opt_state, ids):
-            loss, grads = jax.value_and_grad(loss_fn)(params, ids)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        step = jax.jit(step, donate_argnums=(0, 1))
-        state["p"], state["o"] = params, tx.init(params)
-        start = time.perf_counter()
-        compiled = step.lower(state["p"], state["o"], ids).compile()
-        compile_s = time.perf_counter() - start
-
-        def call():
-            state["p"], state["o"], loss = compiled(state["p"], state["o"], ids)
-            return loss
+    def call():
+        state["s"], metrics = compiled(state["s"], data)
+        return metrics["loss"]
 
     first_loss = None
 
@@ -227,7 +191,7 @@ def run_jax(ckpt: Path, kind: str, b: int, t: int, warmup: int, repeats: int, op
         first_loss = float(loss) if first_loss is None else first_loss
 
     times = _time(run, warmup, repeats)
-    return dict(side="jax", loss=first_loss, times=times, cpu_times=list(CPU_TIMES), compile_s=compile_s, params=model.num_params,
+    return dict(side="jax", loss=first_loss, times=times, cpu_times=list(CPU_TIMES), compile_s=compile_s, params=n_params,
                 peak_flops=peak, peak_rss_mib=peak_rss_mib())
 
 
@@ -294,7 +258,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--kinds", default="sft,grpo")
-    parser.add_argument("--variants", default="plain,scan_chunked")
+    parser.add_argument("--variants", default="trainer,trainer_scan")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)

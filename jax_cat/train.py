@@ -38,6 +38,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its config.json, "
                    "metrics, checkpoints, final/, eval/)")
     p.add_argument("--list", action="store_true", help="list the named recipes and exit")
+    p.add_argument("--plan", nargs="?", const=0, type=int, default=None, metavar="DEVICES",
+                   help="print the run's per-device memory plan (training step, rollouts) from the checkpoint's "
+                        "config.json alone and exit; DEVICES: plan for that many (CPU devices are forced if needed)")
     return p
 
 
@@ -87,6 +90,14 @@ def _train(argv: list[str]) -> int:
     if args.resume and recipe is None and (out / "config.json").is_file():
         recipe = str(out / "config.json")  # `--out DIR --resume [--set ...]`: the run's own settings
     cfg = load_config(recipe, args.overrides)  # ConfigError (a ValueError): one line, exit 2
+    if args.plan is not None:  # before JAX starts: it may need N forced CPU devices; no weights are loaded
+        from jax_cat.training import plan
+
+        n = plan.devices_needed(cfg, args.plan)
+        if n:
+            plan.force_host_devices(n)
+        plan.run_plan(cfg, devices=n, name=plan.recipe_name(args.config))
+        return 0
     if not _several_processes():  # the run folder, before JAX starts (run() checks again under the owner lock)
         from jax_cat.training.run_folder import check_out_dir, check_run_folder
 

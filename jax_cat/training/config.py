@@ -73,6 +73,10 @@ class ModelSource:
       remat: rematerialise decoder layers in the backward pass: false, true (= "full"), "dots" or "dots_no_batch"
         (`jax_cat.models.decoder.REMAT_POLICIES`; saves memory with scan_layers).
       scan_layers: run the layers as one `lax.scan` over stacked parameters (one layer compiled, not L).
+      logprob_chunk: token log-probs (SFT loss, GRPO loss, old-policy / reference log-probs) take the vocabulary
+        projection this many sequence positions at a time (default 128): a device holds its rows x 128 x vocab
+        float32 logits at once instead of the whole [B, T, vocab]. None (JSON null; `--set model.logprob_chunk=none`)
+        = all positions at once.
     """
 
     path: str = "tiny"
@@ -80,6 +84,7 @@ class ModelSource:
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool | Literal["full", "dots", "dots_no_batch"] = False
     scan_layers: bool = False
+    logprob_chunk: int | None = 128
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -503,6 +508,8 @@ def check_ranges(cfg: Config) -> None:
         _positive("train.stop_after", t.stop_after, 1)
     if d.limit is not None:
         _positive("data.limit", d.limit, 1)
+    if cfg.model.logprob_chunk is not None:
+        _positive("model.logprob_chunk", cfg.model.logprob_chunk, 1)
     for key, value in (("model.path", cfg.model.path), ("data.dataset", d.dataset), ("data.split", d.split),
                        ("data.eval_split", d.eval_split)):
         _not_empty(key, value)

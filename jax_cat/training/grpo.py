@@ -14,7 +14,6 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from jax_cat.losses import strategy_from_spec
 from jax_cat.training import data as tdata
 from jax_cat.training import steps
 from jax_cat.training.checkpoint import Checkpointer, is_primary
@@ -33,6 +32,14 @@ def _token_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
     return eos, resolve_pad_token_id(model, tokenizer, eos)
 
 
+def logprob_passes(cfg: Config) -> tuple[bool, bool]:
+    """(old_logprobs, ref_logprobs): the log-prob passes after each rollout, from the run's loss config (the preset
+    with the recipe's changes, `Config.loss_config`): old-policy log-probs for several updates per batch or a
+    sequence-level p, reference log-probs for a KL term (beta > 0)."""
+    loss = cfg.loss_config()
+    return cfg.train.updates_per_batch > 1 or loss.p_source == "sequence", loss.beta > 0
+
+
 def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh | None = None,
              out: str | Path | None = None, resume: bool = False, stage: str = "grpo",
              reward_fn: Any = None) -> RunResult:
@@ -46,31 +53,28 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         model, tokenizer = load_model(cfg, mesh)
     out = Path(out) if out is not None else None
     t, r = cfg.train, cfg.rollout
-    graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, t.steps)
-    prompt_len = cfg.data.max_prompt_len
-    settings = dict(strategy=strategy_from_spec(cfg.strategy), loss_cfg=cfg.loss_config(), prompt_len=prompt_len,
-                    micro_batches=t.micro_batches)
-    if steps.needs_cat_state(settings["strategy"], settings["loss_cfg"]):  # running normaliser / BoN history
-        shardings = steps.with_cat_state(shardings, mesh)
-    step_fn = steps.cached("grpo_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
-                           lambda: steps.make_grpo_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
-    logprob_fn = steps.cached("logprob", (graphdef, mesh, prompt_len), lambda: steps.make_logprob_fn(
-        graphdef, shardings, mesh, prompt_len=prompt_len))
+    built = steps.steps_for_config(cfg, model, mesh)  # the step and log-prob function `--plan` lowers
+    graphdef, tx, shardings = built.graphdef, built.tx, built.shardings
+    step_fn, logprob_fn = built.step, built.logprob_fn
     checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save) if out is not None else None)
     state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,
                                           lambda: steps.init_state(model, tx, shardings))
+    need_old, need_ref = logprob_passes(cfg)
     ref_params = None
-    if cfg.loss.beta > 0:  # the reference is the model this stage started from
+    if need_ref:  # the reference is the model this stage started from
         _, ref_params = steps.split_model(model)
         ref_params = jax.device_put(ref_params, shardings.params)
+    eos, pad = _token_ids(model, tokenizer)
+    # From here the loop samples and trains with the state's own params (`model_from_params` wraps them, no copy);
+    # the caller's weights stay on the devices only as the KL reference (ref_params above) or if the caller keeps them.
+    del model
     index, count = shard_info()
     iterator = iter(tdata.prompt_batches(tdata.train_records(cfg.data), tokenizer, cfg.data,
                                          batch_size=local_batch_size(cfg.data.batch_size), seed=t.seed,
                                          shard_index=index, shard_count=count))
     if extra.get("data_iterator") is not None:
         iterator.set_state(extra["data_iterator"])
-    eos, pad = _token_ids(model, tokenizer)
     base_key = jax.random.key(t.seed)
     logger = MetricsLogger(out, stage=stage, total_steps=t.steps, start_step=start, progress=cfg.logging.progress,
                            tensorboard=cfg.logging.tensorboard, enabled=is_primary())
@@ -84,7 +88,7 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
                                             cfg=r, mesh=mesh, eos_token_ids=eos, pad_token_id=pad,
                                             reward_fn=reward_fn)
             arrays = batch.arrays()
-            if t.updates_per_batch > 1 or cfg.loss.p_source == "sequence":
+            if need_old:
                 arrays["old_logprobs"] = logprob_fn(state.params, arrays)
             if ref_params is not None:
                 arrays["ref_logprobs"] = logprob_fn(ref_params, arrays)

@@ -20,8 +20,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jax_cat.sampling import sample_tokens
-from jax_cat.sharding import batch_sharding
+from jax_cat.sharding import batch_sharding, replicated
 from jax_cat.training.config import RolloutConfig
+from jax_cat.training.steps import mesh_context
 
 
 @jax.tree_util.register_dataclass
@@ -128,9 +129,10 @@ def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, An
     sharding = batch_sharding(mesh)
     row_prompt, row_keys = _row_inputs(num_prompts, g, jax.random.key_impl(key), sharding)(
         np.asarray(jax.random.key_data(key)))
-    out = sample_tokens(model, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, row_keys=row_keys,
-                        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                        eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, row_prompt=row_prompt)
+    with mesh_context(mesh):  # the model's batch constraints (activations, KV cache) hold in the sampler too
+        out = sample_tokens(model, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, row_keys=row_keys,
+                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, row_prompt=row_prompt)
     tokens, lengths, ended = local_rows(out.tokens), local_rows(out.lengths), local_rows(out.ended_with_eos)
     texts = [tokenizer.decode(t[: n - int(e)], skip_special_tokens=True) for t, n, e in zip(tokens, lengths, ended)]
     golds = [str(a) for a in prompts["answer"] for _ in range(g)]
@@ -153,3 +155,30 @@ def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, An
         "sampled_tokens": float(lengths.sum()),
     }
     return batch, stats
+
+
+def lower_rollout_sampler(model: nnx.Module, mesh: Mesh, cfg: RolloutConfig, *, num_prompts: int, prompt_len: int,
+                          eos_token_ids: Sequence[int], pad_token_id: int, with_mesh: bool = True) -> Any:
+    """The sampler program `collect_rollouts` runs for `num_prompts` prompts of `prompt_len` slots, lowered (not run)
+    from `model`'s shapes: `model` may be abstract (its params `jax.ShapeDtypeStruct`s with their shardings). The same
+    jitted function, static settings and input shardings as `sample_tokens(..., row_prompt=...)` there, under the
+    same mesh context (`with_mesh=False`: outside it, as before issue 20, for comparison); for
+    `jax_cat.training.plan`."""
+    from jax_cat.sampling.engine import SamplingParams, _sample_core
+
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    rows = num_prompts * cfg.group_size
+    data, rep = batch_sharding(mesh), replicated(mesh)
+    sds = jax.ShapeDtypeStruct
+    graphdef, state = nnx.split(model)
+    key_dtype = jax.random.key(0).dtype
+    with mesh_context(mesh if with_mesh else None):
+        return _sample_core.lower(
+            graphdef, state, sds((num_prompts, prompt_len), jnp.int32, sharding=data),
+            sds((num_prompts, prompt_len), jnp.bool_, sharding=data), sds((rows,), key_dtype, sharding=data),
+            sds((rows,), jnp.bool_, sharding=rep), sds((), jnp.float32), sds((), jnp.float32),
+            sds((rows,), jnp.int32, sharding=data),
+            max_new_tokens=int(cfg.max_new_tokens), greedy=params.greedy, top_k=params.top_k,
+            use_top_p=params.top_p < 1.0, eos_token_ids=tuple(int(e) for e in eos_token_ids),
+            pad_token_id=int(pad_token_id), cache_dtype=None,
+        )

@@ -50,6 +50,8 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite:
     The run folder `out` is checked and locked first (`jax_cat.training.run_folder`): a folder holding a run is
     refused unless `resume` (same config, up to the keys `SAFE_ON_RESUME` lists) or `overwrite` (its run entries are
     removed); a second process on the same folder is refused. The data is loaded and checked before the model.
+    The warm-up stage's RunResult keeps its history only (model and state None: its weights went on into the main
+    stage).
     """
     out = Path(out) if out is not None else None
     if out is None:
@@ -82,14 +84,21 @@ def _barrier(name: str) -> None:
 def _run(cfg: Config, out: Path | None, *, resume: bool) -> dict[str, Any]:
     check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)  # cached
     mesh = build_mesh(cfg)
-    model, tokenizer = load_model(cfg, mesh)
+    # The loaded weights are handed to the loops, not kept here: a loop copies them into its train state, and a
+    # reference held here would keep a second copy of the policy on the devices through the whole stage.
+    handoff: dict[str, Any] = {}
+    handoff["model"], tokenizer = load_model(cfg, mesh)
     stages: dict[str, RunResult] = {}
     if cfg.train.method == "grpo" and cfg.warmup.steps > 0:
-        stages["warmup"] = run_sft(warmup_config(cfg), model=model, tokenizer=tokenizer, mesh=mesh, out=out,
-                                   resume=resume, stage="warmup")
-        model = stages["warmup"].model
+        warm = run_sft(warmup_config(cfg), model=handoff.pop("model"), tokenizer=tokenizer, mesh=mesh, out=out,
+                       resume=resume, stage="warmup")
+        handoff["model"] = warm.model
+        # its history stays; its weights are the next stage's start and its optimizer state is not needed again
+        stages["warmup"] = dataclasses.replace(warm, model=None, state=None)
+        del warm
     loop = run_grpo if cfg.train.method == "grpo" else run_sft
-    result = loop(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, resume=resume, stage=cfg.train.method)
+    result = loop(cfg, model=handoff.pop("model"), tokenizer=tokenizer, mesh=mesh, out=out, resume=resume,
+                  stage=cfg.train.method)
     stages[cfg.train.method] = result
     summary: dict[str, Any] = {"stages": stages, "final": None, "eval": None}
     if cfg.train.stop_after is not None and cfg.train.stop_after < cfg.train.steps:

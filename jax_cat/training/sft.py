@@ -6,7 +6,6 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from jax_cat.losses import strategy_from_spec
 from jax_cat.training import data as tdata
 from jax_cat.training import steps
 from jax_cat.training.checkpoint import Checkpointer, is_primary
@@ -29,15 +28,13 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
     if model is None:
         model, tokenizer = load_model(cfg, mesh)
     out = Path(out) if out is not None else None
-    graphdef, tx, shardings, schedule = steps.build_training(model, mesh, cfg.optimizer, cfg.train.steps)
-    settings = dict(strategy=strategy_from_spec(cfg.strategy), reduction=cfg.loss.reduction,
-                    micro_batches=cfg.train.micro_batches)
-    step_fn = steps.cached("sft_step", (graphdef, mesh, cfg.optimizer, cfg.train.steps, *settings.items()),
-                           lambda: steps.make_sft_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
+    built = steps.steps_for_config(cfg, model, mesh)
+    graphdef, tx, shardings, step_fn = built.graphdef, built.tx, built.shardings, built.step
     checkpointer = (Checkpointer(out / "checkpoints" / stage, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save) if out is not None else None)
     state, start, extra = restore_or_init(checkpointer, resume, tx, model, shardings,
                                           lambda: steps.init_state(model, tx, shardings))
+    del model  # trained from the state's own copy; the caller's weights are not held here (see run.run)
     index, count = shard_info()
     iterator = iter(tdata.sft_pipeline(tdata.train_records(cfg.data), tokenizer, cfg.data,
                                        batch_size=local_batch_size(cfg.data.batch_size), seed=cfg.train.seed,

@@ -11,13 +11,19 @@ params, the batch split over (data, fsdp). Each step:
     uses advantages computed once for the whole rollout batch, so k micro-batches give the same update as one,
   - clips by global norm, applies AdamW, and skips the update (params and optimizer state unchanged, `ok` = 0 in
     the metrics) when the loss or the gradient norm is not finite,
-  - donates the old state's buffers.
+  - donates the old state's buffers,
+  - takes token log-probs in chunks of `logprob_chunk` sequence positions (`chunked_token_logprobs`): the vocabulary
+    projection never builds the [B, T, vocab] logits (None: in one piece, the reference the tests compare with),
+  - runs under the mesh context (`jax.set_mesh`), so the model's activation constraints (`decoder.shard_batch`)
+    split activations by batch over (data, fsdp); without it XLA may replicate them (docs/planning.md).
 
 `make_sft_step` / `make_grpo_step` return `Step`s: `step(state, batch) -> (state, metrics)` (metrics: float32
-scalars on device; nothing is fetched to the host here). `Step.lower(...)` is the jitted function's, for AOT use.
+scalars on device; nothing is fetched to the host here). `Step.lower(...)` lowers exactly what `step(...)` runs
+(same function, same mesh context), for AOT compilation and memory analysis (`jax_cat.training.plan`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -31,10 +37,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jax_cat import losses
+from jax_cat.models.decoder import shard_batch
 from jax_cat.sharding import batch_sharding, replicated, state_shardings
 from jax_cat.training.config import OptimizerConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Sequence positions per chunk of the vocabulary projection (`model.logprob_chunk`): each device holds at most
+# rows-per-device x LOGPROB_CHUNK x vocab float32 logits at a time (and their softmax / gradient in the backward).
+LOGPROB_CHUNK = 128
 
 
 class TrainState(NamedTuple):
@@ -178,24 +188,82 @@ def _float_metrics(metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
+def mesh_context(mesh: Mesh | None):
+    """`jax.set_mesh(mesh)` (a no-op context for None): traces under it see the mesh, so `shard_batch` constrains."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """A jitted update `(state, batch) -> (state, metrics)` with the shardings it was built for."""
+    """A jitted update `(state, batch) -> (state, metrics)` with the shardings and the mesh it was built for.
+
+    Calling it and `lower` both enter the mesh context, so whoever calls them (the trainer, a benchmark, the
+    `--plan` dry run) traces the same program: the model's activation constraints hold in all of them.
+    """
 
     fn: Any
     state_shardings: TrainState
     batch_sharding: NamedSharding
+    mesh: Mesh | None = None
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        return self.fn(state, batch)
+        with mesh_context(self.mesh):
+            return self.fn(state, batch)
 
     def lower(self, state: Any, batch: Any):
-        return self.fn.lower(state, batch)
+        with mesh_context(self.mesh):
+            return self.fn.lower(state, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogprobFn:
+    """The jitted `(params, batch) -> completion log-probs [B, N]` (old-policy / reference log-probs), run and
+    lowered under its mesh like `Step`."""
+
+    fn: Any
+    mesh: Mesh | None = None
+
+    def __call__(self, params: Any, batch: Any) -> jax.Array:
+        with mesh_context(self.mesh):
+            return self.fn(params, batch)
+
+    def lower(self, params: Any, batch: Any):
+        with mesh_context(self.mesh):
+            return self.fn.lower(params, batch)
+
+
+# ------------------------------------------------------------------------------------------------ log-probs
+def chunked_token_logprobs(model: Any, hidden: jax.Array, targets: jax.Array, chunk: int | None) -> jax.Array:
+    """log p(targets) [B, T] (float32) from final-norm hidden states [B, T, D], `chunk` positions of every row at a
+    time (None: the whole [B, T, vocab] logits at once).
+
+    Chunks run along the sequence axis, not over flattened B*T positions, so every chunk keeps the batch split of
+    the mesh (`shard_batch`): a device computes only its own rows' logits, [rows, chunk, vocab], under
+    `jax.checkpoint`, so the backward pass recomputes them instead of keeping every chunk's. Equal to
+    `losses.token_logprobs(model.logits_from_hidden(hidden), targets)` up to float round-off.
+    """
+    targets = jnp.asarray(targets, jnp.int32)
+    b, t, d = hidden.shape
+    if chunk is None or chunk >= t:
+        return losses.token_logprobs(model.logits_from_hidden(hidden), targets)
+    n = -(-t // chunk)
+    chunk = -(-t // n)  # n equal chunks of at most `chunk`: 192 positions at 128 run as 2 x 96, not 2 x 128 padded
+    pad = n * chunk - t
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, chunk, D]
+    y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(hy):
+        hc, yc = shard_batch(hy[0]), shard_batch(hy[1])
+        return shard_batch(losses.token_logprobs(model.logits_from_hidden(hc), yc))
+
+    out = jax.lax.map(one, (h, y))  # [n, B, chunk]
+    return out.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
 
 
 # ------------------------------------------------------------------------------------------------ SFT
 def sft_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, strategy: losses.Strategy,
-             reduction: str, denominator: Any) -> tuple[jax.Array, dict]:
+             reduction: str, denominator: Any, logprob_chunk: int | None = LOGPROB_CHUNK) -> tuple[jax.Array, dict]:
     """CAT SFT loss of a (micro-)batch divided by the FULL batch's `denominator` (`losses.loss_denominator`), so
     micro-batch losses and gradients sum to the whole batch's.
 
@@ -217,14 +285,14 @@ def sft_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.Graph
 
 def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh, *,
                   strategy: losses.Strategy, reduction: str = "token_mean", micro_batches: int = 1,
-                  schedule: optax.Schedule | None = None) -> Step:
+                  schedule: optax.Schedule | None = None, logprob_chunk: int | None = LOGPROB_CHUNK) -> Step:
     """The jitted SFT step (see module doc); batch = {input_ids, attention_mask, loss_mask}, all [B, T]."""
     data = batch_sharding(mesh)
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
         denominator = losses.loss_denominator(batch["loss_mask"][:, 1:], reduction)
         loss_fn = functools.partial(sft_loss, graphdef=graphdef, strategy=strategy, reduction=reduction,
-                                    denominator=denominator)
+                                    denominator=denominator, logprob_chunk=logprob_chunk)
         grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
         metrics["tokens"] = metrics["tokens"] * micro_batches  # summed over micro-batches, not averaged
         state, update_metrics = apply_update(tx, state, grads, metrics["loss"], schedule)
@@ -232,33 +300,38 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shar
 
     fn = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, replicated(mesh)),
                  donate_argnums=0)
-    return Step(fn, shardings, data)
+    return Step(fn, shardings, data, mesh)
 
 
 # ------------------------------------------------------------------------------------------------ GRPO
 def completion_logprobs(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
-                        prompt_len: int) -> jax.Array:
-    """log pi(token) of each completion token [B, N] under params (vocab projection only on completion positions).
+                        prompt_len: int, logprob_chunk: int | None = LOGPROB_CHUNK) -> jax.Array:
+    """log pi(token) of each completion token [B, N] under params (vocab projection only on completion positions,
+    `logprob_chunk` of them at a time; None = all at once).
 
     batch: input_ids / attention_mask [B, P + N] (prompt left-padded to P, then the N sampled tokens).
     """
     model = nnx.merge(graphdef, params)
     hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])
-    logits = model.logits_from_hidden(hidden[:, prompt_len - 1:-1])
-    return losses.token_logprobs(logits, batch["input_ids"][:, prompt_len:])
+    return chunked_token_logprobs(model, hidden[:, prompt_len - 1:-1], batch["input_ids"][:, prompt_len:],
+                                  logprob_chunk)
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, shardings: TrainState, mesh: Mesh, *, prompt_len: int) -> Callable:
-    """Jitted (params, batch) -> completion log-probs [B, N] (old-policy and reference log-probs)."""
-    fn = functools.partial(completion_logprobs, graphdef=graphdef, prompt_len=prompt_len)
-    return jax.jit(fn, in_shardings=(shardings.params, batch_sharding(mesh)), out_shardings=batch_sharding(mesh))
+def make_logprob_fn(graphdef: nnx.GraphDef, shardings: TrainState, mesh: Mesh, *, prompt_len: int,
+                    logprob_chunk: int | None = LOGPROB_CHUNK) -> LogprobFn:
+    """Jitted (params, batch) -> completion log-probs [B, N] (old-policy and reference log-probs), run under `mesh`."""
+    fn = functools.partial(completion_logprobs, graphdef=graphdef, prompt_len=prompt_len, logprob_chunk=logprob_chunk)
+    return LogprobFn(jax.jit(fn, in_shardings=(shardings.params, batch_sharding(mesh)),
+                             out_shardings=batch_sharding(mesh)), mesh)
 
 
 def grpo_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef, prompt_len: int,
-              strategy: losses.Strategy, loss_cfg: losses.CATLossConfig, denominator: Any) -> tuple[jax.Array, dict]:
+              strategy: losses.Strategy, loss_cfg: losses.CATLossConfig, denominator: Any,
+              logprob_chunk: int | None = LOGPROB_CHUNK) -> tuple[jax.Array, dict]:
     """CAT-GRPO loss of a (micro-)batch of rollouts given its slice of the whole batch's `advantages` and the whole
     batch's `denominator`: micro-batch losses and gradients sum to the whole batch's."""
-    logprobs = completion_logprobs(params, batch, graphdef=graphdef, prompt_len=prompt_len)
+    logprobs = completion_logprobs(params, batch, graphdef=graphdef, prompt_len=prompt_len,
+                                   logprob_chunk=logprob_chunk)
     loss, metrics = losses.cat_rl_loss(
         logprobs, batch.get("old_logprobs"), batch.get("ref_logprobs"), None, None, batch["completion_mask"],
         strategy, advantages=batch["advantages"], loss_denominator=denominator, config=loss_cfg,
@@ -275,7 +348,8 @@ def needs_cat_state(strategy: losses.Strategy, loss_cfg: losses.CATLossConfig) -
 
 def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh, *,
                    strategy: losses.Strategy, loss_cfg: losses.CATLossConfig, prompt_len: int,
-                   micro_batches: int = 1, schedule: optax.Schedule | None = None) -> Step:
+                   micro_batches: int = 1, schedule: optax.Schedule | None = None,
+                   logprob_chunk: int | None = LOGPROB_CHUNK) -> Step:
     """The jitted GRPO step; batch = `RolloutBatch.arrays()` (input_ids, attention_mask, completion_mask, rewards,
     group_ids, answer_ids, optional old_logprobs / ref_logprobs).
 
@@ -303,7 +377,7 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sha
         batch["advantages"] = advantages
         denominator = losses.loss_denominator(mask, loss_cfg.reduction)
         loss_fn = functools.partial(grpo_loss, graphdef=graphdef, prompt_len=prompt_len, strategy=strategy,
-                                    loss_cfg=loss_cfg, denominator=denominator)
+                                    loss_cfg=loss_cfg, denominator=denominator, logprob_chunk=logprob_chunk)
         grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
         metrics["tokens"] = metrics["tokens"] * micro_batches
         metrics.update(_float_metrics(adv_metrics))
@@ -312,7 +386,7 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sha
 
     fn = jax.jit(step, in_shardings=(shardings, data), out_shardings=(shardings, replicated(mesh)),
                  donate_argnums=0)
-    return Step(fn, shardings, data)
+    return Step(fn, shardings, data, mesh)
 
 
 # ------------------------------------------------------------------------------------------------ cached builders
@@ -340,9 +414,46 @@ def build_training(model: nnx.Module, mesh: Mesh, opt: OptimizerConfig, total_st
     return cached("training", (graphdef, mesh, opt, total_steps), build)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSteps:
+    """What a stage trains with: graphdef, optimizer `tx`, state `shardings`, lr `schedule`, the jitted `step` and
+    (GRPO) the jitted `logprob_fn` for old-policy / reference log-probs (None for SFT)."""
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    shardings: TrainState
+    schedule: optax.Schedule
+    step: Step
+    logprob_fn: LogprobFn | None = None
+
+
+def steps_for_config(cfg: Any, model: nnx.Module, mesh: Mesh) -> RunSteps:
+    """The step(s) of `cfg`'s stage (cfg.train.method) for `model` on `mesh`, built once per settings: what
+    `run_sft` / `run_grpo` run and what `jax_cat.training.plan` lowers (`model` may be abstract, `nnx.eval_shape`)."""
+    strategy = losses.strategy_from_spec(cfg.strategy)
+    t, chunk = cfg.train, cfg.model.logprob_chunk
+    graphdef, tx, shardings, schedule = build_training(model, mesh, cfg.optimizer, t.steps)
+    if t.method == "sft":
+        settings = dict(strategy=strategy, reduction=cfg.loss.reduction, micro_batches=t.micro_batches,
+                        logprob_chunk=chunk)
+        step = cached("sft_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
+                      lambda: make_sft_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
+        return RunSteps(graphdef, tx, shardings, schedule, step)
+    prompt_len = cfg.data.max_prompt_len
+    settings = dict(strategy=strategy, loss_cfg=cfg.loss_config(), prompt_len=prompt_len,
+                    micro_batches=t.micro_batches, logprob_chunk=chunk)
+    if needs_cat_state(strategy, settings["loss_cfg"]):  # running normaliser / BoN history
+        shardings = with_cat_state(shardings, mesh)
+    step = cached("grpo_step", (graphdef, mesh, cfg.optimizer, t.steps, *settings.items()),
+                  lambda: make_grpo_step(graphdef, tx, shardings, mesh, schedule=schedule, **settings))
+    logprob_fn = cached("logprob", (graphdef, mesh, prompt_len, chunk), lambda: make_logprob_fn(
+        graphdef, shardings, mesh, prompt_len=prompt_len, logprob_chunk=chunk))
+    return RunSteps(graphdef, tx, shardings, schedule, step, logprob_fn)
+
+
 __all__ = [
-    "DTYPES", "Step", "TrainState", "abstract_state", "accumulate", "apply_update", "build_training", "cached",
-    "completion_logprobs", "grpo_loss", "init_state", "learning_rate_schedule", "make_grpo_step", "make_logprob_fn",
+    "DTYPES", "LOGPROB_CHUNK", "LogprobFn", "Step", "TrainState", "abstract_state", "accumulate", "apply_update",
+    "build_training", "cached", "chunked_token_logprobs", "completion_logprobs", "mesh_context", "grpo_loss", "init_state", "learning_rate_schedule", "make_grpo_step", "make_logprob_fn",
     "make_optimizer", "make_sft_step", "needs_cat_state", "opt_state_shardings", "param_shardings", "sft_loss",
-    "split_micro_batches", "split_model", "state_shardings_for", "with_cat_state",
+    "split_micro_batches", "split_model", "state_shardings_for", "with_cat_state", "RunSteps", "steps_for_config",
 ]

@@ -40,7 +40,7 @@ def _train(sft_trainer, grpo_trainer):
     def kind(wall, cpu):
         return dict(torch=dict(tok_s=800.0), variants=dict(
             trainer=dict(ratio_wall=wall, ratio_cpu=cpu, rounds_wall=[wall - 0.02, wall, wall + 0.02]),
-            plain=dict(ratio_wall=1.30, ratio_cpu=1.40, rounds_wall=[1.3])))
+            trainer_scan=dict(ratio_wall=1.30, ratio_cpu=1.40, rounds_wall=[1.3])))
     return dict(json=dict(kinds=dict(sft=kind(*sft_trainer), grpo=kind(*grpo_trainer))))
 
 
@@ -72,7 +72,7 @@ def test_verdicts_on_a_canned_result_set():
     verdicts = [r.verdict for r in rows]
     # train, 1 core: SFT 1.24x >= 1.2 met; GRPO 1.10x wall not met (its 1.25x CPU-s does not count)
     assert verdicts[:2] == ["met", "not met"]
-    assert "1.24x wall, 1.33x CPU-s" in rows[0].measured and "hand-written step 1.30x / 1.40x" in rows[0].measured
+    assert "1.24x wall, 1.33x CPU-s" in rows[0].measured and "scanned layers 1.30x / 1.40x" in rows[0].measured
     # train, 2 cores: the run failed -> both rows say so, with the error
     for r in rows[2:4]:
         assert r.verdict.startswith("not measured: benchmark failed (exit code 1") and r.measured == "-"

@@ -1,7 +1,8 @@
-"""benchmarks/train_step.py times two JAX steps against the same torch loop: a hand-written jitted loss + optax AdamW,
-and the library's real SFT/GRPO step (`jax_cat.training.steps`). They must do the same work: on a tiny model, the
-first step's loss and gradient norm of the two agree to 1e-5 (float32), and the advantages the library's GRPO step
-derives from the rewards are the numbers the benchmark feeds the hand-written step and torch."""
+"""benchmarks/train_step.py times the trainer's own SFT/GRPO step (built from a Config by `steps.steps_for_config`)
+against a torch loop. It must do the torch loop's work: on a tiny model, the first step's loss and gradient norm
+agree to 1e-5 (float32) with a hand-written reference loss (below: mean next-token CE; the clipped token surrogate
+with the benchmark's fixed advantages and old log-probs), and the advantages the library's GRPO step derives from
+the rewards are the numbers the benchmark feeds torch."""
 from __future__ import annotations
 
 import importlib.util
@@ -33,6 +34,24 @@ ts = _load()
 B, T = 8, 16
 
 
+def handwritten_loss(graphdef, kind: str, grpo):
+    """(params, ids [B, T]) -> the loss torch computes: mean next-token CE (SFT), or the clipped token surrogate
+    over completion tokens with fixed advantages and old log-probs (GRPO)."""
+    mask, adv, old = grpo
+
+    def loss_fn(params, ids):
+        m = nnx.merge(graphdef, params)
+        logits = m.logits_from_hidden(m.hidden_states(ids)[:, :-1])
+        logp = -optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
+        if kind == "sft":
+            return -logp.mean()
+        ratio = jnp.exp(logp - old)
+        surrogate = jnp.minimum(ratio * adv[:, None], jnp.clip(ratio, 1 - ts.CLIP, 1 + ts.CLIP) * adv[:, None])
+        return -jnp.sum(surrogate * mask) / jnp.sum(mask)
+
+    return loss_fn
+
+
 @pytest.mark.parametrize("kind", ["sft", "grpo"])
 def test_library_step_matches_the_handwritten_step(kind):
     model = make_model(0)
@@ -40,7 +59,7 @@ def test_library_step_matches_the_handwritten_step(kind):
     grpo = tuple(jnp.asarray(x) for x in ts.grpo_inputs(B, T, T // 4))
 
     graphdef, params = nnx.split(model, nnx.Param)
-    loss_fn = ts.handwritten_loss(graphdef, kind, grpo)
+    loss_fn = handwritten_loss(graphdef, kind, grpo)
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, ids)
 
     step, state, batch = ts.trainer_step(model, kind, ids, grpo)

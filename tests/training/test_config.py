@@ -103,7 +103,7 @@ OUT_OF_RANGE = {
     "train.steps": -1, "train.seed": -1, "train.checkpoint_every": -1, "train.micro_batches": 0,
     "train.updates_per_batch": 0, "train.log_every": 0, "train.stop_after": 0, "data.data_seed": -1,
     "data.batch_size": 0, "data.max_prompt_len": 0, "data.max_target_len": 0, "data.limit": 0,
-    "optimizer.learning_rate": 0, "optimizer.warmup_steps": -1, "optimizer.end_lr_ratio": 1.5,
+    "model.logprob_chunk": 0, "optimizer.learning_rate": 0, "optimizer.warmup_steps": -1, "optimizer.end_lr_ratio": 1.5,
     "optimizer.weight_decay": -0.1, "optimizer.b1": 1.0, "optimizer.b2": -0.1, "optimizer.eps": 0,
     "optimizer.clip_norm": -1, "rollout.group_size": 0, "rollout.max_new_tokens": 0, "rollout.temperature": -0.5,
     "rollout.top_p": 0, "rollout.top_k": -1, "warmup.steps": -1, "warmup.learning_rate": -1e-3,
