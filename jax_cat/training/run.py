@@ -10,7 +10,7 @@ from jax_cat.atomic import atomic_write_text
 from jax_cat.training.checkpoint import is_primary
 from jax_cat.training.config import Config
 from jax_cat.training.grpo import run_grpo
-from jax_cat.training.runtime import RunResult, build_mesh, load_model, save_final
+from jax_cat.training.runtime import RunResult, build_mesh, load_model, model_path, save_final
 from jax_cat.training.sft import run_sft
 
 
@@ -62,7 +62,8 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[st
     if cfg.train.stop_after is not None and cfg.train.stop_after < cfg.train.steps:
         return summary  # stopped early on purpose: --resume finishes, then writes final/ and evaluates
     if out is not None and cfg.train.save_final:
-        summary["final"] = save_final(result.model, tokenizer, out)
+        summary["final"] = save_final(result.model, tokenizer, out, source=model_path(cfg.model.path),
+                                      dtype=cfg.train.export_dtype)
     if cfg.train.eval_at_end and cfg.eval.num_problems > 0:
         summary["eval"] = evaluate_model(cfg, result.model, tokenizer, out)
     return summary
