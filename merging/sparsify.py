@@ -392,6 +392,7 @@ class _Plan:
     factor: float | None = None  # global norm-preserving factor
     tensor_thresholds: dict[str, Any] = field(default_factory=dict)  # per-tensor (threshold, tie quota), found once
     block_ties: dict[str, int] = field(default_factory=dict)  # row blocks: tied entries seen in earlier blocks
+    tensor_factors: dict[str, float] = field(default_factory=dict)  # row blocks: per-tensor rescale factor
     dare_mask: tuple[str, Any] | None = None  # row blocks: the whole tensor's DARE keep mask (bool), while in use
 
 
@@ -520,6 +521,8 @@ def apply_sparsifier(sp: Sparsifier, x: Any, path: str, plan: _Plan) -> Any:
     if rescale is None:
         return raw
     if rescale.scope == "tensor":
+        if isinstance(path, Block):
+            return _apply_factor(raw, plan.tensor_factors[path.tensor])
         return _apply_factor(raw, _local_factor(x, raw, rescale.norm))
     return _apply_factor(raw, plan.factor)
 
@@ -550,12 +553,7 @@ def _no_progress(it: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
 
 def blockable(sp: Sparsifier | None) -> bool:
     """Whether `sp` gives the same result on a tensor split into row blocks (`Block`) as on the whole tensor:
-    everything but a per-tensor norm rescale and Breadcrumbs over a whole tensor (`axis="tensor"`)."""
-    if sp is None:
-        return True
-    rescale = _norm_rescale(sp)
-    if rescale is not None and rescale.scope == "tensor":
-        return False
+    everything but Breadcrumbs over a whole tensor (`axis="tensor"`, one sort of the whole tensor)."""
     return not (isinstance(sp, Breadcrumbs) and sp.axis != "last")
 
 
@@ -589,6 +587,35 @@ def _block_thresholds(
         for i, sel in selectors.items():
             quota = sel.tie_quota if sparsifiers[i].tie_break == "index" else None
             plans[i].tensor_thresholds[tensor] = (sel.value(), quota)
+
+
+def _block_factors(
+    sparsifiers: Sequence[Sparsifier | None], names: Sequence[str], get: Callable[[str], Sequence[Any]],
+    plans: list[_Plan], progress: ProgressFn,
+) -> None:
+    """Per-tensor rescale factor of each tensor split into `Block`s, from the norm partials of its blocks (the same
+    chunks as the whole tensor's, summed exactly): equal to `_local_factor` on the whole tensor."""
+    local = {i: r for i, sp in enumerate(sparsifiers) if sp is not None and (r := _norm_rescale(sp))
+             and r.scope == "tensor"}
+    blocked: dict[str, list[Block]] = {}
+    for n in names:
+        if isinstance(n, Block):
+            blocked.setdefault(n.tensor, []).append(n)
+    if not blocked or not local:
+        return
+    for tensor, blocks in progress(list(blocked.items()), "stats pass (per-tensor norms of large tensors)",
+                                   len(blocked)):
+        dense: dict[int, list[float]] = {i: [] for i in local}
+        kept: dict[int, list[float]] = {i: [] for i in local}
+        for block in blocks:
+            tensors = get(block)
+            for i, rescale in local.items():
+                dense[i].extend(norm_parts(tensors[i], rescale.norm))
+                kept[i].extend(norm_parts(sparsifiers[i].raw(tensors[i], block, plans[i]), rescale.norm))
+            del tensors
+        for i, rescale in local.items():
+            plans[i].tensor_factors[tensor] = _factor(finish_norm(dense[i], rescale.norm),
+                                                      finish_norm(kept[i], rescale.norm))
 
 
 def prepare(
@@ -668,6 +695,7 @@ def prepare(
             del tensors
         for i, rescale in global_rescale.items():
             plans[i].factor = _factor(finish_norm(orig_parts[i], rescale.norm), finish_norm(kept_parts[i], rescale.norm))
+    _block_factors(sparsifiers, names, get, plans, progress)
     return plans
 
 

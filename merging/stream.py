@@ -38,7 +38,7 @@ __all__ = [
 ]
 # --dtype / dtype=: the output's float dtype ("base": each tensor in the base's dtype, as before)
 OUTPUT_DTYPES = {"base": None, "float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-DEFAULT_BLOCK_SIZE = 256 * 2**20  # bytes of a float32 copy above which a tensor is merged in row blocks
+DEFAULT_BLOCK_SIZE = 32 * 2**20  # bytes of a float32 copy above which a tensor is merged in row blocks
 PRECISION_WARN_FRACTION = 0.01  # warn when at least this fraction of the changed entries rounds back to the base
 
 
@@ -182,7 +182,7 @@ def merge_checkpoints(
     "bfloat16" or "float16" for every float tensor, or None / "base" for each tensor's dtype in the base. When that
     rounding puts >= 1 % of the entries the merge changed back on the base's value (float32 fine-tunes into a
     bf16 base: small RL updates vanish), a `PrecisionWarning` says how many; merge_info.json records the counts.
-    Memory: a float tensor whose float32 copy exceeds `block_size` (default 256 MiB; None = never) is read, merged
+    Memory: a float tensor whose float32 copy exceeds `block_size` (default 32 MiB; None = never) is read, merged
     and written in row blocks, with the same result, for every method but RAM with per-tensor counts, Breadcrumbs
     with axis="tensor" and a per-tensor norm rescale (those read such a tensor whole).
     """
@@ -204,9 +204,9 @@ def merge_checkpoints(
     names = base_ckpt.names
     info = base_ckpt.info
     shard_bytes = parse_size(max_shard_size)
-    if dtype not in OUTPUT_DTYPES:
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {', '.join(OUTPUT_DTYPES)} (the output's float dtype)")
-    out_code = OUTPUT_DTYPES[dtype]
+    out_code = OUTPUT_DTYPES[dtype or "base"]
     out_dtypes = {n: out_code if out_code and info[n].dtype in FLOAT_DTYPES else info[n].dtype for n in names}
     block_bytes = None if block_size is None else parse_size(block_size)
     rounding = RoundingCount()
