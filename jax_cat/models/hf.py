@@ -429,7 +429,7 @@ def save_hf(
     config.json carries both transformers spellings (see `ModelConfig.to_hf_dict`).
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    name = export_dtype_name(model.param_dtype if dtype is None else dtype)
+    name = _dtype_name(model.param_dtype) if dtype is None else export_dtype_name(dtype)
     with atomic_output_dir(out_dir, overwrite=True) as tmp:
         config_dict = model.config.to_hf_dict(dtype=name)
         (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")

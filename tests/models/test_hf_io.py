@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -299,3 +300,36 @@ def test_save_final_exports_in_the_source_dtype_with_its_generation_config(tmp_p
     assert (final / "model.safetensors").stat().st_size < (src / "model.safetensors").stat().st_size * 1.01
     again = save_final(model, build_char_tokenizer(), tmp_path / "run32", source=src, dtype="float32")
     assert checkpoint_dtype(again) == "float32"
+
+
+_T4_SCRIPT = r"""
+import json, sys, numpy as np, torch, transformers
+path, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+m = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+with torch.no_grad():
+    logits = m(ids).logits.float().numpy()
+print(json.dumps({"version": transformers.__version__, "rope_theta": m.config.rope_theta, "logits": logits.tolist()}))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("JAX_CAT_TRANSFORMERS4_PYTHON"),
+                    reason="set JAX_CAT_TRANSFORMERS4_PYTHON to a python with transformers 4.x + torch")
+def test_saved_checkpoint_loads_in_transformers_4(tmp_path):
+    # e.g. python -m venv /tmp/t4 && /tmp/t4/bin/pip install 'transformers==4.57.*' torch safetensors
+    import subprocess
+
+    from flax import nnx
+
+    from jax_cat.models.decoder import CausalLM
+    from jax_cat.models.tiny import tiny_model_config
+
+    model = CausalLM(tiny_model_config(rope_theta=1e6, max_position_embeddings=512), rngs=nnx.Rngs(0))
+    out = save_hf(model, tmp_path / "m")
+    ids = (np.arange(1, 200).reshape(1, -1) % model.config.vocab_size).tolist()
+    done = subprocess.run([os.environ["JAX_CAT_TRANSFORMERS4_PYTHON"], "-c", _T4_SCRIPT, str(out), json.dumps(ids)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["version"].startswith("4.") and got["rope_theta"] == 1e6
+    ours = np.asarray(model(jnp.asarray(ids), jnp.ones((1, len(ids[0])), jnp.int32)))
+    assert np.abs(np.asarray(got["logits"]) - ours).max() <= 1e-4
