@@ -156,12 +156,15 @@ def merge_tensors(
     def merge_one(unit: str) -> Any:  # a function, so its temporaries are freed before the next tensor is read
         base, fts = read(unit)
         ts = taus_of(base, fts)
+        del fts  # (each input is freed as soon as it is not needed: peak memory is a few copies of one tensor)
         if sparsify:
             ts = [apply_sparsifier(sp, t, unit, plan) if sp is not None else t
                   for sp, t, plan in zip(sparsifiers, ts, plans)]
-        wide = base.astype(compute_dtype(base.dtype))
-        merged = spec.merge_leaf(wide, tuple(ts), stats, k)  # in the compute dtype: one rounding, below
-        out = merged.astype(base.dtype if out_dtype is None else out_dtype)
+        wide = compute_dtype(base.dtype)
+        merged = spec.merge_leaf(base if base.dtype == wide else base.astype(wide), tuple(ts), stats, k)
+        del ts  # merged is in the compute dtype: rounded once, here, to the output dtype
+        target = jnp.dtype(base.dtype if out_dtype is None else out_dtype)
+        out = merged if merged.dtype == target else merged.astype(target)
         if rounding is not None:
             rounding.add(merged, base, out)
         return out
