@@ -571,13 +571,12 @@ def _block_thresholds(
                   and sp.density < 1]
     if not blocked or not per_tensor:
         return
-    for tensor, blocks in progress(list(blocked.items()), "stats pass (per-tensor top-k of large tensors)",
-                                   len(blocked)):
+    for tensor, blocks in blocked.items():
         n = int(np.prod(blocks[0].shape))
         ks = {i: k for i in per_tensor if (k := num_kept(sparsifiers[i].density, n)) > 0}
         selectors: dict[int, _RadixSelect] = {}
         while ks and (not selectors or not all(sel.done for sel in selectors.values())):
-            for block in blocks:
+            for block in progress(blocks, f"stats pass (top-k of {tensor}, in row blocks)", len(blocks)):
                 tensors = get(block)
                 for i, k in ks.items():
                     selectors.setdefault(i, _RadixSelect(k, compute_dtype(tensors[i].dtype))).update(tensors[i])
@@ -603,11 +602,10 @@ def _block_factors(
             blocked.setdefault(n.tensor, []).append(n)
     if not blocked or not local:
         return
-    for tensor, blocks in progress(list(blocked.items()), "stats pass (per-tensor norms of large tensors)",
-                                   len(blocked)):
+    for tensor, blocks in blocked.items():
         dense: dict[int, list[float]] = {i: [] for i in local}
         kept: dict[int, list[float]] = {i: [] for i in local}
-        for block in blocks:
+        for block in progress(blocks, f"stats pass (norms of {tensor}, in row blocks)", len(blocks)):
             tensors = get(block)
             for i, rescale in local.items():
                 dense[i].extend(norm_parts(tensors[i], rescale.norm))

@@ -230,8 +230,12 @@ def merge_checkpoints(
             get_base_rows=base_ckpt.get_rows,
             get_finetuned_rows=lambda i, name, a, b: model_ckpts[i].get_rows(aliases[i][name], a, b),
         )
+        trim = _malloc_trim() if release_memory else None
         for name, tensor in merged:
             writer.write(name, np.asarray(tensor))
+            del tensor
+            if trim is not None:  # after each row block too (the per-tensor trim comes after a whole tensor)
+                trim(0)
         writer.close()
         _warn_rounding(rounding, dtype)
         src = base_ckpt.dir if copy_files_from is None else model_ckpts[copy_files_from].dir
