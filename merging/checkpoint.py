@@ -144,7 +144,8 @@ class Checkpoint:
             return f.get_tensor(name)
 
     def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Read rows [start, stop) (axis 0) of one tensor, without reading the rest of it."""
+        """Read rows [start, stop) (axis 0; stop clipped to the row count) of one tensor, without reading the rest."""
+        stop = min(stop, self.info[name].shape[0])
         with _open(self.info[name].file) as f:
             return f.get_slice(name)[start:stop]
 

@@ -3,7 +3,7 @@
 Reading and writing checkpoints (any number of shards in, 5 GiB shards out, atomic output folders) live in
 `merging.checkpoint`; this module runs the merge engine (`merging.methods.merge_tensors`) and the DoTS analysis
 over them. Inputs are checked up front: same tensor names and shapes, float dtypes may differ (computed in float32
-or wider and written in the base's dtype), float64 needs JAX's x64 mode, a fine-tuned model that ties its output
+or wider and rounded once to the base's dtype or the one chosen; very large tensors go in row blocks), float64 needs JAX's x64 mode, a fine-tuned model that ties its output
 head to its embedding is only merged into a base whose head is (in effect) tied too, and NaN/Inf weights are
 refused with the tensor named unless `allow_nonfinite`.
 
@@ -100,7 +100,11 @@ def _head_is_embedding(ckpt: Checkpoint) -> bool:
     a, b = ckpt.info[LM_HEAD], ckpt.info[embed]
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return bool(np.array_equal(ckpt.get(LM_HEAD), ckpt.get(embed)))
+    if len(a.shape) < 2:
+        return bool(np.array_equal(ckpt.get(LM_HEAD), ckpt.get(embed)))
+    rows = max(1, DEFAULT_BLOCK_SIZE // max(1, a.nbytes // a.shape[0]))  # compared in row blocks, not whole
+    return all(np.array_equal(ckpt.get_rows(LM_HEAD, r, r + rows), ckpt.get_rows(embed, r, r + rows))
+               for r in range(0, a.shape[0], rows))
 
 
 def _aliases(base: Checkpoint, model: Checkpoint, label: str, uses_head: bool = True) -> dict[str, str]:
@@ -170,7 +174,7 @@ def merge_checkpoints(
     default 5 GiB).
 
     Task vectors are taken against the base tensor by tensor (float32 arithmetic, or float64 under x64; mixed
-    float dtypes computed in the wider one), cast back to the base dtype. Non-weight files (config.json,
+    float dtypes computed in the wider one), rounded once to the output dtype (below). Non-weight files (config.json,
     generation_config.json, tokenizer files) come from the base, or from models[copy_files_from];
     `merge_info.json` records the recipe. Refuses, before any work: checkpoints whose tensor sets or shapes differ
     (`CheckpointMismatchError` naming the tensor), float64 without x64, a tied fine-tuned head into an untied base;
