@@ -174,7 +174,7 @@ def merge_tensors(
         if not allow_nonfinite and is_float(name):
             check_finite(name, [base], labels[:1])
         if out_dtype is not None and is_float(name) and np.dtype(base.dtype) != np.dtype(out_dtype):
-            base = np.asarray(base).astype(out_dtype)
+            base = base.astype(out_dtype)  # numpy from disk stays numpy, a jax leaf stays jax
         return base
 
     vector_set = set(vector_names)
