@@ -3,9 +3,9 @@
 Reading and writing checkpoints (any number of shards in, 5 GiB shards out, atomic output folders) live in
 `merging.checkpoint`; this module runs the merge engine (`merging.methods.merge_tensors`) and the DoTS analysis
 over them. Inputs are checked up front: same tensor names and shapes, float dtypes may differ (computed in float32
-or wider and rounded once to the base's dtype or the one chosen; very large tensors go in row blocks), float64 needs JAX's x64 mode, a fine-tuned model that ties its output
-head to its embedding is only merged into a base whose head is (in effect) tied too, and NaN/Inf weights are
-refused with the tensor named unless `allow_nonfinite`.
+or wider and rounded once to the base's dtype or the one chosen; very large tensors go in row blocks), float64
+needs JAX's x64 mode, a fine-tuned model that ties its output head to its embedding is only merged into a base whose
+head is (in effect) tied too, and NaN/Inf weights are refused with the tensor named unless `allow_nonfinite`.
 
 Depends on safetensors, numpy and jax only (not on jax_cat.models): any loader of HF checkpoints reads the output.
 """

@@ -87,7 +87,8 @@ print(json.dumps({"maxrss_mib": int(hwm.split()[1]) / 1024}))
 def test_a_large_tensor_merged_in_row_blocks_does_not_set_the_peak(tmp_path):
     # One 4096 x 4096 float32 tensor (64 MiB) per checkpoint, as a tied embedding dominates a small model. Whole,
     # a DoTS merge holds several float32 copies of it (inputs, task vectors, sparsified, merged); in row blocks
-    # (4 MiB asked: 16 MiB, the smallest, whole host chunks of 4M entries) only a few copies of a block. Both outputs are equal (tests/merging/test_blocks.py checks every method).
+    # (4 MiB asked: 16 MiB, the smallest, whole host chunks of 4M entries) only a few copies of a block. Both
+    # outputs are equal (tests/merging/test_blocks.py checks every method).
     rng = np.random.default_rng(0)
     base = rng.standard_normal((4096, 4096), dtype=np.float32)
     for name, scale in (("base", 0.0), ("sft", 0.02), ("rl", 0.005)):

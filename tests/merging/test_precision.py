@@ -102,7 +102,8 @@ def test_cli_dtype_flag_and_warning_line(tmp_path, ckpts, capsys):
 def test_output_dtype_applies_to_unselected_float_tensors_and_not_to_integers(tmp_path):
     base = {"w": np.asarray([1.0, 2.0], np.float32).astype(BF16), "skip": np.asarray([3.0], np.float32).astype(BF16),
             "step": np.asarray([7], np.int32)}
-    ft = {"w": np.asarray([1.5, 2.0], np.float32), "skip": np.asarray([4.0], np.float32), "step": np.asarray([7], np.int32)}
+    ft = {"w": np.asarray([1.5, 2.0], np.float32), "skip": np.asarray([4.0], np.float32),
+          "step": np.asarray([7], np.int32)}
     out = merge(base, [ft], MergeSpec("task_arithmetic", exclude="skip"), dtype=np.float32)
     assert np.asarray(out["w"]).dtype == np.float32 and np.asarray(out["w"]).tolist() == [1.5, 2.0]
     assert np.asarray(out["skip"]).dtype == np.float32 and np.asarray(out["skip"]).tolist() == [3.0]  # the base's
