@@ -16,6 +16,7 @@ this behaviour (it imports nothing from `jax_cat`); see docs/glossary.md.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -119,4 +120,6 @@ def _report(prog: str, message: str, status: int, debug: bool) -> int:
     if debug:
         traceback.print_exc()
     print(f"{prog}: error: {message}", file=sys.stderr)
+    if not debug:  # the one line is the last word: no library logging at interpreter exit (e.g. asyncio's
+        atexit.register(logging.disable, logging.CRITICAL)  # unretrieved futures of an aborted checkpoint write)
     return status

@@ -29,7 +29,7 @@ from merging.methods.ties import ties
 from merging.sparsify import (
     Breadcrumbs, Dare, Rescale, TopK, breadcrumbs, dare, dots_sparsify, global_norm, rescale_to_norm, topk,
 )
-from merging.stream import CheckpointMismatchError, analyze_checkpoints, merge_checkpoints
+from merging.stream import CheckpointMismatchError, PrecisionWarning, analyze_checkpoints, merge_checkpoints
 from merging.task_vectors import TreeMismatchError, add, combine, scale, task_vector
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "compare", "Comparison", "magnitude_ratio", "sign_conflict", "cosine_similarity", "module_mass",
     "MergeSpec", "METHODS", "merge_checkpoints", "analyze_checkpoints", "CheckpointMismatchError",
     "method_settings", "MergeMethod", "TaskArithmeticMerge", "DotsMerge", "DareMerge", "BreadcrumbsMerge",
-    "TiesMerge", "RamMerge", "RamPlusMerge", "NonFiniteError",
+    "TiesMerge", "RamMerge", "RamPlusMerge", "NonFiniteError", "PrecisionWarning",
 ]
 # Not re-exported: `merging.methods.merge` and `merging.sparsify.sparsify` share their names with submodules
 # (`merging.merge` is the CLI), and a package attribute cannot be both.

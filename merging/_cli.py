@@ -15,6 +15,7 @@ dumps) is silenced while a CLI runs, unless `--debug`; `quiet_third_party()` als
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import logging
 import os
@@ -124,4 +125,6 @@ def _report(prog: str, message: str, status: int, debug: bool) -> int:
     if debug:
         traceback.print_exc()
     print(f"{prog}: error: {message}", file=sys.stderr)
+    if not debug:  # the one line is the last word: no library logging at interpreter exit (e.g. asyncio's
+        atexit.register(logging.disable, logging.CRITICAL)  # unretrieved futures of an aborted checkpoint write)
     return status

@@ -143,6 +143,12 @@ class Checkpoint:
         with _open(self.info[name].file) as f:
             return f.get_tensor(name)
 
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Read rows [start, stop) (axis 0; stop clipped to the row count) of one tensor, without reading the rest."""
+        stop = min(stop, self.info[name].shape[0])
+        with _open(self.info[name].file) as f:
+            return f.get_slice(name)[start:stop]
+
     @property
     def config(self) -> dict[str, Any] | None:
         cfg = self.dir / "config.json"
@@ -182,6 +188,7 @@ class ShardedWriter:
         self.total_size = sum(e[3] for s in shards for e in s)
         self._shard = -1
         self._pos = 0
+        self._done = 0  # bytes of the current tensor written so far (a tensor may come in row blocks)
         self._fh: Any = None
 
     def _open_next(self) -> None:
@@ -199,16 +206,23 @@ class ShardedWriter:
         self._fh.write(raw)
 
     def write(self, name: str, array: Any) -> None:
-        """Append the next tensor (must come in the planned order, with the planned dtype and shape)."""
+        """Append the next tensor (must come in the planned order, with the planned dtype and shape), whole or as
+        consecutive row blocks (axis 0) under the same name."""
         if self._fh is None:
             self._open_next()
         expected, dtype, shape, nbytes = self.shards[self._shard][self._pos]
         arr = np.ascontiguousarray(np.asarray(array))
         if name != expected:
             raise RuntimeError(f"writer expected tensor {expected!r}, got {name!r}")
-        if _DTYPE_NAMES.get(arr.dtype) != dtype or tuple(arr.shape) != tuple(shape):
+        whole = tuple(arr.shape) == tuple(shape)
+        rows = len(shape) >= 1 and arr.ndim == len(shape) and tuple(arr.shape[1:]) == tuple(shape[1:])
+        if _DTYPE_NAMES.get(arr.dtype) != dtype or not (whole or rows) or self._done + arr.nbytes > nbytes:
             raise RuntimeError(f"tensor {name!r}: got {arr.dtype}{arr.shape}, planned {dtype}{tuple(shape)}")
         self._fh.write(arr.reshape(-1).view(np.uint8).data)
+        self._done += arr.nbytes
+        if self._done < nbytes:
+            return
+        self._done = 0
         self._pos += 1
         if self._pos == len(self.shards[self._shard]):
             self._fh.close()

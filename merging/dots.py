@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device mesh; default: every device on the data axis")
     p.add_argument("--batch-size", type=int, default=128, help="rows decoded together")
     p.add_argument("--max-shard-size", default="2GB", help="shard size of the written model")
+    p.add_argument("--out-dtype", choices=("base", "float32", "bfloat16", "float16"), default="base",
+                   help="float dtype of the written model (as merging.merge --dtype; default: the base's)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -562,7 +564,7 @@ def _pipeline(args: argparse.Namespace, out: Path, queries: list[str]) -> int:
         spec = MergeSpec("dots", coeffs=coeffs, density=picked_d[0], topk_scope=args.topk_scope, norm=norm,
                          scope=scope)
         merge_checkpoints(args.base, [args.sft, args.rl], spec, model_dir, max_shard_size=args.max_shard_size,
-                          overwrite=True, progress=not args.no_progress)
+                          overwrite=True, progress=not args.no_progress, dtype=args.out_dtype)
         how = "streamed merge"
     else:  # two densities: not one MergeSpec; write the in-memory candidate (the very weights that were scored)
         from jax_cat.models import save_hf

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 from merging._cli import ArgumentParser, CLIError, run_cli
@@ -64,6 +65,12 @@ def build_parser() -> ArgumentParser:
                    help="ram: overlap counts over the whole vector (default) or per tensor")
     p.add_argument("--filter", help="regex: only tensors whose name matches are merged (others keep the base)")
     p.add_argument("--exclude", help="regex: tensors whose name matches keep the base value (e.g. 'embed|lm_head')")
+    p.add_argument("--dtype", choices=("base", "float32", "bfloat16", "float16"), default="base",
+                   help="float dtype of the output (default: each tensor's dtype in the base). Merges are computed "
+                   "in float32 and rounded once; a warning says when this dtype loses the update")
+    p.add_argument("--block-size", default="32MiB",
+                   help="tensors whose float32 copy is larger are merged in row blocks (default 32MiB; same result, "
+                   "peak memory set by a block)")
     p.add_argument("--max-shard-size", default="5GiB", help="output shard size (default 5GiB; e.g. 2GB, 500MiB)")
     p.add_argument("--files-from", type=int, help="copy config/tokenizer files from models[i] instead of the base")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -100,14 +107,21 @@ def _main(argv: list[str]) -> int:
         raise CLIError(f"{len(args.models)} --models but {len(args.coefficients)} --coefficients; give one "
                        f"coefficient per model (or none for 1.0 each)")
     spec = settings_from_args(args)
-    from merging.stream import merge_checkpoints  # imports JAX: after argument errors are reported
+    from merging.stream import PrecisionWarning, merge_checkpoints  # imports JAX: after argument errors are reported
 
     start = time.perf_counter()
-    out = merge_checkpoints(
-        args.base, args.models, spec, args.out, max_shard_size=args.max_shard_size,
-        copy_files_from=args.files_from, overwrite=args.overwrite, progress=not args.no_progress,
-        allow_nonfinite=args.allow_nonfinite,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PrecisionWarning)
+        out = merge_checkpoints(
+            args.base, args.models, spec, args.out, max_shard_size=args.max_shard_size,
+            copy_files_from=args.files_from, overwrite=args.overwrite, progress=not args.no_progress,
+            allow_nonfinite=args.allow_nonfinite, dtype=args.dtype, block_size=args.block_size,
+        )
+    for w in caught:
+        if issubclass(w.category, PrecisionWarning):
+            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"merged {len(args.models)} model(s) into {args.base} with {args.method} -> {out} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0

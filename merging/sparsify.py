@@ -42,7 +42,7 @@ from merging.task_vectors import check_compatible, compute_dtype
 __all__ = [
     "Rescale", "TopK", "Dare", "Breadcrumbs", "Sparsifier",
     "topk", "dots_sparsify", "dare", "breadcrumbs", "rescale_to_norm", "sparsify",
-    "global_norm", "num_kept", "kth_largest_abs",
+    "global_norm", "num_kept", "kth_largest_abs", "Block", "rows_per_chunk",
 ]
 # `ties`, `ram`, `ram_rescales` (and their leaf kernels) are merges: they live in merging.methods.ties / .ram and
 # are still importable from here (module __getattr__ at the end) for code written against the old layout.
@@ -100,16 +100,32 @@ def _host(x: Any) -> np.ndarray:
     return np.asarray(x).reshape(-1)
 
 
-def _chunks(h: np.ndarray) -> Iterable[np.ndarray]:
-    for start in range(0, h.size, _CHUNK):
-        yield h[start : start + _CHUNK]
+def _chunks(h: np.ndarray, size: int = _CHUNK) -> Iterable[np.ndarray]:
+    for start in range(0, h.size, size):
+        yield h[start : start + size]
 
 
-def norm_partial(x: Any, norm: Norm) -> float:
-    """One tensor's contribution to a norm, in float64: sum x^2 (l2), sum |x| (l1), max |x| (linf)."""
+def rows_per_chunk(shape: Sequence[int]) -> int:
+    """Rows (entries of axis 0) per host-reduction chunk of a tensor of `shape` (>= 2-D): whole rows, at most 4M
+    entries. A row block of a multiple of this many rows splits into the same chunks as the whole tensor, so norms
+    summed over blocks equal the whole tensor's bit for bit."""
+    row = int(np.prod(shape[1:]))
+    return max(1, _CHUNK // row) if row else 1
+
+
+def _chunk_len(shape: Sequence[int]) -> int:
+    if len(shape) >= 2 and int(np.prod(shape[1:])):
+        return rows_per_chunk(shape) * int(np.prod(shape[1:]))
+    return _CHUNK
+
+
+def norm_parts(x: Any, norm: Norm) -> list[float]:
+    """One tensor's norm partials, one per chunk of whole rows, in float64: sum x^2 (l2), sum |x| (l1), max |x|
+    (linf). `finish_norm` of the partials of all tensors (or of all row blocks of a tensor) is exact and
+    order-independent (math.fsum)."""
     h = _host(x)
     parts: list[float] = []
-    for c in _chunks(h):
+    for c in _chunks(h, _chunk_len(np.shape(x))):
         c64 = c.astype(np.float64)
         if norm == "l2":
             parts.append(float(np.dot(c64, c64)))
@@ -117,6 +133,12 @@ def norm_partial(x: Any, norm: Norm) -> float:
             parts.append(float(np.abs(c64).sum()))
         else:
             parts.append(float(np.abs(c64).max()) if c64.size else 0.0)
+    return parts
+
+
+def norm_partial(x: Any, norm: Norm) -> float:
+    """One tensor's contribution to a norm, in float64: sum x^2 (l2), sum |x| (l1), max |x| (linf)."""
+    parts = norm_parts(x, norm)
     if norm == "linf":
         return max(parts, default=0.0)
     return math.fsum(parts)
@@ -129,6 +151,28 @@ def finish_norm(partials: Iterable[float], norm: Norm) -> float:
         return max(partials, default=0.0)
     total = math.fsum(partials)
     return math.sqrt(total) if norm == "l2" else total
+
+
+class Block(str):
+    """Rows [start, stop) of the tensor `tensor` (full `shape`), block `index` of `count`: the key under which the
+    streamed merge handles a very large tensor piece by piece. As a string it sorts right after its tensor's name
+    and before any other (natural order), so statistics over many tensors visit blocks in flat-index order."""
+
+    tensor: str
+    index: int
+    count: int
+    start: int
+    stop: int
+    shape: tuple[int, ...]
+
+    def __new__(cls, tensor: str, index: int, count: int, start: int, stop: int, shape: Sequence[int]) -> "Block":
+        self = super().__new__(cls, f"{tensor}\x00{index:06d}")
+        self.tensor, self.index, self.count, self.start, self.stop = tensor, index, count, start, stop
+        self.shape = tuple(int(d) for d in shape)
+        return self
+
+    def __reduce__(self) -> Any:
+        return (Block, (self.tensor, self.index, self.count, self.start, self.stop, self.shape))
 
 
 def _factor(original: float, kept: float) -> float:
@@ -240,10 +284,48 @@ def _keep_topk_traced(x: jax.Array, k: int) -> jax.Array:
     return _keep_top_exact(x, t, quota)
 
 
+@jax.jit
+def _keep_strictly_above(x: jax.Array, t: jax.Array) -> jax.Array:
+    return jnp.where(jnp.abs(x) > t.astype(x.dtype), x, jnp.zeros((), x.dtype))
+
+
+def _keep_top_first(x: Any, t: Any, quota: int) -> tuple[Any, int]:
+    """(x with |x| > t and the first `quota` entries (flat index order) with |x| == t kept, the rest zeroed; how
+    many entries of x equal t in magnitude). Concrete x: the tied entries are found on the host in one pass (no
+    cumulative sum over the whole tensor, which XLA on CPU runs ~20x slower)."""
+    t = np.asarray(t)
+    h = _host(x)
+    tied: list[np.ndarray] = []
+    n_equal = 0
+    for start in range(0, h.size, _CHUNK):
+        idx = np.flatnonzero(np.abs(h[start : start + _CHUNK].astype(t.dtype, copy=False)) == t)
+        if n_equal < quota and idx.size:
+            tied.append(idx[: quota - n_equal] + start)
+        n_equal += idx.size
+    kept = _keep_strictly_above(x, jnp.asarray(t))
+    if tied:
+        idx = np.concatenate(tied)
+        flat = np.array(kept).reshape(-1)
+        flat[idx] = h[idx]
+        kept = jnp.asarray(flat.reshape(np.shape(x)))
+    return kept, n_equal
+
+
 def _keep_top(x: Any, t: Any, quota: int | None) -> Any:
     if quota is None:
         return _keep_above(x, jnp.asarray(t))
-    return _keep_top_exact(x, jnp.asarray(t), jnp.asarray(quota, jnp.uint32))
+    return _keep_top_first(x, t, quota)[0]
+
+
+def _keep_top_in_block(x: Any, t: Any, quota: int | None, block: "Block", plan: "_Plan") -> Any:
+    """`_keep_top` of one row block of a tensor whose (threshold, tie quota) hold for the whole tensor: the tied
+    entries kept are the first `quota` of the tensor in flat order (blocks are visited in order in every pass)."""
+    if quota is None:
+        return _keep_above(x, jnp.asarray(t))
+    seen = 0 if block.index == 0 else plan.block_ties[block.tensor]
+    kept, n_equal = _keep_top_first(x, t, max(0, quota - seen))
+    plan.block_ties[block.tensor] = seen + n_equal
+    return kept
 
 
 @jax.jit
@@ -256,6 +338,11 @@ def _scale_to(x: jax.Array, factor: jax.Array) -> jax.Array:
 def _dare_raw(x: jax.Array, key: jax.Array, keep_prob: jax.Array) -> jax.Array:
     keep = jax.random.bernoulli(key, keep_prob, x.shape)
     return jnp.where(keep, x, jnp.zeros((), x.dtype))
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def _dare_mask(key: jax.Array, keep_prob: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return jax.random.bernoulli(key, keep_prob, shape)
 
 
 @partial(jax.jit, static_argnames=("n_remove", "n_keep", "per_row"))
@@ -304,6 +391,9 @@ class _Plan:
     tie_quota: dict[str, int] | None = None  # global exact top-k: tensors keeping only some entries equal to threshold
     factor: float | None = None  # global norm-preserving factor
     tensor_thresholds: dict[str, Any] = field(default_factory=dict)  # per-tensor (threshold, tie quota), found once
+    block_ties: dict[str, int] = field(default_factory=dict)  # row blocks: tied entries seen in earlier blocks
+    tensor_factors: dict[str, float] = field(default_factory=dict)  # row blocks: per-tensor rescale factor
+    dare_mask: tuple[str, Any] | None = None  # row blocks: the whole tensor's DARE keep mask (bool), while in use
 
 
 @dataclass(frozen=True)
@@ -338,12 +428,14 @@ class TopK:
             if plan.keep_none:
                 return jnp.zeros_like(x)
             return _keep_top(x, plan.threshold, None if plan.tie_quota is None else plan.tie_quota.get(path))
-        n = int(np.prod(x.shape))
+        n = int(np.prod(path.shape if isinstance(path, Block) else x.shape))
         k = num_kept(self.density, n)
         if n == 0:
             return x
         if k == 0:
             return jnp.zeros_like(x)
+        if isinstance(path, Block):  # threshold and tie quota of the whole tensor, found by `prepare`
+            return _keep_top_in_block(x, *plan.tensor_thresholds[path.tensor], path, plan)
         if _is_traced(x):
             if self.tie_break == "index":
                 return _keep_topk_traced(x, k)
@@ -374,7 +466,16 @@ class Dare:
     def raw(self, x: Any, path: str, plan: _Plan) -> Any:
         if self.drop_rate == 0:
             return x
-        return _dare_raw(x, _path_key(self.seed, path), jnp.asarray(1.0 - self.drop_rate, jnp.float32))
+        keep_prob = jnp.asarray(1.0 - self.drop_rate, jnp.float32)
+        if isinstance(path, Block):  # the whole tensor's mask (1 byte per entry), sliced: the same draws
+            if path.index == 0 or plan.dare_mask is None or plan.dare_mask[0] != path.tensor:
+                mask = _dare_mask(_path_key(self.seed, path.tensor), keep_prob, path.shape)
+                plan.dare_mask = (path.tensor, np.asarray(mask))
+            mask = plan.dare_mask[1][path.start : path.stop]
+            if path.index == path.count - 1:
+                plan.dare_mask = None
+            return jnp.where(jnp.asarray(mask), x, jnp.zeros((), x.dtype))
+        return _dare_raw(x, _path_key(self.seed, path), keep_prob)
 
 
 @dataclass(frozen=True)
@@ -420,6 +521,8 @@ def apply_sparsifier(sp: Sparsifier, x: Any, path: str, plan: _Plan) -> Any:
     if rescale is None:
         return raw
     if rescale.scope == "tensor":
+        if isinstance(path, Block):
+            return _apply_factor(raw, plan.tensor_factors[path.tensor])
         return _apply_factor(raw, _local_factor(x, raw, rescale.norm))
     return _apply_factor(raw, plan.factor)
 
@@ -441,11 +544,76 @@ def _threshold_pass_step(
         selectors[i].update(tensors[i])
     if orig_parts is not None:
         for i, rescale in global_rescale.items():
-            orig_parts[i].append(norm_partial(tensors[i], rescale.norm))
+            orig_parts[i].extend(norm_parts(tensors[i], rescale.norm))
 
 
 def _no_progress(it: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
     return it
+
+
+def blockable(sp: Sparsifier | None) -> bool:
+    """Whether `sp` gives the same result on a tensor split into row blocks (`Block`) as on the whole tensor:
+    everything but Breadcrumbs over a whole tensor (`axis="tensor"`, one sort of the whole tensor)."""
+    return not (isinstance(sp, Breadcrumbs) and sp.axis != "last")
+
+
+def _block_thresholds(
+    sparsifiers: Sequence[Sparsifier | None], names: Sequence[str], get: Callable[[str], Sequence[Any]],
+    plans: list[_Plan], progress: ProgressFn,
+) -> None:
+    """Per-tensor top-k (threshold, tie quota) of each tensor split into `Block`s: a radix select over its blocks,
+    equal to `_kth_and_quota` on the whole tensor (the digit histograms add up)."""
+    blocked: dict[str, list[Block]] = {}
+    for n in names:
+        if isinstance(n, Block):
+            blocked.setdefault(n.tensor, []).append(n)
+    per_tensor = [i for i, sp in enumerate(sparsifiers) if isinstance(sp, TopK) and sp.scope == "tensor"
+                  and sp.density < 1]
+    if not blocked or not per_tensor:
+        return
+    for tensor, blocks in blocked.items():
+        n = int(np.prod(blocks[0].shape))
+        ks = {i: k for i in per_tensor if (k := num_kept(sparsifiers[i].density, n)) > 0}
+        selectors: dict[int, _RadixSelect] = {}
+        while ks and (not selectors or not all(sel.done for sel in selectors.values())):
+            for block in progress(blocks, f"stats pass (top-k of {tensor}, in row blocks)", len(blocks)):
+                tensors = get(block)
+                for i, k in ks.items():
+                    selectors.setdefault(i, _RadixSelect(k, compute_dtype(tensors[i].dtype))).update(tensors[i])
+                del tensors
+            for sel in selectors.values():
+                sel.finish_level()
+        for i, sel in selectors.items():
+            quota = sel.tie_quota if sparsifiers[i].tie_break == "index" else None
+            plans[i].tensor_thresholds[tensor] = (sel.value(), quota)
+
+
+def _block_factors(
+    sparsifiers: Sequence[Sparsifier | None], names: Sequence[str], get: Callable[[str], Sequence[Any]],
+    plans: list[_Plan], progress: ProgressFn,
+) -> None:
+    """Per-tensor rescale factor of each tensor split into `Block`s, from the norm partials of its blocks (the same
+    chunks as the whole tensor's, summed exactly): equal to `_local_factor` on the whole tensor."""
+    local = {i: r for i, sp in enumerate(sparsifiers) if sp is not None and (r := _norm_rescale(sp))
+             and r.scope == "tensor"}
+    blocked: dict[str, list[Block]] = {}
+    for n in names:
+        if isinstance(n, Block):
+            blocked.setdefault(n.tensor, []).append(n)
+    if not blocked or not local:
+        return
+    for tensor, blocks in blocked.items():
+        dense: dict[int, list[float]] = {i: [] for i in local}
+        kept: dict[int, list[float]] = {i: [] for i in local}
+        for block in progress(blocks, f"stats pass (norms of {tensor}, in row blocks)", len(blocks)):
+            tensors = get(block)
+            for i, rescale in local.items():
+                dense[i].extend(norm_parts(tensors[i], rescale.norm))
+                kept[i].extend(norm_parts(sparsifiers[i].raw(tensors[i], block, plans[i]), rescale.norm))
+            del tensors
+        for i, rescale in local.items():
+            plans[i].tensor_factors[tensor] = _factor(finish_norm(dense[i], rescale.norm),
+                                                      finish_norm(kept[i], rescale.norm))
 
 
 def prepare(
@@ -459,9 +627,12 @@ def prepare(
 
     `get(name)` returns the tensor `name` of every vector (same order as `sparsifiers`). Passes: one per 16-bit
     digit when a global top-k threshold is needed (2 for float32), plus one for a global norm-preserving factor
-    (merged into the first pass when no global threshold is needed).
+    (merged into the first pass when no global threshold is needed). `names` may hold `Block`s (row blocks of a
+    large tensor, consecutive and in order): their tensor's per-tensor top-k threshold is found first, over its
+    blocks (one pass per digit over that tensor only).
     """
     plans = [_Plan() for _ in sparsifiers]
+    _block_thresholds(sparsifiers, names, get, plans, progress)
     total = sum(sizes[n] for n in names)
     ks: dict[int, int] = {}
     for i, sp in enumerate(sparsifiers):
@@ -517,11 +688,12 @@ def prepare(
             tensors = get(name)  # (one tensor per vector; released before the next name is read)
             for i, rescale in global_rescale.items():
                 if not orig_done:
-                    orig_parts[i].append(norm_partial(tensors[i], rescale.norm))
-                kept_parts[i].append(norm_partial(sparsifiers[i].raw(tensors[i], name, plans[i]), rescale.norm))
+                    orig_parts[i].extend(norm_parts(tensors[i], rescale.norm))
+                kept_parts[i].extend(norm_parts(sparsifiers[i].raw(tensors[i], name, plans[i]), rescale.norm))
             del tensors
         for i, rescale in global_rescale.items():
             plans[i].factor = _factor(finish_norm(orig_parts[i], rescale.norm), finish_norm(kept_parts[i], rescale.norm))
+    _block_factors(sparsifiers, names, get, plans, progress)
     return plans
 
 

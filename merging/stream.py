@@ -3,9 +3,9 @@
 Reading and writing checkpoints (any number of shards in, 5 GiB shards out, atomic output folders) live in
 `merging.checkpoint`; this module runs the merge engine (`merging.methods.merge_tensors`) and the DoTS analysis
 over them. Inputs are checked up front: same tensor names and shapes, float dtypes may differ (computed in float32
-or wider and written in the base's dtype), float64 needs JAX's x64 mode, a fine-tuned model that ties its output
-head to its embedding is only merged into a base whose head is (in effect) tied too, and NaN/Inf weights are
-refused with the tensor named unless `allow_nonfinite`.
+or wider and rounded once to the base's dtype or the one chosen; very large tensors go in row blocks), float64
+needs JAX's x64 mode, a fine-tuned model that ties its output head to its embedding is only merged into a base whose
+head is (in effect) tied too, and NaN/Inf weights are refused with the tensor named unless `allow_nonfinite`.
 
 Depends on safetensors, numpy and jax only (not on jax_cat.models): any loader of HF checkpoints reads the output.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,21 @@ from merging.checkpoint import (
     TensorInfo, atomic_output_dir, copy_side_files, parse_size,
 )
 from merging.methods import MergeMethod, merge_tensors
+from merging.methods.engine import RoundingCount
 
 __all__ = [
     "CheckpointMismatchError", "Checkpoint", "ShardedWriter", "OutputBusyError", "merge_checkpoints",
-    "analyze_checkpoints", "parse_size", "tqdm_progress",
+    "analyze_checkpoints", "parse_size", "tqdm_progress", "PrecisionWarning", "OUTPUT_DTYPES",
+    "DEFAULT_BLOCK_SIZE",
 ]
+# --dtype / dtype=: the output's float dtype ("base": each tensor in the base's dtype, as before)
+OUTPUT_DTYPES = {"base": None, "float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+DEFAULT_BLOCK_SIZE = 32 * 2**20  # bytes of a float32 copy above which a tensor is merged in row blocks
+PRECISION_WARN_FRACTION = 0.01  # warn when at least this fraction of the changed entries rounds back to the base
+
+
+class PrecisionWarning(UserWarning):
+    """The output dtype rounds a noticeable part of the merge's update back to the base's values."""
 _REEXPORTED = (DTYPES, TensorInfo)  # old import locations keep working: merging.stream.DTYPES, .TensorInfo
 LM_HEAD = "lm_head.weight"
 
@@ -89,7 +100,11 @@ def _head_is_embedding(ckpt: Checkpoint) -> bool:
     a, b = ckpt.info[LM_HEAD], ckpt.info[embed]
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return bool(np.array_equal(ckpt.get(LM_HEAD), ckpt.get(embed)))
+    if len(a.shape) < 2:
+        return bool(np.array_equal(ckpt.get(LM_HEAD), ckpt.get(embed)))
+    rows = max(1, DEFAULT_BLOCK_SIZE // max(1, a.nbytes // a.shape[0]))  # compared in row blocks, not whole
+    return all(np.array_equal(ckpt.get_rows(LM_HEAD, r, r + rows), ckpt.get_rows(embed, r, r + rows))
+               for r in range(0, a.shape[0], rows))
 
 
 def _aliases(base: Checkpoint, model: Checkpoint, label: str, uses_head: bool = True) -> dict[str, str]:
@@ -151,19 +166,29 @@ def merge_checkpoints(
     progress: bool = True,
     release_memory: bool = True,
     allow_nonfinite: bool = False,
+    dtype: str | None = None,
+    block_size: int | str | None = DEFAULT_BLOCK_SIZE,
 ) -> Path:
     """Merge fine-tuned HF checkpoints into `base` with `spec` (a method's settings, e.g. `DotsMerge(...)` or
     `MergeSpec("dots", ...)`), tensor by tensor; write an HF checkpoint to `out` (shards of `max_shard_size`,
     default 5 GiB).
 
     Task vectors are taken against the base tensor by tensor (float32 arithmetic, or float64 under x64; mixed
-    float dtypes computed in the wider one), cast back to the base dtype. Non-weight files (config.json,
+    float dtypes computed in the wider one), rounded once to the output dtype (below). Non-weight files (config.json,
     generation_config.json, tokenizer files) come from the base, or from models[copy_files_from];
     `merge_info.json` records the recipe. Refuses, before any work: checkpoints whose tensor sets or shapes differ
     (`CheckpointMismatchError` naming the tensor), float64 without x64, a tied fine-tuned head into an untied base;
     and, when met, NaN/Inf weights (`NonFiniteError`) unless `allow_nonfinite`. The output appears complete or not
     at all (`<out>.tmp-<pid>-*`, renamed at the end; a concurrent writer of `out` gets `OutputBusyError`).
     `release_memory` returns freed buffers to the OS after each tensor (glibc malloc_trim). Returns `out`.
+
+    Precision: merged values are computed in float32 and rounded once to the output dtype: `dtype` "float32",
+    "bfloat16" or "float16" for every float tensor, or None / "base" for each tensor's dtype in the base. When that
+    rounding puts >= 1 % of the entries the merge changed back on the base's value (float32 fine-tunes into a
+    bf16 base: small RL updates vanish), a `PrecisionWarning` says how many; merge_info.json records the counts.
+    Memory: a float tensor whose float32 copy exceeds `block_size` (default 32 MiB; None = never) is read, merged
+    and written in row blocks, with the same result, for every method but RAM with per-tensor counts, Breadcrumbs
+    with axis="tensor" and a per-tensor norm rescale (those read such a tensor whole).
     """
     out = Path(out)
     if not isinstance(spec, MergeMethod):
@@ -183,9 +208,15 @@ def merge_checkpoints(
     names = base_ckpt.names
     info = base_ckpt.info
     shard_bytes = parse_size(max_shard_size)
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {', '.join(OUTPUT_DTYPES)} (the output's float dtype)")
+    out_code = OUTPUT_DTYPES[dtype or "base"]
+    out_dtypes = {n: out_code if out_code and info[n].dtype in FLOAT_DTYPES else info[n].dtype for n in names}
+    block_bytes = None if block_size is None else parse_size(block_size)
+    rounding = RoundingCount()
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        writer = ShardedWriter(tmp, [(n, info[n].dtype, info[n].shape) for n in names], shard_bytes)
+        writer = ShardedWriter(tmp, [(n, out_dtypes[n], info[n].shape) for n in names], shard_bytes)
         merged = merge_tensors(
             names,
             {n: info[n].shape for n in names},
@@ -197,18 +228,40 @@ def merge_checkpoints(
             progress=_per_tensor(progress, release_memory),
             allow_nonfinite=allow_nonfinite,
             labels=[f"the base ({base_ckpt.path})"] + [f"{l} ({m.path})" for l, m in zip(labels, model_ckpts)],
+            out_dtype=None if out_code is None else DTYPES[out_code],
+            rounding=rounding,
+            block_bytes=block_bytes,
+            get_base_rows=base_ckpt.get_rows,
+            get_finetuned_rows=lambda i, name, a, b: model_ckpts[i].get_rows(aliases[i][name], a, b),
         )
+        trim = _malloc_trim() if release_memory else None
         for name, tensor in merged:
             writer.write(name, np.asarray(tensor))
+            del tensor
+            if trim is not None:  # after each row block too (the per-tensor trim comes after a whole tensor)
+                trim(0)
         writer.close()
+        _warn_rounding(rounding, dtype)
         src = base_ckpt.dir if copy_files_from is None else model_ckpts[copy_files_from].dir
         copied = copy_side_files(src, tmp)
         record = {
             "base": str(base_ckpt.path), "models": [str(m.path) for m in model_ckpts], "spec": spec.describe(),
             "side_files_from": str(src), "side_files": copied, "shards": writer.files,
+            "dtype": dtype or "base",
+            "rounding": {"changed": rounding.changed, "rounded_back_to_base": rounding.lost},
         }
         (tmp / "merge_info.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return out
+
+
+def _warn_rounding(rounding: RoundingCount, dtype: str | None) -> None:
+    """PrecisionWarning when the output dtype rounded >= 1 % of the changed entries back to the base's value."""
+    if rounding.changed and rounding.fraction >= PRECISION_WARN_FRACTION:
+        where = f"in {dtype}" if dtype not in (None, "base") else "in the base's dtype"
+        warnings.warn(PrecisionWarning(
+            f"{100 * rounding.fraction:.1f} % of the {rounding.changed:,} entries the merge changed round back to "
+            f"the base's value {where} (the output dtype cannot represent updates that small); write float32 "
+            f"to keep them (dtype='float32' / --dtype float32)"), stacklevel=3)
 
 
 def analyze_checkpoints(

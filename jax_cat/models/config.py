@@ -209,7 +209,12 @@ class ModelConfig:
         )
 
     def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
-        """A config.json dict in transformers-5 spelling (`rope_parameters`, `dtype`) for this model type."""
+        """A config.json dict for this model type that transformers 4.x and 5.x both read the same way.
+
+        Both spellings are written: `rope_parameters` + `dtype` (5.x) and top-level `rope_theta`, `rope_scaling`
+        (None for the default rope) + `torch_dtype` (4.x). Why: a 4.x reader ignores `rope_parameters` and would
+        silently fall back to rope_theta 10000 (Qwen2.5 uses 1e6: logits off by ~0.5).
+        """
         self._check_representable()
         out: dict[str, Any] = dict(
             architectures=[_ARCHITECTURES[self.model_type]],
@@ -225,6 +230,8 @@ class ModelConfig:
             max_position_embeddings=self.max_position_embeddings,
             rms_norm_eps=self.rms_norm_eps,
             rope_parameters={"rope_theta": self.rope_theta, "rope_type": "default", **_thaw(self.rope_scaling or {})},
+            rope_theta=self.rope_theta,
+            rope_scaling=_thaw(self.rope_scaling) if self.rope_scaling else None,
             tie_word_embeddings=self.tie_word_embeddings,
             bos_token_id=self.bos_token_id,
             eos_token_id=_thaw(self.eos_token_id),
@@ -233,6 +240,7 @@ class ModelConfig:
             initializer_range=0.02,
             use_cache=True,
             dtype=dtype,
+            torch_dtype=dtype,
         )
         if self.model_type in ("llama", "qwen3"):
             out["attention_bias"] = self.attention_bias

@@ -367,8 +367,43 @@ def iter_hf_tensors(model: CausalLM) -> Iterator[tuple[str, np.ndarray]]:
         yield name, rule.to_hf(np.asarray(jax.device_get(value if layer is None else value[layer])))
 
 
+_EXPORT_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float32"}
+
+
 def _dtype_name(dtype) -> str:
     return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(jnp.dtype(dtype).name, "float32")
+
+
+def export_dtype_name(dtype: Any) -> str:
+    """"float32" / "bfloat16" / "float16" from a name or a numpy/jnp dtype; ValueError naming the choices otherwise."""
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if name not in _EXPORT_DTYPES:
+        raise ValueError(f"export dtype {dtype!r} is not supported; use one of {', '.join(_EXPORT_DTYPES)}")
+    return name
+
+
+def checkpoint_dtype(path_or_dir: str | os.PathLike) -> str:
+    """The float dtype an HF checkpoint stores its weights in ("bfloat16", "float16" or "float32").
+
+    Read from the safetensors header of the input embedding (else the first floating tensor), so a config.json that
+    says otherwise does not matter; config.json's `dtype` / `torch_dtype` only when no weights are readable.
+    """
+    ckpt_dir = Path(path_or_dir)
+    try:
+        files = safetensors_files(ckpt_dir)
+    except CheckpointError:
+        files = {}
+    names = sorted(files, key=lambda n: (not n.endswith("embed_tokens.weight"), n))
+    for name in names:
+        with _open(files[name]) as handle:
+            found = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
+        if found is not None:
+            return found
+    config_file = ckpt_dir / "config.json"
+    config = _read_json_object(config_file) if config_file.exists() else {}
+    name = config.get("dtype") or config.get("torch_dtype")
+    return name if name in _EXPORT_DTYPES else "float32"
 
 
 def save_hf(
@@ -377,6 +412,8 @@ def save_hf(
     *,
     tokenizer: Any = None,
     max_shard_bytes: int = 5 * 2**30,
+    dtype: Any = None,
+    source: str | os.PathLike | None = None,
 ) -> Path:
     """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads.
 
@@ -385,25 +422,37 @@ def save_hf(
     by the next save to the same target, and a second process saving to the same target at once gets
     `OutputBusyError`. `tokenizer` may be a tokenizer object (saved with save_pretrained) or a directory whose
     tokenizer files are copied.
+
+    `dtype` ("float32", "bfloat16", "float16" or a dtype; None = the model's parameter dtype) is the dtype of the
+    written tensors, rounded to nearest even, and of config.json's `dtype` / `torch_dtype`. `source` (the
+    checkpoint the model came from) supplies generation_config.json and any tokenizer file the export lacks.
+    config.json carries both transformers spellings (see `ModelConfig.to_hf_dict`).
     """
     out_dir = Path(out_dir).expanduser().resolve()
+    name = _dtype_name(model.param_dtype) if dtype is None else export_dtype_name(dtype)
     with atomic_output_dir(out_dir, overwrite=True) as tmp:
-        config_dict = model.config.to_hf_dict(dtype=_dtype_name(model.param_dtype))
+        config_dict = model.config.to_hf_dict(dtype=name)
         (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-        _write_safetensors(model, tmp, max_shard_bytes)
+        _write_safetensors(model, tmp, max_shard_bytes, np.dtype(_EXPORT_DTYPES[name]))
         if tokenizer is not None:
             if isinstance(tokenizer, str | os.PathLike):
-                for fname in TOKENIZER_FILES:
-                    src = Path(tokenizer) / fname
-                    if src.exists():
-                        shutil.copy2(src, tmp / fname)
+                _copy_side_files(Path(tokenizer), tmp)
             else:
                 tokenizer.save_pretrained(str(tmp))
+        if source is not None:
+            _copy_side_files(Path(source), tmp, keep_existing=True)
     return out_dir
 
 
-def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int) -> None:
-    """Streams tensors into shards of at most max_shard_bytes (one shard in memory at a time)."""
+def _copy_side_files(src: Path, dst: Path, *, keep_existing: bool = False) -> None:
+    """Copy the tokenizer files and generation_config.json that `src` has (skipping those `dst` has, if asked)."""
+    for fname in TOKENIZER_FILES:
+        if (src / fname).exists() and not (keep_existing and (dst / fname).exists()):
+            shutil.copy2(src / fname, dst / fname)
+
+
+def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int, dtype: np.dtype | None = None) -> None:
+    """Streams tensors (cast to `dtype` when given) into shards of at most max_shard_bytes (one shard in memory)."""
     metadata = {"format": "pt"}
     shard: dict[str, np.ndarray] = {}
     written: list[tuple[Path, list[str]]] = []
@@ -422,6 +471,8 @@ def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int) -> None
         shard.clear()
 
     for name, tensor in iter_hf_tensors(model):
+        if dtype is not None and tensor.dtype != dtype:
+            tensor = tensor.astype(dtype)
         if shard and size + tensor.nbytes > max_shard_bytes:
             flush()
             size = 0

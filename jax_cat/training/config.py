@@ -44,7 +44,9 @@ class TrainConfig:
       updates_per_batch: GRPO optimizer updates per rollout batch (old log-probs from the rollout policy).
       log_every: host sync + metrics line every this many steps (the only per-step host traffic).
       eval_at_end: run the pass@k / maj@k evaluation on held-out prompts after training.
-      save_final: write `<out>/final/` (HF checkpoint + tokenizer) at the end.
+      save_final: write `<out>/final/` (HF checkpoint + tokenizer + the source's generation_config.json) at the end.
+      export_dtype: dtype of the tensors in `final/`: "source" (the dtype the model.path checkpoint stores, e.g.
+        bfloat16), "float32", "bfloat16" or "float16" (rounded to nearest even from the float32 masters).
       stop_after: end this invocation (with a checkpoint) after this many steps of the stage, keeping the schedule
         of `steps`; continue later with --resume (for jobs with a time limit). None = run to the end.
     """
@@ -58,6 +60,7 @@ class TrainConfig:
     log_every: int = 10
     eval_at_end: bool = True
     save_final: bool = True
+    export_dtype: Literal["source", "float32", "bfloat16", "float16"] = "source"
     stop_after: int | None = None
 
 

@@ -232,13 +232,22 @@ def model_from_params(graphdef: nnx.GraphDef, params: Any) -> Any:
     return nnx.merge(graphdef, params)
 
 
-def save_final(model: Any, tokenizer: Any, out: Path) -> Path | None:
-    """`<out>/final/`: HF checkpoint (save_hf) + tokenizer, written by process 0 from gathered params."""
+def save_final(model: Any, tokenizer: Any, out: Path, *, source: str | Path | None = None,
+               dtype: str | None = None) -> Path | None:
+    """`<out>/final/`: HF checkpoint (save_hf) + tokenizer, written by process 0 from gathered params.
+
+    `dtype`: "source" (the dtype the `source` checkpoint stores, so a bf16 model is not exported as 2x float32),
+    "float32", "bfloat16", "float16", or None (the parameters' dtype). `source`'s generation_config.json (stop ids,
+    sampling defaults) and tokenizer files the tokenizer object does not write are copied too.
+    """
     from jax_cat.models import save_hf
+    from jax_cat.models.hf import checkpoint_dtype
 
     graphdef, state = nnx.split(model)
     host = gather_params(nnx.to_pure_dict(state))
     if not is_primary():
         return None
+    if dtype == "source":
+        dtype = checkpoint_dtype(source) if source is not None else None
     host_model = nnx.merge(graphdef, jax.tree.map(np.asarray, host))
-    return save_hf(host_model, out / "final", tokenizer=tokenizer)
+    return save_hf(host_model, out / "final", tokenizer=tokenizer, dtype=dtype, source=source)

@@ -67,6 +67,12 @@ class MergeMethod:
         return coeffs
 
     # --- hooks the engine calls ---------------------------------------------------------------------------------
+    @property
+    def blockable(self) -> bool:
+        """Whether `merge_leaf` (with `statistics`) may be applied to row blocks of a tensor: true for rules that
+        are elementwise given the sparsified vectors (conservative default: False for methods defined elsewhere)."""
+        return False
+
     def sparsifier(self, i: int) -> Sparsifier | None:
         """The sparsifier applied to model i's task vector before `merge_leaf` (None: the raw task vector)."""
         return None
@@ -95,6 +101,10 @@ class MergeMethod:
 @dataclass(frozen=True, kw_only=True)
 class SparsifyThenAdd(MergeMethod):
     """Methods of the form base + sum_i c_i S_i(tau_i) (DoTS, DARE, breadcrumbs; task arithmetic with S = id)."""
+
+    @property
+    def blockable(self) -> bool:
+        return True
 
     def merge_leaf(self, base: jax.Array, taus: tuple[jax.Array, ...], stats: Any, coeffs: jax.Array) -> jax.Array:
         return combine_leaf(base, taus, coeffs)

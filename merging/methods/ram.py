@@ -102,6 +102,10 @@ class RamMerge(MergeMethod):
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         object.__setattr__(self, "rescale_factor", float(self.rescale_factor))
 
+    @property
+    def blockable(self) -> bool:
+        return self.count_scope == "global"  # global counts add up over blocks; per-tensor ones need the whole tensor
+
     def _thr(self) -> jax.Array:
         return jnp.asarray(self.threshold, jnp.float32)
 

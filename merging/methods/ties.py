@@ -72,6 +72,10 @@ class TiesMerge(MergeMethod):
     def sparsifier(self, i: int) -> Sparsifier:
         return TopK(self.density, self.topk_scope, None, self.tie_break)
 
+    @property
+    def blockable(self) -> bool:
+        return True  # trim is per-tensor top-k (found over the blocks); elect + disjoint mean are elementwise
+
     def merge_leaf(self, base: jax.Array, taus: tuple[jax.Array, ...], stats: Any, coeffs: jax.Array) -> jax.Array:
         return combine_leaf(base, (ties_leaf(taus, coeffs),), jnp.asarray([self.scale], jnp.float32))
 

@@ -68,3 +68,40 @@ def test_streamed_merge_peak_rss_is_bounded_by_tensors_not_model(tmp_path):
     assert weights_mib > 380
     assert big <= small + 24 * TENSOR_MIB, (big, small)
     assert len(list((big_root / "out").glob("model-*.safetensors"))) == 4  # 8 tensors per 32 MiB shard
+
+
+BLOCK_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from merging.methods import MergeSpec
+from merging.stream import merge_checkpoints
+root, block = Path(sys.argv[1]), None if sys.argv[2] == "none" else sys.argv[2]
+spec = MergeSpec("dots", coeffs=(0.5, 0.5), density=0.3)
+merge_checkpoints(root / "base", [root / "sft", root / "rl"], spec, root / f"out-{sys.argv[2]}", progress=False,
+                  block_size=block)
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"maxrss_mib": int(hwm.split()[1]) / 1024}))
+"""
+
+
+def test_a_large_tensor_merged_in_row_blocks_does_not_set_the_peak(tmp_path):
+    # One 4096 x 4096 float32 tensor (64 MiB) per checkpoint, as a tied embedding dominates a small model. Whole,
+    # a DoTS merge holds several float32 copies of it (inputs, task vectors, sparsified, merged); in row blocks
+    # (4 MiB asked: 16 MiB, the smallest, whole host chunks of 4M entries) only a few copies of a block. Both
+    # outputs are equal (tests/merging/test_blocks.py checks every method).
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((4096, 4096), dtype=np.float32)
+    for name, scale in (("base", 0.0), ("sft", 0.02), ("rl", 0.005)):
+        (tmp_path / name).mkdir()
+        x = base + rng.standard_normal(base.shape, dtype=np.float32) * np.float32(scale) if scale else base
+        save_file({"model.embed_tokens.weight": x}, str(tmp_path / name / "model.safetensors"),
+                  metadata={"format": "pt"})
+        del x
+    repo = Path(__file__).resolve().parents[2]
+    peaks = {}
+    for block in ("none", "4MiB"):
+        done = subprocess.run([sys.executable, "-c", BLOCK_SCRIPT, str(tmp_path), block], cwd=repo,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks[block] = json.loads(done.stdout.strip().splitlines()[-1])["maxrss_mib"]
+    assert peaks["4MiB"] + 2 * 64 <= peaks["none"], peaks  # measured: 412 vs 641 MiB

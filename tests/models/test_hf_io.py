@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -226,3 +227,109 @@ def test_generation_config_stop_ids_are_merged_into_eos(tmp_path):
     assert load_hf(ckpt).config.eos_token_ids == (*own, 7, 9)
     (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": own[0], "do_sample": True}))
     assert load_hf(ckpt).config.eos_token_ids == own
+
+
+# ---------------------------------------------------------------------------------------------------- issue 20: exports
+def _read_like_transformers_4(config: dict) -> dict:
+    """The rope / dtype fields a transformers 4.x `Qwen2Config` / `LlamaConfig` takes from config.json: top-level
+    `rope_theta` (class default 10000.0 when absent), `rope_scaling` (None = default rope) and `torch_dtype`;
+    4.x ignores `rope_parameters` (the 5.x spelling)."""
+    return {"rope_theta": config.get("rope_theta", 10000.0), "rope_scaling": config.get("rope_scaling"),
+            "torch_dtype": config.get("torch_dtype")}
+
+
+def test_config_json_carries_the_transformers_4_spellings(tmp_path):
+    # Before the fix only rope_parameters was written: a 4.x reader got rope_theta 10000 for a 1e6 model.
+    from jax_cat.models.decoder import CausalLM
+    from jax_cat.models.tiny import tiny_model_config
+    from flax import nnx
+
+    qwen = CausalLM(tiny_model_config(rope_theta=1e6), rngs=nnx.Rngs(0))
+    out = save_hf(qwen, tmp_path / "qwen", dtype="bfloat16")
+    written = json.loads((out / "config.json").read_text())
+    assert _read_like_transformers_4(written) == {"rope_theta": 1e6, "rope_scaling": None, "torch_dtype": "bfloat16"}
+    assert written["dtype"] == "bfloat16" and written["rope_parameters"]["rope_theta"] == 1e6  # 5.x spelling kept
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    llama = tiny_model_config(model_type="llama", attention_bias=False, rope_theta=5e5, rope_scaling=scaling)
+    written = llama.to_hf_dict()  # what save_hf writes for it (no model built: init is slow on a busy CPU)
+    assert _read_like_transformers_4(written) == {"rope_theta": 5e5, "rope_scaling": scaling, "torch_dtype": "float32"}
+    # transformers 5 still reads the file with both spellings present, to the same rope
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(written))
+    cfg5 = transformers.AutoConfig.from_pretrained(tmp_path / "llama")
+    assert cfg5.rope_parameters["rope_theta"] == 5e5 and cfg5.rope_parameters["factor"] == 8.0
+
+
+def test_save_hf_writes_the_chosen_dtype_rounded_to_nearest_even(tmp_path):
+    import torch
+
+    ckpt = build_tiny_checkpoint(tmp_path / "f32", seed=1)
+    model = load_hf(ckpt)
+    out = save_hf(model, tmp_path / "bf16", dtype="bfloat16")
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f32, \
+            safe_open(str(out / "model.safetensors"), framework="pt") as bf16:
+        assert set(f32.keys()) == set(bf16.keys())
+        for name in f32.keys():
+            got = bf16.get_tensor(name)
+            assert got.dtype == torch.bfloat16, name
+            torch.testing.assert_close(got, f32.get_tensor(name).to(torch.bfloat16), rtol=0, atol=0)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dtype"] == cfg["torch_dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="export dtype 'int8' is not supported; use one of float32, bfloat16"):
+        save_hf(model, tmp_path / "bad", dtype="int8")
+
+
+def test_save_final_exports_in_the_source_dtype_with_its_generation_config(tmp_path):
+    # Before: final/ was always float32 (2x a bf16 source) and generation_config.json was dropped.
+    from jax_cat.models.hf import checkpoint_dtype
+    from jax_cat.models.tiny import build_char_tokenizer
+    from jax_cat.training.runtime import save_final
+
+    src = build_tiny_checkpoint(tmp_path / "src", seed=2, dtype=jnp.bfloat16)
+    _rewrite_tensors(src, lambda t: t.update({k: v.astype(jnp.bfloat16) for k, v in t.items()}))
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7], "temperature": 0.7}))
+    assert checkpoint_dtype(src) == "bfloat16"
+    model = load_hf(src, param_dtype=jnp.float32)  # float32 masters, as the trainer holds them
+    final = save_final(model, build_char_tokenizer(), tmp_path / "run", source=src, dtype="source")
+    with safe_open(str(final / "model.safetensors"), framework="numpy") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert json.loads((final / "generation_config.json").read_text()) == {"eos_token_id": [2, 7], "temperature": 0.7}
+    assert json.loads((final / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert (final / "model.safetensors").stat().st_size < (src / "model.safetensors").stat().st_size * 1.01
+    again = save_final(model, build_char_tokenizer(), tmp_path / "run32", source=src, dtype="float32")
+    assert checkpoint_dtype(again) == "float32"
+
+
+_T4_SCRIPT = r"""
+import json, sys, numpy as np, torch, transformers
+path, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+m = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+with torch.no_grad():
+    logits = m(ids).logits.float().numpy()
+print(json.dumps({"version": transformers.__version__, "rope_theta": m.config.rope_theta, "logits": logits.tolist()}))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("JAX_CAT_TRANSFORMERS4_PYTHON"),
+                    reason="set JAX_CAT_TRANSFORMERS4_PYTHON to a python with transformers 4.x + torch")
+def test_saved_checkpoint_loads_in_transformers_4(tmp_path):
+    # e.g. python -m venv /tmp/t4 && /tmp/t4/bin/pip install 'transformers==4.57.*' torch safetensors
+    import subprocess
+
+    from flax import nnx
+
+    from jax_cat.models.decoder import CausalLM
+    from jax_cat.models.tiny import tiny_model_config
+
+    model = CausalLM(tiny_model_config(rope_theta=1e6, max_position_embeddings=512), rngs=nnx.Rngs(0))
+    out = save_hf(model, tmp_path / "m")
+    ids = (np.arange(1, 200).reshape(1, -1) % model.config.vocab_size).tolist()
+    done = subprocess.run([os.environ["JAX_CAT_TRANSFORMERS4_PYTHON"], "-c", _T4_SCRIPT, str(out), json.dumps(ids)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["version"].startswith("4.") and got["rope_theta"] == 1e6
+    ours = np.asarray(model(jnp.asarray(ids), jnp.ones((1, len(ids[0])), jnp.int32)))
+    assert np.abs(np.asarray(got["logits"]) - ours).max() <= 1e-4
