@@ -98,6 +98,8 @@ class DataConfig:
       use_chat_template: format prompts with the tokenizer's chat template when it has one.
       system: optional system prompt.
       limit: use only the first `limit` training records (None = all).
+      max_truncated_fraction: SFT refuses to start when more than this fraction of the targets is longer than
+        max_target_len (they would be cut in silence); the count is always reported. 1.0 = allow any.
     """
 
     dataset: str = "arithmetic:sum3"
@@ -111,6 +113,7 @@ class DataConfig:
     use_chat_template: bool = True
     system: str | None = None
     limit: int | None = None
+    max_truncated_fraction: float = 0.01
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -119,7 +122,8 @@ class OptimizerConfig:
 
     Attributes:
       learning_rate: peak learning rate.
-      warmup_steps: linear warm-up from 0 to the peak.
+      warmup_steps: linear warm-up to the peak over this many updates, starting at peak / warmup_steps (not 0,
+        which would make the first update a no-op).
       schedule: "cosine" (decay to end_lr_ratio x peak at the last step) or "constant".
       end_lr_ratio: final learning rate as a fraction of the peak (cosine).
       weight_decay: decoupled weight decay (AdamW).
@@ -218,12 +222,16 @@ class EvalConfig:
     """The end-of-run scaling evaluation (`jax_cat.evaluate`) on held-out prompts.
 
     Attributes:
+      dataset: where the evaluation problems come from: a local json/jsonl/parquet file or a hub id (its
+        data.eval_split); None = data.dataset. A local file is one table (no splits): when it is also the training
+        file, its last num_problems rows are held out of training and evaluated (the run says so).
       num_problems: held-out problems evaluated.
       n: samples per problem; ks: the k values reported (each <= n).
       max_new_tokens: 0 = rollout.max_new_tokens.
       temperature: sampling temperature.
     """
 
+    dataset: str | None = None
     num_problems: int = 100
     n: int = 16
     ks: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -481,6 +489,8 @@ def validate(cfg: Config) -> None:
     _positive("checkpoint.keep", cfg.checkpoint.keep)
     _positive("warmup.steps", cfg.warmup.steps, 0)
     _positive("warmup.batch_size", cfg.warmup.batch_size, 0)
+    if not 0.0 <= cfg.data.max_truncated_fraction <= 1.0:
+        raise ConfigError(f"data.max_truncated_fraction must be in [0, 1], got {cfg.data.max_truncated_fraction}")
     if not cfg.optimizer.learning_rate > 0:
         raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
     try:
@@ -519,11 +529,23 @@ def check_mesh(cfg: Config, num_devices: int) -> tuple[int, int, int]:
             raise ConfigError(f"mesh fsdp x tensor x data = {sizes} does not divide the {num_devices} devices")
         sizes[sizes.index(-1)] = num_devices // known
     if sizes[0] * sizes[1] * sizes[2] != num_devices:
+        need = sizes[0] * sizes[1] * sizes[2]
         raise ConfigError(
-            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {sizes[0] * sizes[1] * sizes[2]} "
-            f"devices; this run has {num_devices}"
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {need} devices; this run has "
+            f"{num_devices}: change mesh.* (-1 = the rest), or for a CPU dry run start with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={need}"
         )
     dp = sizes[0] * sizes[1]
+    if cfg.train.method == "grpo" and cfg.data.batch_size % dp:  # the prompt batch is split over data x fsdp too
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} prompts do not split over data x fsdp = {dp} devices; set "
+            f"data.batch_size to a multiple of {dp} (or make mesh.data x mesh.fsdp divide it)"
+        )
+    if cfg.train.method == "grpo" and cfg.warmup.steps > 0 and (cfg.warmup.batch_size or cfg.data.batch_size) % dp:
+        raise ConfigError(
+            f"warmup.batch_size={cfg.warmup.batch_size or cfg.data.batch_size} sequences do not split over data x "
+            f"fsdp = {dp} devices; set warmup.batch_size to a multiple of {dp}"
+        )
     rows = cfg.data.batch_size * (cfg.rollout.group_size if cfg.train.method == "grpo" else 1)
     if (rows // cfg.train.micro_batches) % dp:
         raise ConfigError(

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from jax_cat.atomic import atomic_write_text
 from jax_cat.training.checkpoint import is_primary
 from jax_cat.training.config import Config
+from jax_cat.training.data import eval_note
 from jax_cat.training.grpo import run_grpo
 from jax_cat.training.runtime import RunResult, build_mesh, load_model, save_final
 from jax_cat.training.sft import run_sft
@@ -32,14 +34,45 @@ def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) ->
     from jax_cat.evaluate import evaluate, write_results
     from jax_cat.training.data import eval_records
 
+    from jax_cat.training.data import eval_dataset, eval_holdout
+
     e = cfg.eval
-    problems = eval_records(cfg.data, e.num_problems)
+    held = eval_holdout(cfg)
+    problems = eval_records(cfg.data, e.num_problems, dataset=e.dataset, holdout=held)
     result = evaluate(model, tokenizer, problems, n=e.n, ks=e.ks, max_new_tokens=e.max_new_tokens or
                       cfg.rollout.max_new_tokens, temperature=e.temperature, seed=cfg.train.seed,
                       use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False)
+    source = (f"last {held} rows of {cfg.data.dataset} (held out of training)" if held else None)
+    result["config"].update(model=str(cfg.model.path), trained_model=str(out / "final") if out is not None else None,
+                            dataset=eval_dataset(cfg), split=None if held else cfg.data.eval_split, held_out=source,
+                            train_dataset=cfg.data.dataset, train_method=cfg.train.method, strategy=cfg.strategy)
     if out is not None and is_primary():
         write_results(result, out / "eval", plot_title=f"{cfg.train.method} {cfg.strategy} on {cfg.data.dataset}")
     return result
+
+
+def accelerator_recipe_warning(cfg: Config, backend: str | None = None) -> str | None:
+    """On the CPU, a warning for a recipe sized for a GPU/TPU (more than 100k sampled or trained tokens a step:
+    hours a step) or computing in bfloat16 (no faster than float32 on XLA:CPU, only less exact), with the keys to
+    change; None otherwise."""
+    import jax
+
+    if (backend or jax.default_backend()) != "cpu":
+        return None
+    d, r = cfg.data, cfg.rollout
+    grpo = cfg.train.method == "grpo"
+    tokens = d.batch_size * (r.group_size * (d.max_prompt_len + r.max_new_tokens) if grpo
+                             else d.max_prompt_len + d.max_target_len)
+    if tokens > 100_000:
+        shape = (f"{d.batch_size} prompts x {r.group_size} samples x {r.max_new_tokens} new tokens" if grpo
+                 else f"{d.batch_size} x {d.max_prompt_len + d.max_target_len} tokens")
+        keys = "data.batch_size, rollout.group_size, rollout.max_new_tokens" if grpo else "data.batch_size"
+        return (f"warning: a recipe sized for GPU/TPU ({shape} a step) is running on CPU, where a step can take "
+                f"hours; for a CPU trial lower {keys}, eval.num_problems and eval.n")
+    if cfg.model.compute_dtype == "bfloat16":
+        return ("warning: model.compute_dtype=bfloat16 is meant for GPU/TPU; on CPU it is no faster than float32, "
+                "only less exact (--set model.compute_dtype=float32)")
+    return None
 
 
 def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[str, Any]:
@@ -49,6 +82,9 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[st
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     mesh = build_mesh(cfg)
+    if is_primary():
+        for line in filter(None, [accelerator_recipe_warning(cfg), eval_note(cfg)]):
+            print(line, file=sys.stderr)
     model, tokenizer = load_model(cfg, mesh)
     stages: dict[str, RunResult] = {}
     if cfg.train.method == "grpo" and cfg.warmup.steps > 0:
