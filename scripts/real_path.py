@@ -78,14 +78,14 @@ def build_data(out: Path, *, n_train: int = 256, n_test: int = 64) -> tuple[Path
 
 
 # ----------------------------------------------------------------------------------------------------- tokenizer
-def build_tokenizer(out: Path, *, vocab_size: int = 2048) -> Any:
+def build_tokenizer(out: Path, *, vocab_size: int = 2048, corpus_rows: int = 2000) -> Any:
     """A byte-level BPE (`tokenizers`) trained on GSM8K-format text, Qwen's special tokens and a chat template,
     wrapped in PreTrainedTokenizerFast and saved to `out` (AutoTokenizer reloads it). As in Qwen2.5's base models,
     EOS is <|endoftext|> and the template ends a turn with <|im_end|>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    text = [r["question"] + "\n" + r["answer"] for r in gsm8k_rows(2000, seed=0)]
+    text = [r["question"] + "\n" + r["answer"] for r in gsm8k_rows(corpus_rows, seed=0)]
     text += ["Please reason step by step, and put your final answer within \\boxed{}.", "You are a helpful assistant."]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -110,7 +110,7 @@ def build_checkpoint(out: Path, *, shape: str = "qwen2.5-0.5b", seed: int = 0, d
     out = Path(out)
     fields = dict(SHAPES[shape], rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
                   initializer_range=0.02, use_sliding_window=False, sliding_window=None)
-    tok = build_tokenizer(out, vocab_size=min(2048, fields["vocab_size"]))
+    tok = build_tokenizer(out, vocab_size=min(2048, fields["vocab_size"]), corpus_rows=200 if shape == "tiny" else 2000)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     fields.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
                   pad_token_id=ids["<|endoftext|>"])
@@ -158,6 +158,8 @@ def steps(out: Path, *, shape: str) -> list[tuple[str, list[str]]]:
     train, test = out / "gsm8k_train.jsonl", out / "gsm8k_test.jsonl"
     tiny = shape == "tiny"
     new_tokens = "16" if tiny else "32"
+    prompt_len = "128" if tiny else "64"  # the longest formatted prompt: 107 tokens (512-token BPE), 62 (2048)
+    target_len = "64" if tiny else "48"  # the longest target with its end token: 50, 44
     # The recipe as a user on a CPU overrides it: a rollout batch of 2 prompts x 4 samples x 32 tokens, bf16 master
     # weights (float32 AdamW state of 0.5B params alone is 5.9 GB), a learning rate that moves bf16 weights.
     grpo = ["-m", "jax_cat.train", "--config", RECIPE, "--out", str(run),
@@ -165,7 +167,7 @@ def steps(out: Path, *, shape: str) -> list[tuple[str, list[str]]]:
             "--set", "model.param_dtype=bfloat16", "--set", "optimizer.learning_rate=1e-3",
             "--set", "optimizer.warmup_steps=2",
             "--set", "data.batch_size=2", "--set", "rollout.group_size=4", "--set", "train.micro_batches=1",
-            "--set", "data.max_prompt_len=160", "--set", f"rollout.max_new_tokens={new_tokens}",
+            "--set", f"data.max_prompt_len={prompt_len}", "--set", f"rollout.max_new_tokens={new_tokens}",
             "--set", "train.steps=3", "--set", "checkpoint.keep=1",
             "--set", "eval.num_problems=4", "--set", "eval.n=4", "--set", "eval.ks=1,2,4",
             "--set", f"eval.max_new_tokens={new_tokens}"]
@@ -173,8 +175,9 @@ def steps(out: Path, *, shape: str) -> list[tuple[str, list[str]]]:
                "--set", f"model.path={base}", "--set", f"data.dataset={train}", "--set", f"eval.dataset={test}",
                "--set", "model.param_dtype=bfloat16", "--set", "model.compute_dtype=bfloat16",
                "--set", "model.scan_layers=true", "--set", "model.remat=true",
-               "--set", "optimizer.learning_rate=1e-3", "--set", "data.batch_size=4",
-               "--set", "data.max_prompt_len=160", "--set", "data.max_target_len=64", "--set", "train.steps=2",
+               "--set", "optimizer.learning_rate=1e-3", "--set", "optimizer.warmup_steps=0",
+               "--set", "data.use_chat_template=true", "--set", "data.batch_size=4",
+               "--set", f"data.max_prompt_len={prompt_len}", "--set", f"data.max_target_len={target_len}", "--set", "train.steps=2",
                "--set", "train.eval_at_end=false", "--set", "checkpoint.keep=1"]
     queries = out / "queries.jsonl"
     return [

@@ -75,6 +75,19 @@ def accelerator_recipe_warning(cfg: Config, backend: str | None = None) -> str |
     return None
 
 
+def checkpoint_note(cfg: Config, model: Any) -> str:
+    """One line: how big each checkpoint is (params + the two AdamW moments in model.param_dtype, nothing else)
+    and how many are kept, so that the disk is sized before the first save."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    each = 3 * n * (4 if cfg.model.param_dtype == "float32" else 2)
+    return (f"checkpoints: {n / 1e6:,.1f}M parameters, about {each / 2**30:.2f} GiB each (params + 2 AdamW moments in "
+            f"{cfg.model.param_dtype}), the last checkpoint.keep={cfg.checkpoint.keep} kept per stage")
+
+
 def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[str, Any]:
     """Runs every stage of `cfg`; returns {"stages": {name: RunResult}, "final": path, "eval": result}."""
     out = Path(out) if out is not None else None
@@ -86,6 +99,8 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False) -> dict[st
         for line in filter(None, [accelerator_recipe_warning(cfg), eval_note(cfg)]):
             print(line, file=sys.stderr)
     model, tokenizer = load_model(cfg, mesh)
+    if out is not None and is_primary():
+        print(checkpoint_note(cfg, model), file=sys.stderr)
     stages: dict[str, RunResult] = {}
     if cfg.train.method == "grpo" and cfg.warmup.steps > 0:
         stages["warmup"] = run_sft(warmup_config(cfg), model=model, tokenizer=tokenizer, mesh=mesh, out=out,

@@ -183,3 +183,17 @@ def test_generated_gsm8k_rows_read_as_gsm8k(tmp_path):
     records = load_prompt_dataset(str(train))
     assert len(records) == 5 and all(r["answer"].lstrip("-").isdigit() and r["solution"] for r in records)
     assert json.loads(train.read_text().splitlines()[0])["answer"].endswith(f"#### {records[0]['answer']}")
+
+
+def test_checkpoint_note_counts_params_and_both_moments():
+    from tests.training.conftest import make_model
+
+    from jax_cat.training.run import checkpoint_note
+
+    model = make_model()
+    import jax
+    from flax import nnx
+
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    line = checkpoint_note(load_config(None, {"checkpoint.keep": 3}), model)
+    assert f"{n / 1e6:,.1f}M parameters, about {12 * n / 2**30:.2f} GiB each" in line and "keep=3" in line
