@@ -34,7 +34,7 @@ def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) ->
     from jax_cat.evaluate import evaluate, write_results
     from jax_cat.training.data import eval_records
 
-    from jax_cat.training.data import eval_dataset, eval_holdout
+    from jax_cat.training.data import _local_file, eval_dataset, eval_holdout
 
     e = cfg.eval
     held = eval_holdout(cfg)
@@ -44,7 +44,8 @@ def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) ->
                       use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False)
     source = (f"last {held} rows of {cfg.data.dataset} (held out of training)" if held else None)
     result["config"].update(model=str(cfg.model.path), trained_model=str(out / "final") if out is not None else None,
-                            dataset=eval_dataset(cfg), split=None if held else cfg.data.eval_split, held_out=source,
+                            dataset=eval_dataset(cfg), held_out=source,
+                            split=None if held or _local_file(eval_dataset(cfg)) else cfg.data.eval_split,
                             train_dataset=cfg.data.dataset, train_method=cfg.train.method, strategy=cfg.strategy)
     if out is not None and is_primary():
         write_results(result, out / "eval", plot_title=f"{cfg.train.method} {cfg.strategy} on {cfg.data.dataset}")
