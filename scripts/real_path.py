@@ -204,7 +204,38 @@ def _rss_gib(stderr: str) -> float | None:
     return int(match.group(1)) / 2**20 if match else None
 
 
-def run_all(out: Path, *, shape: str, only: list[str] | None = None) -> list[dict[str, Any]]:
+def _child_rss_gib(pid: int) -> float:
+    """Resident memory of the children of `pid` (the python under /usr/bin/time), from ps."""
+    ps = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid)], capture_output=True, text=True)
+    return sum(int(x) for x in ps.stdout.split()) / 2**20
+
+
+def _run_capped(cmd: list[str], *, env: dict, max_rss_gib: float | None) -> subprocess.CompletedProcess:
+    """subprocess.run with a memory cap: the command is killed (exit -9) when its RSS passes `max_rss_gib`, so a
+    shared machine is not pushed into swap or the OOM killer."""
+    with open(os.devnull) as devnull:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdin=devnull, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    import signal
+    import threading
+
+    chunks: dict[str, list[str]] = {"out": [], "err": []}
+    readers = [threading.Thread(target=lambda s, k: chunks[k].append(s.read()), args=(stream, key), daemon=True)
+               for stream, key in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    for r in readers:
+        r.start()
+    while proc.poll() is None:
+        if max_rss_gib is not None and _child_rss_gib(proc.pid) > max_rss_gib:
+            os.killpg(proc.pid, signal.SIGKILL)  # /usr/bin/time and the python under it
+            chunks["err"].append(f"\nreal_path: killed above --max-rss-gib {max_rss_gib}\n")
+        time.sleep(2)
+    for r in readers:
+        r.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(chunks["out"]), "".join(chunks["err"]))
+
+
+def run_all(out: Path, *, shape: str, only: list[str] | None = None,
+            max_rss_gib: float | None = None) -> list[dict[str, Any]]:
     """Runs every step as `python ARGV` under /usr/bin/time -v (stops at the first failure); returns the rows."""
     out.mkdir(parents=True, exist_ok=True)
     # unlabeled queries, one a line (a .jsonl of {"prompt"} alone is refused by merging.dots: a friction reported)
@@ -216,16 +247,15 @@ def run_all(out: Path, *, shape: str, only: list[str] | None = None) -> list[dic
         if only and not any(o in name for o in only):
             continue
         start = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, *argv], cwd=ROOT, env=env, text=True,
-                              capture_output=True)
+        proc = _run_capped(["/usr/bin/time", "-v", sys.executable, *argv], env=env, max_rss_gib=max_rss_gib)
         row = {"step": name, "seconds": round(time.perf_counter() - start, 1), "peak_rss_gib": _rss_gib(proc.stderr),
                "rc": proc.returncode, "command": "python " + " ".join(argv)}
         rows.append(row)
         log = out / "logs" / (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") + ".log")
         log.parent.mkdir(exist_ok=True)
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-        print(f"{name}: rc {proc.returncode}, {row['seconds']} s, peak RSS {row['peak_rss_gib']:.2f} GiB (log {log})",
-              flush=True)
+        rss = f"{row['peak_rss_gib']:.2f}" if row["peak_rss_gib"] is not None else "?"
+        print(f"{name}: rc {proc.returncode}, {row['seconds']} s, peak RSS {rss} GiB (log {log})", flush=True)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             break
@@ -235,7 +265,7 @@ def run_all(out: Path, *, shape: str, only: list[str] | None = None) -> list[dic
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| step | wall s | peak RSS GiB | exit |", "|---|---|---|---|"]
-    lines += [f"| {r['step']} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r['rc']} |" for r in rows]
+    lines += [f"| {r['step']} | {r['seconds']:.0f} | {r['peak_rss_gib'] or float('nan'):.2f} | {r['rc']} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -250,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/real-path"))
     p.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
     p.add_argument("--only", nargs="*", help="run only the steps whose name contains one of these")
+    p.add_argument("--max-rss-gib", type=float, default=None, help="kill a step whose memory passes this")
     args = p.parse_args(argv)
     if args.cmd == "build":
         build_data(args.out)
@@ -259,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "check":
         print(json.dumps(check_logits(args.folder)))
         return 0
-    rows = run_all(args.out, shape=args.shape, only=args.only)
+    rows = run_all(args.out, shape=args.shape, only=args.only, max_rss_gib=args.max_rss_gib)
     print(table(rows))
     return 0 if rows and all(r["rc"] == 0 for r in rows) else 1
 
