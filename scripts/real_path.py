@@ -158,7 +158,7 @@ def steps(out: Path, *, shape: str) -> list[tuple[str, list[str]]]:
     train, test = out / "gsm8k_train.jsonl", out / "gsm8k_test.jsonl"
     tiny = shape == "tiny"
     new_tokens = "16" if tiny else "32"
-    prompt_len = "128" if tiny else "64"  # the longest formatted prompt: 107 tokens (512-token BPE), 62 (2048)
+    prompt_len = "128" if tiny else "80"  # the longest formatted prompt: 107 tokens (512-token BPE), 68 (2048)
     target_len = "64" if tiny else "48"  # the longest target with its end token: 50, 44
     # The recipe as a user on a CPU overrides it: a rollout batch of 2 prompts x 4 samples x 32 tokens, bf16 master
     # weights (float32 AdamW state of 0.5B params alone is 5.9 GB), a learning rate that moves bf16 weights.
