@@ -226,17 +226,17 @@ def check_target_lengths(records: Sequence[Mapping[str, Any]], tokenizer: Any, c
     the model on a fragment with no end, in silence)."""
     n = min(len(records), max_rows)
     if n == 0:
-        return "sft data: no records"
+        return "no records"
     collator = SFTCollator(tokenizer, cfg)
     lengths = np.asarray([len(t) for t in collator.target_ids([records[i] for i in range(n)])])
     cut = int((lengths > cfg.max_target_len).sum())
     fraction = cut / n
     scope = f"{n}" if n == len(records) else f"the first {n}"
-    line = (f"sft data: {cut} of {scope} targets ({100 * fraction:.1f}%) are longer than data.max_target_len="
+    line = (f"{cut} of {scope} targets ({100 * fraction:.1f}%) are longer than data.max_target_len="
             f"{cfg.max_target_len} tokens and are cut; longest {int(lengths.max())}, 99th percentile "
             f"{int(np.percentile(lengths, 99))}")
     if fraction > cfg.max_truncated_fraction:
-        raise ConfigError(f"{line}: more than data.max_truncated_fraction={cfg.max_truncated_fraction}; raise "
+        raise ConfigError(f"data: {line}: more than data.max_truncated_fraction={cfg.max_truncated_fraction}; raise "
                           f"data.max_target_len (e.g. to {int(lengths.max())}) or set data.max_truncated_fraction="
                           f"{min(1.0, round(fraction + 0.005, 3))} to train on the cut targets")
     return line

@@ -44,7 +44,7 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
     tdata.check_prompt_lengths(records, tokenizer, cfg.data)  # ConfigError naming data.max_prompt_len
     note = tdata.check_target_lengths(records, tokenizer, cfg.data)  # ConfigError above the allowed fraction
     if is_primary():
-        print(f"{stage}: {note}", file=sys.stderr)
+        print(f"{stage} data: {note}", file=sys.stderr)
     iterator = iter(tdata.sft_pipeline(records, tokenizer, cfg.data,
                                        batch_size=local_batch_size(cfg.data.batch_size), seed=cfg.train.seed,
                                        shard_index=index, shard_count=count))

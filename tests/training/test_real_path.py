@@ -64,7 +64,7 @@ def test_real_path_tiny_shape(tmp_path, capsys):
     _train(["--config", "sft", "--out", str(sft), *common, "--set", f"eval.dataset={test}", "--set",
             "data.use_chat_template=true", "--set", "data.batch_size=8", "--set", "data.max_target_len=64",
             "--set", "optimizer.warmup_steps=0", "--set", "train.steps=1", "--set", "train.eval_at_end=false"])
-    assert "sft: sft data: 0 of 40 targets" in capsys.readouterr().err
+    assert "sft data: 0 of 40 targets" in capsys.readouterr().err
     assert merge_main(["--base", str(base), "--models", str(sft / "final"), str(run / "final"), "--method", "dots",
                        "--coefficients", "0.5", "0.5", "--density", "0.3", "--no-progress",
                        "--out", str(tmp_path / "merged")]) == 0
