@@ -32,9 +32,7 @@ def warmup_config(cfg: Config) -> Config:
 def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) -> dict[str, Any]:
     """pass@k / maj@k / bon@k on cfg.eval.num_problems held-out problems; writes `<out>/eval/` (results + plot)."""
     from jax_cat.evaluate import evaluate, write_results
-    from jax_cat.training.data import eval_records
-
-    from jax_cat.training.data import _local_file, eval_dataset, eval_holdout
+    from jax_cat.training.data import _local_file, eval_dataset, eval_holdout, eval_records
 
     e = cfg.eval
     held = eval_holdout(cfg)
