@@ -124,11 +124,13 @@ def _train(argv: list[str]) -> int:
             raise
         print(f"{PROG}: error: no space left on the device holding {out} (complete checkpoints are kept); "
               "free some space, then continue with --resume", file=sys.stderr)
+        _ENDED_EARLY[:] = [True]  # the checkpoint library's threads may still complain at exit
         return 1
     except KeyboardInterrupt:
         saved = any(p.name.isdigit() for p in (out / "checkpoints").glob("*/*"))
         hint = "resume with --resume" if saved else "no checkpoint was written yet: start again with --overwrite"
         print(f"{PROG}: interrupted ({hint})", file=sys.stderr)
+        _ENDED_EARLY[:] = [True]
         return 130
     if jax.process_index() == 0:
         _report(summary, out)
@@ -145,11 +147,26 @@ def _out_of_space(err: BaseException | None) -> bool:
     return False
 
 
+# Set when a run ended on a full disk or Ctrl-C after its one line: the checkpoints that could be written were
+# waited for, and the checkpoint library's threads must not print tracebacks at interpreter exit.
+_ENDED_EARLY: list[bool] = []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI; returns the exit status (bad input: one stderr line, exit 2; `--debug` adds the traceback)."""
+    """The CLI; returns the exit status (bad input: one stderr line, exit 2; `--debug` adds the traceback).
+
+    Run as a program (argv None: `python -m jax_cat.train`, the `jax-cat-train` script), a run that ended on a full
+    disk or Ctrl-C leaves the process at once after its one line, skipping exit hooks."""
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    quiet_third_party(debug=split_debug(argv)[1])
-    return run_cli(_train, argv, prog=PROG)
+    debug = split_debug(argv)[1]
+    quiet_third_party(debug=debug)
+    status = run_cli(_train, argv, prog=PROG)
+    if as_program and _ENDED_EARLY and not debug:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _report(summary: dict, out: Path) -> None:
@@ -168,9 +185,4 @@ def _report(summary: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    status = main()
-    if status == 130:  # interrupted: checkpoints were waited for; skip exit hooks that could print a traceback
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    raise SystemExit(status)
+    raise SystemExit(main())

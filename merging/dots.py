@@ -492,8 +492,11 @@ def _pipeline(args: argparse.Namespace, out: Path, queries: list[str]) -> int:
             per_model = [evaluate_candidate(candidates.single(i), tokenizer, pool_ids, sel_cfg, mesh=mesh).per_query
                          for i in range(2)]
             difficulty = query_difficulty(per_model)
-            chosen = select_queries(difficulty, n_easy=args.n_easy, n_hard=args.n_hard,
-                                    max_difficulty=args.max_difficulty, seed=args.seed)
+            try:
+                chosen = select_queries(difficulty, n_easy=args.n_easy, n_hard=args.n_hard,
+                                        max_difficulty=args.max_difficulty, seed=args.seed)
+            except ValueError as err:  # name the flag that lets the run go on
+                raise ValueError(f"{err}; raise --max-difficulty (e.g. 1.0) or give easier --queries") from None
         else:
             chosen = list(range(len(queries)))
         _write_json(qpath, {"selected": chosen, "queries": [queries[i] for i in chosen],

@@ -107,6 +107,8 @@ class DataConfig:
       use_chat_template: format prompts with the tokenizer's chat template when it has one.
       system: optional system prompt.
       limit: use only the first `limit` training records (None = all).
+      max_truncated_fraction: SFT refuses to start when more than this fraction of the targets is longer than
+        max_target_len (they would be cut in silence); the count is always reported. 1.0 = allow any.
     """
 
     dataset: str = "arithmetic:sum3"
@@ -120,6 +122,7 @@ class DataConfig:
     use_chat_template: bool = True
     system: str | None = None
     limit: int | None = None
+    max_truncated_fraction: float = 0.01
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -128,7 +131,8 @@ class OptimizerConfig:
 
     Attributes:
       learning_rate: peak learning rate.
-      warmup_steps: linear warm-up from 0 to the peak.
+      warmup_steps: linear warm-up to the peak over this many updates, starting at peak / warmup_steps (not 0,
+        which would make the first update a no-op).
       schedule: "cosine" (decay to end_lr_ratio x peak at the last step) or "constant".
       end_lr_ratio: final learning rate as a fraction of the peak (cosine).
       weight_decay: decoupled weight decay (AdamW).
@@ -227,12 +231,16 @@ class EvalConfig:
     """The end-of-run scaling evaluation (`jax_cat.evaluate`) on held-out prompts.
 
     Attributes:
+      dataset: where the evaluation problems come from: a local json/jsonl/parquet file or a hub id (its
+        data.eval_split); None = data.dataset. A local file is one table (no splits): when it is also the training
+        file, its last num_problems rows are held out of training and evaluated (the run says so).
       num_problems: held-out problems evaluated.
       n: samples per problem; ks: the k values reported (each <= n).
       max_new_tokens: 0 = rollout.max_new_tokens.
       temperature: sampling temperature.
     """
 
+    dataset: str | None = None
     num_problems: int = 100
     n: int = 16
     ks: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -513,6 +521,7 @@ def check_ranges(cfg: Config) -> None:
         _positive("data.limit", d.limit, 1)
     if cfg.model.logprob_chunk is not None:
         _positive("model.logprob_chunk", cfg.model.logprob_chunk, 1)
+    _in_range("data.max_truncated_fraction", d.max_truncated_fraction, 0, 1)
     for key, value in (("model.path", cfg.model.path), ("data.dataset", d.dataset), ("data.split", d.split),
                        ("data.eval_split", d.eval_split)):
         _not_empty(key, value)
@@ -601,11 +610,23 @@ def check_mesh(cfg: Config, num_devices: int) -> tuple[int, int, int]:
             raise ConfigError(f"mesh fsdp x tensor x data = {sizes} does not divide the {num_devices} devices")
         sizes[sizes.index(-1)] = num_devices // known
     if sizes[0] * sizes[1] * sizes[2] != num_devices:
+        need = sizes[0] * sizes[1] * sizes[2]
         raise ConfigError(
-            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {sizes[0] * sizes[1] * sizes[2]} "
-            f"devices; this run has {num_devices}"
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {need} devices; this run has "
+            f"{num_devices}: change mesh.* (-1 = the rest), or for a CPU dry run start with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={need}"
         )
     dp = sizes[0] * sizes[1]
+    if cfg.train.method == "grpo" and cfg.data.batch_size % dp:  # the prompt batch is split over data x fsdp too
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} prompts do not split over data x fsdp = {dp} devices; set "
+            f"data.batch_size to a multiple of {dp} (or make mesh.data x mesh.fsdp divide it)"
+        )
+    if cfg.train.method == "grpo" and cfg.warmup.steps > 0 and (cfg.warmup.batch_size or cfg.data.batch_size) % dp:
+        raise ConfigError(
+            f"warmup.batch_size={cfg.warmup.batch_size or cfg.data.batch_size} sequences do not split over data x "
+            f"fsdp = {dp} devices; set warmup.batch_size to a multiple of {dp}"
+        )
     rows = cfg.data.batch_size * (cfg.rollout.group_size if cfg.train.method == "grpo" else 1)
     if (rows // cfg.train.micro_batches) % dp:
         raise ConfigError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from jax_cat.data.pipeline import PromptCollator, prompt_pipeline
 from jax_cat.training.checkpoint import is_primary
-from jax_cat.training.config import ConfigError, DataConfig
+from jax_cat.training.config import Config, ConfigError, DataConfig
 
 
 def _arithmetic_task(cfg: DataConfig):
@@ -68,20 +69,75 @@ class ArithmeticBlocks(Sequence):
         self.__init__(state["task"], state["size"], state["block"])
 
 
-def train_records(cfg: DataConfig) -> Sequence[Mapping[str, Any]]:
-    """The training records (random access): the arithmetic train stream (never a held-out prompt) or a dataset."""
+def _local_file(dataset: str) -> Path | None:
+    """The resolved path when `dataset` is a local file or folder (one table: splits do not apply), else None."""
+    path = Path(dataset).expanduser()
+    return path.resolve() if path.exists() else None
+
+
+def eval_dataset(cfg: Config) -> str:
+    """The evaluation problems' source: eval.dataset, else data.dataset."""
+    return cfg.eval.dataset or cfg.data.dataset
+
+
+def eval_holdout(cfg: Config) -> int:
+    """Rows of the training table held out for the end-of-run evaluation: eval.num_problems when evaluation reads
+    the very file training reads (a local file has no splits), else 0. A hub dataset whose eval split is its
+    training split is refused (ConfigError naming the keys)."""
+    d = cfg.data
+    if not cfg.train.eval_at_end or cfg.eval.num_problems <= 0 or is_arithmetic(d):
+        return 0
+    source = eval_dataset(cfg)
+    train_file, eval_file = _local_file(d.dataset), _local_file(source)
+    if train_file is not None:
+        return cfg.eval.num_problems if eval_file == train_file else 0
+    if eval_file is None and source == d.dataset and d.split == d.eval_split:
+        raise ConfigError(f"data.split and data.eval_split are both {d.split!r}: the evaluation would score training "
+                          "rows; set data.eval_split (e.g. test) or eval.dataset")
+    return 0
+
+
+def eval_note(cfg: Config, num_train_rows: int | None = None) -> str | None:
+    """One line for the log when the evaluation rows are held out of a local training file, else None."""
+    held = eval_holdout(cfg)
+    if not held:
+        return None
+    rest = f" (training on the first {num_train_rows})" if num_train_rows is not None else ""
+    return (f"eval: data.dataset={cfg.data.dataset} is one local table (data.split/eval_split apply only to hub "
+            f"datasets): its last {held} rows are held out of training and evaluated{rest}; set eval.dataset=FILE "
+            "to evaluate on a separate file")
+
+
+def _load_table(cfg: DataConfig) -> list[dict]:
+    return _dataset_records(cfg.dataset, cfg.split, None)
+
+
+def train_records(cfg: DataConfig, holdout: int = 0) -> Sequence[Mapping[str, Any]]:
+    """The training records (random access): the arithmetic train stream (never a held-out prompt) or a dataset
+    less its last `holdout` rows (`eval_holdout`: the rows the end-of-run evaluation scores), then data.limit."""
     if is_arithmetic(cfg):
         task = _arithmetic_task(cfg)
         size = cfg.limit or 1_000_000
         return ArithmeticBlocks(task, size) if hasattr(task, "batch") else task.source("train", size)
-    return _dataset_records(cfg.dataset, cfg.split, cfg.limit)
+    if not holdout:
+        return _dataset_records(cfg.dataset, cfg.split, cfg.limit)
+    table = _load_table(cfg)
+    if holdout >= len(table):
+        raise ConfigError(f"data.dataset={cfg.dataset}: its {len(table)} rows cannot give eval.num_problems={holdout} "
+                          "held-out rows and still train; lower eval.num_problems or set eval.dataset=FILE")
+    rows = table[: len(table) - holdout]
+    return rows[: cfg.limit] if cfg.limit is not None else rows
 
 
-def eval_records(cfg: DataConfig, limit: int) -> list[dict]:
-    """The first `limit` held-out problems (the arithmetic test set, or the dataset's eval split)."""
-    if is_arithmetic(cfg):
+def eval_records(cfg: DataConfig, limit: int, *, dataset: str | None = None, holdout: int = 0) -> list[dict]:
+    """The first `limit` held-out problems: the arithmetic test set, the last `holdout` rows of the training file
+    (`eval_holdout`), or `dataset` (default data.dataset) at data.eval_split."""
+    if is_arithmetic(cfg) and dataset in (None, cfg.dataset):
         return _arithmetic_task(cfg).test_set()[:limit]
-    return list(_dataset_records(cfg.dataset, cfg.eval_split, limit))
+    if holdout:
+        table = _load_table(cfg)
+        return table[len(table) - holdout:][:limit]
+    return list(_dataset_records(dataset or cfg.dataset, cfg.eval_split, limit))
 
 
 @functools.lru_cache(maxsize=4)
@@ -119,31 +175,53 @@ def check_data(cfg: DataConfig, *, evaluate: bool = False, eval_problems: int = 
         eval_records(cfg, eval_problems)
 
 
+def target_end_ids(tokenizer: Any, use_chat_template: bool = True) -> list[int]:
+    """The tokens that end an SFT target: the chat template's end of an assistant turn (e.g. Qwen's <|im_end|>)
+    when prompts are formatted with the template, else the tokenizer's EOS (nothing when it has none)."""
+    eos = tokenizer.eos_token_id
+    fallback = [int(eos[0] if isinstance(eos, (list, tuple)) else eos)] if eos is not None else []
+    if not (use_chat_template and getattr(tokenizer, "chat_template", None)):
+        return fallback
+    sentinel = "JAXCATTARGETEND"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}],
+                                             tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses this conversation: keep the EOS
+        return fallback
+    suffix = text.partition(sentinel)[2].strip() if sentinel in text else ""
+    ids = list(tokenizer(suffix, add_special_tokens=False)["input_ids"]) if suffix else []
+    return [int(i) for i in ids] or fallback
+
+
 class SFTCollator:
     """grain batch_fn: records -> {input_ids, attention_mask, loss_mask} int32 [B, max_prompt_len + max_target_len].
 
     The formatted prompt is left-padded to max_prompt_len (as for sampling); the target (the record's `solution`,
-    else its `answer`) plus EOS follows, right-padded to max_target_len (too long: cut, EOS kept off). loss_mask
-    marks the target tokens.
+    else its `answer`) plus its end (`target_end_ids`: the chat template's end-of-turn, else EOS) follows,
+    right-padded to max_target_len (too long: cut, the end kept off; `check_target_lengths` counts those before
+    training). loss_mask marks the target tokens.
     """
 
     def __init__(self, tokenizer: Any, cfg: DataConfig) -> None:
         self.prompts = PromptCollator(tokenizer, max_prompt_len=cfg.max_prompt_len, system=cfg.system,
                                       use_chat_template=cfg.use_chat_template)
         self.max_target_len = cfg.max_target_len
-        eos = tokenizer.eos_token_id
-        self.eos = [int(eos[0] if isinstance(eos, (list, tuple)) else eos)] if eos is not None else []
+        self.eos = target_end_ids(tokenizer, cfg.use_chat_template)
 
-    def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        batch = self.prompts(records)
+    def target_ids(self, records: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+        """Each record's whole target (solution or answer, then the end tokens), before any cut."""
         targets = [str(r.get("solution") or r["answer"]) for r in records]
         with self.prompts._lock:
             encoded = self.prompts.tokenizer(targets, add_special_tokens=False)["input_ids"]
+        return [list(toks) + self.eos for toks in encoded]
+
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        batch = self.prompts(records)
         b, t = len(records), self.max_target_len
         ids = np.full((b, t), self.prompts.pad_id, np.int32)
         mask = np.zeros((b, t), np.int32)
-        for row, toks in enumerate(encoded):
-            toks = (list(toks) + self.eos)[:t]
+        for row, toks in enumerate(self.target_ids(records)):
+            toks = toks[:t]
             ids[row, : len(toks)] = toks
             mask[row, : len(toks)] = 1
         prompt_mask = np.asarray(batch["attention_mask"], np.int32)
@@ -152,6 +230,48 @@ class SFTCollator:
             "attention_mask": np.concatenate([prompt_mask, mask], axis=1),
             "loss_mask": np.concatenate([np.zeros_like(prompt_mask), mask], axis=1),
         }
+
+
+def check_prompt_lengths(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *,
+                         max_rows: int = 5_000) -> None:
+    """ConfigError naming data.max_prompt_len when a formatted prompt (chat template and system prompt included)
+    of the first `max_rows` records is longer: found before training, not at the batch that holds it."""
+    n = min(len(records), max_rows)
+    if n == 0:
+        return
+    collator = PromptCollator(tokenizer, max_prompt_len=cfg.max_prompt_len, system=cfg.system,
+                              use_chat_template=cfg.use_chat_template)
+    texts = collator.texts([records[i] for i in range(n)])
+    lengths = np.asarray([len(t) for t in tokenizer(texts, add_special_tokens=collator.add_special_tokens)["input_ids"]])
+    over = int((lengths > cfg.max_prompt_len).sum())
+    if over:
+        scope = f"{n}" if n == len(records) else f"the first {n}"
+        raise ConfigError(f"data: {over} of {scope} prompts (formatted: chat template, data.system) are longer than "
+                          f"data.max_prompt_len={cfg.max_prompt_len} tokens (longest {int(lengths.max())}); raise "
+                          f"data.max_prompt_len to {int(lengths.max())} or drop the long rows from {cfg.dataset}")
+
+
+def check_target_lengths(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *,
+                         max_rows: int = 5_000) -> str:
+    """One line counting the SFT targets (end token included) longer than data.max_target_len, over the first
+    `max_rows` records; ConfigError when their fraction exceeds data.max_truncated_fraction (a cut target trains
+    the model on a fragment with no end, in silence)."""
+    n = min(len(records), max_rows)
+    if n == 0:
+        return "no records"
+    collator = SFTCollator(tokenizer, cfg)
+    lengths = np.asarray([len(t) for t in collator.target_ids([records[i] for i in range(n)])])
+    cut = int((lengths > cfg.max_target_len).sum())
+    fraction = cut / n
+    scope = f"{n}" if n == len(records) else f"the first {n}"
+    line = (f"{cut} of {scope} targets ({100 * fraction:.1f}%) are longer than data.max_target_len="
+            f"{cfg.max_target_len} tokens and are cut; longest {int(lengths.max())}, 99th percentile "
+            f"{int(np.percentile(lengths, 99))}")
+    if fraction > cfg.max_truncated_fraction:
+        raise ConfigError(f"data: {line}: more than data.max_truncated_fraction={cfg.max_truncated_fraction}; raise "
+                          f"data.max_target_len (e.g. to {int(lengths.max())}) or set data.max_truncated_fraction="
+                          f"{min(1.0, round(fraction + 0.005, 3))} to train on the cut targets")
+    return line
 
 
 def _shuffle(records: Sequence) -> bool:

@@ -8,6 +8,7 @@ uninterrupted one did (sampling keys are a function of (train.seed, step)).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,15 @@ from jax_cat.training.runtime import (
 )
 
 
-def _token_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
+def _token_ids(model: Any, tokenizer: Any, use_chat_template: bool = True) -> tuple[tuple[int, ...], int]:
+    """(stop ids, pad id): the EOS ids plus, with a chat template, its end-of-turn token (e.g. <|im_end|>, which a
+    base model's config does not list), so that rollouts stop where SFT targets end."""
     from jax_cat.sampling.engine import resolve_eos_token_ids, resolve_pad_token_id
 
     eos = resolve_eos_token_ids(model, tokenizer)
+    end = tdata.target_end_ids(tokenizer, use_chat_template)
+    if len(end) == 1:
+        eos = tuple(dict.fromkeys((*eos, *end)))
     return eos, resolve_pad_token_id(model, tokenizer, eos)
 
 
@@ -65,19 +71,27 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     if need_ref:  # the reference is the model this stage started from
         _, ref_params = steps.split_model(model)
         ref_params = jax.device_put(ref_params, shardings.params)
-    eos, pad = _token_ids(model, tokenizer)
+    eos, pad = _token_ids(model, tokenizer, cfg.data.use_chat_template)
     # From here the loop samples and trains with the state's own params (`model_from_params` wraps them, no copy);
     # the caller's weights stay on the devices only as the KL reference (ref_params above) or if the caller keeps them.
     del model
     index, count = shard_info()
-    iterator = iter(tdata.prompt_batches(tdata.train_records(cfg.data), tokenizer, cfg.data,
+    if is_primary():
+        print(f"{stage}: rollout batch {cfg.data.batch_size} prompts x {r.group_size} samples x {r.max_new_tokens} "
+              f"new tokens = {cfg.data.batch_size * r.group_size * r.max_new_tokens:,} sampled tokens per batch "
+              f"(prompts {cfg.data.max_prompt_len} tokens), {t.updates_per_batch} update(s) per batch",
+              file=sys.stderr)
+    records = tdata.train_records(cfg.data, tdata.eval_holdout(cfg))
+    tdata.check_prompt_lengths(records, tokenizer, cfg.data)  # ConfigError naming data.max_prompt_len
+    iterator = iter(tdata.prompt_batches(records, tokenizer, cfg.data,
                                          batch_size=local_batch_size(cfg.data.batch_size), seed=t.seed,
                                          shard_index=index, shard_count=count))
     if extra.get("data_iterator") is not None:
         iterator.set_state(extra["data_iterator"])
     base_key = jax.random.key(t.seed)
     logger = MetricsLogger(out, stage=stage, total_steps=t.steps, start_step=start, progress=cfg.logging.progress,
-                           tensorboard=cfg.logging.tensorboard, enabled=is_primary())
+                           tensorboard=cfg.logging.tensorboard, enabled=is_primary(),
+                           log_every=cfg.train.log_every)
     current: dict[str, Any] = {}
 
     def do_step(state, step):

@@ -38,13 +38,22 @@ def trim_jsonl(path: Path, stage: str, last_step: int) -> None:
 
 
 class MetricsLogger:
-    """Collects per-step device metrics and host stats; every flush writes their window mean to JSONL/TB/bar."""
+    """Collects per-step device metrics and host stats; every flush writes their window mean to JSONL/TB/bar.
+
+    Without a progress bar (stderr not a terminal, or logging.progress false) each flush also prints one line to
+    stderr, and `add` prints a step line when nothing was printed for `heartbeat_s` seconds, so a job log shows
+    the run is alive.
+    """
 
     BAR_KEYS = (("loss", "loss"), ("reward", "reward"), ("pass@1", "pass@1"), ("tokens_per_s", "tok/s"))
 
     def __init__(self, out_dir: str | os.PathLike | None, *, stage: str, total_steps: int, start_step: int = 0,
-                 progress: bool | None = None, tensorboard: bool = True, enabled: bool = True) -> None:
+                 progress: bool | None = None, tensorboard: bool = True, enabled: bool = True,
+                 heartbeat_s: float = 60.0, log_every: int = 1) -> None:
         self.stage = stage
+        self.total_steps = total_steps
+        self.heartbeat_s, self.log_every = heartbeat_s, log_every
+        self._start = self._last_line = time.perf_counter()
         self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl" if out_dir is not None and enabled else None
         if self.path is not None:
@@ -65,10 +74,24 @@ class MetricsLogger:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc=stage, unit="step", dynamic_ncols=True)
+        elif enabled:
+            where = f"from step {start_step} " if start_step else ""
+            self._print(f"{stage}: starting {where}of {total_steps} steps (the first step compiles)")
+
+    def _print(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+        self._last_line = time.perf_counter()
+
+    def _elapsed(self) -> str:
+        return f"{time.perf_counter() - self._start:.0f} s"
 
     def add(self, step: int, device_metrics: dict[str, Any], host_stats: dict[str, float] | None = None) -> None:
         """Queue one step's metrics (no host transfer)."""
         self._pending.append((int(step), device_metrics, dict(host_stats or {})))
+        flushes_now = step % self.log_every == 0 or step >= self.total_steps  # a metrics line follows anyway
+        if (self._bar is None and self.enabled and not flushes_now
+                and time.perf_counter() - self._last_line >= self.heartbeat_s):
+            self._print(f"{self.stage}: step {int(step)}/{self.total_steps} done, {self._elapsed()}")
 
     def flush(self) -> dict[str, Any] | None:
         """Fetch the queued steps, write their mean; returns the row (with 'first_bad_step' when a step was not ok)."""
@@ -105,6 +128,9 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.n = steps[-1]
             self._bar.set_postfix({label: f"{row[k]:.4g}" for k, label in self.BAR_KEYS if k in row}, refresh=True)
+        elif self.enabled:
+            shown = ", ".join(f"{label} {row[k]:.4g}" for k, label in self.BAR_KEYS if k in row)
+            self._print(f"{self.stage}: step {steps[-1]}/{self.total_steps}: {shown}, {self._elapsed()}")
         return row
 
     def write_line(self, text: str) -> None:

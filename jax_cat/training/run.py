@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from jax_cat.atomic import atomic_write_text
 from jax_cat.training.checkpoint import is_primary
 from jax_cat.training.config import Config
-from jax_cat.training.data import check_data
+from jax_cat.training.data import check_data, eval_note
 from jax_cat.training.grpo import run_grpo
 from jax_cat.training.run_folder import check_out_dir, owner_lock, prepare_run_folder
 from jax_cat.training.runtime import RunResult, build_mesh, load_model, model_path, save_final
@@ -32,16 +33,59 @@ def warmup_config(cfg: Config) -> Config:
 def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) -> dict[str, Any]:
     """pass@k / maj@k / bon@k on cfg.eval.num_problems held-out problems; writes `<out>/eval/` (results + plot)."""
     from jax_cat.evaluate import evaluate, write_results
-    from jax_cat.training.data import eval_records
+    from jax_cat.training.data import _local_file, eval_dataset, eval_holdout, eval_records
 
     e = cfg.eval
-    problems = eval_records(cfg.data, e.num_problems)
+    held = eval_holdout(cfg)
+    problems = eval_records(cfg.data, e.num_problems, dataset=e.dataset, holdout=held)
     result = evaluate(model, tokenizer, problems, n=e.n, ks=e.ks, max_new_tokens=e.max_new_tokens or
                       cfg.rollout.max_new_tokens, temperature=e.temperature, seed=cfg.train.seed,
                       use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False)
+    source = (f"last {held} rows of {cfg.data.dataset} (held out of training)" if held else None)
+    result["config"].update(model=str(cfg.model.path), trained_model=str(out / "final") if out is not None else None,
+                            dataset=eval_dataset(cfg), held_out=source,
+                            split=None if held or _local_file(eval_dataset(cfg)) else cfg.data.eval_split,
+                            train_dataset=cfg.data.dataset, train_method=cfg.train.method, strategy=cfg.strategy)
     if out is not None and is_primary():
         write_results(result, out / "eval", plot_title=f"{cfg.train.method} {cfg.strategy} on {cfg.data.dataset}")
     return result
+
+
+def accelerator_recipe_warning(cfg: Config, backend: str | None = None) -> str | None:
+    """On the CPU, a warning for a recipe sized for a GPU/TPU (more than 100k sampled or trained tokens a step:
+    hours a step) or computing in bfloat16 (no faster than float32 on XLA:CPU, only less exact), with the keys to
+    change; None otherwise."""
+    import jax
+
+    if (backend or jax.default_backend()) != "cpu":
+        return None
+    d, r = cfg.data, cfg.rollout
+    grpo = cfg.train.method == "grpo"
+    tokens = d.batch_size * (r.group_size * (d.max_prompt_len + r.max_new_tokens) if grpo
+                             else d.max_prompt_len + d.max_target_len)
+    if tokens > 100_000:
+        shape = (f"{d.batch_size} prompts x {r.group_size} samples x {r.max_new_tokens} new tokens" if grpo
+                 else f"{d.batch_size} x {d.max_prompt_len + d.max_target_len} tokens")
+        keys = "data.batch_size, rollout.group_size, rollout.max_new_tokens" if grpo else "data.batch_size"
+        return (f"warning: a recipe sized for GPU/TPU ({shape} a step) is running on CPU, where a step can take "
+                f"hours; for a CPU trial lower {keys}, eval.num_problems and eval.n")
+    if cfg.model.compute_dtype == "bfloat16":
+        return ("warning: model.compute_dtype=bfloat16 is meant for GPU/TPU; on CPU it is no faster than float32, "
+                "only less exact (--set model.compute_dtype=float32)")
+    return None
+
+
+def checkpoint_note(cfg: Config, model: Any) -> str:
+    """One line: how big each checkpoint is (params + the two AdamW moments in model.param_dtype, nothing else)
+    and how many are kept, so that the disk is sized before the first save."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    each = 3 * n * (4 if cfg.model.param_dtype == "float32" else 2)
+    return (f"checkpoints: {n / 1e6:,.1f}M parameters, about {each / 2**30:.2f} GiB each (params + 2 AdamW moments in "
+            f"{cfg.model.param_dtype}), the last checkpoint.keep={cfg.checkpoint.keep} kept per stage")
 
 
 def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -84,10 +128,15 @@ def _barrier(name: str) -> None:
 def _run(cfg: Config, out: Path | None, *, resume: bool) -> dict[str, Any]:
     check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)  # cached
     mesh = build_mesh(cfg)
+    if is_primary():
+        for line in filter(None, [accelerator_recipe_warning(cfg), eval_note(cfg)]):
+            print(line, file=sys.stderr)
     # The loaded weights are handed to the loops, not kept here: a loop copies them into its train state, and a
     # reference held here would keep a second copy of the policy on the devices through the whole stage.
     handoff: dict[str, Any] = {}
     handoff["model"], tokenizer = load_model(cfg, mesh)
+    if out is not None and is_primary():
+        print(checkpoint_note(cfg, handoff["model"]), file=sys.stderr)
     stages: dict[str, RunResult] = {}
     if cfg.train.method == "grpo" and cfg.warmup.steps > 0:
         warm = run_sft(warmup_config(cfg), model=handoff.pop("model"), tokenizer=tokenizer, mesh=mesh, out=out,

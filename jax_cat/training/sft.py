@@ -1,6 +1,7 @@
 """The SFT loop: (CAT) supervised fine-tuning on the data's solutions, `run_sft(cfg, ...) -> RunResult`."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,19 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
                                           lambda: steps.init_state(model, tx, shardings))
     del model  # trained from the state's own copy; the caller's weights are not held here (see run.run)
     index, count = shard_info()
-    iterator = iter(tdata.sft_pipeline(tdata.train_records(cfg.data), tokenizer, cfg.data,
+    records = tdata.train_records(cfg.data, tdata.eval_holdout(cfg))
+    tdata.check_prompt_lengths(records, tokenizer, cfg.data)  # ConfigError naming data.max_prompt_len
+    note = tdata.check_target_lengths(records, tokenizer, cfg.data)  # ConfigError above the allowed fraction
+    if is_primary():
+        print(f"{stage} data: {note}", file=sys.stderr)
+    iterator = iter(tdata.sft_pipeline(records, tokenizer, cfg.data,
                                        batch_size=local_batch_size(cfg.data.batch_size), seed=cfg.train.seed,
                                        shard_index=index, shard_count=count))
     if extra.get("data_iterator") is not None:
         iterator.set_state(extra["data_iterator"])
     logger = MetricsLogger(out, stage=stage, total_steps=cfg.train.steps, start_step=start,
-                           progress=cfg.logging.progress, tensorboard=cfg.logging.tensorboard, enabled=is_primary())
+                           progress=cfg.logging.progress, tensorboard=cfg.logging.tensorboard, enabled=is_primary(),
+                           log_every=cfg.train.log_every)
 
     def do_step(state, step):
         batch = global_batch(next(iterator), mesh)

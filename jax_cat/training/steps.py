@@ -59,7 +59,10 @@ class TrainState(NamedTuple):
 
 # ------------------------------------------------------------------------------------------------ optimizer
 def learning_rate_schedule(opt: OptimizerConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 over opt.warmup_steps, then cosine to end_lr_ratio x peak at total_steps (or constant)."""
+    """Linear warm-up over opt.warmup_steps, then cosine to end_lr_ratio x peak at total_steps (or constant).
+
+    The warm-up starts above 0 (update i < warmup_steps uses peak x (i + 1) / warmup_steps), so the first update
+    is not a no-op."""
     peak, warm = opt.learning_rate, opt.warmup_steps
     if opt.schedule == "constant":
         after = optax.constant_schedule(peak)
@@ -67,7 +70,7 @@ def learning_rate_schedule(opt: OptimizerConfig, total_steps: int) -> optax.Sche
         after = optax.cosine_decay_schedule(peak, max(total_steps - warm, 1), alpha=opt.end_lr_ratio)
     if warm <= 0:
         return after
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
+    return optax.join_schedules([optax.linear_schedule(peak / warm, peak, max(warm - 1, 1)), after], [warm])
 
 
 def make_optimizer(opt: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:

@@ -89,7 +89,8 @@ def _cli(*args, timeout=120):
     (["--set", "train.stpes=3"],
      "python -m jax_cat.train: error: unknown config key 'train.stpes'; did you mean 'train.steps'?"),
     (["--set", "mesh.data=3"],
-     "python -m jax_cat.train: error: mesh data=3 x fsdp=1 x tensor=1 needs 3 devices; this run has 8"),
+     "python -m jax_cat.train: error: mesh data=3 x fsdp=1 x tensor=1 needs 3 devices; this run has 8: change mesh.* "
+     "(-1 = the rest), or for a CPU dry run start with XLA_FLAGS=--xla_force_host_platform_device_count=3"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, expected, tmp_path):
     proc, _ = _cli(*args, "--out", str(tmp_path / "run"))
@@ -102,7 +103,7 @@ def test_cli_bad_input_is_one_line_exit_2(args, expected, tmp_path):
 OUT_OF_RANGE = {
     "train.steps": -1, "train.seed": -1, "train.checkpoint_every": -1, "train.micro_batches": 0,
     "train.updates_per_batch": 0, "train.log_every": 0, "train.stop_after": 0, "data.data_seed": -1,
-    "data.batch_size": 0, "data.max_prompt_len": 0, "data.max_target_len": 0, "data.limit": 0,
+    "data.batch_size": 0, "data.max_prompt_len": 0, "data.max_target_len": 0, "data.max_truncated_fraction": 1.5, "data.limit": 0,
     "model.logprob_chunk": 0, "optimizer.learning_rate": 0, "optimizer.warmup_steps": -1, "optimizer.end_lr_ratio": 1.5,
     "optimizer.weight_decay": -0.1, "optimizer.b1": 1.0, "optimizer.b2": -0.1, "optimizer.eps": 0,
     "optimizer.clip_norm": -1, "rollout.group_size": 0, "rollout.max_new_tokens": 0, "rollout.temperature": -0.5,
