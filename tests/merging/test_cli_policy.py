@@ -76,9 +76,14 @@ def test_third_party_logging_is_quiet_unless_debug(caplog):
         logging.getLogger("absl").warning("Python 3.8+ is required in this case.")
 
     caplog.set_level(logging.INFO)
-    before = logging.getLogger("absl").level
-    assert mcli.run_cli(warn, [], prog="p") == 0
-    assert "Python 3.8" not in caplog.text
-    assert logging.getLogger("absl").level == before  # restored afterwards
-    assert mcli.run_cli(warn, ["--debug"], prog="p") == 0
-    assert "Python 3.8" in caplog.text
+    absl = logging.getLogger("absl")
+    saved = absl.level
+    absl.setLevel(logging.NOTSET)  # an in-process trainer run earlier in the session may have left it CRITICAL
+    try:
+        assert mcli.run_cli(warn, [], prog="p") == 0
+        assert "Python 3.8" not in caplog.text
+        assert absl.level == logging.NOTSET  # restored afterwards
+        assert mcli.run_cli(warn, ["--debug"], prog="p") == 0
+        assert "Python 3.8" in caplog.text
+    finally:
+        absl.setLevel(saved)

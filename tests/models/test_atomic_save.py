@@ -25,12 +25,12 @@ import pathlib, sys, time
 import jax_cat.models.hf as hf
 ckpt, out, flag, go = map(pathlib.Path, sys.argv[1:5])
 real = hf._write_safetensors
-def slow(model, tmp, max_shard_bytes):
+def slow(model, tmp, *args):
     (tmp / "model.safetensors").write_bytes(b"half a shard")
     flag.write_text(str(tmp))
     while not go.exists():
         time.sleep(0.02)
-    real(model, tmp, max_shard_bytes)
+    real(model, tmp, *args)
 hf._write_safetensors = slow
 hf.save_hf(hf.load_hf(ckpt), out)
 """
