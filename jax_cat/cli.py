@@ -67,7 +67,8 @@ def one_line(error: BaseException) -> str:
     return "; ".join(parts) or type(error).__name__
 
 
-QUIET_LOGGERS = ("absl", "orbax", "tensorstore", "datasets", "huggingface_hub", "grain", "fsspec", "filelock")
+QUIET_LOGGERS = ("absl", "orbax", "tensorstore", "asyncio", "datasets", "huggingface_hub", "grain", "fsspec", "filelock")
+# asyncio: Orbax's writer tasks log "exception was never retrieved" (a full disk) at exit, after our one line
 
 
 def quiet_third_party(debug: bool = False) -> None:
