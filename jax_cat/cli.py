@@ -90,6 +90,22 @@ def quiet_third_party(debug: bool = False) -> None:
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not getattr(sys.unraisablehook, "_jax_cat_quiet", False):
+        sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+def _without_closed_loop_noise(hook):
+    """`hook` (sys.unraisablehook), minus the "Event loop is closed" errors of an aborted checkpoint write (a full
+    disk): TensorStore's I/O threads still deliver results to the event loop Orbax already closed, and report each
+    failure as an unraisable exception, one traceback apiece, before the CLI's own line."""
+    def quiet(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    quiet._jax_cat_quiet = True
+    return quiet
 
 
 def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:

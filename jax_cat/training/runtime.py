@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from jax_cat.training.checkpoint import Checkpointer, is_primary
 from jax_cat.training.config import Config, ConfigError, check_mesh
+from jax_cat.training.interrupts import deferred_interrupt, raise_if_interrupted
 from jax_cat.training.metrics import MetricsLogger
 from jax_cat.training.steps import DTYPES, TrainState, abstract_state
 
@@ -187,12 +188,27 @@ def run_steps(*, cfg: Config, stage: str, state: TrainState, start_step: int, to
               can_checkpoint: Callable[[int], bool] = lambda step: True) -> TrainState:
     """Runs steps start_step..total_steps-1: log every train.log_every, checkpoint every train.checkpoint_every (and
     at the end), stop with NonFiniteLoss at the first non-finite step (that step's update was skipped)."""
-    every, log_every = cfg.train.checkpoint_every, cfg.train.log_every
     if cfg.train.stop_after is not None:
         total_steps = min(total_steps, cfg.train.stop_after)
     step = start_step
     saved = checkpointer.latest_step() if checkpointer is not None else None
+    try:
+        with deferred_interrupt():
+            state, saved = _step_loop(cfg, stage, state, step, total_steps, do_step, extras, checkpointer, logger,
+                                      can_checkpoint, saved)
+    except KeyboardInterrupt:  # a checkpoint write in flight completes: --resume starts from it
+        if checkpointer is not None:
+            checkpointer.wait()
+        raise
+    if checkpointer is not None:
+        checkpointer.wait()
+    return state
+
+
+def _step_loop(cfg, stage, state, step, total_steps, do_step, extras, checkpointer, logger, can_checkpoint, saved):
+    every, log_every = cfg.train.checkpoint_every, cfg.train.log_every
     while step < total_steps:
+        raise_if_interrupted()
         state, device_metrics, host_stats = do_step(state, step)
         step += 1
         logger.add(step, device_metrics, host_stats)
@@ -213,9 +229,7 @@ def run_steps(*, cfg: Config, stage: str, state: TrainState, start_step: int, to
         if want_save:
             checkpointer.save(step, state, extras())
             saved = step
-    if checkpointer is not None:
-        checkpointer.wait()
-    return state
+    return state, saved
 
 
 def gather_params(params: Any) -> Any:
