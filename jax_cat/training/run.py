@@ -32,13 +32,14 @@ def warmup_config(cfg: Config) -> Config:
 def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) -> dict[str, Any]:
     """pass@k / maj@k / bon@k on cfg.eval.num_problems held-out problems; writes `<out>/eval/` (results + plot)."""
     from jax_cat.evaluate import evaluate, write_results
-    from jax_cat.training.data import eval_records
+    from jax_cat.training.data import eval_records, task_reward_fn
 
     e = cfg.eval
     problems = eval_records(cfg.data, e.num_problems)
     result = evaluate(model, tokenizer, problems, n=e.n, ks=e.ks, max_new_tokens=e.max_new_tokens or
                       cfg.rollout.max_new_tokens, temperature=e.temperature, seed=cfg.train.seed,
-                      use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False)
+                      use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False,
+                      reward_fn=task_reward_fn(cfg.data))
     if out is not None and is_primary():
         write_results(result, out / "eval", plot_title=f"{cfg.train.method} {cfg.strategy} on {cfg.data.dataset}")
     return result
