@@ -158,6 +158,37 @@ def default_mesh(cfg: Any):
     return build_mesh(cfg, devices[:1] if devices[0].platform == "cpu" else devices)
 
 
+def provenance() -> dict[str, Any]:
+    """Where and with what a result was measured: git commit (+dirty), CPU model, cores, JAX/jaxlib versions, UTC time.
+
+    XLA:CPU compiles differently per CPU, so the same seed gives different draws on different machines: a number in
+    the docs is only rerunnable with these next to it."""
+    import platform
+    import subprocess
+
+    import jax
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(status), "cpu": cpu,
+            "cores": os.cpu_count(), "platform": jax.devices()[0].platform, "jax": jax.__version__,
+            "python": platform.python_version(), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -226,16 +257,21 @@ def train_variant(run: DefaultRun, out: Path, warm: Path, stage: str, strategy: 
 
 
 def sample_and_score(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, max_new_tokens: int,
-                     seed: int, batch_rows: int = 4096) -> tuple[np.ndarray, list[list[str]]]:
+                     seed: int, batch_rows: int = 4096,
+                     reward_fn: Callable[[Sequence[str], Sequence[str]], Any] | None = None,
+                     ) -> tuple[np.ndarray, list[list[str]]]:
     """n sampled completions of every problem -> (correct [P, n] bool, completion texts P x n).
 
     The token-level path of `jax_cat.evaluate.evaluate`: `sample_tokens` with one prefill per prompt (temperature
-    1), texts decoded with the tokenizer, 0/1 rewards from `jax_cat.rewards.exact_match_rewards` (the exact-format
-    verifier the RL stages train on, `jax_cat.training.data.task_reward_fn`). Prompts are encoded as the trainer encodes them (no chat template, tokenizer specials).
+    1), texts decoded with the tokenizer, 0/1 rewards from `reward_fn(texts, golds)` (default: the general verifier
+    `jax_cat.rewards.compute_rewards`; the default run passes the exact-format check its RL stages train on,
+    `jax_cat.rewards.exact_match_rewards`). Prompts are encoded as the trainer encodes them (no chat template,
+    tokenizer specials).
     """
     import jax
 
-    from jax_cat.rewards import exact_match_rewards
+    if reward_fn is None:
+        from jax_cat.rewards import compute_rewards as reward_fn
     from jax_cat.sampling import sample_tokens
     from jax_cat.sampling.engine import resolve_eos_token_ids, resolve_pad_token_id
 
@@ -261,7 +297,7 @@ def sample_and_score(model: Any, tokenizer: Any, problems: Sequence[dict], *, n:
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         flat = tokenizer.batch_decode([t[:m] for t, m in zip(tokens, lengths)], skip_special_tokens=True)
         golds = [problems[start + i]["answer"] for i in row_prompt]
-        correct[start:stop] = np.asarray(exact_match_rewards(flat, golds)).reshape(u, n) > 0
+        correct[start:stop] = np.asarray(reward_fn(flat, golds)).reshape(u, n) > 0
         texts.extend(flat[i * n:(i + 1) * n] for i in range(u))
     return correct, texts
 
@@ -282,7 +318,8 @@ def curve(per_k: Callable[[int], np.ndarray], ks: Sequence[int], seed: int) -> d
 
 
 def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, ks: Sequence[int],
-                   max_new_tokens: int, seed: int, batch_rows: int = 4096) -> dict[str, Any]:
+                   max_new_tokens: int, seed: int, batch_rows: int = 4096,
+                   reward_fn: Callable[[Sequence[str], Sequence[str]], Any] | None = None) -> dict[str, Any]:
     """pass@k (unbiased, Chen et al.; `jax_cat.losses.pass_at_k_many`) with 95% bootstrap CIs over problems.
 
     (maj@k by Monte Carlo over k-subsets costs more than the whole default run's training on 2 cores, so the
@@ -292,7 +329,7 @@ def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: i
 
     t0 = time.perf_counter()
     correct, _ = sample_and_score(model, tokenizer, problems, n=n, max_new_tokens=max_new_tokens, seed=seed,
-                                  batch_rows=batch_rows)
+                                  batch_rows=batch_rows, reward_fn=reward_fn)
     num_correct = correct.sum(axis=1)
     rows = curve(lambda k: pass_at_k_many(np.full(len(problems), n), num_correct, k), ks, seed)
     return {"pass@k": rows, "num_problems": len(problems), "n": n, "seconds": time.perf_counter() - t0,
@@ -393,6 +430,7 @@ def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT
 
 def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
     from jax_cat.data.arithmetic import ArithmeticTask
+    from jax_cat.rewards import exact_match_rewards
 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -409,7 +447,8 @@ def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict
 
     problems = ArithmeticTask.from_preset(run.preset, seed=run.data_seed, test_size=run.test_size).test_set()
     evaluate = lambda model, tokenizer: pass_at_k_eval(  # noqa: E731
-        model, tokenizer, problems, n=run.eval_samples, ks=run.ks, max_new_tokens=run.answer_len, seed=run.seed + 1)
+        model, tokenizer, problems, n=run.eval_samples, ks=run.ks, max_new_tokens=run.answer_len, seed=run.seed + 1,
+        reward_fn=exact_match_rewards)  # the exact-format check the RL stages train on
 
     from jax_cat.training.runtime import load_model
 
@@ -434,6 +473,7 @@ def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict
         "cat_minus_plain": paired_difference(models["grpo_cat"]["num_correct"], models["grpo"]["num_correct"],
                                              n=run.eval_samples, ks=run.ks, seed=run.seed + 2),
         "wall_seconds": time.perf_counter() - t_start,
+        "provenance": provenance(),
         "command": "python -m jax_cat.train",
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
