@@ -25,3 +25,14 @@ def test_the_plain_arithmetic_task_trains_and_evaluates_on_the_exact_check():
     assert fn(["=84", "084"], ["084", "084"]).tolist() == [0, 1]  # the general verifier accepts "=84" too
     assert task_reward_fn(DataConfig(dataset="arithmetic:sum3", style="natural")) is None  # boxed answers: general
     assert task_reward_fn(DataConfig(dataset="gsm8k")) is None
+
+
+def test_the_trainer_evaluation_scores_arithmetic_with_the_exact_check(monkeypatch):
+    import jax_cat.evaluate
+    from jax_cat.training.config import load_config
+    from jax_cat.training.run import evaluate_model
+
+    seen = {}
+    monkeypatch.setattr(jax_cat.evaluate, "evaluate", lambda *a, **kw: seen.update(kw) or {})
+    evaluate_model(load_config("grpo", ["eval.num_problems=2"]), None, None, None)
+    assert seen["reward_fn"] is exact_match_rewards
