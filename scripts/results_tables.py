@@ -32,15 +32,27 @@ def _provenance_line(res: dict[str, Any]) -> str:
             f"jax {p.get('jax', '?')}, {p.get('utc', '?')} UTC, {res.get('wall_seconds', float('nan')):.0f} s wall")
 
 
+def _overrides(settings: dict[str, Any]) -> str:
+    """The default-run CLI flags that reproduce `settings` (only those that differ from `DefaultRun()`)."""
+    import dataclasses
+
+    from jax_cat.training.default_run import DefaultRun
+
+    defaults = dataclasses.asdict(DefaultRun())
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
+                    if k in defaults and k != "seed" and v != defaults[k])
+
+
 def default_run_section(results: list[dict[str, Any]], paths: list[str]) -> str:
     """Markdown for one or more default runs (one per training seed): per-seed pass@k rows, CAT - plain with the
     paired 95% CI of each seed, and the range of CAT - plain over seeds."""
     ks_all = results[0]["models"]["sft"]["pass@k"]["k"]
     ks = [k for k in TABLE_KS if k in ks_all]
-    head = "| seed | model | " + " | ".join(f"k={k}" for k in ks) + " |\n" + "|---" * (len(ks) + 2) + "|\n"
+    same = len({_overrides(r["settings"]) for r in results}) == 1  # seeds of one setting, or several settings
+    head = "| run | model | " + " | ".join(f"k={k}" for k in ks) + " |\n" + "|---" * (len(ks) + 2) + "|\n"
     rows, diffs = [], []
     for res in results:
-        seed = res["settings"]["seed"]
+        seed = f"seed {res['settings']['seed']}" + ("" if same else f" `{_overrides(res['settings'])}`")
         for m in res["models"].values():
             cells = [f"{m['pass@k']['mean'][ks_all.index(k)]:.3f}" for k in ks]
             rows.append(f"| {seed} | {m['label']} | " + " | ".join(cells) + " |")
@@ -51,11 +63,12 @@ def default_run_section(results: list[dict[str, Any]], paths: list[str]) -> str:
             rows.append(f"| {seed} | **CAT - plain** [95% CI] | " + " | ".join(cells) + " |")
             diffs.append([d["mean"][d["k"].index(k)] for k in ks])
     s = results[0]["settings"]
-    lines = [f"Settings: preset `{s['preset']}`, {s['sft_steps']} SFT steps, GRPO {s['grpo_steps']} steps at lr "
+    lines = [("Settings (shared by every run below): " if same else "Settings of the first run (the others differ "
+              "by the flags in their row): ") + f"preset `{s['preset']}`, {s['sft_steps']} SFT steps, GRPO {s['grpo_steps']} steps at lr "
              f"{s['grpo_learning_rate']:g} ({s.get('grpo_warmup_steps', 0)} warm-up), {s['grpo_prompts']} prompts x "
              f"{s['group_size']}, CAT {s['cat_strategy']}; {results[0]['num_problems']} held-out problems x "
              f"{s['eval_samples']} samples.", "", head + "\n".join(rows), ""]
-    if len(diffs) > 1:
+    if len(diffs) > 1 and same:
         d = np.asarray(diffs)
         lines.append("CAT - plain over the seeds above (min .. max of the seeds' differences): "
                      + ", ".join(f"k={k}: {lo:+.3f} .. {hi:+.3f}" for k, lo, hi in zip(ks, d.min(0), d.max(0))) + ".")
@@ -63,7 +76,8 @@ def default_run_section(results: list[dict[str, Any]], paths: list[str]) -> str:
     lines.append("Measured on: " + "; ".join(f"seed {r['settings']['seed']}: {_provenance_line(r)}" for r in results)
                  + ".")
     lines.append("Rerun: " + "; ".join(f"`python -m jax_cat.training.default_run --seed {r['settings']['seed']} "
-                                         f"--out <dir>`" for r in results)
+                                         f"{_overrides(r['settings'])} --out <dir>`".replace("  ", " ")
+                                         for r in results)
                  + f" (then `python scripts/results_tables.py --default <dir>/results.json ...`). Sources: "
                  + ", ".join(f"`{p}`" for p in paths) + ".")
     return "\n".join(lines)

@@ -46,7 +46,7 @@ def test_tables_go_between_the_markers_with_provenance(rt, tmp_path):
     text = doc.read_text()
     assert text.startswith("# title\nkept\n") and text.endswith("<!-- default-run:end -->\ntail kept\n")
     assert "old table" not in text and "commit abc123" in text and "Test CPU" in text
-    assert "| 1 | plain GRPO | 0.200 | 0.200 | 0.200 | 0.700 |" in text
+    assert "| seed 1 | plain GRPO | 0.200 | 0.200 | 0.200 | 0.700 |" in text
     assert "k=64: +0.050 .. +0.150" in text  # the range over seeds, not one draw
     assert "--seed 1" in text
 
