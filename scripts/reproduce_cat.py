@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sft-lr", type=float, default=3e-4)
     p.add_argument("--grpo-steps", type=int, default=200, help="GRPO steps of each RL variant")
     p.add_argument("--grpo-lr", type=float, default=None, help="default: the default run's")
+    p.add_argument("--grpo-warmup", type=int, default=None, help="GRPO LR warm-up steps (default: the default run's)")
     p.add_argument("--test-size", type=int, default=100, help="held-out problems")
     p.add_argument("--n", type=int, default=64, help="samples per held-out problem (largest k)")
     p.add_argument("--warmup-steps", type=int, default=None, help="SFT warm-start steps (default: the default run's)")
@@ -79,6 +80,8 @@ def arithmetic_setup(args: argparse.Namespace, out: Path):
         changes["sft_steps"] = args.warmup_steps
     if args.grpo_lr is not None:
         changes["grpo_learning_rate"] = args.grpo_lr
+    if args.grpo_warmup is not None:
+        changes["grpo_warmup_steps"] = args.grpo_warmup
     run = dataclasses.replace(DefaultRun(), **changes)
     if args.warm_start:
         warm = Path(args.warm_start)
@@ -118,14 +121,81 @@ def scores(model: Any, tokenizer: Any, problems: list[dict], args: argparse.Name
     from jax_cat.training.default_run import curve, sample_and_score
 
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.n]
-    correct, texts = sample_and_score(model, tokenizer, problems, n=args.n, max_new_tokens=max_new_tokens, seed=seed)
+    from jax_cat.rewards import exact_match_rewards
+
+    reward_fn = exact_match_rewards if args.model is None else None  # the shipped task: exact form (as its RL)
+    correct, texts = sample_and_score(model, tokenizer, problems, n=args.n, max_new_tokens=max_new_tokens, seed=seed,
+                                      reward_fn=reward_fn)
     answers = [[answer_key(t) for t in row] for row in texts]
     c = correct.sum(axis=1)
     return {
         "pass@k": curve(lambda k: pass_at_k_many(np.full(len(problems), args.n), c, k), ks, seed),
         "maj@k": curve(lambda k: np.array([MajorityAtN(k).estimate(correct[i], answers=answers[i])
                                            for i in range(len(problems))]), ks, seed),
+        "num_correct": [int(x) for x in c], "n": args.n,
     }
+
+
+def seed_and_problem_ci(diffs: np.ndarray, *, num_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap CI of the mean of `diffs` [seeds, problems], resampling training seeds AND problems.
+
+    The two-level bootstrap: each resample draws seeds with replacement, then problems with replacement (shared by
+    the drawn seeds: the problems are the same held-out set). With one seed it is the paired problem bootstrap."""
+    d = np.asarray(diffs, np.float64)
+    rng = np.random.default_rng(seed)
+    s_idx = rng.integers(0, d.shape[0], size=(num_resamples, d.shape[0]))
+    p_idx = rng.integers(0, d.shape[1], size=(num_resamples, d.shape[1]))
+    means = np.array([d[s][:, p].mean() for s, p in zip(s_idx, p_idx)])
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def paired_differences(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict[str, list]]:
+    """Each CAT variant minus its plain baseline (pass@k), per k: mean over seeds, the range over seeds, and a 95% CI
+    over training seeds and problems (`seed_and_problem_ci`), on the seeds both finished."""
+    from jax_cat.losses import pass_at_k_many
+
+    out: dict[str, dict[str, list]] = {}
+    for name, seeds in per_seed.items():
+        base = BASELINE.get(VARIANTS[name][0])
+        if name == base or base not in per_seed:
+            continue
+        common = sorted(set(seeds) & set(per_seed[base]))
+        if not common or "num_correct" not in seeds[common[0]]:
+            continue
+        n, ks = seeds[common[0]]["n"], seeds[common[0]]["pass@k"]["k"]
+        rows: dict[str, list] = {"k": list(ks), "mean": [], "seed_min": [], "seed_max": [], "ci_low": [],
+                                 "ci_high": [], "seeds": common}
+        for k in ks:
+            diffs = np.array([
+                pass_at_k_many(np.full(len(seeds[s]["num_correct"]), n), np.asarray(seeds[s]["num_correct"]), k)
+                - pass_at_k_many(np.full(len(seeds[s]["num_correct"]), n),
+                                 np.asarray(per_seed[base][s]["num_correct"]), k) for s in common])
+            per = diffs.mean(axis=1)
+            low, high = seed_and_problem_ci(diffs, seed=k)
+            rows["mean"].append(float(per.mean()))
+            rows["seed_min"].append(float(per.min()))
+            rows["seed_max"].append(float(per.max()))
+            rows["ci_low"].append(low)
+            rows["ci_high"].append(high)
+        out[name] = rows
+    return out
+
+
+def differences_table(diffs: dict, labels: dict[str, str]) -> str:
+    """Markdown: CAT - plain at each table k: mean over seeds [95% CI over seeds and problems] (seed range)."""
+    if not diffs:
+        return ""
+    ks = [k for k in TABLE_KS if k in next(iter(diffs.values()))["k"]]
+    lines = ["| CAT - plain (pass@k) | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for name, d in diffs.items():
+        cells = []
+        for k in ks:
+            i = d["k"].index(k)
+            cells.append(f"{d['mean'][i]:+.3f} [{d['ci_low'][i]:+.3f}, {d['ci_high'][i]:+.3f}] "
+                         f"(seeds {d['seed_min'][i]:+.3f}..{d['seed_max'][i]:+.3f})")
+        lines.append(f"| {labels[name]} ({len(d['seeds'])} seeds) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -200,8 +270,12 @@ def write_report(out: Path, args, argv, problems, labels, per_seed, timing, t0) 
     """results.json, table.md and improvement.png from the runs finished so far (rewritten after each run)."""
     done = {name: seeds for name, seeds in per_seed.items() if seeds}
     agg = aggregate(done)
-    table = markdown_table(agg, labels)
+    diffs = paired_differences(done)
+    table = markdown_table(agg, labels) + "\n" + differences_table(diffs, labels)
+    from jax_cat.training.default_run import provenance
+
     results = {"args": vars(args), "num_problems": len(problems), "labels": labels, "aggregate": agg,
+               "cat_minus_plain": diffs, "provenance": provenance(),
                "per_seed": {n: {str(s): v for s, v in d.items()} for n, d in done.items()},
                "timing_s": timing, "wall_s": time.perf_counter() - t0,
                "command": "python scripts/reproduce_cat.py " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -259,7 +259,7 @@ class ArithmeticTask:
             f"ArithmeticTask: {split} problem {index} hit the test set {self.max_redraws} times; use a smaller test_size"
         )
 
-    def batch(self, index: int, size: int, split: str = "train") -> list[dict]:
+    def batch(self, index: int, size: int, split: str = "train", stream: int = 0) -> list[dict]:
         """Batch ``index`` of ``size`` fresh ``split`` problems, drawn vectorised (for training loops).
 
         ``problem(i)`` seeds one Generator per problem (exactly addressable, ~0.1 ms each); a training loop that
@@ -267,11 +267,15 @@ class ArithmeticTask:
         ``(seed, split, "batch", index)`` draws the whole batch with the same operand and operator distribution,
         so batch ``index`` is still a pure function of its arguments (a resumed run redraws the same batch).
         Train batches never show a test prompt (those rows are redrawn). Problem ``j`` uses
-        ``specs[j % len(specs)]``; "plain" and "natural" styles as in `make_problem`.
+        ``specs[j % len(specs)]``; "plain" and "natural" styles as in `make_problem`. ``stream`` picks one of many
+        independent train streams (a training seed's own problem order); stream 0 is the historical one.
         """
         if index < 0 or size < 1:
             raise ValueError(f"ArithmeticTask.batch: need index >= 0 and size >= 1, got index={index}, size={size}")
-        rng = np.random.default_rng([self.seed, _split_code(split), _split_code("batch"), index])
+        if stream < 0:
+            raise ValueError(f"ArithmeticTask.batch: stream must be >= 0, got {stream}")
+        key = [self.seed, _split_code(split), _split_code("batch"), index] + ([stream] if stream else [])
+        rng = np.random.default_rng(key)
         excluded = self._test[1] if split != "test" else frozenset()
         out: list[dict | None] = [None] * size
         for attempt in range(self.max_redraws):

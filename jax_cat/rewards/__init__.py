@@ -3,6 +3,7 @@
 Importing this package never imports JAX (the verifier's worker processes import it too).
 """
 from jax_cat.rewards.answers import answer_ids, answer_key, canonical_answer
+from jax_cat.rewards.exact import exact_match, exact_match_rewards
 from jax_cat.rewards.extract import (
     clean_answer,
     extract_answer,
@@ -31,6 +32,8 @@ __all__ = [
     "close",
     "compute_rewards",
     "default_verifier",
+    "exact_match",
+    "exact_match_rewards",
     "extract_answer",
     "fast_verdict",
     "gold_answer",

@@ -40,8 +40,8 @@ class ArithmeticBlocks(Sequence):
     `batch(index, size)` when it has one (~7x cheaper than problem by problem); the last two blocks are cached,
     which suits the in-order reads of `train_records` (generated problems need no shuffle)."""
 
-    def __init__(self, task: Any, size: int, block: int = 1024) -> None:
-        self.task, self.size, self.block = task, size, block
+    def __init__(self, task: Any, size: int, block: int = 1024, stream: int = 0) -> None:
+        self.task, self.size, self.block, self.stream = task, size, block, stream
         self._cache: dict[int, list] = {}
         self._lock = threading.Lock()
 
@@ -57,16 +57,35 @@ class ArithmeticBlocks(Sequence):
         with self._lock:
             rows = self._cache.get(b)
             if rows is None:
-                rows = self.task.batch(b, self.block, split="train")
+                rows = (self.task.batch(b, self.block, split="train", stream=self.stream) if self.stream else
+                        self.task.batch(b, self.block, split="train"))
                 self._cache = {k: v for k, v in self._cache.items() if k == b - 1}
                 self._cache[b] = rows
         return dict(rows[r])
 
+    def with_stream(self, stream: int) -> "ArithmeticBlocks":
+        """The same records drawn from train stream `stream` (a training seed's own problem order; 0 = this one)."""
+        return ArithmeticBlocks(self.task, self.size, self.block, int(stream))
+
     def __getstate__(self) -> dict:
-        return {"task": self.task, "size": self.size, "block": self.block}
+        return {"task": self.task, "size": self.size, "block": self.block, "stream": self.stream}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["task"], state["size"], state["block"])
+        self.__init__(state["task"], state["size"], state["block"], state.get("stream", 0))
+
+
+def task_reward_fn(cfg: DataConfig) -> Any:
+    """The reward_fn the task needs, or None for the general verifier (`jax_cat.rewards.compute_rewards`).
+
+    The shipped arithmetic task in "plain" style writes its answer in one exact form (zero-padded digits, then EOS),
+    so a completion scores 1 only when it IS the gold answer (`jax_cat.rewards.exact_match_rewards`): the general
+    verifier would also accept `=84` or `1+084` for `084`, a hole an RL policy learns to use.
+    """
+    if is_arithmetic(cfg) and cfg.style == "plain":
+        from jax_cat.rewards.exact import exact_match_rewards
+
+        return exact_match_rewards
+    return None
 
 
 def _local_file(dataset: str) -> Path | None:
@@ -272,6 +291,13 @@ def check_target_lengths(records: Sequence[Mapping[str, Any]], tokenizer: Any, c
                           f"data.max_target_len (e.g. to {int(lengths.max())}) or set data.max_truncated_fraction="
                           f"{min(1.0, round(fraction + 0.005, 3))} to train on the cut targets")
     return line
+def _seeded(records: Sequence, seed: int) -> Sequence:
+    """The records in the order of `seed`: datasets get a seeded shuffle (below); the generated arithmetic stream,
+    read in order, is redrawn from the seed's own train stream, so two training seeds never share a problem order
+    (seed 0 keeps the historical stream)."""
+    if isinstance(records, ArithmeticBlocks) and seed:
+        return records.with_stream(int(seed) % 2**63)
+    return records
 
 
 def _shuffle(records: Sequence) -> bool:
@@ -286,6 +312,7 @@ def sft_pipeline(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: Data
     """Endless SFT batches of `batch_size` sequences for this process's shard."""
     if len(records) < shard_count:
         raise ConfigError(f"data: {len(records)} records cannot feed {shard_count} processes")
+    records = _seeded(records, seed)
     ds = grain.MapDataset.source(records)
     if _shuffle(records):
         ds = ds.seed(seed).shuffle()
@@ -297,6 +324,7 @@ def sft_pipeline(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: Data
 def prompt_batches(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *, batch_size: int,
                    seed: int, shard_index: int, shard_count: int) -> grain.IterDataset:
     """Endless prompt batches for GRPO (`jax_cat.data.prompt_pipeline`, this process's shard)."""
+    records = _seeded(records, seed)
     return prompt_pipeline(records, tokenizer, batch_size=batch_size, max_prompt_len=cfg.max_prompt_len, seed=seed,
                            shuffle=_shuffle(records), num_epochs=None, shard_index=shard_index, shard_count=shard_count, system=cfg.system,
                            use_chat_template=cfg.use_chat_template,

@@ -51,6 +51,8 @@ class DefaultRun:
       seed: parameter init, data order and sampling seed.
       sft_steps, sft_batch_size, sft_learning_rate, sft_warmup_steps: the plain-CE warm-up.
       grpo_steps, grpo_prompts, group_size, grpo_learning_rate: each RL variant (prompts x group_size rollouts/step).
+      grpo_warmup_steps: linear LR warm-up of each RL stage (without it Adam's first updates move every weight by
+        about +-lr and undo the warm start; docs/results.md).
       cat_strategy: the CAT variant's strategy spec (the plain variant is always "pass@1").
       eval_samples: samples per held-out problem (the largest k reported).
       log_every: metrics / progress bar refresh interval (steps).
@@ -68,6 +70,7 @@ class DefaultRun:
     grpo_prompts: int = 64
     group_size: int = 8
     grpo_learning_rate: float = 2e-4
+    grpo_warmup_steps: int = 50
     cat_strategy: str = "pass@8"
     eval_samples: int = 64
     log_every: int = 25
@@ -83,7 +86,7 @@ class DefaultRun:
         for name in ("test_size", "sft_batch_size", "grpo_prompts", "group_size", "eval_samples", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DefaultRun: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("sft_steps", "grpo_steps", "sft_warmup_steps"):
+        for name in ("sft_steps", "grpo_steps", "sft_warmup_steps", "grpo_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DefaultRun: {name} must be >= 0, got {getattr(self, name)}")
 
@@ -126,7 +129,8 @@ def trainer_config(run: DefaultRun, *, method: str, model_path: str | os.PathLik
                         max_target_len=run.answer_len, use_chat_template=False),
         optimizer=(OptimizerConfig(learning_rate=run.sft_learning_rate, warmup_steps=run.sft_warmup_steps,
                                    schedule="cosine", end_lr_ratio=0.1, weight_decay=0.01) if sft else
-                   OptimizerConfig(learning_rate=run.grpo_learning_rate, warmup_steps=0, schedule="constant",
+                   OptimizerConfig(learning_rate=run.grpo_learning_rate, warmup_steps=run.grpo_warmup_steps,
+                                   schedule="constant",
                                    weight_decay=0.0)),
         rollout=RolloutConfig(group_size=run.group_size, max_new_tokens=run.answer_len, temperature=1.0),
         strategy=strategy,
@@ -152,6 +156,37 @@ def default_mesh(cfg: Any):
 
     devices = jax.devices()
     return build_mesh(cfg, devices[:1] if devices[0].platform == "cpu" else devices)
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a result was measured: git commit (+dirty), CPU model, cores, JAX/jaxlib versions, UTC time.
+
+    XLA:CPU compiles differently per CPU, so the same seed gives different draws on different machines: a number in
+    the docs is only rerunnable with these next to it."""
+    import platform
+    import subprocess
+
+    import jax
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(status), "cpu": cpu,
+            "cores": os.cpu_count(), "platform": jax.devices()[0].platform, "jax": jax.__version__,
+            "python": platform.python_version(), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
 def _say(text: str) -> None:
@@ -222,16 +257,21 @@ def train_variant(run: DefaultRun, out: Path, warm: Path, stage: str, strategy: 
 
 
 def sample_and_score(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, max_new_tokens: int,
-                     seed: int, batch_rows: int = 4096) -> tuple[np.ndarray, list[list[str]]]:
+                     seed: int, batch_rows: int = 4096,
+                     reward_fn: Callable[[Sequence[str], Sequence[str]], Any] | None = None,
+                     ) -> tuple[np.ndarray, list[list[str]]]:
     """n sampled completions of every problem -> (correct [P, n] bool, completion texts P x n).
 
     The token-level path of `jax_cat.evaluate.evaluate`: `sample_tokens` with one prefill per prompt (temperature
-    1), texts decoded with the tokenizer, 0/1 rewards from `jax_cat.rewards.compute_rewards` (the verifier the
-    RL stages train on). Prompts are encoded as the trainer encodes them (no chat template, tokenizer specials).
+    1), texts decoded with the tokenizer, 0/1 rewards from `reward_fn(texts, golds)` (default: the general verifier
+    `jax_cat.rewards.compute_rewards`; the default run passes the exact-format check its RL stages train on,
+    `jax_cat.rewards.exact_match_rewards`). Prompts are encoded as the trainer encodes them (no chat template,
+    tokenizer specials).
     """
     import jax
 
-    from jax_cat.rewards import compute_rewards
+    if reward_fn is None:
+        from jax_cat.rewards import compute_rewards as reward_fn
     from jax_cat.sampling import sample_tokens
     from jax_cat.sampling.engine import resolve_eos_token_ids, resolve_pad_token_id
 
@@ -257,7 +297,7 @@ def sample_and_score(model: Any, tokenizer: Any, problems: Sequence[dict], *, n:
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         flat = tokenizer.batch_decode([t[:m] for t, m in zip(tokens, lengths)], skip_special_tokens=True)
         golds = [problems[start + i]["answer"] for i in row_prompt]
-        correct[start:stop] = np.asarray(compute_rewards(flat, golds)).reshape(u, n) > 0
+        correct[start:stop] = np.asarray(reward_fn(flat, golds)).reshape(u, n) > 0
         texts.extend(flat[i * n:(i + 1) * n] for i in range(u))
     return correct, texts
 
@@ -278,7 +318,8 @@ def curve(per_k: Callable[[int], np.ndarray], ks: Sequence[int], seed: int) -> d
 
 
 def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, ks: Sequence[int],
-                   max_new_tokens: int, seed: int, batch_rows: int = 4096) -> dict[str, Any]:
+                   max_new_tokens: int, seed: int, batch_rows: int = 4096,
+                   reward_fn: Callable[[Sequence[str], Sequence[str]], Any] | None = None) -> dict[str, Any]:
     """pass@k (unbiased, Chen et al.; `jax_cat.losses.pass_at_k_many`) with 95% bootstrap CIs over problems.
 
     (maj@k by Monte Carlo over k-subsets costs more than the whole default run's training on 2 cores, so the
@@ -288,11 +329,29 @@ def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: i
 
     t0 = time.perf_counter()
     correct, _ = sample_and_score(model, tokenizer, problems, n=n, max_new_tokens=max_new_tokens, seed=seed,
-                                  batch_rows=batch_rows)
+                                  batch_rows=batch_rows, reward_fn=reward_fn)
     num_correct = correct.sum(axis=1)
     rows = curve(lambda k: pass_at_k_many(np.full(len(problems), n), num_correct, k), ks, seed)
     return {"pass@k": rows, "num_problems": len(problems), "n": n, "seconds": time.perf_counter() - t0,
-            "solved_fraction": float(np.mean(num_correct > 0))}
+            "solved_fraction": float(np.mean(num_correct > 0)), "num_correct": [int(c) for c in num_correct]}
+
+
+def paired_difference(num_correct_a: Sequence[int], num_correct_b: Sequence[int], *, n: int, ks: Sequence[int],
+                      seed: int = 0) -> dict[str, list]:
+    """pass@k(a) - pass@k(b) on the same problems with a 95% paired bootstrap CI over problems, for each k.
+
+    Both models answered the same held-out problems, so the per-problem differences of the unbiased estimates are
+    resampled together (the CI of the difference, much tighter than comparing two separate CIs). This is the
+    evaluation-sample noise only; the training seed's share is measured by scripts/reproduce_cat.py (--seeds).
+    """
+    from jax_cat.losses import pass_at_k_many
+
+    a, b = np.asarray(num_correct_a), np.asarray(num_correct_b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference: {a.shape} vs {b.shape} problems; both must answer the same problems")
+    total = np.full(a.shape, n)
+    return curve(lambda k: np.asarray(pass_at_k_many(total, a, k), np.float64)
+                 - np.asarray(pass_at_k_many(total, b, k), np.float64), ks, seed)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -300,13 +359,17 @@ def format_table(results: dict[str, Any]) -> str:
     """The printed pass@k table: one row per model, one column per k, plus CAT minus plain GRPO."""
     models = results["models"]
     ks = next(iter(models.values()))["pass@k"]["k"]
-    name_w = max(len(m["label"]) for m in models.values()) + 2
+    name_w = max([len(m["label"]) for m in models.values()] + [len("  95% CI high")]) + 2
     lines = [" " * name_w + "".join(f"{'k=' + str(k):>8s}" for k in ks)]
     for m in models.values():
         lines.append(f"{m['label']:<{name_w}s}" + "".join(f"{v:8.3f}" for v in m["pass@k"]["mean"]))
     if "grpo" in models and "grpo_cat" in models:
         diff = np.asarray(models["grpo_cat"]["pass@k"]["mean"]) - np.asarray(models["grpo"]["pass@k"]["mean"])
         lines.append(f"{'CAT - plain':<{name_w}s}" + "".join(f"{v:+8.3f}" for v in diff))
+        paired = results.get("cat_minus_plain")
+        if paired:
+            lines.append(f"{'  95% CI low':<{name_w}s}" + "".join(f"{v:+8.3f}" for v in paired["ci_low"]))
+            lines.append(f"{'  95% CI high':<{name_w}s}" + "".join(f"{v:+8.3f}" for v in paired["ci_high"]))
     return "\n".join(lines)
 
 
@@ -367,6 +430,7 @@ def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT
 
 def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
     from jax_cat.data.arithmetic import ArithmeticTask
+    from jax_cat.rewards import exact_match_rewards
 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -383,7 +447,8 @@ def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict
 
     problems = ArithmeticTask.from_preset(run.preset, seed=run.data_seed, test_size=run.test_size).test_set()
     evaluate = lambda model, tokenizer: pass_at_k_eval(  # noqa: E731
-        model, tokenizer, problems, n=run.eval_samples, ks=run.ks, max_new_tokens=run.answer_len, seed=run.seed + 1)
+        model, tokenizer, problems, n=run.eval_samples, ks=run.ks, max_new_tokens=run.answer_len, seed=run.seed + 1,
+        reward_fn=exact_match_rewards)  # the exact-format check the RL stages train on
 
     from jax_cat.training.runtime import load_model
 
@@ -405,12 +470,16 @@ def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict
         "settings": dataclasses.asdict(run),
         "num_problems": len(problems),
         "models": {name: {k: v for k, v in m.items()} for name, m in models.items()},
+        "cat_minus_plain": paired_difference(models["grpo_cat"]["num_correct"], models["grpo"]["num_correct"],
+                                             n=run.eval_samples, ks=run.ks, seed=run.seed + 2),
         "wall_seconds": time.perf_counter() - t_start,
+        "provenance": provenance(),
         "command": "python -m jax_cat.train",
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     plot = plot_passk(results, out / "passk.png")
-    say(f"\npass@k on {len(problems)} held-out '{run.preset}' problems ({run.eval_samples} samples each):")
+    say(f"\npass@k on {len(problems)} held-out '{run.preset}' problems ({run.eval_samples} samples each; CAT - plain "
+        "with a 95% paired bootstrap CI over problems, one training seed: rerun with --seed to see the seed's share):")
     say(format_table(results))
     wrote = f"{out / 'results.json'}, {plot}" if plot is not None else f"{out / 'results.json'}"
     say(f"\nwrote {wrote} in {results['wall_seconds']:.0f}s")

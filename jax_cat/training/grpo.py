@@ -52,9 +52,10 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     """Train `model` (default: load cfg.model.path) for cfg.train.steps GRPO updates with cfg.strategy's CAT weights.
 
     out: run folder (metrics.jsonl, checkpoints/<stage>/); None = nothing written. resume: continue from the latest
-    checkpoint of this stage. reward_fn(texts, golds) -> 0/1 rewards (default: jax_cat.rewards.compute_rewards).
+    checkpoint of this stage. reward_fn(texts, golds) -> 0/1 rewards (default: the task's, `jax_cat.training.data.task_reward_fn`).
     """
     mesh = mesh or build_mesh(cfg)
+    reward_fn = reward_fn if reward_fn is not None else tdata.task_reward_fn(cfg.data)  # exact form for arithmetic
     if model is None:
         model, tokenizer = load_model(cfg, mesh)
     out = Path(out) if out is not None else None

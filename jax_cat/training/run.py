@@ -33,14 +33,15 @@ def warmup_config(cfg: Config) -> Config:
 def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) -> dict[str, Any]:
     """pass@k / maj@k / bon@k on cfg.eval.num_problems held-out problems; writes `<out>/eval/` (results + plot)."""
     from jax_cat.evaluate import evaluate, write_results
-    from jax_cat.training.data import _local_file, eval_dataset, eval_holdout, eval_records
+    from jax_cat.training.data import _local_file, eval_dataset, eval_holdout, eval_records, task_reward_fn
 
     e = cfg.eval
     held = eval_holdout(cfg)
     problems = eval_records(cfg.data, e.num_problems, dataset=e.dataset, holdout=held)
     result = evaluate(model, tokenizer, problems, n=e.n, ks=e.ks, max_new_tokens=e.max_new_tokens or
                       cfg.rollout.max_new_tokens, temperature=e.temperature, seed=cfg.train.seed,
-                      use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False)
+                      use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False,
+                      reward_fn=task_reward_fn(cfg.data))
     source = (f"last {held} rows of {cfg.data.dataset} (held out of training)" if held else None)
     result["config"].update(model=str(cfg.model.path), trained_model=str(out / "final") if out is not None else None,
                             dataset=eval_dataset(cfg), held_out=source,

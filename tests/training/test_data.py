@@ -48,3 +48,25 @@ def test_sft_iterator_resumes_from_its_state(tokenizer):
     again = make()
     again.set_state(state)
     np.testing.assert_array_equal(next(again)["input_ids"], expected)
+
+
+def _prompts(tokenizer, seed, steps=2):
+    from jax_cat.training.config import DataConfig
+
+    cfg = DataConfig(dataset="arithmetic:sum3_2d", use_chat_template=False, max_prompt_len=10, max_target_len=4)
+    it = iter(tdata.prompt_batches(tdata.train_records(cfg), tokenizer, cfg, batch_size=8, seed=seed,
+                                   shard_index=0, shard_count=1))
+    return [tokenizer.batch_decode(np.asarray(next(it)["input_ids"]), skip_special_tokens=True) for _ in range(steps)]
+
+
+def test_grpo_seed_changes_the_arithmetic_prompt_order(tokenizer):
+    """Issue 21: three GRPO seeds used to share one prompt order (the stream is read in order, unshuffled)."""
+    from jax_cat.data.arithmetic import ArithmeticTask
+
+    seed0, seed1 = _prompts(tokenizer, 0), _prompts(tokenizer, 1)
+    assert _prompts(tokenizer, 1) == seed1  # a seed is still reproducible
+    assert sum(a == b for x, y in zip(seed0, seed1) for a, b in zip(x, y)) <= 1  # others share (almost) nothing
+    first = ArithmeticTask.from_preset("sum3_2d", seed=0).batch(0, 1024)[:8]  # one block of the stream
+    assert seed0[0] == [p["prompt"] for p in first]  # seed 0 keeps the historical stream
+    test = ArithmeticTask.from_preset("sum3_2d", seed=0).test_prompts()
+    assert not test & {p for batch in seed1 for p in batch}  # another stream still never shows a held-out prompt

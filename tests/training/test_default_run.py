@@ -51,7 +51,10 @@ def test_values_are_sane(tiny_run):
     assert results["models"]["grpo_cat"]["strategy"] == "pass@8"
     assert results["num_problems"] == 4
     table = format_table(results)
-    assert table in "\n".join(lines) and "CAT - plain" in table
+    assert table in "\n".join(lines) and "CAT - plain" in table and "95% CI low" in table
+    paired = results["cat_minus_plain"]
+    assert paired["k"] == [1, 2, 4] and np.all(np.asarray(paired["ci_low"]) <= np.asarray(paired["ci_high"]))
+    assert results["provenance"]["cpu"] and "commit" in results["provenance"]
 
 
 def test_warm_start_is_cached(tiny_run):
@@ -120,3 +123,32 @@ def test_arithmetic_tokenizer_round_trip(tmp_path):
     assert len(tok) == 18 and ids[0] == tok.bos_token_id and len(ids) == 10  # <bos> + one token per character
     assert tok.decode(ids, skip_special_tokens=True) == "12+05+67="
     assert tok("084", add_special_tokens=False)["input_ids"] == [4, 12, 8]  # ids: 4 specials, then "0123456789+-*="
+
+
+def test_rl_stages_warm_up_their_learning_rate():
+    """Issue 21: without a warm-up Adam's first RL updates move every weight by ~lr and undo the warm start."""
+    from jax_cat.training.config import load_config
+    from jax_cat.training.default_run import trainer_config
+    from jax_cat.training.steps import learning_rate_schedule
+
+    run = DefaultRun()
+    opt = trainer_config(run, method="grpo", model_path="unused").optimizer
+    assert run.grpo_warmup_steps > 0 and opt.warmup_steps == run.grpo_warmup_steps
+    schedule = learning_rate_schedule(opt, run.grpo_steps)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(run.grpo_warmup_steps // 2)) == pytest.approx(run.grpo_learning_rate / 2, rel=0.05)
+    assert float(schedule(run.grpo_steps - 1)) == pytest.approx(run.grpo_learning_rate)
+    for recipe in ("grpo", "grpo_cat", "sft_then_cat_rl"):
+        assert load_config(recipe).optimizer.warmup_steps >= 50, recipe
+
+
+def test_cat_minus_plain_has_a_paired_ci_by_hand():
+    from jax_cat.training.default_run import paired_difference
+
+    # n = 4 samples: problem 0 CAT 4/4 vs plain 0/4, problem 1 both 2/4 -> pass@1 diffs [1, 0]; pass@2 diffs [1, 0]
+    d = paired_difference([4, 2], [0, 2], n=4, ks=[1, 2])
+    assert d["mean"] == pytest.approx([0.5, 0.5]) and d["ci_low"] == [0.0, 0.0] and d["ci_high"] == [1.0, 1.0]
+    same = paired_difference([3, 1, 2], [3, 1, 2], n=4, ks=[1, 4])
+    assert same["mean"] == [0.0, 0.0] and same["ci_low"] == [0.0, 0.0] and same["ci_high"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same problems"):
+        paired_difference([1], [1, 2], n=4, ks=[1])
