@@ -33,6 +33,6 @@ def test_the_trainer_evaluation_scores_arithmetic_with_the_exact_check(monkeypat
     from jax_cat.training.run import evaluate_model
 
     seen = {}
-    monkeypatch.setattr(jax_cat.evaluate, "evaluate", lambda *a, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(jax_cat.evaluate, "evaluate", lambda *a, **kw: seen.update(kw) or {"config": {}})
     evaluate_model(load_config("grpo", ["eval.num_problems=2"]), None, None, None)
     assert seen["reward_fn"] is exact_match_rewards

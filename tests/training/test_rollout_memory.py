@@ -1,7 +1,7 @@
 """While the GRPO loop samples, the devices hold the policy weights once (issue 20, item 4).
 
-Counted, not estimated: the verifier runs inside the rollout, after the sampler, so a patched `compute_rewards`
-sees every array alive at that moment (`jax.live_arrays()`). The train state holds the float32 embedding and its
+Counted, not estimated: the verifier runs inside the rollout, after the sampler, so a patched task verifier
+(`task_reward_fn`'s) sees every array alive at that moment (`jax.live_arrays()`). The train state holds the float32 embedding and its
 two AdamW moments: three copies of every [vocab, hidden]-shaped parameter. The model `run` loaded was a fourth
 copy, held by `run` (and the loop) for the whole stage, until both handed it over (measured before the fix: 4).
 """
@@ -12,7 +12,7 @@ import numpy as np
 
 import importlib
 
-import jax_cat.rewards as rewards
+import jax_cat.training.data as tdata
 from tests.training.conftest import one_device, small_config
 
 run_module = importlib.import_module("jax_cat.training.run")  # the module (the package exports its function `run`)
@@ -33,14 +33,21 @@ def test_grpo_samples_with_one_copy_of_the_policy_weights(tiny_ckpt, monkeypatch
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     per_copy = sum(1 for x in jax.tree.leaves(nnx.state(abstract)) if x.shape == embed)  # the embedding, down_proj
     seen: list[tuple[int, int]] = []
-    original = rewards.compute_rewards
+    task_reward_fn = tdata.task_reward_fn
 
-    def counting(texts, golds, *args, **kwargs):
-        live = sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted())
-        seen.append((_buffers_of_shape(embed), live))
-        return original(texts, golds, *args, **kwargs)
+    def counting_reward_fn(data_cfg):
+        original = task_reward_fn(data_cfg)
+        if original is None:
+            from jax_cat.rewards import compute_rewards as original
 
-    monkeypatch.setattr(rewards, "compute_rewards", counting)
+        def counting(texts, golds, *args, **kwargs):
+            live = sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted())
+            seen.append((_buffers_of_shape(embed), live))
+            return original(texts, golds, *args, **kwargs)
+
+        return counting
+
+    monkeypatch.setattr(tdata, "task_reward_fn", counting_reward_fn)
     monkeypatch.setattr(run_module, "build_mesh", lambda cfg: one_device())
     cfg = small_config(**{"model.path": str(tiny_ckpt), "train.method": "grpo", "train.steps": 2,
                           "train.save_final": False, "data.dataset": "arithmetic:sum3", "data.max_prompt_len": 16,
