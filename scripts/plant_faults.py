@@ -25,7 +25,7 @@ class _EpochLosingDataset:  # planted fault: the saved position forgets complete
 '''
 
 FAULTS = {
-    "decode_one_step_too_many": ("jax_cat/sampling/engine.py", "lambda s: (s.step < max_new_tokens) &",
+    "decode_one_step_too_many": ("jax_cat/sampling/decode.py", "lambda s: (s.step < max_new_tokens) &",
                                  "lambda s: (s.step < max_new_tokens + 1) &", "tests/wiring/test_sampler_wiring.py"),
     "generate_drops_top_p": ("jax_cat/sampling/engine.py", "sampling_params=settings.params,",
                              "sampling_params=dataclasses.replace(settings.params, top_p=1.0),",

@@ -77,7 +77,9 @@ def test_each_concept_has_one_home():
     import jax_cat.models as models
     import jax_cat.rewards as rewards
     import jax_cat.sampling as sampling
+    import jax_cat.sampling.decode as decode
     import jax_cat.sampling.engine as engine
+    import jax_cat.sampling.prefill as prefill
 
     for name in ("left_pad", "resolve_pad_token_id", "resolve_eos_token_ids"):
         homes = {id(getattr(m, name)) for m in (data, padding, sampling, engine)}
@@ -85,8 +87,9 @@ def test_each_concept_has_one_home():
     assert data.pad_token_id is pipeline.pad_token_id is padding.pad_token_id
     assert data.left_pad is pipeline.left_pad
     assert evaluate.answer_key is rewards.answer_key
-    assert engine.positions_from_mask is models.positions_from_mask  # the sampler has no copy of its own
-    assert "cumsum" not in inspect.getsource(engine)
+    assert prefill.positions_from_mask is models.positions_from_mask  # the sampler has no copy of its own
+    for module in (engine, prefill, decode):  # the positions of the prompt and the decode steps
+        assert "cumsum" not in inspect.getsource(module), module.__name__
 
 
 def test_sampler_outputs_are_the_losses_inputs():
