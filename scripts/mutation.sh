@@ -28,7 +28,10 @@ else
     jax_cat/sampling/logits_processing.py) TESTS=(tests/sampling/test_logits_processing.py tests/sampling/test_logits_processing_mutants.py) ;;
     jax_cat/losses/strategies.py) TESTS=(tests/losses/test_strategies.py tests/losses/test_strategies_mutants.py
                                         tests/properties/test_identities.py) ;;
-    jax_cat/losses/cat.py) TESTS=(tests/losses/test_cat_mutants.py tests/losses/test_cat.py tests/losses/test_rl_reference.py) ;;
+    # cat.py was split into these (it now only re-exports them): the same tests cover them all
+    jax_cat/losses/arrays.py|jax_cat/losses/success.py|jax_cat/losses/sft.py|jax_cat/losses/weights.py|\
+    jax_cat/losses/advantages.py|jax_cat/losses/rl.py)
+      TESTS=(tests/losses/test_cat_mutants.py tests/losses/test_cat.py tests/losses/test_rl_reference.py) ;;
     jax_cat/losses/alignment.py) TESTS=(tests/losses/test_alignment_mutants.py tests/losses/test_alignment.py) ;;
     jax_cat/losses/reduce.py) TESTS=(tests/losses/test_losses_small_mutants.py tests/losses/test_cat_mutants.py) ;;
     jax_cat/losses/state.py) TESTS=(tests/losses/test_losses_small_mutants.py tests/losses/test_rl_reference.py) ;;

@@ -4,13 +4,17 @@ import doctest
 import pytest
 
 import jax_cat.losses
+import jax_cat.losses.advantages
 import jax_cat.losses.alignment
-import jax_cat.losses.cat
 import jax_cat.losses.reduce
+import jax_cat.losses.rl
+import jax_cat.losses.sft
 import jax_cat.losses.strategies
+import jax_cat.losses.success
 
 
-@pytest.mark.parametrize("module", [jax_cat.losses, jax_cat.losses.strategies, jax_cat.losses.cat,
+@pytest.mark.parametrize("module", [jax_cat.losses, jax_cat.losses.strategies, jax_cat.losses.success,
+                                    jax_cat.losses.sft, jax_cat.losses.advantages, jax_cat.losses.rl,
                                     jax_cat.losses.alignment, jax_cat.losses.reduce], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
