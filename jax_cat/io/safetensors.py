@@ -17,12 +17,13 @@ numpy, ml_dtypes and safetensors only (no JAX, no torch).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,9 +263,20 @@ class ShardedWriter:
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
-        self._fh = open(self.out_dir / self.files[self._shard], "wb")
-        self._fh.write(struct.pack("<Q", len(raw)))
-        self._fh.write(raw)
+        with self._naming_the_shard():
+            self._fh = open(self.out_dir / self.files[self._shard], "wb")
+            self._fh.write(struct.pack("<Q", len(raw)))
+            self._fh.write(raw)
+
+    @contextlib.contextmanager
+    def _naming_the_shard(self) -> Iterator[None]:
+        """An OSError of a write (a full disk: ENOSPC) names the shard being written."""
+        try:
+            yield
+        except OSError as err:
+            if err.filename is not None or err.errno is None:
+                raise
+            raise OSError(err.errno, err.strerror, str(self.out_dir / self.files[self._shard])) from err
 
     def write(self, name: str, array: Any) -> None:
         """Append the next tensor (must come in the planned order, with the planned dtype and shape), whole or as
@@ -279,15 +291,17 @@ class ShardedWriter:
         rows = len(shape) >= 1 and arr.ndim == len(shape) and tuple(arr.shape[1:]) == tuple(shape[1:])
         if _DTYPE_NAMES.get(arr.dtype) != dtype or not (whole or rows) or self._done + arr.nbytes > nbytes:
             raise RuntimeError(f"tensor {name!r}: got {arr.dtype}{arr.shape}, planned {dtype}{tuple(shape)}")
-        self._fh.write(arr.reshape(-1).view(np.uint8).data)
+        with self._naming_the_shard():
+            self._fh.write(arr.reshape(-1).view(np.uint8).data)
         self._done += arr.nbytes
         if self._done < nbytes:
             return
         self._done = 0
         self._pos += 1
         if self._pos == len(self.shards[self._shard]):
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with self._naming_the_shard():
+                fh.close()
 
     def close(self) -> None:
         """Check every planned tensor was written; write the index when sharded."""
