@@ -14,6 +14,7 @@ one process owns DIR at a time (`DIR.lock`); a run killed at any point resumes w
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -119,6 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet_third_party(debug=split_debug(argv)[1])
     return run_cli(_main, argv, prog=PROG)
+
+
+# Old homes of helpers that moved with the pipeline: `merging.dots.write_tables` etc. keep working (imported on use,
+# so importing this CLI stays light).
+_MOVED = {"write_tables": "merging.dots_run", "plot_pareto": "merging.dots_run", "run_dots": "merging.dots_run",
+          "DotsResult": "merging.dots_run", "clean_stale_temporaries": "jax_cat.io.atomic"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
