@@ -97,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> DotsConfig:
 def run(args: argparse.Namespace) -> int:
     """flags -> config -> `run_dots`; prints the pick on stdout and returns 0."""
     config = config_from_args(args)
-    # The pipeline (JAX models, the sampler, transformers) is imported once the flags are known to be good, inside
+    # The pipeline (JAX models, the sampler) is imported once the flags are known to be good, inside
     # the error policy and after quiet_third_party().
     from merging.dots_run import run_dots
 
