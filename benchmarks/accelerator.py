@@ -260,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"GB a step, {d['achieved_bytes_s'] / 1e9:.0f} GB/s of {peaks['hbm_bytes_s'] / 1e9:.0f}: "
                   f"{d['hbm_fraction']:.1%} of HBM bandwidth (goal >= {HBM_GOAL:.0%})")
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1) + "\n")
-        os.replace(tmp, args.json)
+        from jax_cat.io.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     return 0
 
 

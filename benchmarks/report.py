@@ -305,9 +305,9 @@ def render(rows: list[Row], header: str) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    from jax_cat.io.atomic import atomic_write_text  # temp then rename; the temporary never stays behind
+
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,9 +200,9 @@ def _json_row(shape: str, params: int, args, sides: dict[str, dict], same: dict[
 
 
 def _write_json(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    os.replace(tmp, path)
+    from jax_cat.io.atomic import atomic_write_text  # temp then rename; the temporary never stays behind
+
+    atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
 
 
 def main() -> None:

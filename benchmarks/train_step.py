@@ -332,9 +332,9 @@ def main() -> None:
                 v: side(last[v]) | dict(ratio_wall=statistics.median(ratios[v]), ratio_cpu=statistics.median(
                     cpu_ratios[v]), rounds_wall=ratios[v], rounds_cpu=cpu_ratios[v]) for v in variants})
             if args.json:
-                tmp = args.json.with_name(args.json.name + ".tmp")
-                tmp.write_text(json.dumps(report, indent=1) + "\n")
-                os.replace(tmp, args.json)
+                from jax_cat.io.atomic import atomic_write_text
+
+                atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

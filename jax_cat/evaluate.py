@@ -395,20 +395,9 @@ def load_model_and_tokenizer(model: str | os.PathLike, *, dtype: str = "float32"
     from transformers import AutoTokenizer
 
     from jax_cat.models import load_hf
+    from jax_cat.models.resolve import resolve_model
 
-    if str(model) == "tiny":  # the main job's embedded default, built once
-        from jax_cat.models.tiny import default_checkpoint
-
-        path = default_checkpoint()
-    elif Path(model).expanduser().exists():
-        path = Path(model).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{model}: no config.json there; give an HF-format checkpoint folder (config.json, "
-                                    "safetensors, tokenizer files), a hub id, or tiny")
-    else:  # a hub id such as "Qwen/Qwen2.5-Math-1.5B": fetched once, then read from the local snapshot
-        from jax_cat.models.hf import resolve_checkpoint_dir
-
-        path = resolve_checkpoint_dir(str(model))
+    path = resolve_model(model, setting="--model")  # "tiny" | folder | hub id (fetched once, then read locally)
     dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")

@@ -1,8 +1,10 @@
 """Task-vector arithmetic, DoTS analysis, sparsification and streaming merges of HF checkpoints.
 
 The core (task_vectors, sparsify, analysis, methods) is pure functions on pytrees and imports nothing from
-jax_cat, so it can be used from any JAX codebase; `stream` reads and writes HF safetensors checkpoints tensor by
-tensor. See docs/merging.md for every method's source and exact rule. In-memory merges of whole models:
+jax_cat but its light low layer (`jax_cat.io`, `jax_cat.extras`: standard library, numpy, safetensors), so it can be
+used from any JAX codebase; `stream` reads and writes HF safetensors checkpoints tensor by tensor (through
+`jax_cat.io.safetensors`). The DoTS search (`merging.dots_config.DotsConfig`, `merging.dots_run.run_dots`, the
+objectives on jax_cat's sampler) is not imported here. See docs/merging.md for every method's source and exact rule. In-memory merges of whole models:
 `from merging.methods import merge` with a method's settings (`DotsMerge(density=0.3)`, or by name
 `method_settings("dots", density=0.3)`; `MergeSpec` is the older name of the latter).
 

@@ -13,6 +13,8 @@ from typing import Any, Union
 import jax
 import numpy as np
 
+from jax_cat.io.safetensors import natural_key  # noqa: F401 - re-exported ("layers.2" before "layers.10")
+
 PathSelector = Union[None, str, "re.Pattern[str]", Callable[[str], bool]]
 
 
@@ -62,14 +64,6 @@ def is_vector_leaf(x: Any) -> bool:
         return bool(np.issubdtype(dtype, np.inexact)) or dtype == jax.numpy.bfloat16
     except TypeError:  # extended dtypes (PRNG keys) are not numpy dtypes
         return False
-
-
-_NUM = re.compile(r"(\d+)")
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key that orders "layers.2" before "layers.10"."""
-    return tuple(int(tok) if tok.isdigit() else tok for tok in _NUM.split(name))
 
 
 # ---------------------------------------------------------------------------------------------------------------

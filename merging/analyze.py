@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jax_cat.extras import pyplot
+from jax_cat.io.atomic import atomic_write, atomic_write_text
 from merging._cli import ArgumentParser, CLIError, run_cli
 from merging._paths import MODULES
 from merging.analysis import Comparison
-from merging.checkpoint import atomic_write, atomic_write_text
 
 PROG = "python -m merging.analyze"
 

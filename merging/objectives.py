@@ -14,8 +14,11 @@ Candidates (`Candidates`) are built in memory: base + sum_i c_i S(tau_i), the ta
 sparsified once, the coefficients a traced array of one jitted function, so a new trial neither recompiles nor
 writes anything. Parameters keep their sharding (load the models with a mesh).
 
-This module imports jax_cat (models, sampling, rewards) lazily, inside the functions that sample or run models, so
-`import merging` stays free of it.
+Dependencies, declared here at the top: this module is part of the DoTS *search*, which samples from jax_cat's own
+models -- `jax_cat.sampling.generate` (the sampler), `jax_cat.evaluate.answer_key` and `jax_cat.rewards` (the vote
+an answer casts), `jax_cat.data.format_prompt` (the chat template), `jax_cat.sharding` (rows over the mesh) -- and on
+flax NNX. The merging core (`import merging`: task vectors, sparsifiers, methods, streaming) never imports it, so
+it stays free of them (tests/merging/test_wall.py).
 """
 from __future__ import annotations
 
@@ -29,6 +32,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from jax_cat.data import format_prompt
+from jax_cat.evaluate import answer_key as vote_key
+from jax_cat.rewards import extract_answer
+from jax_cat.sampling import generate
+from jax_cat.sharding import batch_sharding
+from merging.task_vectors import combine
 
 __all__ = [
     "ObjectiveConfig", "CandidateScores", "Candidates",
@@ -98,12 +109,8 @@ def answer_key(text: str | None, *, style: str = "auto") -> Hashable | None:
     """The vote an answer text casts, as `jax_cat.evaluate.answer_key` (the extracted final answer; numbers as exact
     rationals, "0.5" == "1/2"; other answers normalised), with the extraction `style` selectable; None when nothing
     can be extracted."""
-    from jax_cat.evaluate import answer_key as vote_key
-
     if style == "auto":
         return vote_key(text)
-    from jax_cat.rewards import extract_answer
-
     raw = extract_answer(text, style=style)
     return None if raw is None else vote_key(raw)
 
@@ -151,8 +158,6 @@ def consistency(answer_lists: Sequence[Sequence[Hashable | None]], strategy: Any
 @partial(jax.jit, static_argnums=0)
 def _token_nll_sums(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per row: (sum of -log p(token t | tokens < t) over real tokens t >= 1, number of such tokens)."""
-    from flax import nnx
-
     model = nnx.merge(graphdef, state)
     logits = model(ids, mask)  # float32 [B, T, V]
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
@@ -172,8 +177,6 @@ def sequence_nll(model: Any, token_lists: Sequence[Sequence[int]], *, batch_size
     Rows are left-padded into power-of-two buckets (few compilations); with `mesh` the rows are split over its
     data axes. A sequence of one token has no predicted token: its NLL is NaN.
     """
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
     out = np.full(len(token_lists), np.nan)
     order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
@@ -190,8 +193,6 @@ def sequence_nll(model: Any, token_lists: Sequence[Sequence[int]], *, batch_size
             mask[r, length - len(toks):] = True
         ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
         if mesh is not None:
-            from jax_cat.sharding import batch_sharding
-
             ids_j, mask_j = jax.device_put((ids_j, mask_j), batch_sharding(mesh))
         sums, counts = jax.device_get(_token_nll_sums(graphdef, state, ids_j, mask_j))
         for r, i in enumerate(rows):
@@ -228,8 +229,6 @@ def answer_perplexity(completions: Sequence[Sequence[Any]]) -> float:
 def chat_prompt_ids(tokenizer: Any, queries: Sequence[str]) -> list[list[int]]:
     """Each query as the model sees it: the chat template (user turn + generation prompt) when the tokenizer has
     one, else the raw text with the tokenizer's special tokens; as token id lists."""
-    from jax_cat.data import format_prompt
-
     if getattr(tokenizer, "chat_template", None):
         texts = [format_prompt(q, tokenizer) for q in queries]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -245,8 +244,6 @@ def chat_prompt_ids(tokenizer: Any, queries: Sequence[str]) -> list[list[int]]:
 def evaluate_candidate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], config: ObjectiveConfig,
                        *, mesh: Any = None) -> CandidateScores:
     """Sample `config.votes` answers per query and compute every objective (one round of sampling, one forward)."""
-    from jax_cat.sampling import generate
-
     completions = generate(
         model, tokenizer, [list(p) for p in prompt_ids], n=config.votes, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
@@ -280,10 +277,6 @@ class Candidates:
     """
 
     def __init__(self, base_model: Any, sparse: Sequence[Any]):
-        from flax import nnx
-
-        from merging.task_vectors import combine
-
         self.graphdef, self.base_state = nnx.split(base_model)
         self.sparse = tuple(sparse)
         self._build = jax.jit(lambda base, taus, k: combine(base, list(taus), k))
@@ -299,8 +292,6 @@ class Candidates:
 
     def model(self, coeffs: Sequence[float] | jax.Array, sparse: Sequence[Any] | None = None) -> Any:
         """The merged model for `coeffs` (a new module; the base model is unchanged)."""
-        from flax import nnx
-
         return nnx.merge(self.graphdef, self.state(coeffs, sparse))
 
     def single(self, i: int, coeff: float = 1.0) -> Any:

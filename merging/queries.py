@@ -3,7 +3,8 @@
 Only the prompt column is read -- the first of `PROMPT_COLUMNS` the table has -- so label-free files work and
 answers are never read (a Parquet file is read column by column: the others are not even loaded). Bad input is a
 `ValueError` / `FileNotFoundError` naming the file (and the line, for JSON Lines). Hub ids and `arithmetic:PRESET`
-go through `jax_cat.data.load_prompt_dataset` (imported only then). Imports nothing from jax_cat at import time.
+go through `jax_cat.data.load_prompt_dataset` (a dependency of the DoTS search, imported at the top; the merging
+core never imports this module).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from jax_cat.data import load_prompt_dataset
+from jax_cat.extras import require
 from merging._paths import natural_key
 
 __all__ = ["PROMPT_COLUMNS", "QUERY_SUFFIXES", "load_queries", "read_prompt_file"]
@@ -119,8 +122,6 @@ def _prompts(path: Path, rows: Iterable[tuple[int, Any]], unit: str = "line") ->
 
 
 def _parquet(path: Path) -> list[str]:
-    from jax_cat.extras import require
-
     pa = require("pyarrow", feature="Parquet query files")
     pq = require("pyarrow.parquet", feature="Parquet query files")
 
@@ -139,8 +140,6 @@ def _parquet(path: Path) -> list[str]:
 
 
 def _from_jax_cat(source: str, limit: int | None) -> list[str]:
-    from jax_cat.data import load_prompt_dataset
-
     try:
         records = load_prompt_dataset(source, limit=limit)
     except (RuntimeError, KeyError) as err:

@@ -17,7 +17,8 @@
 - `pick`: the documented automatic choice (highest consistency among trials whose perplexity is within a budget of
   the base model's; see its docstring).
 
-Vizier is imported inside the functions; nothing here imports jax_cat.
+Vizier (the optional 'dots' extra) is imported inside the functions, through `jax_cat.extras.require`, so a
+missing extra is one line naming it; from jax_cat, only the low layer (`jax_cat.extras`, `jax_cat.io`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from jax_cat.extras import require
+from jax_cat.io.atomic import output_lock
 
 __all__ = [
     "DESIGNERS", "Metric", "SearchSpace", "TrialRecord", "StudyMismatchError",
@@ -398,8 +400,6 @@ def run_search(
     NaN/inf in a searched metric marks the trial infeasible (kept in the datastore, not on the front). `on_trial`
     is called after each completed trial with it and all completed so far (progress bars, tables on disk).
     """
-    from merging.checkpoint import output_lock
-
     if num_trials < 1:
         raise ValueError(f"num_trials must be >= 1, got {num_trials}")
     db_path = Path(db_path).resolve()

@@ -1,13 +1,13 @@
 """Merge and analyse HF safetensors checkpoints tensor by tensor, so memory stays a few tensors, not a model.
 
-Reading and writing checkpoints (any number of shards in, 5 GiB shards out, atomic output folders) live in
-`merging.checkpoint`; this module runs the merge engine (`merging.methods.merge_tensors`) and the DoTS analysis
+Reading and writing checkpoints (any number of shards in, 5 GiB shards out) live in `jax_cat.io.safetensors`,
+atomic output folders in `jax_cat.io.atomic` (the low layer jax_cat and merging share); this module runs the merge engine (`merging.methods.merge_tensors`) and the DoTS analysis
 over them. Inputs are checked up front: same tensor names and shapes, float dtypes may differ (computed in float32
 or wider and rounded once to the base's dtype or the one chosen; very large tensors go in row blocks), float64
 needs JAX's x64 mode, a fine-tuned model that ties its output head to its embedding is only merged into a base whose
 head is (in effect) tied too, and NaN/Inf weights are refused with the tensor named unless `allow_nonfinite`.
 
-Depends on safetensors, numpy and jax only (not on jax_cat.models): any loader of HF checkpoints reads the output.
+Depends on safetensors, numpy, jax and `jax_cat.io` only (not on jax_cat.models): any loader of HF checkpoints reads the output.
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ import numpy as np
 from merging._checks import check_finite, check_float64
 from merging._paths import make_selector
 from merging.analysis import Comparison
-from merging.checkpoint import (
-    DEFAULT_SHARD_SIZE, DTYPES, FLOAT_DTYPES, Checkpoint, CheckpointMismatchError, OutputBusyError, ShardedWriter,
-    TensorInfo, atomic_output_dir, copy_side_files, parse_size,
+from jax_cat.io.atomic import OutputBusyError, atomic_output_dir
+from jax_cat.io.safetensors import (
+    DEFAULT_SHARD_SIZE, DTYPES, FLOAT_DTYPES, Checkpoint, CheckpointMismatchError, ShardedWriter, TensorInfo,
+    copy_side_files, parse_size,
 )
 from merging.methods import MergeMethod, merge_tensors
 from merging.methods.engine import RoundingCount

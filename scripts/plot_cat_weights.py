@@ -7,7 +7,6 @@ Pure closed forms from jax_cat.losses (no model). Each file is written to a temp
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jax_cat.io.atomic import atomic_write  # noqa: E402
 from jax_cat.losses import BestOfN, MajorityAtN, PassAtN, alignment_coefficient  # noqa: E402
 
 GRID = np.linspace(0.0, 1.0, 1001)
@@ -26,13 +26,10 @@ def _w(fn, x=GRID):
 
 
 def _save(fig, out: Path, name: str, dpi: int) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / name
-    tmp = out / f".{name}.tmp.png"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, dest)
-    return dest
+    try:
+        return atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_sft(out: Path, dpi: int) -> list[Path]:

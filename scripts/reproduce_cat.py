@@ -258,11 +258,12 @@ def plot_improvement(agg: dict, labels: dict[str, str], path: Path) -> Path:
         ax.legend(fontsize=8)
         ax.set_title("SFT objectives" if method == "sft" else "RL objectives", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
-    plt.close(fig)
+    from jax_cat.io.atomic import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -279,11 +280,10 @@ def write_report(out: Path, args, argv, problems, labels, per_seed, timing, t0) 
                "per_seed": {n: {str(s): v for s, v in d.items()} for n, d in done.items()},
                "timing_s": timing, "wall_s": time.perf_counter() - t0,
                "command": "python scripts/reproduce_cat.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(out / "results.json")
-    (out / "table.md").write_text(table + "\n")
+    from jax_cat.io.atomic import atomic_write_text
+
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "table.md", table + "\n")
     return table, plot_improvement(agg, labels, out / "improvement.png")
 
 

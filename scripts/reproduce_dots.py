@@ -36,7 +36,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file from a checkout
     sys.path.insert(0, str(ROOT))
+
+from jax_cat.io.atomic import atomic_write, atomic_write_text  # noqa: E402 - after the checkout is on the path
 
 
 def _task_specs() -> dict[str, Any]:
@@ -129,11 +130,7 @@ class Settings:
 
 # ------------------------------------------------------------------------------------------------ small helpers
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # jax_cat.io.atomic: the temporary is removed on any failure (a full disk too)
 
 
 def _say(text: str) -> None:
@@ -408,14 +405,9 @@ def plot_search(res: dict, path: Path) -> Path:
 def _save_fig(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
     return path
 

@@ -4,7 +4,9 @@
 (HF linear weights are [out, in]; our projection kernels are [in, out] with heads split out). Loading reads one
 tensor at a time with `safe_open` (no torch), converts it, and places it (optionally sharded on a mesh), so peak host
 memory stays near one copy of the model. Checkpoints are validated as a whole: every missing, unexpected and
-mis-shaped tensor is named in a single error.
+mis-shaped tensor is named in a single error. The safetensors files themselves are read and written by
+`jax_cat.io.safetensors` (the layer merging uses too): `Checkpoint` (headers, then tensor by tensor) and
+`ShardedWriter` (planned shards, 5 GiB by default, plus the index).
 """
 from __future__ import annotations
 
@@ -22,19 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
-from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from jax_cat.atomic import atomic_output_dir
+from jax_cat.io.atomic import atomic_output_dir
+from jax_cat.io.safetensors import (
+    SAFE_INDEX, SAFE_SINGLE, Checkpoint, CheckpointError, ShardedWriter, dtype_code, read_json_object,
+)
+from jax_cat.io.safetensors import open_safetensors as _open
+from jax_cat.io.safetensors import tensor_files as safetensors_files
 from jax_cat.models.config import ModelConfig
 from jax_cat.models.decoder import CausalLM
 
 Array = np.ndarray
 NNXPath = tuple[str | int, ...]
 
-SAFE_INDEX = "model.safetensors.index.json"
-SAFE_SINGLE = "model.safetensors"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -50,10 +53,6 @@ TOKENIZER_FILES = (
 HUB_META_PATTERNS = ["config.json", SAFE_INDEX, *TOKENIZER_FILES]
 # Tensors that HF checkpoints may carry but that are derived, not learned: skipped silently.
 _IGNORED = (re.compile(r".*\.rotary_emb\.inv_freq$"),)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not match the model its config.json describes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,54 +175,6 @@ def _hub_snapshot(repo_id: str) -> Path:
     return Path(snapshot_download(repo_id=repo_id, allow_patterns=["*.safetensors"]))
 
 
-def safetensors_files(ckpt_dir: Path) -> dict[str, Path]:
-    """tensor name -> file holding it, from the sharded index or the single model.safetensors."""
-    index = ckpt_dir / SAFE_INDEX
-    if index.exists():
-        weight_map = _read_json_object(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index} has no 'weight_map' object (tensor name -> shard file)")
-        files = {name: ckpt_dir / fname for name, fname in weight_map.items()}
-        missing_files = sorted({str(p) for p in files.values() if not p.exists()})
-        if missing_files:
-            raise CheckpointError(f"{index} refers to missing shard file(s): {', '.join(missing_files)}")
-        return files
-    single = ckpt_dir / SAFE_SINGLE
-    candidates = [single] if single.exists() else sorted(ckpt_dir.glob("*.safetensors"))
-    if not candidates:
-        hint = " (only PyTorch .bin weights found: convert them to safetensors first)" if any(
-            ckpt_dir.glob("*.bin")
-        ) else ""
-        raise CheckpointError(f"no {SAFE_SINGLE} / {SAFE_INDEX} / *.safetensors in {ckpt_dir}{hint}")
-    files: dict[str, Path] = {}
-    for file in candidates:
-        for name in _open(file).keys():
-            files[name] = file
-    return files
-
-
-def _open(file: Path):
-    try:
-        return safe_open(str(file), framework="numpy")
-    except Exception as exc:  # safetensors raises its own error types for truncated / corrupt headers
-        raise CheckpointError(f"cannot read safetensors file {file}: {exc}") from exc
-
-
-def _tensor_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    by_file: dict[Path, list[str]] = {}
-    for name, file in files.items():
-        by_file.setdefault(file, []).append(name)
-    for file, names in by_file.items():
-        with _open(file) as handle:
-            available = set(handle.keys())
-            for name in names:
-                if name not in available:
-                    raise CheckpointError(f"index says {name!r} is in {file.name}, but that file does not hold it")
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
 def check_checkpoint(table: dict[str, TensorRule], shapes: dict[str, tuple[int, ...]], where: str) -> None:
     """Raises CheckpointError naming every missing, unexpected and mis-shaped tensor."""
     present = {k for k in shapes if not any(p.match(k) for p in _IGNORED)}
@@ -247,17 +198,6 @@ def check_checkpoint(table: dict[str, TensorRule], shapes: dict[str, tuple[int, 
         raise CheckpointError(f"checkpoint {where} does not match its config.json:\n  " + "\n  ".join(problems))
 
 
-def _read_json_object(path: Path) -> dict:
-    """A checkpoint's JSON file as a dict; CheckpointError naming the file when it is not a JSON object."""
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
-
-
 def read_config(ckpt_dir: Path) -> ModelConfig:
     """ModelConfig from ckpt_dir/config.json, with the stop ids that generation_config.json adds.
 
@@ -267,10 +207,10 @@ def read_config(ckpt_dir: Path) -> ModelConfig:
     config_file = ckpt_dir / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"no config.json in {ckpt_dir}")
-    config = ModelConfig.from_hf(_read_json_object(config_file))
+    config = ModelConfig.from_hf(read_json_object(config_file))
     generation_file = ckpt_dir / "generation_config.json"
     if generation_file.exists():
-        extra = _read_json_object(generation_file).get("eos_token_id")
+        extra = read_json_object(generation_file).get("eos_token_id")
         extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
         ids = list(config.eos_token_ids) + [int(i) for i in extra if int(i) not in config.eos_token_ids]
         if len(ids) > len(config.eos_token_ids):
@@ -301,8 +241,9 @@ def load_hf(
     ckpt_dir = resolve_checkpoint_dir(path_or_repo_id)
     config = config or read_config(ckpt_dir)
     table = hf_key_table(config)
-    files = safetensors_files(ckpt_dir)
-    check_checkpoint(table, _tensor_shapes(files), str(ckpt_dir))
+    checkpoint = Checkpoint(ckpt_dir)
+    files = checkpoint.files
+    check_checkpoint(table, checkpoint.shapes, str(ckpt_dir))
 
     options = dict(
         dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers, attention_impl=attention_impl
@@ -391,17 +332,15 @@ def checkpoint_dtype(path_or_dir: str | os.PathLike) -> str:
     """
     ckpt_dir = Path(path_or_dir)
     try:
-        files = safetensors_files(ckpt_dir)
+        info = Checkpoint(ckpt_dir).info
     except CheckpointError:
-        files = {}
-    names = sorted(files, key=lambda n: (not n.endswith("embed_tokens.weight"), n))
-    for name in names:
-        with _open(files[name]) as handle:
-            found = _SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
+        info = {}
+    for name in sorted(info, key=lambda n: (not n.endswith("embed_tokens.weight"), n)):
+        found = _SAFETENSORS_DTYPES.get(info[name].dtype)
         if found is not None:
             return found
     config_file = ckpt_dir / "config.json"
-    config = _read_json_object(config_file) if config_file.exists() else {}
+    config = read_json_object(config_file) if config_file.exists() else {}
     name = config.get("dtype") or config.get("torch_dtype")
     return name if name in _EXPORT_DTYPES else "float32"
 
@@ -417,7 +356,7 @@ def save_hf(
 ) -> Path:
     """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`) that transformers loads.
 
-    Written atomically (`jax_cat.atomic.atomic_output_dir`): everything goes to `<out_dir>.tmp-<pid>-<hex>`, which
+    Written atomically (`jax_cat.io.atomic.atomic_output_dir`): everything goes to `<out_dir>.tmp-<pid>-<hex>`, which
     then takes the place of an existing `out_dir` (moved aside, then deleted); a killed run's temporary is removed
     by the next save to the same target, and a second process saving to the same target at once gets
     `OutputBusyError`. `tokenizer` may be a tokenizer object (saved with save_pretrained) or a directory whose
@@ -452,41 +391,12 @@ def _copy_side_files(src: Path, dst: Path, *, keep_existing: bool = False) -> No
 
 
 def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int, dtype: np.dtype | None = None) -> None:
-    """Streams tensors (cast to `dtype` when given) into shards of at most max_shard_bytes (one shard in memory)."""
-    metadata = {"format": "pt"}
-    shard: dict[str, np.ndarray] = {}
-    written: list[tuple[Path, list[str]]] = []
-    size = total = 0
-
-    def flush() -> None:
-        path = out / f".shard-{len(written)}.tmp"
-        try:
-            save_file(shard, str(path), metadata=metadata)
-        except Exception as exc:  # safetensors reports a failed write (e.g. a full disk) as its own error type
-            code = re.search(r"os error (\d+)", str(exc))
-            if code is None:
-                raise
-            raise OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))}: writing {path} ({exc})") from exc
-        written.append((path, list(shard)))
-        shard.clear()
-
+    """Streams tensors (cast to `dtype` when given) into planned shards of at most max_shard_bytes
+    (`jax_cat.io.safetensors.ShardedWriter`: one tensor in memory at a time, the index when sharded)."""
+    table = hf_key_table(model.config)
+    dtype = np.dtype(dtype if dtype is not None else model.param_dtype)
+    writer = ShardedWriter(out, [(name, dtype_code(dtype), rule.hf_shape) for name, rule in table.items()],
+                           max_shard_bytes)
     for name, tensor in iter_hf_tensors(model):
-        if dtype is not None and tensor.dtype != dtype:
-            tensor = tensor.astype(dtype)
-        if shard and size + tensor.nbytes > max_shard_bytes:
-            flush()
-            size = 0
-        shard[name] = tensor
-        size += tensor.nbytes
-        total += tensor.nbytes
-    flush()
-    if len(written) == 1:
-        os.replace(written[0][0], out / SAFE_SINGLE)
-        return
-    weight_map = {}
-    for i, (path, names) in enumerate(written):
-        fname = f"model-{i + 1:05d}-of-{len(written):05d}.safetensors"
-        os.replace(path, out / fname)
-        weight_map.update({name: fname for name in names})
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        writer.write(name, tensor.astype(dtype, copy=False))
+    writer.close()

@@ -49,32 +49,14 @@ def build_mesh(cfg: Config, devices: list | None = None) -> Mesh:
 
 
 def model_path(path: str) -> Path:
-    """The local checkpoint folder for model.path ("tiny": the embedded default, built once; a hub id: its snapshot)."""
-    if path == "tiny":
-        from jax_cat.models.tiny import default_checkpoint
+    """The local checkpoint folder for model.path ("tiny" | folder | hub id: `jax_cat.models.resolve.resolve_model`);
+    ConfigError naming model.path when there is none."""
+    from jax_cat.models.resolve import resolve_model
 
-        return default_checkpoint()
-    local = Path(path).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise ConfigError(f"model.path={path!r} is a file; give an HF-format checkpoint folder or a hub id")
-        if not (local / "config.json").is_file():
-            raise ConfigError(f"model.path={path!r}: no config.json there (expected an HF-format checkpoint folder)")
-        return local
-    if path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise ConfigError(f"model.path={path!r}: no such folder (a local checkpoint; a hub id looks like 'owner/name')")
-    from jax_cat.hub import go_offline_if_unreachable, is_offline, short_reason
-    from jax_cat.models.hf import resolve_checkpoint_dir
-
-    go_offline_if_unreachable()
     try:
-        return resolve_checkpoint_dir(path)
-    except FileNotFoundError as err:
-        cause = err.__cause__ or err
-        why = ("the hub is unreachable (offline) and it is not in the local cache" if is_offline() else
-               short_reason(cause))
-        raise ConfigError(f"model.path={path!r}: not a local folder, and fetching it from the hub failed: {why}; "
-                          "pass a local HF-format checkpoint folder") from None
+        return resolve_model(path, setting="model.path")
+    except (FileNotFoundError, NotADirectoryError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_model(cfg: Config, mesh: Mesh | None) -> tuple[Any, Any]:

@@ -1,5 +1,5 @@
-"""One CLI error policy: `merging._cli` (merging imports nothing from jax_cat, so it keeps a copy) behaves exactly
-like `jax_cat.cli` -- the same exit status and the same stderr for every kind of failure, with and without --debug."""
+"""One CLI error policy: `jax_cat.io.cli`, which `merging._cli` and `jax_cat.cli` re-export -- the same exit status and
+the same stderr for every kind of failure, with and without --debug."""
 from __future__ import annotations
 
 import errno
@@ -59,13 +59,22 @@ def test_merging_cli_policy_is_the_trainers(case, debug, capsys):
     assert status in (0, 1, 2, 130) and len(last) == (status != 0)
 
 
-def test_merging_counts_existing_outputs_as_bad_input(capsys):
-    """The one deliberate addition: FileExistsError (an existing --out, OutputBusyError) is bad input, exit 2."""
-    assert set(jcli.BAD_INPUT_ERRORS) - {jcli.CLIError} <= set(mcli.BAD_INPUT_ERRORS)
-    assert set(mcli.BAD_INPUT_ERRORS) - set(jcli.BAD_INPUT_ERRORS) == {mcli.CLIError, FileExistsError}
-    from merging.checkpoint import OutputBusyError
+def test_one_policy_object_for_both_packages():
+    from jax_cat.io import cli as io_cli
 
-    assert mcli.run_cli(_raise(OutputBusyError("another process (pid 1) is writing o")), [], prog="p") == 2
+    for name in ("run_cli", "CLIError", "ArgumentParser", "BAD_INPUT_ERRORS", "one_line", "split_debug",
+                 "quiet_third_party"):
+        assert getattr(jcli, name) is getattr(io_cli, name) is getattr(mcli, name), name
+
+
+@pytest.mark.parametrize("cli", [jcli, mcli], ids=["jax_cat", "merging"])
+def test_existing_outputs_are_bad_input_in_every_cli(cli, capsys):
+    """FileExistsError (an existing --out, OutputBusyError) is bad input, exit 2, in jax_cat's CLIs as in merging's
+    (jax_cat's copy used to call it a bug: exit 1 and "rerun with --debug")."""
+    from jax_cat.io.atomic import OutputBusyError
+
+    assert FileExistsError in cli.BAD_INPUT_ERRORS
+    assert cli.run_cli(_raise(OutputBusyError("another process (pid 1) is writing o")), [], prog="p") == 2
     assert capsys.readouterr().err == "p: error: another process (pid 1) is writing o\n"
 
 
