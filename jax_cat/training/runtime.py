@@ -49,11 +49,16 @@ def build_mesh(cfg: Config, devices: list | None = None) -> Mesh:
 
 
 def model_path(path: str) -> Path:
-    """The local checkpoint folder for model.path ("tiny": the embedded default, built once; a hub id: its snapshot)."""
+    """The local checkpoint folder for model.path ("tiny": the embedded default, "tiny-arithmetic": the default
+    experiment's arithmetic model, each built once; a hub id: its snapshot)."""
     if path == "tiny":
         from jax_cat.models.tiny import default_checkpoint
 
         return default_checkpoint()
+    if path == "tiny-arithmetic":  # the default experiment's model (configs/default.toml), built once
+        from jax_cat.models.tiny import arithmetic_checkpoint
+
+        return arithmetic_checkpoint()
     local = Path(path).expanduser()
     if local.exists():
         if not local.is_dir():
