@@ -100,21 +100,57 @@ def scaling_metrics(
     return out
 
 
-def paired_difference(num_correct_a: Sequence[int], num_correct_b: Sequence[int], *, n: int, ks: Sequence[int],
-                      seed: int = 0, num_resamples: int = 1000, confidence: float = 0.95) -> dict[str, list]:
-    """pass@k(a) - pass@k(b) on the same problems with a paired bootstrap CI over problems, for each k.
+def seed_and_problem_ci(diffs: np.ndarray, *, num_resamples: int = 2000, confidence: float = 0.95,
+                        seed: int = 0) -> tuple[float, float]:
+    """Bootstrap CI of the mean of `diffs` [seeds, problems], resampling training seeds AND problems.
+
+    The two-level bootstrap: each resample draws seeds with replacement, then problems with replacement (shared by
+    the drawn seeds: the problems are the same held-out set). With one seed it is the paired problem bootstrap."""
+    d = np.asarray(diffs, np.float64)
+    rng = np.random.default_rng(seed)
+    s_idx = rng.integers(0, d.shape[0], size=(num_resamples, d.shape[0]))
+    p_idx = rng.integers(0, d.shape[1], size=(num_resamples, d.shape[1]))
+    means = np.array([d[s][:, p].mean() for s, p in zip(s_idx, p_idx)])
+    low, high = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
+    return float(low), float(high)
+
+
+def paired_difference(num_correct_a: Sequence[int] | np.ndarray, num_correct_b: Sequence[int] | np.ndarray, *,
+                      n: int, ks: Sequence[int], seed: int = 0, num_resamples: int = 1000,
+                      confidence: float = 0.95) -> dict[str, list]:
+    """pass@k(a) - pass@k(b) on the same problems with a paired bootstrap CI, for each k.
 
     Both models answered the same problems with n samples each (`num_correct_*`: correct samples per problem), so
     the per-problem differences of the unbiased estimates are resampled together (the CI of the difference, much
-    tighter than comparing two separate CIs). This is the evaluation-sample noise only; the training seed's share
-    needs several training seeds (scripts/reproduce_cat.py --seeds).
+    tighter than comparing two separate CIs). With [P] counts (one training seed) the CI is over problems: the
+    evaluation-sample noise only. With [S, P] counts (S training seeds, the same P problems) it is over training
+    seeds AND problems (`seed_and_problem_ci`, seeded with seed + k), and the rows add "seed_min" / "seed_max" (the
+    range of the seeds' mean differences).
     """
     from jax_cat.losses import pass_at_k_many
 
     a, b = np.asarray(num_correct_a), np.asarray(num_correct_b)
     if a.shape != b.shape:
         raise ValueError(f"paired_difference: {a.shape} vs {b.shape} problems; both must answer the same problems")
-    total = np.full(a.shape, n)
-    return curve(lambda k: np.asarray(pass_at_k_many(total, a, k), np.float64)
-                 - np.asarray(pass_at_k_many(total, b, k), np.float64), ks, seed=seed, num_resamples=num_resamples,
-                 confidence=confidence)
+
+    def diff(k: int) -> np.ndarray:
+        total = np.full(a.shape, n)
+        return (np.asarray(pass_at_k_many(total.ravel(), a.ravel(), k), np.float64)
+                - np.asarray(pass_at_k_many(total.ravel(), b.ravel(), k), np.float64)).reshape(a.shape)
+
+    if a.ndim == 1:
+        return curve(diff, ks, seed=seed, num_resamples=num_resamples, confidence=confidence)
+    if a.ndim != 2:
+        raise ValueError(f"paired_difference: counts must be [problems] or [seeds, problems], got shape {a.shape}")
+    rows: dict[str, list] = {"k": [], "mean": [], "seed_min": [], "seed_max": [], "ci_low": [], "ci_high": []}
+    for k in ks:
+        d = diff(int(k))
+        per_seed = d.mean(axis=1)
+        low, high = seed_and_problem_ci(d, num_resamples=num_resamples, confidence=confidence, seed=seed + int(k))
+        rows["k"].append(int(k))
+        rows["mean"].append(float(per_seed.mean()))
+        rows["seed_min"].append(float(per_seed.min()))
+        rows["seed_max"].append(float(per_seed.max()))
+        rows["ci_low"].append(low)
+        rows["ci_high"].append(high)
+    return rows

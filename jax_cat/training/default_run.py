@@ -96,6 +96,7 @@ class DefaultRun:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None:
                 object.__setattr__(self, f.name, getattr(recipe, f.name))
+        check_preset(self.preset)
         check_experiment(self.config())  # a bad value: ConfigError (a ValueError) naming the recipe key
 
     @property
@@ -163,16 +164,21 @@ def check_experiment(cfg: Any) -> None:
     if "pass@k" not in cfg.eval.metrics:
         raise ConfigError(f"eval.metrics={list(cfg.eval.metrics)}: the default experiment reports pass@k; add it")
     if cfg.data.dataset.startswith("arithmetic"):
-        from jax_cat.data.arithmetic import get_spec
+        check_preset(cfg.data.dataset.partition(":")[2] or "sum3")
 
-        preset = cfg.data.dataset.partition(":")[2] or "sum3"
-        try:
-            spec = get_spec(preset)
-        except (KeyError, ValueError) as err:
-            raise ConfigError(f"data.dataset={cfg.data.dataset!r}: {err}") from None
-        if not spec.pad_operands or not spec.answer_width:
-            raise ConfigError(f"data.dataset={cfg.data.dataset!r}: the default experiment's preset needs fixed-width "
-                              "prompts and answers (like sum3_2d)")
+
+def check_preset(preset: str) -> None:
+    """ConfigError unless the arithmetic `preset` has fixed-width prompts and answers (the experiment's lengths)."""
+    from jax_cat.data.arithmetic import get_spec
+    from jax_cat.training.config import ConfigError
+
+    try:
+        spec = get_spec(preset)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"data.dataset=arithmetic:{preset}: {err}") from None
+    if not spec.pad_operands or not spec.answer_width:
+        raise ConfigError(f"data.dataset=arithmetic:{preset}: the default experiment's preset needs fixed-width "
+                          "prompts and answers (like sum3_2d)")
 
 
 def trainer_config(run: DefaultRun | Any, *, method: str, model_path: str | os.PathLike, strategy: str = "pass@1"):
@@ -231,19 +237,23 @@ def base_checkpoint(cfg: Any, out: Path) -> Path:
     return path
 
 
-def _stage(cfg: Any, out: Path, *, reuse: bool) -> tuple[dict[str, Any], bool]:
+def finished_with(cfg: Any, out: Path) -> bool:
+    """Whether `out` holds a finished run of exactly `cfg` (config.json equal, final/ and eval/results.json there)."""
+    done = all((out / p).is_file() for p in ("config.json", "final/config.json", "eval/results.json"))
+    return done and json.loads((out / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
+
+
+def run_stage(cfg: Any, out: Path, *, reuse: bool) -> tuple[dict[str, Any], bool]:
     """Runs `cfg` into `out` with the trainer's `run` -> ({"history", "eval", "final", "seconds"}, reused).
 
     With `reuse`, a finished run of the same config (config.json, final/, eval/results.json) is read back instead."""
     from jax_cat.training.run import run
 
-    results = out / "eval" / "results.json"
-    if reuse and (out / "final" / "config.json").is_file() and results.is_file() and (out / "config.json").is_file():
-        if json.loads((out / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict())):
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-                if (out / "metrics.jsonl").is_file() else []
-            return {"history": rows, "eval": json.loads(results.read_text()), "final": out / "final",
-                    "seconds": 0.0}, True
+    if reuse and finished_with(cfg, out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (out / "metrics.jsonl").is_file() else []
+        return {"history": rows, "eval": json.loads((out / "eval" / "results.json").read_text()),
+                "final": out / "final", "seconds": 0.0}, True
     t0 = time.perf_counter()
     summary = run(cfg, out=out, overwrite=True, devices=_devices())
     history = summary["stages"][cfg.train.method].history
@@ -353,7 +363,7 @@ def _run_default(cfg: Any, out: Path, say: Callable[[str], None]) -> dict[str, A
         f"{cfg.eval.num_problems} held-out problems")
     base = base_checkpoint(cfg, out)
     warm_cfg = warm_start_config(cfg, base)
-    warm, reused = _stage(warm_cfg, out / "warm_start", reuse=True)
+    warm, reused = run_stage(warm_cfg, out / "warm_start", reuse=True)
     losses = [row["loss"] for row in warm["history"] if "loss" in row]
     warm_info = {"reused": reused, "seconds": warm["seconds"], "steps": warm_cfg.train.steps,
                  "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
@@ -366,7 +376,7 @@ def _run_default(cfg: Any, out: Path, say: Callable[[str], None]) -> dict[str, A
     arms = {"grpo": ("plain GRPO", "pass@1"), "grpo_cat": (cat_label, cfg.strategy)}
     for i, (name, (label, strategy)) in enumerate(arms.items(), start=2):
         arm_cfg = arm_config(cfg, warm["final"], strategy)
-        stage, _ = _stage(arm_cfg, out / name, reuse=False)  # an RL arm always starts again from the warm start
+        stage, _ = run_stage(arm_cfg, out / name, reuse=False)  # an RL arm always starts again from the warm start
         rewards = [row["reward"] for row in stage["history"] if "reward" in row]
         info = {"seconds": stage["seconds"], "strategy": strategy, "steps": arm_cfg.train.steps,
                 "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None}
