@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
+from jax_cat.evaluate.estimates import METRICS
 from jax_cat.evaluate.loading import load_model_and_tokenizer, load_problems
 from jax_cat.evaluate.outputs import write_results
 from jax_cat.evaluate.pool import BON_SCORERS, evaluate
@@ -24,6 +25,14 @@ def _parse_ks(text: str) -> list[int]:
     if not ks:
         raise argparse.ArgumentTypeError("--k is empty")
     return ks
+
+
+def _parse_metrics(text: str) -> list[str]:
+    metrics = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise argparse.ArgumentTypeError(f"--metrics must be a comma-separated subset of {','.join(METRICS)}, got {text!r}")
+    return metrics
 
 
 def build_parser() -> ArgumentParser:
@@ -50,6 +59,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--metrics", type=_parse_metrics, default=list(METRICS),
+                   help="comma-separated estimates to report (default pass@k,maj@k,bon@k; maj@k is the costly one)")
     p.add_argument("--bon-scorer", choices=BON_SCORERS, default="logprob",
                    help="best-of-k scorer: the policy's mean log-prob (reward-free, default) or the verifier (= pass@k)")
     p.add_argument("--batch-size", type=int, default=128, help="rows (prompts x samples) decoded together")
@@ -103,6 +114,7 @@ def _run(argv: list[str]) -> int:
         model, tokenizer, problems, n=args.n, ks=ks, max_new_tokens=args.max_new_tokens, sampling_params=params,
         seed=args.seed, bon_scorer=args.bon_scorer, use_chat_template=not args.no_chat_template, system=args.system,
         stop=args.stop, batch_size=args.batch_size, num_resamples=args.num_resamples, keep_samples=args.save_samples,
+        metrics=args.metrics,
     )
     result["config"].update(model=str(model_path), dataset=args.dataset, split=args.split, limit=args.limit,
                             data_seed=args.data_seed, dtype=args.dtype)

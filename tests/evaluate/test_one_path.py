@@ -105,3 +105,20 @@ def test_results_files_record_commit_settings_and_machine(arithmetic, tmp_path):
     assert saved["config"]["use_chat_template"] is False and saved["config"]["n"] == 2
     assert list(saved["metrics"]) == ["pass@k", "bon@k"]
     assert any("no chat template" in note for note in saved["notes"])
+
+
+def test_cli_prompt_format_and_metrics_are_explicit_and_recorded(tmp_path):
+    """The evaluate CLI: --no-chat-template and --metrics are settings the results record, with the machine."""
+    import json
+
+    from jax_cat.evaluate import main
+
+    out = tmp_path / "eval"
+    assert main(["--model", "tiny-arithmetic", "--dataset", "arithmetic:sum3_2d", "--limit", "3", "--n", "4",
+                 "--k", "1,4", "--max-new-tokens", "4", "--no-chat-template", "--metrics", "pass@k,bon@k",
+                 "--num-resamples", "50", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["metrics"]) == ["pass@k", "bon@k"] and res["config"]["metrics"] == ["pass@k", "bon@k"]
+    assert res["config"]["use_chat_template"] is False and res["config"]["chat_template_applied"] is False
+    assert res["provenance"]["device_kind"] and res["provenance"]["cpu"] and len(res["num_correct"]) == 3
+    assert main(["--model", "tiny-arithmetic", "--metrics", "top@k"]) == 2  # bad input: one line, exit 2
