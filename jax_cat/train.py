@@ -3,7 +3,8 @@
     python -m jax_cat.train [--config PATH_OR_NAME] [--set KEY=VALUE ...] [--out DIR] [--resume | --overwrite]
                             [--debug]
 
-With no arguments it runs the embedded default (`jax_cat.training.default_run`). Recipes: the files of configs/
+With neither --config nor --set it runs the default experiment (`jax_cat.training.default_run`, settings in
+configs/default.toml) into runs/default or --out DIR. Recipes: the files of configs/
 (`--config grpo_cat`) or any .toml/.json path; `--set` overrides one key (`--set strategy=pass@8`). A bad key, value
 or mesh is one line on stderr and exit status 2 before anything compiles; a non-finite loss stops the run with
 exit status 1, keeping the last good checkpoint. A folder that holds a run is never replaced by accident (--resume
@@ -31,7 +32,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", default=None, help="recipe file (.toml/.json) or name in configs/ (e.g. grpo_cat)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train.steps=100 (repeatable)")
-    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>; the default experiment: runs/default)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out (same "
                    "config, by default the run's own config.json; only the keys listed in docs/training.md may "
                    "change)")
@@ -72,11 +73,6 @@ def _distributed_init() -> None:
 def _train(argv: list[str]) -> int:
     """Parse, check the config and mesh before anything compiles, then run; bad input raises (see jax_cat.cli)."""
     args = build_parser().parse_args(argv)
-    if not argv or argv == ["--overwrite"]:  # the embedded default run (README's first command)
-        from jax_cat.training import default_run
-
-        return int(default_run.main(args) or 0)
-
     from jax_cat.training.config import check_mesh, load_config, recipe_names
 
     if args.list:
@@ -85,6 +81,14 @@ def _train(argv: list[str]) -> int:
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                        "--overwrite replaces it; pass one")
+    if args.config is None and not args.overrides and args.plan is None and not (
+            args.resume and args.out and (Path(args.out) / "config.json").is_file()):
+        # the default experiment (README's first command; configs/default.toml) into runs/default or --out DIR;
+        # its keys change with `python -m jax_cat.training.default_run --set KEY=VALUE` (--set without --config
+        # here sets keys over the built-in defaults, docs/training.md)
+        from jax_cat.training import default_run
+
+        return int(default_run.main(args) or 0)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "run")
     recipe = args.config
     if args.resume and recipe is None and (out / "config.json").is_file():

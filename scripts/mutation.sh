@@ -3,8 +3,8 @@
 #
 #   scripts/mutation.sh MODULE [TEST_FILE ...]
 #   e.g. scripts/mutation.sh jax_cat/rewards/extract.py
-#   MUTATION_NAMES='jax_cat.evaluate.x_bootstrap_ci* jax_cat.evaluate.x_scaling_metrics*' \
-#     scripts/mutation.sh jax_cat/evaluate.py      # only the mutants of some functions (mutmut name globs)
+#   MUTATION_NAMES='jax_cat.evaluate.estimates.x_bootstrap_ci* jax_cat.evaluate.estimates.x_scaling_metrics*' \
+#     scripts/mutation.sh jax_cat/evaluate/estimates.py   # only the mutants of some functions (mutmut name globs)
 #   scripts/mutation.sh merging/methods            # a folder: every module in it
 #
 # Copies the package and tests to a scratch folder (mutmut rewrites files there, never in this checkout), runs
@@ -40,7 +40,7 @@ else
     merging/sparsify.py) TESTS=(tests/merging/test_sparsify.py tests/merging/test_sparsify_mutants.py) ;;
     merging/methods|merging/methods/) TESTS=(tests/merging/test_methods.py tests/merging/test_methods_mutants.py) ;;
     # the estimators only (run with the MUTATION_NAMES above); the end-to-end tests would cost ~30 s a mutant
-    jax_cat/evaluate.py) TESTS=(tests/evaluate/test_evaluate.py::test_scaling_metrics_on_a_hand_made_pool
+    jax_cat/evaluate/estimates.py) TESTS=(tests/evaluate/test_evaluate.py::test_scaling_metrics_on_a_hand_made_pool
                                 tests/evaluate/test_evaluate.py::test_bootstrap_ci tests/wiring/test_evaluate_wiring.py
                                 tests/evaluate/test_evaluate_mutants.py) ;;
     *) echo "no default tests for $MODULE: pass test files after it" >&2; exit 2 ;;

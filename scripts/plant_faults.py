@@ -38,13 +38,13 @@ FAULTS = {
     "resume_loses_epoch": ("jax_cat/data/pipeline.py",
                            "    return ds.to_iter_dataset(read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))\n",
                            PIPELINE_EPOCH_LOSS, "tests/wiring/test_pipeline_wiring.py"),
-    "golds_misaligned": ("jax_cat/evaluate.py", "flat_golds = [g for g, row in zip(golds, completions) for _ in row]",
+    "golds_misaligned": ("jax_cat/evaluate/pool.py", "flat_golds = [g for g, row in zip(golds, completions) for _ in row]",
                          "flat_golds = [g for _ in range(n) for g in golds]", "tests/wiring/test_evaluate_wiring.py"),
-    "bon_by_sum": ("jax_cat/evaluate.py", "mean_logprob = np.array([[c.mean_logprob for c in row]",
+    "bon_by_sum": ("jax_cat/evaluate/pool.py", "mean_logprob = np.array([[c.mean_logprob for c in row]",
                    "mean_logprob = np.array([[c.cumulative_logprob for c in row]", "tests/wiring/test_evaluate_wiring.py"),
-    "ci_90_default": ("jax_cat/evaluate.py", "    confidence: float = 0.95,\n    progress",
+    "ci_90_default": ("jax_cat/evaluate/pool.py", "    confidence: float = 0.95,\n    progress",
                       "    confidence: float = 0.90,\n    progress", "tests/wiring/test_evaluate_wiring.py"),
-    "ci_90_alpha": ("jax_cat/evaluate.py", "alpha = (1.0 - confidence) / 2.0", "alpha = (1.0 - confidence)",
+    "ci_90_alpha": ("jax_cat/evaluate/estimates.py", "alpha = (1.0 - confidence) / 2.0", "alpha = (1.0 - confidence)",
                     "tests/wiring/test_evaluate_wiring.py"),
 }
 

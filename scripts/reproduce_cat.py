@@ -9,14 +9,14 @@ baseline (plain SFT / plain GRPO) against k, as in the paper's Figures 1, 2 and 
         --warmup-steps 0 --set mesh.fsdp=8 --set data.batch_size=64   # a real model (GPU/TPU), trainer keys via --set
 
 Everything trains through the trainer's loops (`jax_cat.training.run_sft` / `run_grpo`), exactly as
-`python -m jax_cat.train` does; the arithmetic warm start is the embedded default run's (`jax_cat.training.default_run`,
-cached in `<out>/warm_start/`). Outputs: `<out>/results.json` (every seed's curves), `<out>/table.md`,
+`python -m jax_cat.train` does, and every model is scored by the project's one evaluation path
+(`jax_cat.evaluate.evaluate`, pass@k and maj@k from one pool); the arithmetic settings and warm start are the default
+experiment's (configs/default.toml; the warm start a trainer run in `<out>/warm_start/`, reused). Outputs: `<out>/results.json` (every seed's curves), `<out>/table.md`,
 `<out>/improvement.png`, and each run's metrics/checkpoints under `<out>/seed<S>/`.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -28,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from jax_cat.evaluate.estimates import seed_and_problem_ci  # noqa: E402,F401 - its home; kept here under its old name
 
 # name -> (method, strategy spec or a template with {n}, label)
 VARIANTS: dict[str, tuple[str, str, str]] = {
@@ -71,38 +73,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------------ configs
 def arithmetic_setup(args: argparse.Namespace, out: Path):
-    """(DefaultRun, warm-start path, held-out problems) for the shipped task: the default run's warm start."""
-    from jax_cat.data.arithmetic import ArithmeticTask
-    from jax_cat.training.default_run import DefaultRun, base_checkpoint, warm_start
+    """(default-experiment Config, warm-start path, held-out problems) for the shipped task: the default
+    experiment's recipe (configs/default.toml) and its warm start (`<out>/warm_start/`, a trainer run, reused)."""
+    from jax_cat.training.data import eval_records
+    from jax_cat.training.default_run import base_checkpoint, default_config, run_stage, warm_start_config
 
-    changes: dict[str, Any] = {"test_size": args.test_size, "eval_samples": args.n}
+    changes: dict[str, Any] = {"eval.num_problems": args.test_size, "eval.n": args.n, "eval.ks": _ks(args.n)}
     if args.warmup_steps is not None:
-        changes["sft_steps"] = args.warmup_steps
+        changes["warmup.steps"] = args.warmup_steps
     if args.grpo_lr is not None:
-        changes["grpo_learning_rate"] = args.grpo_lr
+        changes["optimizer.learning_rate"] = args.grpo_lr
     if args.grpo_warmup is not None:
-        changes["grpo_warmup_steps"] = args.grpo_warmup
-    run = dataclasses.replace(DefaultRun(), **changes)
+        changes["optimizer.warmup_steps"] = args.grpo_warmup
+    cfg = default_config(changes)
     if args.warm_start:
         warm = Path(args.warm_start)
         print(f"warm start: {warm} (given)", flush=True)
     else:
-        warm, info = warm_start(run, out, base_checkpoint(run, out))
-        print(f"warm start: {warm} ({'reused' if info['reused'] else 'trained in %.0fs' % info['seconds']})", flush=True)
-    problems = ArithmeticTask.from_preset(run.preset, seed=run.data_seed, test_size=run.test_size).test_set()
-    return run, warm, problems
+        stage, reused = run_stage(warm_start_config(cfg, base_checkpoint(cfg, out)), out / "warm_start", reuse=True)
+        warm = stage["final"]
+        print(f"warm start: {warm} ({'reused' if reused else 'trained in %.0fs' % stage['seconds']})", flush=True)
+    return cfg, warm, eval_records(cfg.data, cfg.eval.num_problems)
 
 
-def variant_config(args: argparse.Namespace, run, warm: Path, name: str, seed: int):
-    """The trainer Config of one variant and seed (arithmetic: the default run's settings; --model: recipe + --set)."""
-    from jax_cat.training.default_run import trainer_config
+def _ks(n: int) -> list[int]:
+    return [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
 
+
+def variant_config(args: argparse.Namespace, cfg, warm: Path, name: str, seed: int):
+    """The trainer Config of one variant and seed (arithmetic: the default recipe's stages; --model: --set keys)."""
     method, spec, _ = VARIANTS[name]
     strategy = spec.format(n=args.cat_n)
     if args.model is None:
-        r = dataclasses.replace(run, seed=seed, sft_steps=args.sft_steps, sft_learning_rate=args.sft_lr,
-                                sft_warmup_steps=0, grpo_steps=args.grpo_steps)
-        return trainer_config(r, method=method, model_path=warm, strategy=strategy)
+        from jax_cat.training.default_run import arm_config, warm_start_config
+
+        if method == "sft":  # more SFT from the warm start: the warm-up stage's settings, no LR warm-up
+            return warm_start_config(cfg, warm).replace(**{
+                "train.seed": seed, "train.steps": args.sft_steps, "optimizer.learning_rate": args.sft_lr,
+                "optimizer.warmup_steps": 0, "strategy": strategy, "train.eval_at_end": False})
+        return arm_config(cfg, warm, strategy).replace(**{"train.seed": seed, "train.steps": args.grpo_steps,
+                                                          "train.eval_at_end": False})
     from jax_cat.training.config import load_config
 
     overrides = [f"train.method={method}", f"strategy={strategy}", f"train.seed={seed}", f"model.path={warm}",
@@ -113,47 +123,29 @@ def variant_config(args: argparse.Namespace, run, warm: Path, name: str, seed: i
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def scores(model: Any, tokenizer: Any, problems: list[dict], args: argparse.Namespace, max_new_tokens: int,
+def scores(model: Any, tokenizer: Any, problems: list[dict], args: argparse.Namespace, cfg, max_new_tokens: int,
            seed: int) -> dict[str, Any]:
-    """pass@k and maj@k curves (k = 1, 2, 4, ..., n) from one pool of n samples per held-out problem."""
-    from jax_cat.evaluate import answer_key
-    from jax_cat.losses import MajorityAtN, pass_at_k_many
-    from jax_cat.training.default_run import curve, sample_and_score
+    """pass@k and maj@k curves (k = 1, 2, 4, ..., n) from one pool of n samples per held-out problem: the project's
+    one evaluation path (`jax_cat.evaluate.evaluate`), prompts formatted as the trainer formats them."""
+    from jax_cat.evaluate import evaluate
+    from jax_cat.training.data import task_reward_fn
 
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.n]
-    from jax_cat.rewards import exact_match_rewards
-
-    reward_fn = exact_match_rewards if args.model is None else None  # the shipped task: exact form (as its RL)
-    correct, texts = sample_and_score(model, tokenizer, problems, n=args.n, max_new_tokens=max_new_tokens, seed=seed,
-                                      reward_fn=reward_fn)
-    answers = [[answer_key(t) for t in row] for row in texts]
-    c = correct.sum(axis=1)
-    return {
-        "pass@k": curve(lambda k: pass_at_k_many(np.full(len(problems), args.n), c, k), ks, seed),
-        "maj@k": curve(lambda k: np.array([MajorityAtN(k).estimate(correct[i], answers=answers[i])
-                                           for i in range(len(problems))]), ks, seed),
-        "num_correct": [int(x) for x in c], "n": args.n,
-    }
-
-
-def seed_and_problem_ci(diffs: np.ndarray, *, num_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap CI of the mean of `diffs` [seeds, problems], resampling training seeds AND problems.
-
-    The two-level bootstrap: each resample draws seeds with replacement, then problems with replacement (shared by
-    the drawn seeds: the problems are the same held-out set). With one seed it is the paired problem bootstrap."""
-    d = np.asarray(diffs, np.float64)
-    rng = np.random.default_rng(seed)
-    s_idx = rng.integers(0, d.shape[0], size=(num_resamples, d.shape[0]))
-    p_idx = rng.integers(0, d.shape[1], size=(num_resamples, d.shape[1]))
-    means = np.array([d[s][:, p].mean() for s, p in zip(s_idx, p_idx)])
-    low, high = np.quantile(means, [0.025, 0.975])
-    return float(low), float(high)
+    result = evaluate(model, tokenizer, problems, n=args.n, ks=_ks(args.n), max_new_tokens=max_new_tokens, seed=seed,
+                      temperature=cfg.eval.temperature, use_chat_template=cfg.data.use_chat_template,
+                      system=cfg.data.system, reward_fn=task_reward_fn(cfg.data), metrics=("pass@k", "maj@k"),
+                      batch_size=cfg.eval.batch_size, progress=False)
+    strip = lambda rows: {k: v for k, v in rows.items() if k != "per_problem"}  # noqa: E731
+    return {"pass@k": strip(result["metrics"]["pass@k"]), "maj@k": strip(result["metrics"]["maj@k"]),
+            "num_correct": result["num_correct"], "n": args.n,
+            "evaluation": {k: result["config"][k] for k in ("use_chat_template", "chat_template_applied", "system",
+                                                            "reward_fn", "temperature")}}
 
 
 def paired_differences(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict[str, list]]:
     """Each CAT variant minus its plain baseline (pass@k), per k: mean over seeds, the range over seeds, and a 95% CI
-    over training seeds and problems (`seed_and_problem_ci`), on the seeds both finished."""
-    from jax_cat.losses import pass_at_k_many
+    over training seeds and problems (`jax_cat.evaluate.paired_difference` on [seeds, problems] counts), on the seeds
+    both finished."""
+    from jax_cat.evaluate import paired_difference
 
     out: dict[str, dict[str, list]] = {}
     for name, seeds in per_seed.items():
@@ -164,21 +156,9 @@ def paired_differences(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict[s
         if not common or "num_correct" not in seeds[common[0]]:
             continue
         n, ks = seeds[common[0]]["n"], seeds[common[0]]["pass@k"]["k"]
-        rows: dict[str, list] = {"k": list(ks), "mean": [], "seed_min": [], "seed_max": [], "ci_low": [],
-                                 "ci_high": [], "seeds": common}
-        for k in ks:
-            diffs = np.array([
-                pass_at_k_many(np.full(len(seeds[s]["num_correct"]), n), np.asarray(seeds[s]["num_correct"]), k)
-                - pass_at_k_many(np.full(len(seeds[s]["num_correct"]), n),
-                                 np.asarray(per_seed[base][s]["num_correct"]), k) for s in common])
-            per = diffs.mean(axis=1)
-            low, high = seed_and_problem_ci(diffs, seed=k)
-            rows["mean"].append(float(per.mean()))
-            rows["seed_min"].append(float(per.min()))
-            rows["seed_max"].append(float(per.max()))
-            rows["ci_low"].append(low)
-            rows["ci_high"].append(high)
-        out[name] = rows
+        rows = paired_difference([seeds[s]["num_correct"] for s in common],
+                                 [per_seed[base][s]["num_correct"] for s in common], n=n, ks=ks, num_resamples=2000)
+        out[name] = {**rows, "seeds": common}
     return out
 
 
@@ -273,7 +253,7 @@ def write_report(out: Path, args, argv, problems, labels, per_seed, timing, t0) 
     agg = aggregate(done)
     diffs = paired_differences(done)
     table = markdown_table(agg, labels) + "\n" + differences_table(diffs, labels)
-    from jax_cat.training.default_run import provenance
+    from jax_cat.evaluate import provenance
 
     results = {"args": vars(args), "num_problems": len(problems), "labels": labels, "aggregate": agg,
                "cat_minus_plain": diffs, "provenance": provenance(),
@@ -305,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     from jax_cat.training.sft import run_sft
 
     if args.model is None:
-        run, warm, problems = arithmetic_setup(args, out)
-        max_new_tokens = run.answer_len
+        base_cfg, warm, problems = arithmetic_setup(args, out)
+        max_new_tokens = base_cfg.eval.max_new_tokens or base_cfg.rollout.max_new_tokens
     else:
         from jax_cat.evaluate import load_problems
 
-        run, warm = None, args.model
+        base_cfg, warm = None, args.model
         dataset = args.dataset or "gsm8k"
         problems = load_problems(dataset, split="test", limit=args.test_size)
         max_new_tokens = args.max_new_tokens
@@ -327,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     timing: dict[str, float] = {}
     for seed in seeds:
         for name in variants:
-            cfg = variant_config(args, run, Path(str(warm)), name, seed)
+            cfg = variant_config(args, base_cfg, Path(str(warm)), name, seed)
             t1 = time.perf_counter()
             mesh = default_mesh(cfg)
             model, tokenizer = load_model(cfg, mesh)
             loop = run_sft if cfg.train.method == "sft" else run_grpo
             result = loop(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out / f"seed{seed}", stage=name)
-            per_seed[name][seed] = scores(result.model, tokenizer, problems, args, max_new_tokens, seed=1000 + seed)
+            per_seed[name][seed] = scores(result.model, tokenizer, problems, args, cfg, max_new_tokens, seed=1000 + seed)
             timing[f"{name}/seed{seed}"] = time.perf_counter() - t1
             p, m = per_seed[name][seed]["pass@k"], per_seed[name][seed]["maj@k"]
             print(f"seed {seed} {labels[name]:<20s} pass@1 {p['mean'][0]:.3f} pass@{p['k'][-1]} {p['mean'][-1]:.3f} "

@@ -24,7 +24,7 @@ The base is a fresh tiny model (`jax_cat.models.tiny.build_arithmetic_checkpoint
 Everything goes through the library: the trainer (`jax_cat.training.run_sft/run_grpo`), the merges
 (`merging.merge` with `TaskArithmeticMerge/TiesMerge/DareMerge`), the DoTS pieces (`merging.dots_sparsify`,
 `merging.objectives.Candidates/evaluate_candidate`, `merging.search.run_search/pick`), the evaluation
-(`jax_cat.training.default_run.pass_at_k_eval`: unbiased pass@k, bootstrap CIs). Writes `<out>/results.json`,
+(`jax_cat.evaluate.evaluate`, the project's one evaluation path: raw prompts, unbiased pass@k, bootstrap CIs). Writes `<out>/results.json`,
 `<out>/results.md` (the tables) and `<out>/dots_*.png`; with --seeds, one such folder per seed (`<out>/seed<N>`) and
 `<out>/seeds.md` / `seeds.json` (mean +- std over the seeds done so far).
 """
@@ -237,16 +237,23 @@ def train(method: str, model: Any, tokenizer: Any, cfg: Any, mesh: Any) -> tuple
 # ------------------------------------------------------------------------------------------------ evaluation
 def evaluate(model: Any, tokenizer: Any, problems: dict[str, list[dict]], s: Settings, max_new: int) -> dict:
     """pass@1 and pass@{eval_samples} (unbiased, bootstrap 95% CI) on each skill's held-out problems."""
-    from jax_cat.training.default_run import pass_at_k_eval
+    from jax_cat.evaluate import evaluate as score_pool  # the project's one evaluation path
 
     out = {}
     ks = tuple(sorted({1, s.eval_samples}))
     for name, probs in problems.items():
-        r = pass_at_k_eval(model, tokenizer, probs, n=s.eval_samples, ks=ks, max_new_tokens=max_new, seed=s.seed + 1)
-        rows = r["pass@k"]
+        r = score_pool(model, tokenizer, probs, n=s.eval_samples, ks=ks, max_new_tokens=max_new, seed=s.seed + 1,
+                       use_chat_template=False, metrics=("pass@k",), batch_size=4096, progress=False)
+        rows = r["metrics"]["pass@k"]
         out[name] = {f"pass@{k}": m for k, m in zip(rows["k"], rows["mean"])}
         out[name]["pass@1_ci"] = [rows["ci_low"][0], rows["ci_high"][0]]
     return out
+
+
+def _provenance() -> dict:
+    from jax_cat.evaluate import provenance
+
+    return provenance()
 
 
 # ------------------------------------------------------------------------------------------------ merging
@@ -581,6 +588,7 @@ def reproduce(s: Settings, *, say=_say) -> dict:
         "loadavg_end": os.getloadavg(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],
+        "provenance": _provenance(),  # commit, CPU model, device kind, versions
     }
     _atomic_write_text(out / "results.json", json.dumps(res, indent=1, default=float) + "\n")
     md = "\n\n".join([results_table(res), properties_table(res["properties"] | {"top_fraction": s.density}),

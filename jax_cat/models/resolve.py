@@ -3,6 +3,8 @@
 One rule for every entry point that takes a model (`--model` of `jax_cat.evaluate`, `model.path` of the trainer):
 
 - "tiny": the embedded default checkpoint (`jax_cat.models.tiny.default_checkpoint`, built once in the user cache);
+- "tiny-arithmetic": the default experiment's arithmetic model (`jax_cat.models.tiny.arithmetic_checkpoint`, built
+  once; configs/default.toml);
 - an existing path: a folder holding config.json (a file, or a folder without config.json, is refused);
 - anything else that looks like "owner/name": a hub id, fetched once (`jax_cat.models.hf.resolve_checkpoint_dir`:
   config, tokenizer and exactly the shards the index names) and read from the local snapshot. When the hub cannot be
@@ -19,11 +21,12 @@ from pathlib import Path
 
 from jax_cat.hub import go_offline_if_unreachable, is_offline, short_reason
 from jax_cat.models import hf
-from jax_cat.models.tiny import default_checkpoint
+from jax_cat.models.tiny import arithmetic_checkpoint, default_checkpoint
 
-__all__ = ["TINY", "resolve_model"]
+__all__ = ["TINY", "TINY_ARITHMETIC", "resolve_model"]
 
 TINY = "tiny"
+TINY_ARITHMETIC = "tiny-arithmetic"
 _WHAT = "give an HF-format checkpoint folder (config.json, safetensors, tokenizer files), a hub id, or tiny"
 
 
@@ -33,6 +36,8 @@ def resolve_model(spec: str | os.PathLike[str], *, setting: str = "--model") -> 
     text = str(spec)
     if text == TINY:
         return default_checkpoint()
+    if text == TINY_ARITHMETIC:
+        return arithmetic_checkpoint()
     local = Path(text).expanduser()
     if local.exists():
         if not local.is_dir():

@@ -171,6 +171,15 @@ def build_arithmetic_checkpoint(out_dir: str | os.PathLike, *, seed: int = 0, dt
     return save_hf(model, out_dir, tokenizer=build_arithmetic_tokenizer())
 
 
+def arithmetic_checkpoint(*, rebuild: bool = False) -> Path:
+    """The "tiny-arithmetic" checkpoint (`build_arithmetic_checkpoint`, seed 0) in the user cache, built once offline
+    and reused: what model.path / --model "tiny-arithmetic" names (the default experiment builds its own per seed)."""
+    path = cache_dir() / "tiny-arithmetic"
+    if rebuild or not (path / "config.json").exists():
+        build_arithmetic_checkpoint(path, seed=0)
+    return path
+
+
 def tiny_model_config(**overrides: Any):
     """The default tiny ModelConfig (token ids from the char tokenizer), with `overrides` applied."""
     from jax_cat.models.config import ModelConfig

@@ -172,12 +172,18 @@ class WarmupConfig:
       learning_rate: the SFT stage's peak learning rate (its own optimizer; GRPO starts a fresh one).
       batch_size: SFT sequences per step (0 = data.batch_size).
       strategy: the SFT stage's strategy spec ("pass@1" = plain cross-entropy).
+      lr_warmup_steps, schedule, end_lr_ratio, weight_decay: the SFT stage's own optimizer.warmup_steps /
+        schedule / end_lr_ratio / weight_decay; None (the default) = the optimizer section's.
     """
 
     steps: int = 0
     learning_rate: float = 1e-3
     batch_size: int = 0
     strategy: str = "pass@1"
+    lr_warmup_steps: int | None = None
+    schedule: Literal["cosine", "constant"] | None = None
+    end_lr_ratio: float | None = None
+    weight_decay: float | None = None
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -233,6 +239,11 @@ class EvalConfig:
       n: samples per problem; ks: the k values reported (each <= n).
       max_new_tokens: 0 = rollout.max_new_tokens.
       temperature: sampling temperature.
+      metrics: which estimates to report, from one pool of samples: "pass@k", "maj@k" (plurality vote over
+        k-subsets; the costly one with many problems and a large n), "bon@k" (best of k by mean log-prob).
+      batch_size: rows (problems x samples) decoded together (`jax_cat.sampling.generate`); the samples do not
+        depend on it (row (i, j) draws from its own key), only speed and memory do.
+    The prompts are formatted as training formats them (data.use_chat_template, data.system); the results record it.
     """
 
     dataset: str | None = None
@@ -241,6 +252,8 @@ class EvalConfig:
     ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     max_new_tokens: int = 0
     temperature: float = 1.0
+    metrics: tuple[Literal["pass@k", "maj@k", "bon@k"], ...] = ("pass@k", "maj@k", "bon@k")
+    batch_size: int = 128
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -395,10 +408,17 @@ def check_ranges(cfg: Config) -> None:
         ("rollout.max_new_tokens", r.max_new_tokens, 1), ("rollout.top_k", r.top_k, 0),
         ("warmup.steps", w.steps, 0), ("warmup.batch_size", w.batch_size, 0), ("checkpoint.keep", cfg.checkpoint.keep, 1),
         ("eval.num_problems", e.num_problems, 0), ("eval.n", e.n, 1), ("eval.max_new_tokens", e.max_new_tokens, 0),
+        ("eval.batch_size", e.batch_size, 1),
     ):
         _positive(key, value, minimum)
     if t.stop_after is not None:
         _positive("train.stop_after", t.stop_after, 1)
+    if w.lr_warmup_steps is not None:
+        _positive("warmup.lr_warmup_steps", w.lr_warmup_steps, 0)
+    if w.end_lr_ratio is not None:
+        _in_range("warmup.end_lr_ratio", w.end_lr_ratio, 0, 1)
+    if w.weight_decay is not None:
+        _in_range("warmup.weight_decay", w.weight_decay, 0, inf, high_open=True)
     if d.limit is not None:
         _positive("data.limit", d.limit, 1)
     if cfg.model.logprob_chunk is not None:
@@ -420,6 +440,9 @@ def check_ranges(cfg: Config) -> None:
     _in_range("eval.temperature", e.temperature, 0, inf, high_open=True)
     for k in e.ks:
         _positive("eval.ks", k, 1)
+    if not e.metrics and t.eval_at_end and e.num_problems > 0:
+        raise ConfigError("eval.metrics is empty: name the estimates to report (e.g. eval.metrics=pass@k,maj@k), or "
+                          "set train.eval_at_end=false")
     if not e.ks and t.eval_at_end and e.num_problems > 0:
         raise ConfigError("eval.ks is empty: name the k values to report (e.g. eval.ks=1,2,4), or set "
                           "train.eval_at_end=false")

@@ -1,100 +1,108 @@
-"""The embedded default run: `python -m jax_cat.train` with no arguments, CAT's test-time-scaling effect on a CPU.
+"""The default experiment: `python -m jax_cat.train` with no --config (README's first command), CAT's test-time-scaling
+effect on a CPU.
 
-One tiny model, one shipped task, one warm start, two RL objectives, one picture:
+Its settings are the recipe `configs/default.toml` (every key documented there; `--set KEY=VALUE` changes one), and
+every stage is the trainer's own entry point, `jax_cat.training.run.run`, so each stage folder is an ordinary run
+folder (config.json, metrics.jsonl, checkpoints/, final/, eval/):
 
-1. build (once) a 108k-parameter decoder (`jax_cat.models.tiny.build_arithmetic_checkpoint`: RoPE, 2 layers, d=64,
-   an 18-token character vocabulary) for the arithmetic preset "sum3" (`012+345+006=` -> `0363`);
-2. SFT-warm it with plain cross-entropy (the trainer's SFT loop, `run_sft`), cached in `<out>/warm_start/` with a
-   fingerprint of everything that made it, so a second run skips straight to RL;
-3. from that SAME warm start, train plain GRPO (strategy pass@1) and CAT GRPO (strategy pass@N: advantages
-   weighted by N(1-p)^(N-1) at the Laplace estimate p of each prompt's success) with the trainer's GRPO loop
-   (`run_grpo`), the same code paths as `python -m jax_cat.train --config ...`;
-4. evaluate pass@k for k = 1..64 on held-out problems (n samples each, the unbiased estimator, bootstrap CIs) for
-   the warm start and both RL models; print a table, write `<out>/results.json` and `<out>/passk.png`.
+1. `<out>/base/`: the tiny arithmetic model initialised with train.seed (when model.path is "tiny-arithmetic");
+2. `<out>/warm_start/`: the recipe's [warmup] section as its own SFT run (`warmup_config`, the trainer's warm-up
+   stage), reused while its config.json is unchanged;
+3. `<out>/grpo/` and `<out>/grpo_cat/`: the recipe's GRPO stage from that SAME warm start with strategy pass@1 (plain
+   GRPO) and with the recipe's strategy (CAT, e.g. pass@8: advantages weighted by N(1-p)^(N-1));
+4. each model is scored by the trainer's end-of-run evaluation (`jax_cat.training.run.evaluate_model`, i.e.
+   `jax_cat.evaluate.evaluate`); CAT - plain at each k with a 95% paired bootstrap CI over problems
+   (`jax_cat.evaluate.paired_difference`); a table is printed, `<out>/results.json` and `<out>/passk.png` written.
 
 The paper's claim to see: plain GRPO sharpens the policy (pass@1 up, pass@k at large k down from the warm start),
-CAT pass@N keeps the coverage: a little lower pass@1, clearly higher pass@64. Everything lands under `<out>`
-(`metrics.jsonl` of every stage, Orbax checkpoints under `checkpoints/<stage>/`, each RL model's HF checkpoint in
-`<stage>/final/`).
+CAT pass@N keeps the coverage. `DefaultRun` is a flat view of the recipe's keys (the names the results and
+`python -m jax_cat.training.default_run --seed 1` use).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jax_cat.atomic import atomic_write, atomic_write_text
+from jax_cat.evaluate import paired_difference, provenance  # noqa: F401 - provenance: re-exported (old home)
 from jax_cat.extras import pyplot
 
 DEFAULT_OUT = Path("runs") / "default"
+DEFAULT_RECIPE = "default"
 KS = (1, 2, 4, 8, 16, 32, 64)
+VARIANTS = (("grpo", "plain GRPO"), ("grpo_cat", "CAT GRPO"))
+
+# DefaultRun field -> the recipe key it shows (`preset` is data.dataset = "arithmetic:<preset>", whose fixed widths
+# also set data.max_prompt_len, data.max_target_len, rollout.max_new_tokens and eval.max_new_tokens).
+_KEYS = {
+    "data_seed": "data.data_seed", "test_size": "eval.num_problems", "seed": "train.seed",
+    "sft_steps": "warmup.steps", "sft_batch_size": "warmup.batch_size", "sft_learning_rate": "warmup.learning_rate",
+    "sft_warmup_steps": "warmup.lr_warmup_steps", "grpo_steps": "train.steps", "grpo_prompts": "data.batch_size",
+    "group_size": "rollout.group_size", "grpo_learning_rate": "optimizer.learning_rate",
+    "grpo_warmup_steps": "optimizer.warmup_steps", "cat_strategy": "strategy", "eval_samples": "eval.n",
+    "log_every": "train.log_every",
+}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 @dataclasses.dataclass(frozen=True)
 class DefaultRun:
-    """The default run's settings (what `python -m jax_cat.train` with no arguments uses).
+    """A flat view of the default recipe's keys (configs/default.toml); a field left None takes the recipe's value.
 
-    Attributes:
-      preset: the shipped arithmetic preset (`jax_cat.data.arithmetic.PRESETS`).
-      data_seed: the arithmetic generator's seed (fixes the held-out set).
-      test_size: held-out problems evaluated.
-      seed: parameter init, data order and sampling seed.
-      sft_steps, sft_batch_size, sft_learning_rate, sft_warmup_steps: the plain-CE warm-up.
-      grpo_steps, grpo_prompts, group_size, grpo_learning_rate: each RL variant (prompts x group_size rollouts/step).
-      grpo_warmup_steps: linear LR warm-up of each RL stage (without it Adam's first updates move every weight by
-        about +-lr and undo the warm start; docs/results.md).
-      cat_strategy: the CAT variant's strategy spec (the plain variant is always "pass@1").
-      eval_samples: samples per held-out problem (the largest k reported).
-      log_every: metrics / progress bar refresh interval (steps).
+    Attributes (recipe key):
+      preset: the arithmetic preset (data.dataset = "arithmetic:<preset>"; fixed-width prompts and answers).
+      data_seed (data.data_seed), test_size (eval.num_problems), seed (train.seed),
+      sft_steps, sft_batch_size, sft_learning_rate, sft_warmup_steps (warmup.steps, .batch_size, .learning_rate,
+        .lr_warmup_steps): the plain-CE warm start,
+      grpo_steps, grpo_prompts, group_size, grpo_learning_rate, grpo_warmup_steps (train.steps, data.batch_size,
+        rollout.group_size, optimizer.learning_rate, optimizer.warmup_steps): each RL arm,
+      cat_strategy (strategy): the CAT arm's strategy (the plain arm is always pass@1),
+      eval_samples (eval.n; eval.ks = 1, 2, 4, ... up to it), log_every (train.log_every).
     """
 
-    preset: str = "sum3_2d"
-    data_seed: int = 0
-    test_size: int = 200
-    seed: int = 0
-    sft_steps: int = 1000
-    sft_batch_size: int = 128
-    sft_learning_rate: float = 1e-3
-    sft_warmup_steps: int = 100
-    grpo_steps: int = 200
-    grpo_prompts: int = 64
-    group_size: int = 8
-    grpo_learning_rate: float = 2e-4
-    grpo_warmup_steps: int = 50
-    cat_strategy: str = "pass@8"
-    eval_samples: int = 64
-    log_every: int = 25
+    preset: str | None = None
+    data_seed: int | None = None
+    test_size: int | None = None
+    seed: int | None = None
+    sft_steps: int | None = None
+    sft_batch_size: int | None = None
+    sft_learning_rate: float | None = None
+    sft_warmup_steps: int | None = None
+    grpo_steps: int | None = None
+    grpo_prompts: int | None = None
+    group_size: int | None = None
+    grpo_learning_rate: float | None = None
+    grpo_warmup_steps: int | None = None
+    cat_strategy: str | None = None
+    eval_samples: int | None = None
+    log_every: int | None = None
 
     def __post_init__(self) -> None:
-        from jax_cat.data.arithmetic import get_spec
-        from jax_cat.losses import strategy_from_spec
-
-        spec = get_spec(self.preset)
-        if not spec.pad_operands or not spec.answer_width:
-            raise ValueError(f"DefaultRun: preset {self.preset!r} needs fixed-width prompts and answers (like sum3)")
-        strategy_from_spec(self.cat_strategy)
-        for name in ("test_size", "sft_batch_size", "grpo_prompts", "group_size", "eval_samples", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DefaultRun: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("sft_steps", "grpo_steps", "sft_warmup_steps", "grpo_warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DefaultRun: {name} must be >= 0, got {getattr(self, name)}")
+        recipe = from_config(default_config())
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None:
+                object.__setattr__(self, f.name, getattr(recipe, f.name))
+        check_preset(self.preset)
+        check_experiment(self.config())  # a bad value: ConfigError (a ValueError) naming the recipe key
 
     @property
     def ks(self) -> tuple[int, ...]:
         """1, 2, 4, ... up to eval_samples (and eval_samples itself)."""
-        ks = [k for k in KS if k <= self.eval_samples] or [1]
-        return tuple(sorted(set(ks) | {self.eval_samples}))
+        return _ks(self.eval_samples)
 
     @property
     def prompt_len(self) -> int:
@@ -108,250 +116,161 @@ class DefaultRun:
 
         return int(get_spec(self.preset).answer_width) + 1  # + <eos>
 
+    def overrides(self) -> dict[str, Any]:
+        """The recipe keys this view sets (dotted, for `load_config`)."""
+        out: dict[str, Any] = {key: getattr(self, name) for name, key in _KEYS.items()}
+        out.update({"data.dataset": f"arithmetic:{self.preset}", "data.max_prompt_len": self.prompt_len,
+                    "data.max_target_len": self.answer_len, "rollout.max_new_tokens": self.answer_len,
+                    "eval.max_new_tokens": self.answer_len, "eval.ks": self.ks})
+        return out
 
-VARIANTS = (("grpo", "plain GRPO"), ("grpo_cat", "CAT GRPO"))
-
-
-def trainer_config(run: DefaultRun, *, method: str, model_path: str | os.PathLike, strategy: str = "pass@1"):
-    """The trainer Config (`jax_cat.training.config.Config`) of one stage of the default run."""
-    from jax_cat.training.config import (
-        CheckpointConfig, Config, DataConfig, EvalConfig, LoggingConfig, MeshConfig, ModelSource, OptimizerConfig,
-        RolloutConfig, TrainConfig, validate,
-    )
-
-    sft = method == "sft"
-    cfg = Config(
-        train=TrainConfig(method=method, steps=run.sft_steps if sft else run.grpo_steps, seed=run.seed,
-                          log_every=run.log_every, eval_at_end=False, save_final=not sft),
-        model=ModelSource(path=str(model_path)),
-        data=DataConfig(dataset=f"arithmetic:{run.preset}", data_seed=run.data_seed, style="plain",
-                        batch_size=run.sft_batch_size if sft else run.grpo_prompts, max_prompt_len=run.prompt_len,
-                        max_target_len=run.answer_len, use_chat_template=False),
-        optimizer=(OptimizerConfig(learning_rate=run.sft_learning_rate, warmup_steps=run.sft_warmup_steps,
-                                   schedule="cosine", end_lr_ratio=0.1, weight_decay=0.01) if sft else
-                   OptimizerConfig(learning_rate=run.grpo_learning_rate, warmup_steps=run.grpo_warmup_steps,
-                                   schedule="constant",
-                                   weight_decay=0.0)),
-        rollout=RolloutConfig(group_size=run.group_size, max_new_tokens=run.answer_len, temperature=1.0),
-        strategy=strategy,
-        mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
-        checkpoint=CheckpointConfig(keep=1, async_save=True),
-        logging=LoggingConfig(progress=None, tensorboard=False),
-        eval=EvalConfig(num_problems=run.test_size, n=run.eval_samples, ks=run.ks, max_new_tokens=run.answer_len),
-    )
-    validate(cfg)
-    return cfg
+    def config(self):
+        """The trainer Config of the default experiment with this view's values."""
+        return default_config(self.overrides())
 
 
-# ------------------------------------------------------------------------------------------------ small helpers
-def _fingerprint(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _ks(n: int) -> tuple[int, ...]:
+    return tuple(sorted({k for k in KS if k <= n} | {n}))
 
 
-def default_mesh(cfg: Any):
-    """Data parallel over the accelerators; on CPU one device (forced host devices share the same cores)."""
-    import jax
+def from_config(cfg: Any) -> DefaultRun:
+    """The flat view of a default-experiment Config (no checks; `DefaultRun(...)` checks)."""
+    view = object.__new__(DefaultRun)
+    object.__setattr__(view, "preset", cfg.data.dataset.partition(":")[2])
+    for name, key in _KEYS.items():
+        object.__setattr__(view, name, _get(cfg, key))
+    return view
 
-    from jax_cat.training.runtime import build_mesh
 
-    devices = jax.devices()
-    return build_mesh(cfg, devices[:1] if devices[0].platform == "cpu" else devices)
+def default_config(overrides: Mapping[str, Any] | Sequence[str] = ()):
+    """The default experiment's Config: the recipe configs/default.toml with `overrides` ({key: value} or
+    ["key=value", ...], as --set)."""
+    from jax_cat.training.config import load_config
+
+    return load_config(DEFAULT_RECIPE, overrides)
 
 
-def provenance() -> dict[str, Any]:
-    """Where and with what a result was measured: git commit (+dirty), CPU model, cores, JAX/jaxlib versions, UTC time.
+def check_experiment(cfg: Any) -> None:
+    """ConfigError unless `cfg` can drive the default experiment: a GRPO recipe whose held-out problems the
+    arithmetic task can score at every k."""
+    from jax_cat.training.config import ConfigError
 
-    XLA:CPU compiles differently per CPU, so the same seed gives different draws on different machines: a number in
-    the docs is only rerunnable with these next to it."""
-    import platform
-    import subprocess
+    if cfg.train.method != "grpo":
+        raise ConfigError(f"train.method={cfg.train.method!r}: the default experiment compares two GRPO arms; "
+                          "set train.method=grpo (or run the recipe itself with --config)")
+    if not cfg.train.eval_at_end or cfg.eval.num_problems < 1:
+        raise ConfigError("the default experiment compares the arms' held-out pass@k: keep train.eval_at_end=true "
+                          "and eval.num_problems >= 1")
+    if "pass@k" not in cfg.eval.metrics:
+        raise ConfigError(f"eval.metrics={list(cfg.eval.metrics)}: the default experiment reports pass@k; add it")
+    if cfg.data.dataset.startswith("arithmetic"):
+        check_preset(cfg.data.dataset.partition(":")[2] or "sum3")
 
-    import jax
 
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                  cwd=Path(__file__).resolve().parent).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
+def check_preset(preset: str) -> None:
+    """ConfigError unless the arithmetic `preset` has fixed-width prompts and answers (the experiment's lengths)."""
+    from jax_cat.data.arithmetic import get_spec
+    from jax_cat.training.config import ConfigError
 
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(status), "cpu": cpu,
-            "cores": os.cpu_count(), "platform": jax.devices()[0].platform, "jax": jax.__version__,
-            "python": platform.python_version(), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+        spec = get_spec(preset)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"data.dataset=arithmetic:{preset}: {err}") from None
+    if not spec.pad_operands or not spec.answer_width:
+        raise ConfigError(f"data.dataset=arithmetic:{preset}: the default experiment's preset needs fixed-width "
+                          "prompts and answers (like sum3_2d)")
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)
+def trainer_config(run: DefaultRun | Any, *, method: str, model_path: str | os.PathLike, strategy: str = "pass@1"):
+    """The trainer Config of one stage: method "sft" = the warm start (`warmup_config` of the recipe), "grpo" = an
+    RL arm with `strategy`, both from `model_path`. `run`: a DefaultRun view or a default-experiment Config."""
+    cfg = run.config() if isinstance(run, DefaultRun) else run
+    return warm_start_config(cfg, model_path) if method == "sft" else arm_config(cfg, model_path, strategy)
+
+
+def warm_start_config(cfg: Any, base: str | os.PathLike):
+    """The warm start's run: the recipe's warm-up stage (`jax_cat.training.run.warmup_config`) from `base`, saved
+    and evaluated like any run."""
+    from jax_cat.training.run import warmup_config
+
+    warm = warmup_config(cfg)
+    return warm.replace(**{"model.path": str(base), "warmup.steps": 0, "train.save_final": True})
+
+
+def arm_config(cfg: Any, warm: str | os.PathLike, strategy: str):
+    """One RL arm's run: the recipe's GRPO stage with `strategy`, from the warm start `warm` (no warm-up of its own)."""
+    return cfg.replace(**{"model.path": str(warm), "warmup.steps": 0, "strategy": strategy,
+                          "train.save_final": True})
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def base_checkpoint(run: DefaultRun, out: Path) -> Path:
-    """`<out>/base/`: the randomly initialised arithmetic model + tokenizer (built once, then reused)."""
+def _devices() -> list | None:
+    """Data parallel over the accelerators; on CPU one device (forced host devices share the same cores)."""
+    import jax
+
+    devices = jax.devices()
+    return devices[:1] if devices[0].platform == "cpu" else None
+
+
+def default_mesh(cfg: Any):
+    """The mesh the default experiment trains on (`_devices`)."""
+    from jax_cat.training.runtime import build_mesh
+
+    return build_mesh(cfg, _devices())
+
+
+def base_checkpoint(cfg: Any, out: Path) -> Path:
+    """The starting model: `<out>/base/` (the arithmetic model initialised with train.seed, built once) when
+    model.path is "tiny-arithmetic", else model.path itself."""
+    if cfg.model.path != "tiny-arithmetic":
+        return Path(cfg.model.path)
     from jax_cat.models.tiny import arithmetic_model_config, build_arithmetic_checkpoint
 
     path = out / "base"
-    stamp = _fingerprint({"config": dataclasses.asdict(arithmetic_model_config()), "seed": run.seed})
+    stamp = json.dumps({"config": dataclasses.asdict(arithmetic_model_config()), "seed": cfg.train.seed},
+                       sort_keys=True, default=str)
     marker = path / "jax_cat_default.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == stamp:
+    if marker.is_file() and marker.read_text().strip() == stamp:
         return path
-    build_arithmetic_checkpoint(path, seed=run.seed)
-    atomic_write_text(marker, json.dumps({"fingerprint": stamp}) + "\n")
+    build_arithmetic_checkpoint(path, seed=cfg.train.seed)
+    atomic_write_text(marker, stamp + "\n")
     return path
 
 
-def warm_start(run: DefaultRun, out: Path, base: Path) -> tuple[Path, dict[str, Any]]:
-    """`<out>/warm_start/`: the SFT warm start (HF checkpoint), trained with the trainer's SFT loop once and reused
-    while nothing that made it changed. Returns (path, info: fingerprint, reused, seconds, first/last loss)."""
-    from jax_cat.models import save_hf
-    from jax_cat.training.runtime import load_model
-    from jax_cat.training.sft import run_sft
+def finished_with(cfg: Any, out: Path) -> bool:
+    """Whether `out` holds a finished run of exactly `cfg` (config.json equal, final/ and eval/results.json there)."""
+    done = all((out / p).is_file() for p in ("config.json", "final/config.json", "eval/results.json"))
+    return done and json.loads((out / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
 
-    cfg = trainer_config(run, method="sft", model_path=base)
-    what = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "eval", "logging", "checkpoint", "mesh")}
-    stamp = _fingerprint({"sft": what, "base": (base / "jax_cat_default.json").read_text(), "format": 1})
-    path = out / "warm_start"
-    marker = path / "jax_cat_default.json"
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        if info.get("fingerprint") == stamp:
-            return path, dict(info, reused=True)
+
+def run_stage(cfg: Any, out: Path, *, reuse: bool) -> tuple[dict[str, Any], bool]:
+    """Runs `cfg` into `out` with the trainer's `run` -> ({"history", "eval", "final", "seconds"}, reused).
+
+    With `reuse`, a finished run of the same config (config.json, final/, eval/results.json) is read back instead."""
+    from jax_cat.training.run import run
+
+    if reuse and finished_with(cfg, out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (out / "metrics.jsonl").is_file() else []
+        return {"history": rows, "eval": json.loads((out / "eval" / "results.json").read_text()),
+                "final": out / "final", "seconds": 0.0}, True
     t0 = time.perf_counter()
-    mesh = default_mesh(cfg)
-    model, tokenizer = load_model(cfg, mesh)
-    result = run_sft(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, stage="sft")
-    losses = [row["loss"] for row in result.history if "loss" in row]
-    save_hf(result.model, path, tokenizer=tokenizer)
-    info = {"fingerprint": stamp, "seconds": time.perf_counter() - t0, "steps": run.sft_steps,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
-    atomic_write_text(marker, json.dumps(info) + "\n")
-    return path, dict(info, reused=False)
+    summary = run(cfg, out=out, overwrite=True, devices=_devices())
+    history = summary["stages"][cfg.train.method].history
+    return {"history": history, "eval": summary["eval"], "final": summary["final"],
+            "seconds": time.perf_counter() - t0}, False
 
 
-def train_variant(run: DefaultRun, out: Path, warm: Path, stage: str, strategy: str) -> tuple[Any, Any, dict]:
-    """GRPO from the warm start with `strategy` via the trainer's loop -> (model, tokenizer, info)."""
-    from jax_cat.training.grpo import run_grpo
-    from jax_cat.training.runtime import load_model, save_final
-
-    cfg = trainer_config(run, method="grpo", model_path=warm, strategy=strategy)
-    import shutil
-
-    shutil.rmtree(out / "checkpoints" / stage, ignore_errors=True)  # an RL stage always starts from the warm start
-    t0 = time.perf_counter()
-    mesh = default_mesh(cfg)
-    model, tokenizer = load_model(cfg, mesh)
-    result = run_grpo(cfg, model=model, tokenizer=tokenizer, mesh=mesh, out=out, stage=stage)
-    save_final(result.model, tokenizer, out / stage)
-    rewards = [row["reward"] for row in result.history if "reward" in row]
-    info = {"seconds": time.perf_counter() - t0, "strategy": strategy, "steps": run.grpo_steps,
-            "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None}
-    return result.model, tokenizer, info
+def _model_entry(label: str, strategy: str, stage: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    ev = stage["eval"]
+    num_correct = ev["num_correct"]
+    return {"label": label, "strategy": strategy, "train": train, "pass@k": _without_per_problem(ev["metrics"]["pass@k"]),
+            "num_problems": ev["num_problems"], "n": ev["config"]["n"], "seconds": ev["timing_s"],
+            "solved_fraction": float(np.mean(np.asarray(num_correct) > 0)), "num_correct": num_correct}
 
 
-def sample_and_score(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, max_new_tokens: int,
-                     seed: int, batch_rows: int = 4096,
-                     reward_fn: Callable[[Sequence[str], Sequence[str]], Any] | None = None,
-                     ) -> tuple[np.ndarray, list[list[str]]]:
-    """n sampled completions of every problem -> (correct [P, n] bool, completion texts P x n).
-
-    The token-level path of `jax_cat.evaluate.evaluate`: `sample_tokens` with one prefill per prompt (temperature
-    1), texts decoded with the tokenizer, 0/1 rewards from `reward_fn(texts, golds)` (default: the general verifier
-    `jax_cat.rewards.compute_rewards`; the default run passes the exact-format check its RL stages train on,
-    `jax_cat.rewards.exact_match_rewards`). Prompts are encoded as the trainer encodes them (no chat template,
-    tokenizer specials).
-    """
-    import jax
-
-    if reward_fn is None:
-        from jax_cat.rewards import compute_rewards as reward_fn
-    from jax_cat.sampling import sample_tokens
-    from jax_cat.sampling.engine import resolve_eos_token_ids, resolve_pad_token_id
-
-    eos = resolve_eos_token_ids(model, tokenizer)
-    pad = resolve_pad_token_id(model, tokenizer, eos)
-    encoded = tokenizer([p["prompt"] for p in problems])["input_ids"]
-    width = max(len(e) for e in encoded)
-    ids = np.full((len(encoded), width), pad, np.int32)
-    mask = np.zeros((len(encoded), width), bool)
-    for r, e in enumerate(encoded):
-        ids[r, width - len(e):], mask[r, width - len(e):] = e, True
-    per_chunk = max(1, batch_rows // n)
-    correct = np.zeros((len(problems), n), bool)
-    texts: list[list[str]] = []
-    base_key = jax.random.key(seed)
-    for start in range(0, len(problems), per_chunk):
-        stop = min(len(problems), start + per_chunk)
-        u = stop - start
-        row_prompt = np.repeat(np.arange(u), n)
-        out = sample_tokens(model, ids[start:stop], mask[start:stop], max_new_tokens=max_new_tokens,
-                            key=jax.random.fold_in(base_key, start), eos_token_ids=eos, pad_token_id=pad,
-                            row_prompt=row_prompt)
-        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-        flat = tokenizer.batch_decode([t[:m] for t, m in zip(tokens, lengths)], skip_special_tokens=True)
-        golds = [problems[start + i]["answer"] for i in row_prompt]
-        correct[start:stop] = np.asarray(reward_fn(flat, golds)).reshape(u, n) > 0
-        texts.extend(flat[i * n:(i + 1) * n] for i in range(u))
-    return correct, texts
-
-
-def curve(per_k: Callable[[int], np.ndarray], ks: Sequence[int], seed: int) -> dict[str, list]:
-    """{k, mean, ci_low, ci_high} from a per-problem estimate for each k (95% percentile bootstrap over problems)."""
-    from jax_cat.evaluate import bootstrap_ci
-
-    rows: dict[str, list] = {"k": [], "mean": [], "ci_low": [], "ci_high": []}
-    for k in ks:
-        per_problem = np.asarray(per_k(int(k)), np.float64)
-        low, high = bootstrap_ci(per_problem, seed=seed)
-        rows["k"].append(int(k))
-        rows["mean"].append(float(per_problem.mean()))
-        rows["ci_low"].append(low)
-        rows["ci_high"].append(high)
-    return rows
-
-
-def pass_at_k_eval(model: Any, tokenizer: Any, problems: Sequence[dict], *, n: int, ks: Sequence[int],
-                   max_new_tokens: int, seed: int, batch_rows: int = 4096,
-                   reward_fn: Callable[[Sequence[str], Sequence[str]], Any] | None = None) -> dict[str, Any]:
-    """pass@k (unbiased, Chen et al.; `jax_cat.losses.pass_at_k_many`) with 95% bootstrap CIs over problems.
-
-    (maj@k by Monte Carlo over k-subsets costs more than the whole default run's training on 2 cores, so the
-    default reports pass@k only; scripts/reproduce_cat.py adds maj@k.)
-    """
-    from jax_cat.losses import pass_at_k_many
-
-    t0 = time.perf_counter()
-    correct, _ = sample_and_score(model, tokenizer, problems, n=n, max_new_tokens=max_new_tokens, seed=seed,
-                                  batch_rows=batch_rows, reward_fn=reward_fn)
-    num_correct = correct.sum(axis=1)
-    rows = curve(lambda k: pass_at_k_many(np.full(len(problems), n), num_correct, k), ks, seed)
-    return {"pass@k": rows, "num_problems": len(problems), "n": n, "seconds": time.perf_counter() - t0,
-            "solved_fraction": float(np.mean(num_correct > 0)), "num_correct": [int(c) for c in num_correct]}
-
-
-def paired_difference(num_correct_a: Sequence[int], num_correct_b: Sequence[int], *, n: int, ks: Sequence[int],
-                      seed: int = 0) -> dict[str, list]:
-    """pass@k(a) - pass@k(b) on the same problems with a 95% paired bootstrap CI over problems, for each k.
-
-    Both models answered the same held-out problems, so the per-problem differences of the unbiased estimates are
-    resampled together (the CI of the difference, much tighter than comparing two separate CIs). This is the
-    evaluation-sample noise only; the training seed's share is measured by scripts/reproduce_cat.py (--seeds).
-    """
-    from jax_cat.losses import pass_at_k_many
-
-    a, b = np.asarray(num_correct_a), np.asarray(num_correct_b)
-    if a.shape != b.shape:
-        raise ValueError(f"paired_difference: {a.shape} vs {b.shape} problems; both must answer the same problems")
-    total = np.full(a.shape, n)
-    return curve(lambda k: np.asarray(pass_at_k_many(total, a, k), np.float64)
-                 - np.asarray(pass_at_k_many(total, b, k), np.float64), ks, seed)
+def _without_per_problem(rows: Mapping[str, list]) -> dict[str, list]:
+    return {k: v for k, v in rows.items() if k != "per_problem"}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -405,104 +324,119 @@ def plot_passk(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-# ------------------------------------------------------------------------------------------------ the run
-def run_default(run: DefaultRun = DefaultRun(), out: str | os.PathLike = DEFAULT_OUT, *,
-                say: Callable[[str], None] = _say, overwrite: bool = False) -> dict[str, Any]:
-    """Runs the whole default pipeline into `out` and returns the results dict (also in `<out>/results.json`).
+def _say(text: str) -> None:
+    print(text, flush=True)
 
+
+# ------------------------------------------------------------------------------------------------ the run
+def run_default(run: DefaultRun | Any | None = None, out: str | os.PathLike = DEFAULT_OUT, *,
+                say: Callable[[str], None] = _say, overwrite: bool = False) -> dict[str, Any]:
+    """Runs the whole default experiment into `out` and returns the results dict (also in `<out>/results.json`).
+
+    `run`: a `DefaultRun` view, a Config (e.g. `default_config(["train.seed=1"])`) or None (the recipe as shipped).
     One run at a time owns `out` (a second gets one line). A folder that holds a finished default run
     (results.json) is refused unless `overwrite`; an unfinished one is continued (the SFT warm start is reused
-    when its settings are unchanged, the RL stages start again from it).
+    when its settings are unchanged, the RL arms start again from it).
     """
     from jax_cat.training.run_folder import RunFolderError, check_out_dir, owner_lock
 
+    cfg = default_config() if run is None else run.config() if isinstance(run, DefaultRun) else run
+    check_experiment(cfg)
     out = Path(out)
     check_out_dir(out)
     with owner_lock(out):
         if (out / "results.json").exists() and not overwrite:
             raise RunFolderError(
-                f"{out} already holds a finished default run (results.json, passk.png): read them there, run it "
-                "again with `python -m jax_cat.train --overwrite` (the SFT warm start is reused), or use --out "
-                "with `python -m jax_cat.training.default_run`"
+                f"{out} already holds a finished default run (results.json, passk.png): read them there, or run it "
+                f"again with `python -m jax_cat.train --out {out} --overwrite` (the SFT warm start is reused)"
             )
-        return _run_default(run, out, say)
+        return _run_default(cfg, out, say)
 
 
-def _run_default(run: DefaultRun, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    from jax_cat.data.arithmetic import ArithmeticTask
-    from jax_cat.rewards import exact_match_rewards
-
+def _run_default(cfg: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    cat_label = f"CAT GRPO {run.cat_strategy}"
-    say(f"jax-cat default run -> {out}: tiny model on arithmetic '{run.preset}'; SFT warm start, then plain GRPO "
-        f"and {cat_label} from it; pass@k on {run.test_size} held-out problems")
-    base = base_checkpoint(run, out)
-    warm, warm_info = warm_start(run, out, base)
-    if warm_info["reused"]:
-        say(f"[1/3] SFT warm start: reusing {warm} (same settings as before)")
+    view = from_config(cfg)
+    cat_label = f"CAT GRPO {cfg.strategy}"
+    say(f"jax-cat default run -> {out}: recipe configs/{DEFAULT_RECIPE}.toml, model {cfg.model.path} on "
+        f"{cfg.data.dataset}; SFT warm start, then plain GRPO and {cat_label} from it; pass@k on "
+        f"{cfg.eval.num_problems} held-out problems")
+    base = base_checkpoint(cfg, out)
+    warm_cfg = warm_start_config(cfg, base)
+    warm, reused = run_stage(warm_cfg, out / "warm_start", reuse=True)
+    losses = [row["loss"] for row in warm["history"] if "loss" in row]
+    warm_info = {"reused": reused, "seconds": warm["seconds"], "steps": warm_cfg.train.steps,
+                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    if reused:
+        say(f"[1/3] SFT warm start: reusing {out / 'warm_start'} (same settings as before)")
     else:
-        say(f"[1/3] SFT warm start: {run.sft_steps} steps in {warm_info['seconds']:.0f}s, "
-            f"loss {warm_info['first_loss']:.3f} -> {warm_info['last_loss']:.3f}")
-
-    problems = ArithmeticTask.from_preset(run.preset, seed=run.data_seed, test_size=run.test_size).test_set()
-    evaluate = lambda model, tokenizer: pass_at_k_eval(  # noqa: E731
-        model, tokenizer, problems, n=run.eval_samples, ks=run.ks, max_new_tokens=run.answer_len, seed=run.seed + 1,
-        reward_fn=exact_match_rewards)  # the exact-format check the RL stages train on
-
-    from jax_cat.training.runtime import load_model
-
-    models: dict[str, Any] = {}
-    warm_cfg = trainer_config(run, method="grpo", model_path=warm)
-    model, tokenizer = load_model(warm_cfg, default_mesh(warm_cfg))
-    models["sft"] = {"label": "SFT warm start", "strategy": "pass@1", "train": warm_info, **evaluate(model, tokenizer)}
-    labels = {"grpo": "plain GRPO", "grpo_cat": cat_label}
-    strategies = {"grpo": "pass@1", "grpo_cat": run.cat_strategy}
-    for i, stage in enumerate(("grpo", "grpo_cat"), start=2):
-        model, tokenizer, info = train_variant(run, out, warm, stage, strategies[stage])
-        models[stage] = {"label": labels[stage], "strategy": strategies[stage], "train": info,
-                         **evaluate(model, tokenizer)}
-        p = models[stage]["pass@k"]
-        say(f"[{i}/3] {labels[stage]}: {run.grpo_steps} steps in {info['seconds']:.0f}s; "
+        say(f"[1/3] SFT warm start: {warm_cfg.train.steps} steps in {warm['seconds']:.0f}s"
+            + (f", loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""))
+    models = {"sft": _model_entry("SFT warm start", warm_cfg.strategy, warm, warm_info)}
+    arms = {"grpo": ("plain GRPO", "pass@1"), "grpo_cat": (cat_label, cfg.strategy)}
+    for i, (name, (label, strategy)) in enumerate(arms.items(), start=2):
+        arm_cfg = arm_config(cfg, warm["final"], strategy)
+        stage, _ = run_stage(arm_cfg, out / name, reuse=False)  # an RL arm always starts again from the warm start
+        rewards = [row["reward"] for row in stage["history"] if "reward" in row]
+        info = {"seconds": stage["seconds"], "strategy": strategy, "steps": arm_cfg.train.steps,
+                "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None}
+        models[name] = _model_entry(label, strategy, stage, info)
+        p = models[name]["pass@k"]
+        say(f"[{i}/3] {label}: {arm_cfg.train.steps} steps in {stage['seconds']:.0f}s; "
             f"pass@1 {p['mean'][0]:.3f}, pass@{p['k'][-1]} {p['mean'][-1]:.3f}")
 
     results = {
-        "settings": dataclasses.asdict(run),
-        "num_problems": len(problems),
-        "models": {name: {k: v for k, v in m.items()} for name, m in models.items()},
+        "settings": dataclasses.asdict(view),
+        "config": cfg.to_dict(),
+        "num_problems": models["sft"]["num_problems"],
+        "models": models,
         "cat_minus_plain": paired_difference(models["grpo_cat"]["num_correct"], models["grpo"]["num_correct"],
-                                             n=run.eval_samples, ks=run.ks, seed=run.seed + 2),
+                                             n=cfg.eval.n, ks=models["grpo"]["pass@k"]["k"], seed=cfg.train.seed + 2),
+        "evaluation": {k: v for k, v in warm["eval"]["config"].items()
+                       if k in ("temperature", "top_p", "top_k", "max_new_tokens", "use_chat_template", "system",
+                                "chat_template_applied", "reward_fn", "num_resamples", "confidence", "metrics")},
         "wall_seconds": time.perf_counter() - t_start,
         "provenance": provenance(),
-        "command": "python -m jax_cat.train",
+        "command": "python -m jax_cat.train" + (f" --out {out}" if out != DEFAULT_OUT else ""),
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     plot = plot_passk(results, out / "passk.png")
-    say(f"\npass@k on {len(problems)} held-out '{run.preset}' problems ({run.eval_samples} samples each; CAT - plain "
-        "with a 95% paired bootstrap CI over problems, one training seed: rerun with --seed to see the seed's share):")
+    say(f"\npass@k on {results['num_problems']} held-out problems ({cfg.eval.n} samples each; CAT - plain "
+        "with a 95% paired bootstrap CI over problems, one training seed: rerun with --set train.seed=1 to see the "
+        "seed's share):")
     say(format_table(results))
     wrote = f"{out / 'results.json'}, {plot}" if plot is not None else f"{out / 'results.json'}"
     say(f"\nwrote {wrote} in {results['wall_seconds']:.0f}s")
     return results
 
 
+# ------------------------------------------------------------------------------------------------ CLIs
 def build_parser() -> argparse.ArgumentParser:
+    """`python -m jax_cat.training.default_run`: the default experiment with its view's flags (--seed 1 ...)."""
     p = argparse.ArgumentParser(prog="python -m jax_cat.training.default_run", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"run folder (default {DEFAULT_OUT})")
     p.add_argument("--overwrite", action="store_true", help="run again into a folder that holds a finished run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key of configs/default.toml (repeatable)")
+    types = {"preset": str, "cat_strategy": str, "sft_learning_rate": float, "grpo_learning_rate": float}
     for field in dataclasses.fields(DefaultRun):
-        p.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                       help=f"default {field.default}")
+        p.add_argument(f"--{field.name.replace('_', '-')}", type=types.get(field.name, int), default=None,
+                       help=f"recipe key {_KEYS.get(field.name, 'data.dataset')}")
     return p
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
-    """Entry point: `python -m jax_cat.train` (no arguments) calls main(namespace); the module CLI parses argv."""
+    """Entry point: `python -m jax_cat.train [--out DIR] [--set KEY=VALUE ...]` (no --config) calls main(namespace);
+    the module CLI parses its own argv (the view's flags, then --set)."""
     if args is None or not isinstance(args, argparse.Namespace):
         args = build_parser().parse_args(None if args is None else list(args))
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DefaultRun)
-                 if getattr(args, f.name, None) is not None}
-    run_default(DefaultRun(**overrides), getattr(args, "out", None) or DEFAULT_OUT,
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(DefaultRun)
+             if getattr(args, f.name, None) is not None}
+    from jax_cat.training.config import parse_set
+
+    overrides = DefaultRun(**flags).overrides() if flags else {}
+    overrides.update(parse_set(getattr(args, "overrides", None) or []))
+    run_default(default_config(overrides), getattr(args, "out", None) or DEFAULT_OUT,
                 overwrite=bool(getattr(args, "overwrite", False)))
     return 0
 

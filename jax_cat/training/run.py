@@ -18,12 +18,16 @@ from jax_cat.training.sft import run_sft
 
 
 def warmup_config(cfg: Config) -> Config:
-    """The SFT warm-up stage's Config: cfg with train.method sft, the warm-up's steps, learning rate, batch, strategy."""
+    """The SFT warm-up stage's Config: cfg with train.method sft, the warm-up's steps, learning rate (and, when set,
+    LR warm-up, schedule, end ratio and weight decay), batch, strategy."""
     w = cfg.warmup
+    own = {"warmup_steps": w.lr_warmup_steps, "schedule": w.schedule, "end_lr_ratio": w.end_lr_ratio,
+           "weight_decay": w.weight_decay}
     return dataclasses.replace(
         cfg,
         train=dataclasses.replace(cfg.train, method="sft", steps=w.steps, micro_batches=1, stop_after=None),
-        optimizer=dataclasses.replace(cfg.optimizer, learning_rate=w.learning_rate),
+        optimizer=dataclasses.replace(cfg.optimizer, learning_rate=w.learning_rate,
+                                      **{k: v for k, v in own.items() if v is not None}),
         data=dataclasses.replace(cfg.data, batch_size=w.batch_size or cfg.data.batch_size),
         loss=dataclasses.replace(cfg.loss, reduction="token_mean"),
         strategy=w.strategy,
@@ -31,7 +35,8 @@ def warmup_config(cfg: Config) -> Config:
 
 
 def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) -> dict[str, Any]:
-    """pass@k / maj@k / bon@k on cfg.eval.num_problems held-out problems; writes `<out>/eval/` (results + plot)."""
+    """pass@k / maj@k / bon@k (eval.metrics) on cfg.eval.num_problems held-out problems with `jax_cat.evaluate`'s
+    one path, prompts formatted as training formats them; writes `<out>/eval/` (results + plot)."""
     from jax_cat.evaluate import evaluate, write_results
     from jax_cat.training.data import _local_file, eval_dataset, eval_holdout, eval_records, task_reward_fn
 
@@ -41,7 +46,7 @@ def evaluate_model(cfg: Config, model: Any, tokenizer: Any, out: Path | None) ->
     result = evaluate(model, tokenizer, problems, n=e.n, ks=e.ks, max_new_tokens=e.max_new_tokens or
                       cfg.rollout.max_new_tokens, temperature=e.temperature, seed=cfg.train.seed,
                       use_chat_template=cfg.data.use_chat_template, system=cfg.data.system, progress=False,
-                      reward_fn=task_reward_fn(cfg.data))
+                      reward_fn=task_reward_fn(cfg.data), metrics=e.metrics, batch_size=e.batch_size)
     source = (f"last {held} rows of {cfg.data.dataset} (held out of training)" if held else None)
     result["config"].update(model=str(cfg.model.path), trained_model=str(out / "final") if out is not None else None,
                             dataset=eval_dataset(cfg), held_out=source,
@@ -89,22 +94,23 @@ def checkpoint_note(cfg: Config, model: Any) -> str:
             f"{cfg.model.param_dtype}), the last checkpoint.keep={cfg.checkpoint.keep} kept per stage")
 
 
-def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite: bool = False,
+        devices: list | None = None) -> dict[str, Any]:
     """Runs every stage of `cfg`; returns {"stages": {name: RunResult}, "final": path, "eval": result}.
 
     The run folder `out` is checked and locked first (`jax_cat.training.run_folder`): a folder holding a run is
     refused unless `resume` (same config, up to the keys `SAFE_ON_RESUME` lists) or `overwrite` (its run entries are
     removed); a second process on the same folder is refused. The data is loaded and checked before the model.
     The warm-up stage's RunResult keeps its history only (model and state None: its weights went on into the main
-    stage).
+    stage). `devices`: the devices of the mesh (default: all of them).
     """
     out = Path(out) if out is not None else None
     if out is None:
-        return _run(cfg, None, resume=resume)
+        return _run(cfg, None, resume=resume, devices=devices)
     check_out_dir(out)
     if not is_primary():  # process 0 owns the folder; the others only read checkpoints and shards from it
         _barrier("run folder checked")
-        return _run(cfg, out, resume=resume)
+        return _run(cfg, out, resume=resume, devices=devices)
     with owner_lock(out):
         prepare_run_folder(cfg, out, resume=resume, overwrite=overwrite, dry_run=True)
         check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)
@@ -114,7 +120,7 @@ def run(cfg: Config, *, out: str | Path | None, resume: bool = False, overwrite:
         if write_config:
             atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         _barrier("run folder checked")
-        return _run(cfg, out, resume=resume)
+        return _run(cfg, out, resume=resume, devices=devices)
 
 
 def _barrier(name: str) -> None:
@@ -126,9 +132,9 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _run(cfg: Config, out: Path | None, *, resume: bool) -> dict[str, Any]:
+def _run(cfg: Config, out: Path | None, *, resume: bool, devices: list | None = None) -> dict[str, Any]:
     check_data(cfg.data, evaluate=cfg.train.eval_at_end, eval_problems=cfg.eval.num_problems)  # cached
-    mesh = build_mesh(cfg)
+    mesh = build_mesh(cfg, devices)
     if is_primary():
         for line in filter(None, [accelerator_recipe_warning(cfg), eval_note(cfg)]):
             print(line, file=sys.stderr)

@@ -49,7 +49,7 @@ def build_mesh(cfg: Config, devices: list | None = None) -> Mesh:
 
 
 def model_path(path: str) -> Path:
-    """The local checkpoint folder for model.path ("tiny" | folder | hub id: `jax_cat.models.resolve.resolve_model`);
+    """The local checkpoint folder for model.path ("tiny" | "tiny-arithmetic" | folder | hub id: `jax_cat.models.resolve.resolve_model`);
     ConfigError naming model.path when there is none."""
     from jax_cat.models.resolve import resolve_model
 

@@ -53,6 +53,8 @@ def test_overrides_are_typed():
     (["optimizer.b2=1"], "optimizer.b2 must be in [0, 1), got 1.0"),
     (["train.stop_after=0"], "train.stop_after must be >= 1, got 0"),
     (["data.dataset="], "data.dataset must not be empty"),
+    (["eval.metrics=pass@k,top@k"], "eval.metrics: 'top@k' is not one of 'pass@k', 'maj@k', 'bon@k'"),
+    (["eval.metrics="], "eval.metrics is empty"),
     (["eval.ks="], "eval.ks is empty"),
     # issue 19 item 6: objectives that can never move
     (["train.method=grpo", "rollout.group_size=1"], "rollout.group_size=1: GRPO's advantage is a sample's reward minus"),
@@ -110,6 +112,8 @@ OUT_OF_RANGE = {
     "rollout.top_p": 0, "rollout.top_k": -1, "warmup.steps": -1, "warmup.learning_rate": -1e-3,
     "warmup.batch_size": -1, "mesh.data": 0, "mesh.fsdp": -2, "mesh.tensor": 0, "checkpoint.keep": 0,
     "eval.num_problems": -1, "eval.n": 0, "eval.ks": "1,0", "eval.max_new_tokens": -1, "eval.temperature": float("inf"),
+    # issue 24: the warm-up stage's own optimizer keys and the evaluation's decode batch
+    "warmup.lr_warmup_steps": -1, "warmup.end_lr_ratio": 1.5, "warmup.weight_decay": -0.1, "eval.batch_size": 0,
 }
 
 

@@ -1,10 +1,11 @@
-"""The embedded default run end to end with tiny step counts: its outputs, their structure and sane values."""
+"""The default experiment end to end with tiny step counts: its outputs, their structure and sane values; its
+settings are the recipe configs/default.toml and its stages are trainer runs."""
 import json
 
 import numpy as np
 import pytest
 
-from jax_cat.training.default_run import DefaultRun, format_table, main, run_default, warm_start
+from jax_cat.training.default_run import DefaultRun, format_table, main, run_default
 
 TINY = DefaultRun(test_size=4, sft_steps=6, sft_batch_size=32, sft_learning_rate=3e-3, sft_warmup_steps=0,
                   grpo_steps=2, grpo_prompts=4, group_size=4, eval_samples=4, log_every=1)
@@ -19,24 +20,31 @@ def tiny_run(tmp_path_factory):
     return out, results, lines
 
 
+def _metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_outputs_exist_and_load(tiny_run):
     out, results, _ = tiny_run
     assert json.loads((out / "results.json").read_text())["models"].keys() == {"sft", "grpo", "grpo_cat"}
     assert (out / "passk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"sft", "grpo", "grpo_cat"}
+    # each stage is an ordinary trainer run folder
+    for stage, method in (("warm_start", "sft"), ("grpo", "grpo"), ("grpo_cat", "grpo")):
+        assert {row["stage"] for row in _metrics(out / stage / "metrics.jsonl")} == {method}, stage
+        assert (out / stage / "checkpoints" / method).is_dir() and (out / stage / "config.json").is_file()
+        assert json.loads((out / stage / "eval" / "results.json").read_text())["provenance"]["cpu"]
     from jax_cat.models import load_hf
 
-    for stage in ("grpo", "grpo_cat"):  # each RL model's HF checkpoint, loadable, with the 18-token vocabulary
+    for stage in ("warm_start", "grpo", "grpo_cat"):  # each model's HF checkpoint, loadable, 18-token vocabulary
         model = load_hf(out / stage / "final")
         assert model.config.vocab_size == 18 and model.config.model_type == "llama"
-    assert (out / "checkpoints" / "sft").is_dir() and (out / "warm_start" / "config.json").is_file()
+    assert json.loads((out / "grpo_cat" / "config.json").read_text())["strategy"] == "pass@8"
+    assert json.loads((out / "grpo" / "config.json").read_text())["model"]["path"] == str(out / "warm_start" / "final")
 
 
 def test_values_are_sane(tiny_run):
     out, results, lines = tiny_run
-    sft_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    sft_loss = [r["loss"] for r in sft_rows if r["stage"] == "sft"]
+    sft_loss = [r["loss"] for r in _metrics(out / "warm_start" / "metrics.jsonl")]
     assert len(sft_loss) == TINY.sft_steps
     assert sft_loss[-1] < sft_loss[0] - 0.3  # from ~log(18) = 2.9 at init, 6 steps at 3e-3 clearly lower it
     assert abs(sft_loss[0] - np.log(18)) < 0.3  # a random init predicts about uniformly
@@ -55,19 +63,24 @@ def test_values_are_sane(tiny_run):
     paired = results["cat_minus_plain"]
     assert paired["k"] == [1, 2, 4] and np.all(np.asarray(paired["ci_low"]) <= np.asarray(paired["ci_high"]))
     assert results["provenance"]["cpu"] and "commit" in results["provenance"]
+    assert results["provenance"]["device_kind"] and results["settings"]["sft_steps"] == TINY.sft_steps
+    assert results["config"]["warmup"]["steps"] == TINY.sft_steps  # the whole recipe is recorded
+    # the prompt format is an explicit, recorded setting (raw character prompts, no chat template)
+    assert results["evaluation"]["use_chat_template"] is False and results["evaluation"]["chat_template_applied"] is False
+    assert results["evaluation"]["reward_fn"].endswith("exact_match_rewards")
 
 
 def test_warm_start_is_cached(tiny_run):
+    from jax_cat.training.default_run import run_stage, finished_with, warm_start_config
+
     out, results, _ = tiny_run
     assert results["models"]["sft"]["train"]["reused"] is False
-    path, info = warm_start(TINY, out, out / "base")
-    assert info["reused"] is True and path == out / "warm_start"
-    # a different SFT setting does not reuse it (the fingerprint covers the SFT config)
-    from jax_cat.training.default_run import _fingerprint, trainer_config
-
-    a = trainer_config(TINY, method="sft", model_path=out / "base").to_dict()
-    b = trainer_config(DefaultRun(**{**TINY.__dict__, "sft_steps": 7}), method="sft", model_path=out / "base").to_dict()
-    assert _fingerprint(a) != _fingerprint(b)
+    cfg = warm_start_config(TINY.config(), out / "base")
+    stage, reused = run_stage(cfg, out / "warm_start", reuse=True)
+    assert reused is True and stage["final"] == out / "warm_start" / "final"
+    assert stage["eval"]["num_correct"] == results["models"]["sft"]["num_correct"]
+    # a different SFT setting does not reuse it (the whole run config is compared)
+    assert not finished_with(cfg.replace(**{"train.steps": 7}), out / "warm_start")
 
 
 def test_a_finished_default_run_is_not_replaced_by_accident(tiny_run, capsys):
@@ -78,7 +91,7 @@ def test_a_finished_default_run_is_not_replaced_by_accident(tiny_run, capsys):
 
     out, _, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    with pytest.raises(RunFolderError, match=r"already holds a finished default run.*python -m jax_cat.train --overwrite"):
+    with pytest.raises(RunFolderError, match=r"already holds a finished default run.*python -m jax_cat.train --out .* --overwrite"):
         run_default(TINY, out, say=lambda _: None)
     with output_lock(out), pytest.raises(RunFolderError, match=r"another trainer \(pid \d+\) is running"):
         run_default(TINY, out, say=lambda _: None, overwrite=True)
@@ -139,7 +152,7 @@ def test_rl_stages_warm_up_their_learning_rate():
     assert float(schedule(0)) == pytest.approx(peak / warm)  # the first update uses peak/warm (never a no-op)
     assert float(schedule(warm // 2)) == pytest.approx(peak / 2, rel=0.05)
     assert float(schedule(run.grpo_steps - 1)) == pytest.approx(run.grpo_learning_rate)
-    for recipe in ("grpo", "grpo_cat", "sft_then_cat_rl"):
+    for recipe in ("grpo", "grpo_cat", "sft_then_cat_rl", "default"):
         assert load_config(recipe).optimizer.warmup_steps >= 50, recipe
 
 
@@ -153,3 +166,52 @@ def test_cat_minus_plain_has_a_paired_ci_by_hand():
     assert same["mean"] == [0.0, 0.0] and same["ci_low"] == [0.0, 0.0] and same["ci_high"] == [0.0, 0.0]
     with pytest.raises(ValueError, match="same problems"):
         paired_difference([1], [1, 2], n=4, ks=[1])
+
+
+def test_the_recipe_is_the_settings_and_the_view_shows_it():
+    """Issue 24: the default experiment's settings are configs/default.toml; DefaultRun is a flat view of its keys."""
+    from jax_cat.training.config import load_config
+    from jax_cat.training.default_run import default_config, warm_start_config
+
+    recipe = load_config("default")
+    assert DefaultRun().config() == recipe == default_config()
+    view = DefaultRun()
+    assert (view.preset, view.sft_steps, view.grpo_steps, view.cat_strategy, view.eval_samples, view.ks) == (
+        "sum3_2d", recipe.warmup.steps, recipe.train.steps, recipe.strategy, recipe.eval.n, recipe.eval.ks)
+    assert DefaultRun(seed=3).config() == default_config(["train.seed=3"])
+    # the warm start is the trainer's own warm-up stage, with its own optimizer keys
+    warm = warm_start_config(recipe, "base")
+    o = warm.optimizer
+    assert (warm.train.method, warm.train.steps, warm.data.batch_size) == ("sft", 1000, 128)
+    assert (o.learning_rate, o.warmup_steps, o.schedule, o.end_lr_ratio, o.weight_decay) == (1e-3, 100, "cosine", 0.1,
+                                                                                            0.01)
+    assert (recipe.optimizer.warmup_steps, recipe.optimizer.schedule, recipe.optimizer.weight_decay) == (50, "constant",
+                                                                                                        0.0)
+
+
+def test_train_with_no_config_runs_the_default_experiment_into_out(monkeypatch, tmp_path):
+    """Issue 24 item 2: `python -m jax_cat.train --out X` (no --config) is the default experiment into X, as
+    `python -m jax_cat.train` is into runs/default; --config and --set keep meaning a trainer run."""
+    import jax_cat.train as train
+    from jax_cat.training import default_run
+
+    seen = []
+    monkeypatch.setattr(default_run, "run_default", lambda cfg, out, **kw: seen.append((cfg, str(out), kw)))
+    assert train.main(["--out", str(tmp_path / "x")]) == 0
+    assert train.main([]) == 0
+    assert train.main(["--out", str(tmp_path / "x"), "--overwrite"]) == 0
+    assert [(str(o), kw["overwrite"]) for _, o, kw in seen] == [
+        (str(tmp_path / "x"), False), ("runs/default", False), (str(tmp_path / "x"), True)]
+    assert all(cfg == default_run.default_config() for cfg, _, _ in seen)
+    seen.clear()
+    assert main(["--seed", "2", "--set", "train.steps=3", "--out", str(tmp_path / "y")]) == 0
+    cfg = seen[0][0]
+    assert (cfg.train.seed, cfg.train.steps, cfg.strategy) == (2, 3, "pass@8")
+    # --set without --config is a trainer run over the built-in defaults, not the experiment
+    trained = []
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("jax_cat.training.run"), "run", lambda cfg, **kw: trained.append(cfg) or
+                        {"stages": {}, "final": None, "eval": None})
+    assert train.main(["--set", "train.steps=1", "--out", str(tmp_path / "z")]) == 0
+    assert len(seen) == 1 and trained[0].train.steps == 1 and trained[0].train.method == "sft"

@@ -28,8 +28,8 @@ def runs(tmp_path_factory):
     for seed in SEEDS:
         folder = tmp_path_factory.mktemp(f"regime{seed}")
         results = run_default(DefaultRun(seed=seed), folder, say=lambda _: None)
-        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        out[seed] = results, [r["reward"] for r in rows if r["stage"] == "grpo" and "reward" in r]
+        rows = [json.loads(line) for line in (folder / "grpo" / "metrics.jsonl").read_text().splitlines()]
+        out[seed] = results, [r["reward"] for r in rows if "reward" in r]
     return out
 
 
