@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
+from jax_cat.atomic import atomic_write_text
 from jax_cat.extras import optional, require
 
 __all__ = ["BUILTIN_BACKENDS", "MetricsWriter", "TensorBoardWriter", "WandbWriter", "WriterContext", "check_report_to",
@@ -167,7 +168,7 @@ class WandbWriter:
             run_id = id_file.read_text().strip() if id_file.is_file() else ""
             if not run_id:
                 run_id = uuid.uuid4().hex[:12]
-                id_file.write_text(run_id + "\n")
+                atomic_write_text(id_file, run_id + "\n")
         mode, why = wandb_mode()
         kwargs: dict[str, Any] = dict(
             project=ctx.project or os.environ.get("WANDB_PROJECT") or "jax-cat",
