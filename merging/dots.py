@@ -559,17 +559,17 @@ def _pipeline(args: argparse.Namespace, out: Path, queries: list[str]) -> int:
     model_dir = out / "model"
     coeffs = (best.parameters["sft"], best.parameters["rl"])
     if picked_d[0] == picked_d[1]:
-        from merging import MergeSpec, merge_checkpoints
+        from merging import DotsMerge, merge_checkpoints
 
         # rescale off = a per-tensor L-inf "rescale": top-k always keeps a tensor's largest |x|, so its factor is
         # exactly 1 (tests/merging/test_dots_cli.py checks the written model equals the searched candidate).
         norm, scope = ("l2", "global") if args.rescale == "on" else ("linf", "tensor")
-        spec = MergeSpec("dots", coeffs=coeffs, density=picked_d[0], topk_scope=args.topk_scope, norm=norm,
-                         scope=scope)
+        spec = DotsMerge(coefficients=coeffs, density=picked_d[0], topk_scope=args.topk_scope, norm=norm,
+                         rescale_scope=scope)
         merge_checkpoints(args.base, [args.sft, args.rl], spec, model_dir, max_shard_size=args.max_shard_size,
                           overwrite=True, progress=not args.no_progress, dtype=args.out_dtype)
         how = "streamed merge"
-    else:  # two densities: not one MergeSpec; write the in-memory candidate (the very weights that were scored)
+    else:  # two densities: not one DotsMerge; write the in-memory candidate (the very weights that were scored)
         from jax_cat.models import save_hf
         from merging.stream import parse_size
 

@@ -290,13 +290,13 @@ def sample_and_score(model: Any, tokenizer: Any, problems: Sequence[dict], *, n:
     for start in range(0, len(problems), per_chunk):
         stop = min(len(problems), start + per_chunk)
         u = stop - start
-        row_prompt = np.repeat(np.arange(u), n)
+        group_ids = np.repeat(np.arange(u), n)
         out = sample_tokens(model, ids[start:stop], mask[start:stop], max_new_tokens=max_new_tokens,
                             key=jax.random.fold_in(base_key, start), eos_token_ids=eos, pad_token_id=pad,
-                            row_prompt=row_prompt)
+                            group_ids=group_ids)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         flat = tokenizer.batch_decode([t[:m] for t, m in zip(tokens, lengths)], skip_special_tokens=True)
-        golds = [problems[start + i]["answer"] for i in row_prompt]
+        golds = [problems[start + i]["answer"] for i in group_ids]
         correct[start:stop] = np.asarray(reward_fn(flat, golds)).reshape(u, n) > 0
         texts.extend(flat[i * n:(i + 1) * n] for i in range(u))
     return correct, texts
