@@ -426,7 +426,7 @@ def test_merge_refuses_mismatched_checkpoints(ckpts, tmp_path):
     with expect(FileNotFoundError, r"nowhere", tmp_path):
         merge_checkpoints(tmp_path / "nowhere", [ckpts["ft"]], method_settings("task_arithmetic"), tmp_path / "m",
                           progress=False)
-    with expect(ValueError, r"got 1 models but 2 coeffs \(coefficients\)", tmp_path):
+    with expect(ValueError, r"got 1 models but 2 coefficients; give one", tmp_path):
         merge_checkpoints(ckpts["good"], [ckpts["ft"]], method_settings("task_arithmetic", coefficients=(1.0, 2.0)),
                           tmp_path / "m", progress=False)
 
