@@ -70,6 +70,9 @@ def core_site(tmp_path_factory) -> Path:
             target = site / top
             if not target.exists() and (source / top).exists():
                 target.symlink_to(source / top)
+        info = Path(md.distribution(dist)._path)  # its .dist-info: importlib.metadata.version() reads it at import
+        if not (site / info.name).exists():
+            (site / info.name).symlink_to(info)
     for pkg in ("jax_cat", "merging"):
         (site / pkg).symlink_to(REPO / pkg)
     return site
@@ -144,7 +147,9 @@ print("analyze-status", analyze(["--base", {str(tmp_path / 'base')!r}, "--sft", 
                                  "--rl", {str(tmp_path / 'rl')!r}, "--out", {str(tmp_path / 'analysis')!r}]))
 from merging.dots import main as dots
 print("dots-status", dots(["--base", "b", "--sft", "s", "--rl", "r", "--queries", "q.jsonl", "--out", "o"]))
-from jax_cat.data.hf import load_prompt_dataset
+from jax_cat.data.hf import format_prompt, load_prompt_dataset
+from jax_cat.models.tiny import build_char_tokenizer
+print("chat-prompt", repr(format_prompt("1+1?", build_char_tokenizer())))  # transformers renders it with jinja2
 open("rows.jsonl", "w").write('{{"question": "1+1?", "answer": "#### 2"}}\\n')
 print("local-rows", len(load_prompt_dataset("rows.jsonl")))  # local files need no extra
 try:
@@ -162,6 +167,7 @@ except ImportError as e:
     assert "pip install 'jax-cat[dots]'" in done.stderr
     assert "Traceback" not in done.stderr
     assert "local-rows 1" in done.stdout
+    assert "chat-prompt " in done.stdout and "1+1?" in done.stdout
     assert "pip install 'jax-cat[data]'" in done.stdout
 
 
