@@ -2,7 +2,8 @@
 
 jax-cat's core (models, sampling, losses, training, evaluation, pytree merging) installs with `pip install jax-cat`.
 Heavier features live in extras (`pyproject.toml`): `dots` (the Vizier search), `data` (dataset files and hub
-datasets through `datasets`), `plots` (matplotlib), `tensorboard`; `all` is every one of them. This module is the
+datasets through `datasets`), `plots` (matplotlib), `tensorboard`, `wandb` (Weights & Biases logging); `all` is
+every one of them but `wandb` (a hosted service's client, taken by name: `pip install 'jax-cat[all,wandb]'`). This module is the
 single place that maps an import to its extra, so every entry point says the same thing:
 
     vizier = require("vizier.service.clients", feature="the DoTS coefficient search")
@@ -25,6 +26,7 @@ EXTRA_OF: dict[str, str] = {
     "datasets": "data", "pyarrow": "data", "sqlalchemy": "dots",
     "matplotlib": "plots",
     "tensorboardX": "tensorboard",
+    "wandb": "wandb",
 }
 
 

@@ -6,7 +6,7 @@ used from any JAX codebase; `stream` reads and writes HF safetensors checkpoints
 `jax_cat.io.safetensors`). The DoTS search (`merging.dots_config.DotsConfig`, `merging.dots_run.run_dots`, the
 objectives on jax_cat's sampler) is not imported here. See docs/merging.md for every method's source and exact rule. In-memory merges of whole models:
 `from merging.methods import merge` with a method's settings (`DotsMerge(density=0.3)`, or by name
-`method_settings("dots", density=0.3)`; `MergeSpec` is the older name of the latter).
+`method_settings("dots", density=0.3)`).
 
 >>> import jax.numpy as jnp
 >>> from merging import task_vector, combine, dots_sparsify
@@ -23,7 +23,7 @@ Checkpoints on disk, tensor by tensor (also `python -m merging.merge ...`)::
 from merging.analysis import Comparison, compare, cosine_similarity, magnitude_ratio, module_mass, sign_conflict
 from merging._checks import NonFiniteError
 from merging.methods import (
-    METHODS, BreadcrumbsMerge, DareMerge, DotsMerge, MergeMethod, MergeSpec, RamMerge, RamPlusMerge,
+    METHODS, BreadcrumbsMerge, DareMerge, DotsMerge, MergeMethod, RamMerge, RamPlusMerge,
     TaskArithmeticMerge, TiesMerge, method_settings,
 )
 from merging.methods.ram import ram
@@ -39,7 +39,7 @@ __all__ = [
     "topk", "dots_sparsify", "dare", "breadcrumbs", "ties", "ram", "rescale_to_norm", "global_norm",
     "TopK", "Dare", "Breadcrumbs", "Rescale",
     "compare", "Comparison", "magnitude_ratio", "sign_conflict", "cosine_similarity", "module_mass",
-    "MergeSpec", "METHODS", "merge_checkpoints", "analyze_checkpoints", "CheckpointMismatchError",
+    "METHODS", "merge_checkpoints", "analyze_checkpoints", "CheckpointMismatchError",
     "method_settings", "MergeMethod", "TaskArithmeticMerge", "DotsMerge", "DareMerge", "BreadcrumbsMerge",
     "TiesMerge", "RamMerge", "RamPlusMerge", "NonFiniteError", "PrecisionWarning",
 ]

@@ -50,7 +50,7 @@ from jax_cat.models import load_hf, save_hf
 from jax_cat.sharding import make_mesh
 from merging import search
 from merging.dots_config import STUDY_KEYS, DotsConfig
-from merging.methods import MergeSpec
+from merging.methods import DotsMerge
 from merging.objectives import (
     Candidates, ObjectiveConfig, chat_prompt_ids, evaluate_candidate, query_difficulty, select_queries,
 )
@@ -444,12 +444,12 @@ def _pipeline(config: DotsConfig, record: dict[str, Any], base: Path, sft: Path,
         # rescale off = a per-tensor L-inf "rescale": top-k always keeps a tensor's largest |x|, so its factor is
         # exactly 1 (tests/merging/test_dots_cli.py checks the written model equals the searched candidate).
         norm, scope = ("l2", "global") if c.rescale else ("linf", "tensor")
-        spec = MergeSpec("dots", coeffs=coeffs, density=picked_d[0], topk_scope=c.topk_scope, norm=norm,
-                         scope=scope)
+        spec = DotsMerge(coefficients=coeffs, density=picked_d[0], topk_scope=c.topk_scope, norm=norm,
+                         rescale_scope=scope)
         merge_checkpoints(base, [sft, rl], spec, model_dir, max_shard_size=c.max_shard_size, overwrite=True,
                           progress=c.progress, dtype=c.out_dtype)
         how = "streamed merge"
-    else:  # two densities: not one MergeSpec; write the in-memory candidate (the very weights that were scored)
+    else:  # two densities: not one DotsMerge; write the in-memory candidate (the very weights that were scored)
         save_hf(candidates.model(list(coeffs), [sparse(i, d) for i, d in enumerate(picked_d)]), model_dir,
                 tokenizer=base, max_shard_bytes=parse_size(c.max_shard_size))
         how = "in-memory candidate"

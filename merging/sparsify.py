@@ -44,8 +44,8 @@ __all__ = [
     "topk", "dots_sparsify", "dare", "breadcrumbs", "rescale_to_norm", "sparsify",
     "global_norm", "num_kept", "kth_largest_abs", "Block", "rows_per_chunk",
 ]
-# `ties`, `ram`, `ram_rescales` (and their leaf kernels) are merges: they live in merging.methods.ties / .ram and
-# are still importable from here (module __getattr__ at the end) for code written against the old layout.
+# `ties`, `ram`, `ram_rescales` (and their leaf kernels) are merges: they live in merging.methods.ties / .ram
+# (`merging.ties`, `merging.ram`).
 
 Norm = Literal["l2", "l1", "linf"]
 Scope = Literal["tensor", "global"]
@@ -814,20 +814,3 @@ def rescale_to_norm(
         else:
             out.append(_apply_factor(s, factor if scope == "global" else _local_factor(r, s, norm)))
     return _rebuild(sparse, out)
-
-
-# --- merges that used to live here (now merging.methods.ties / merging.methods.ram) ---------------------------------
-_MOVED = {
-    "ties": "merging.methods.ties", "ties_leaf": "merging.methods.ties",
-    "ram": "merging.methods.ram", "ram_leaf": "merging.methods.ram", "ram_counts_leaf": "merging.methods.ram",
-    "ram_rescales": "merging.methods.ram",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """`merging.sparsify.ties` / `.ram` (and their kernels) keep working: they moved to their method modules."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

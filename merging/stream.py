@@ -171,7 +171,7 @@ def merge_checkpoints(
     block_size: int | str | None = DEFAULT_BLOCK_SIZE,
 ) -> Path:
     """Merge fine-tuned HF checkpoints into `base` with `spec` (a method's settings, e.g. `DotsMerge(...)` or
-    `MergeSpec("dots", ...)`), tensor by tensor; write an HF checkpoint to `out` (shards of `max_shard_size`,
+    `method_settings("dots", ...)`), tensor by tensor; write an HF checkpoint to `out` (shards of `max_shard_size`,
     default 5 GiB).
 
     Task vectors are taken against the base tensor by tensor (float32 arithmetic, or float64 under x64; mixed
@@ -193,7 +193,7 @@ def merge_checkpoints(
     """
     out = Path(out)
     if not isinstance(spec, MergeMethod):
-        raise TypeError(f"spec must be a merge method's settings (e.g. MergeSpec('dots', ...)), got {spec!r}")
+        raise TypeError(f"spec must be a merge method's settings (e.g. DotsMerge(...)), got {spec!r}")
     if not models:
         raise ValueError("need at least one fine-tuned model")
     if out.exists() and not overwrite:

@@ -236,11 +236,11 @@ def test_save_hf_on_a_full_disk_leaves_nothing(tiny_disk, ckpts):
 
 @needs_tmpfs
 def test_merge_on_a_full_disk_leaves_nothing(tiny_disk, ckpts):
-    from merging.methods import MergeSpec
+    from merging.methods import method_settings
     from merging.stream import merge_checkpoints
 
     with expect(OSError, r"No space left on device", tiny_disk):
-        merge_checkpoints(ckpts["good"], [ckpts["ft"]], MergeSpec("task_arithmetic"), tiny_disk / "merged",
+        merge_checkpoints(ckpts["good"], [ckpts["ft"]], method_settings("task_arithmetic"), tiny_disk / "merged",
                           progress=False)
 
 
@@ -417,43 +417,43 @@ def test_evaluate_cli_refuses_before_writing(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ merging
 def test_merge_refuses_mismatched_checkpoints(ckpts, tmp_path):
-    from merging.methods import MergeSpec
+    from merging.methods import method_settings
     from merging.stream import CheckpointMismatchError, merge_checkpoints
 
     with expect(CheckpointMismatchError, r"tensor 'model\.layers\.0\.mlp\.\w+_proj\.weight': shape", tmp_path):
-        merge_checkpoints(ckpts["good"], [ckpts["other"]], MergeSpec("task_arithmetic"), tmp_path / "m",
+        merge_checkpoints(ckpts["good"], [ckpts["other"]], method_settings("task_arithmetic"), tmp_path / "m",
                           progress=False)
     with expect(FileNotFoundError, r"nowhere", tmp_path):
-        merge_checkpoints(tmp_path / "nowhere", [ckpts["ft"]], MergeSpec("task_arithmetic"), tmp_path / "m",
+        merge_checkpoints(tmp_path / "nowhere", [ckpts["ft"]], method_settings("task_arithmetic"), tmp_path / "m",
                           progress=False)
-    with expect(ValueError, r"got 1 models but 2 coeffs \(coefficients\)", tmp_path):
-        merge_checkpoints(ckpts["good"], [ckpts["ft"]], MergeSpec("task_arithmetic", coeffs=(1.0, 2.0)),
+    with expect(ValueError, r"got 1 models but 2 coefficients; give one", tmp_path):
+        merge_checkpoints(ckpts["good"], [ckpts["ft"]], method_settings("task_arithmetic", coefficients=(1.0, 2.0)),
                           tmp_path / "m", progress=False)
 
 
 def test_merge_never_overwrites_by_accident(ckpts, tmp_path):
-    from merging.methods import MergeSpec
+    from merging.methods import method_settings
     from merging.stream import merge_checkpoints
 
     out = tmp_path / "m"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with expect(FileExistsError, r"m exists \(pass overwrite=True", tmp_path, out):
-        merge_checkpoints(ckpts["good"], [ckpts["ft"]], MergeSpec("task_arithmetic"), out, progress=False)
+        merge_checkpoints(ckpts["good"], [ckpts["ft"]], method_settings("task_arithmetic"), out, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_merge_spec_and_cli_refuse_bad_arguments(ckpts, tmp_path, capsys):
     from merging.merge import main
-    from merging.methods import MergeSpec
+    from merging.methods import method_settings
     from merging.stream import parse_size
 
     with pytest.raises(ValueError, match=r"density must be in \(0, 1\], got 1.5"):
-        MergeSpec("ties", density=1.5)
+        method_settings("ties", density=1.5)
     with pytest.raises(ValueError, match=r"density has no effect with method 'task_arithmetic'"):
-        MergeSpec("task_arithmetic", density=0.5)
+        method_settings("task_arithmetic", density=0.5)
     with pytest.raises(ValueError, match=r"unknown merge method: .*got 'average'"):
-        MergeSpec("average")
+        method_settings("average")
     with pytest.raises(ValueError, match=r"cannot parse size '2XB'"):
         parse_size("2XB")
     argv = ["--base", str(ckpts["good"]), "--models", str(ckpts["ft"]), "--out", str(tmp_path / "m"), "--no-progress"]

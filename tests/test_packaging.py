@@ -70,6 +70,9 @@ def core_site(tmp_path_factory) -> Path:
             target = site / top
             if not target.exists() and (source / top).exists():
                 target.symlink_to(source / top)
+        info = Path(md.distribution(dist)._path)  # its .dist-info: importlib.metadata.version() reads it at import
+        if not (site / info.name).exists():
+            (site / info.name).symlink_to(info)
     for pkg in ("jax_cat", "merging"):
         (site / pkg).symlink_to(REPO / pkg)
     return site
@@ -82,9 +85,27 @@ def _run_core(site: Path, code: str) -> subprocess.CompletedProcess:
                           cwd=site, timeout=300)
 
 
+def _installed(extra: str) -> bool:
+    try:
+        return all(_name(r) == "jax-cat" or md.distribution(_name(r)) for r in PROJECT["optional-dependencies"][extra])
+    except md.PackageNotFoundError:
+        return False
+
+
+# The test venv installs jax-cat[test] (every extra in `all`); `wandb`, outside `all`, may be absent.
+_INSTALLED_EXTRAS = {e for e in PROJECT["optional-dependencies"] if _installed(e)}
+
+
+def test_wandb_is_an_extra_outside_all():
+    """W&B is asked for by name (a hosted service's client and its own dependency tree), never pulled by `all`."""
+    extras = PROJECT["optional-dependencies"]
+    assert [_name(r) for r in extras["wandb"]] == ["wandb"]
+    assert "wandb" not in extras["all"][0]
+
+
 def test_core_closure_holds_no_extra():
     closure = _closure(PROJECT["dependencies"])
-    for heavy in ("torch", "google-vizier", "matplotlib", "datasets", "tensorboardx", "equinox", "pytest"):
+    for heavy in ("torch", "google-vizier", "matplotlib", "datasets", "tensorboardx", "wandb", "equinox", "pytest"):
         assert heavy not in closure, f"{heavy} is pulled in by the core dependencies"
 
 
@@ -111,7 +132,8 @@ b, s, r = (load_file({str(tmp_path)!r} + f"/{{n}}/model.safetensors")["w"] for n
 m = load_file(str(out) + "/model.safetensors")["w"]
 np.testing.assert_allclose(m, b + 0.5 * (s - b) + 1.0 * (r - b), rtol=0, atol=1e-6)
 import jax_cat.losses, jax_cat.models, jax_cat.training.steps, jax_cat.sampling
-heavy = sorted(m for m in ("torch", "vizier", "matplotlib", "datasets", "tensorboardX") if m in sys.modules)
+import jax_cat.training.metrics, jax_cat.training.writers
+heavy = sorted(m for m in ("torch", "vizier", "matplotlib", "datasets", "tensorboardX", "wandb") if m in sys.modules)
 assert not heavy, heavy
 for m in ("torch", "vizier", "matplotlib", "datasets"):
     try:
@@ -125,7 +147,9 @@ print("analyze-status", analyze(["--base", {str(tmp_path / 'base')!r}, "--sft", 
                                  "--rl", {str(tmp_path / 'rl')!r}, "--out", {str(tmp_path / 'analysis')!r}]))
 from merging.dots import main as dots
 print("dots-status", dots(["--base", "b", "--sft", "s", "--rl", "r", "--queries", "q.jsonl", "--out", "o"]))
-from jax_cat.data.hf import load_prompt_dataset
+from jax_cat.data.hf import format_prompt, load_prompt_dataset
+from jax_cat.models.tiny import build_char_tokenizer
+print("chat-prompt", repr(format_prompt("1+1?", build_char_tokenizer())))  # transformers renders it with jinja2
 open("rows.jsonl", "w").write('{{"question": "1+1?", "answer": "#### 2"}}\\n')
 print("local-rows", len(load_prompt_dataset("rows.jsonl")))  # local files need no extra
 try:
@@ -143,6 +167,7 @@ except ImportError as e:
     assert "pip install 'jax-cat[dots]'" in done.stderr
     assert "Traceback" not in done.stderr
     assert "local-rows 1" in done.stdout
+    assert "chat-prompt " in done.stdout and "1+1?" in done.stdout
     assert "pip install 'jax-cat[data]'" in done.stdout
 
 
@@ -168,12 +193,15 @@ def test_every_third_party_import_is_core_or_an_extra():
                     continue
                 unknown.setdefault(top, []).append(str(path.relative_to(REPO)))
     assert not unknown, f"imports that are neither core dependencies nor mapped to an extra: {unknown}"
-    extras = {k: _closure([r for r in v if not r.startswith("jax-cat")])
+    extras = {k: _closure([r for r in v if not r.startswith("jax-cat")]) if k in _INSTALLED_EXTRAS
+              else {_name(r) for r in v if not r.startswith("jax-cat")}
               for k, v in PROJECT["optional-dependencies"].items()}
     for module, extra in EXTRA_OF.items():
         installed = {re.sub(r"[-_.]+", "-", d).lower() for d in md.packages_distributions().get(module, [])}
+        if extra not in _INSTALLED_EXTRAS:  # an extra this venv lacks (wandb): its distribution bears the name
+            installed = {re.sub(r"[-_.]+", "-", module).lower()}
         assert installed & extras[extra], f"{module} maps to the '{extra}' extra, which does not install {installed}"
-    assert set(extras) >= {"dots", "data", "plots", "tensorboard", "all", "test"}
+    assert set(extras) >= {"dots", "data", "plots", "tensorboard", "wandb", "all", "test"}
     assert set(EXTRA_OF.values()) <= {e for e in extras if e not in ("all", "test")}
 
 

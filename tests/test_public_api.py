@@ -20,13 +20,11 @@ PACKAGES = ["jax_cat.cli", "jax_cat.data", "jax_cat.evaluate", "jax_cat.losses",
 # old spelling -> the glossary name that must sit beside it in the same signature
 ALIASES = {
     "pad_id": "pad_token_id",
-    "prompt_mask": "attention_mask",
-    "row_prompt": "group_ids",
-    "inactive": "sample_mask",
     "sample_lps": "sample_logprobs",
-    "arithmetic_seed": "data_seed",
     "eos_token_id": "eos_token_ids",
 }
+# old spellings removed in 0.1.0 (CHANGELOG.md): no public signature takes them any more
+REMOVED = {"prompt_mask", "row_prompt", "inactive", "arithmetic_seed"}
 # HF file formats keep HF's field names (config.json's eos_token_id); these mirror them on purpose.
 HF_MIRRORS = {"ModelConfig"}
 
@@ -66,6 +64,12 @@ def test_signatures_use_glossary_names():
         for old, new in ALIASES.items():
             if old in params and new not in params:
                 offenders.append(f"{module}.{attr}({old}=...) without {new}=")
+    assert not offenders, offenders
+
+
+def test_removed_aliases_stay_removed():
+    offenders = [f"{module}.{attr}({old}=...)" for module, attr, obj in _public_objects() if callable(obj)
+                 for old in REMOVED & set(_parameters(obj))]
     assert not offenders, offenders
 
 

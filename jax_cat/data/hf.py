@@ -275,7 +275,6 @@ def load_prompt_dataset(
     schema: Schema = "auto",
     limit: int | None = None,
     cache_dir: str | None = None,
-    arithmetic_seed: int = 0,
     arithmetic_style: str = "plain",
     data_seed: int | None = None,
     skipped: list[int] | None = None,
@@ -286,14 +285,11 @@ def load_prompt_dataset(
     default split (test) and schema filled in; ``hendrycks_math`` loads and concatenates all seven subjects
     unless ``config`` names some. ``split`` applies to hub datasets and the arithmetic task (a local file or
     folder is one table). ``limit`` keeps the first rows. ``data_seed`` seeds the arithmetic generator
-    (``arithmetic_seed`` is its old name; give one). A row without an answer raises `MissingAnswer`; with a
+    (None = 0). A row without an answer raises `MissingAnswer`; with a
     ``skipped`` list such rows are left out and their indices appended. A path-looking source that does not
     exist is a FileNotFoundError (never tried as a hub id); a hub id fails at once when the hub is unreachable.
     """
-    if data_seed is not None:
-        if arithmetic_seed not in (0, data_seed):
-            raise ValueError(f"load_prompt_dataset: data_seed={data_seed} and arithmetic_seed={arithmetic_seed} disagree")
-        arithmetic_seed = int(data_seed)
+    arithmetic_seed = 0 if data_seed is None else int(data_seed)
     source_str = str(source)
     if source_str == "arithmetic" or source_str.startswith("arithmetic:"):
         from jax_cat.data.arithmetic import ArithmeticTask

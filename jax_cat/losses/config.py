@@ -78,8 +78,9 @@ class CATLossConfig:
     reduction: Literal["token_mean", "sequence_mean", "token_sum"] = "token_mean"
 
     def __post_init__(self) -> None:
-        if isinstance(self.normalize, bool):  # legacy: True = normalise (the default mode), False = off
-            object.__setattr__(self, "normalize", "batch" if self.normalize else "none")
+        if isinstance(self.normalize, bool):  # the True/False switch went in 0.1.0 (CHANGELOG.md)
+            raise ValueError(f"CATLossConfig.normalize takes a mode: 'batch' (was True) or 'none' (was False), "
+                             f"or 'mixed' / 'running'; got {self.normalize!r}")
         object.__setattr__(self, "reduction", canonical_reduction(self.reduction))
         choices = {"form": ("raw", "log"), "p_source": ("group", "sequence"), "no_answer": ("rival", "abstain"),
                    "normalize": NORMALIZE_MODES, "bon_quantile": ("group", "history"),
@@ -135,8 +136,6 @@ def resolve_config(config: CATLossConfig | None, **kwargs: Any) -> CATLossConfig
         if name not in _DEFAULTS:
             raise TypeError(f"unknown CAT setting {name!r}")
         default = _DEFAULTS[name]
-        if isinstance(value, bool) and name == "normalize":
-            value = "batch" if value else "none"
         if value is not default and value != default:
             changes[name] = value
     return dataclasses.replace(config, **changes) if changes else config

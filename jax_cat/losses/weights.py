@@ -20,16 +20,17 @@ from jax_cat.losses.success import group_quantiles
 
 
 def _normalize_mode(normalize: bool | str) -> str:
-    if isinstance(normalize, bool):  # legacy switch: True = normalise (the default mode "batch"), False = off
-        return "batch" if normalize else "none"
+    if isinstance(normalize, bool):  # the True/False switch went in 0.1.0 (CHANGELOG.md)
+        raise ValueError(f"normalize takes a mode: 'batch' (was True) or 'none' (was False), or 'mixed' / 'running'; "
+                         f"got {normalize!r}")
     if normalize not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES} (or a bool), got {normalize!r}")
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
     return normalize
 
 
 def cat_weights(strategy: Strategy, *, rewards: jax.Array, group_ids: jax.Array, form: Literal["raw", "log"] = "raw",
                 p: jax.Array | None = None, k: jax.Array | None = None, weight_clip: float | None = None,
-                normalize: bool | Literal["batch", "mixed", "none", "running"] = "batch",
+                normalize: Literal["batch", "mixed", "none", "running"] = "batch",
                 sample_mask: jax.Array | None = None, q: jax.Array | None = None, state: CATState | None = None,
                 norm_decay: float = 0.9) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-sample CAT multipliers for the advantages (stop-gradient) -> (w [B], metrics).

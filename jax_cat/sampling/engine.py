@@ -58,13 +58,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _alias(where: str, name: str, value: Any, old_name: str, old_value: Any) -> Any:
-    """The value of a glossary name or its older alias (giving both is an error)."""
-    if value is not None and old_value is not None:
-        raise TypeError(f"{where}: give {name}= or its old name {old_name}=, not both")
-    return value if value is not None else old_value
-
-
 def _token_inputs(prompt_ids: Any, attention_mask: Any, group_ids: Any, inactive: Any):
     """`sample_tokens`' arrays checked and converted: (prompt_ids int32, attention_mask bool, group_ids int32 or None,
     inactive [B] bool); every active row's prompt must end with a real token (left padding)."""
@@ -80,9 +73,9 @@ def _token_inputs(prompt_ids: Any, attention_mask: Any, group_ids: Any, inactive
     if group_ids is not None:
         group_ids = jnp.asarray(group_ids, jnp.int32)
         if group_ids.ndim != 1 or group_ids.shape[0] < 1:
-            raise ValueError(f"group_ids (row_prompt) must be a non-empty [batch] index vector, got shape {group_ids.shape}")
+            raise ValueError(f"group_ids must be a non-empty [batch] index vector, got shape {group_ids.shape}")
         if not bool(jnp.all((group_ids >= 0) & (group_ids < prompt_ids.shape[0]))):
-            raise ValueError(f"row_prompt indices (group_ids) must lie in [0, {prompt_ids.shape[0]}) (the prompt rows)")
+            raise ValueError(f"group_ids indices must lie in [0, {prompt_ids.shape[0]}) (the prompt rows)")
     batch = prompt_ids.shape[0] if group_ids is None else group_ids.shape[0]
     inactive = jnp.zeros((batch,), bool) if inactive is None else jnp.asarray(inactive, bool)
     if inactive.shape != (batch,):
@@ -110,9 +103,6 @@ def sample_tokens(
     sample_mask: jax.Array | np.ndarray | None = None,
     cache_dtype: Any = None,
     group_ids: jax.Array | np.ndarray | None = None,
-    prompt_mask: jax.Array | np.ndarray | None = None,
-    inactive: jax.Array | np.ndarray | None = None,
-    row_prompt: jax.Array | np.ndarray | None = None,
 ) -> SampleOutput:
     """Sample continuations of LEFT-padded token prompts [B, P] (`attention_mask` 1 = real token) in one jitted call.
 
@@ -123,19 +113,14 @@ def sample_tokens(
     rows; filler rows produce nothing and never block the early exit. `group_ids` [B] (optional): prompt_ids then
     holds U distinct prompts [U, P], each prefilled once, and output row r continues prompt group_ids[r] (n samples
     of a prompt share one prefill instead of n). The output carries `group_ids` and `sample_mask`, ready for the
-    losses. Old names still accepted: `prompt_mask` (= attention_mask), `row_prompt` (= group_ids), `inactive`
-    (= ~sample_mask).
+    losses.
     """
     where = "sample_tokens"
     params = _sampling_params(sampling_params, temperature, top_p, top_k, where)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if sample_mask is not None and inactive is not None:
-        raise TypeError("sample_tokens: give sample_mask= or its old form inactive= (= ~sample_mask), not both")
     prompt_ids, attention_mask, group_ids, inactive = _token_inputs(
-        prompt_ids, _alias(where, "attention_mask", attention_mask, "prompt_mask", prompt_mask),
-        _alias(where, "group_ids", group_ids, "row_prompt", row_prompt),
-        inactive if sample_mask is None else ~jnp.asarray(sample_mask).astype(bool),
+        prompt_ids, attention_mask, group_ids, None if sample_mask is None else ~jnp.asarray(sample_mask).astype(bool),
     )
     batch = inactive.shape[0]
     row_keys = _row_keys(key, row_keys, batch)

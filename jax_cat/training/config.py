@@ -216,15 +216,38 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(**_FROZEN)
 class LoggingConfig:
-    """What the run shows and writes besides `<out>/metrics.jsonl`.
+    """What the run shows and where its metrics go (TRL's `report_to`; `jax_cat.training.writers`).
 
     Attributes:
+      report_to: metric backends: "jsonl" (`<out>/metrics.jsonl`, always written), "tensorboard" (`<out>/tb/`, the
+        'tensorboard' extra), "wandb" (Weights & Biases, the 'wandb' extra; offline without an API key or network),
+        "none" (metrics.jsonl only), a name given to `writers.register_writer`, or "package.module:factory".
+      tensorboard: the older switch for TensorBoard, kept for recipes and run folders that set it: true adds
+        "tensorboard" to report_to, false removes it; None (the default) = as report_to says.
       progress: a tqdm progress bar (loss, reward, pass@1, tokens/s); None = when stderr is a terminal.
-      tensorboard: also write TensorBoard event files to `<out>/tb/` (needs tensorboardX).
+      project: the W&B project; None = $WANDB_PROJECT, else "jax-cat".
+      run_name: the W&B run's name; None = the run folder's name.
     """
 
+    report_to: tuple[str, ...] = ("jsonl", "tensorboard")
+    tensorboard: bool | None = None
     progress: bool | None = None
-    tensorboard: bool = True
+    project: str | None = None
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        from jax_cat.training.writers import check_report_to
+
+        check_report_to(self.report_to, key="")  # the parser puts the key in front
+
+    def backends(self) -> tuple[str, ...]:
+        """The writers to make: report_to without "jsonl"/"none" (the logger's own), adjusted by `tensorboard`."""
+        names = [n for n in self.report_to if n not in ("jsonl", "none")]
+        if self.tensorboard is False:
+            names = [n for n in names if n != "tensorboard"]
+        elif self.tensorboard is True and "tensorboard" not in names:
+            names.append("tensorboard")
+        return tuple(dict.fromkeys(names))
 
 
 @dataclasses.dataclass(**_FROZEN)

@@ -59,7 +59,12 @@ FAMILIAR_NAMES: dict[str, Familiar] = {
     "top_p": Familiar("rollout.top_p", "TRL/tunix"),
     "top_k": Familiar("rollout.top_k", "TRL/tunix"),
     "seed": Familiar("train.seed", "TRL"),
-    "report_to": Familiar("logging.tensorboard", "TRL", "metrics.jsonl is always written; TensorBoard is a switch"),
+    "report_to": Familiar("logging.report_to", "TRL", "a list of 'jsonl', 'tensorboard', 'wandb' or 'none'; "
+                          "metrics.jsonl is always written"),
+    "run_name": Familiar("logging.run_name", "TRL", "the W&B run's name"),
+    "flush_every_n_steps": Familiar("train.log_every", "tunix"),
+    "logging_dir": Familiar("--out", "TRL", "TensorBoard files go to <out>/tb/<stage>/"),
+    "log_dir": Familiar("--out", "tunix", "TensorBoard files go to <out>/tb/<stage>/"),
     "output_dir": Familiar("--out", "TRL", "a command-line flag, not a config key"),
     "checkpoint_root_directory": Familiar("--out", "tunix", "a command-line flag, not a config key"),
     "resume_from_checkpoint": Familiar("--resume", "TRL", "a command-line flag: resumes the newest intact checkpoint"),

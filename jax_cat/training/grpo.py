@@ -19,7 +19,7 @@ from jax_cat.training import data as tdata
 from jax_cat.training import steps
 from jax_cat.training.checkpoint import Checkpointer, is_primary
 from jax_cat.training.config import Config
-from jax_cat.training.metrics import MetricsLogger
+from jax_cat.training.metrics import MetricsLogger, logger_settings
 from jax_cat.training.rollout import collect_rollouts
 from jax_cat.training.runtime import (
     RunResult, build_mesh, load_model, local_batch_size, model_from_params, restore_or_init, run_steps, shard_info,
@@ -90,9 +90,8 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     if extra.get("data_iterator") is not None:
         iterator.set_state(extra["data_iterator"])
     base_key = jax.random.key(t.seed)
-    logger = MetricsLogger(out, stage=stage, total_steps=t.steps, start_step=start, progress=cfg.logging.progress,
-                           tensorboard=cfg.logging.tensorboard, enabled=is_primary(),
-                           log_every=cfg.train.log_every)
+    logger = MetricsLogger(out, stage=stage, total_steps=t.steps, start_step=start, enabled=is_primary(),
+                           log_every=cfg.train.log_every, **logger_settings(cfg))
     current: dict[str, Any] = {}
 
     def do_step(state, step):

@@ -1,5 +1,6 @@
-"""Seeing a run: `<out>/metrics.jsonl` (one line per logged step), TensorBoard event files (when tensorboardX is
-installed), and a tqdm progress bar with loss, reward, batch pass@1 and tokens/s.
+"""Seeing a run: `<out>/metrics.jsonl` (one line per logged step, always), the backends `logging.report_to` names
+(TensorBoard, Weights & Biases, your own writer: `jax_cat.training.writers`), and a tqdm progress bar with loss,
+reward, batch pass@1 and tokens/s.
 
 Steps hand their metrics over as device scalars; `MetricsLogger.flush()` fetches the window's metrics in ONE
 transfer every `log_every` steps (the loop's only host sync besides rollouts), averages them and writes one line.
@@ -11,14 +12,15 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jax_cat.extras import optional
 from jax_cat.atomic import atomic_write_text
+from jax_cat.training.writers import MetricsWriter, WriterContext, make_writers
 
 
 def trim_jsonl(path: Path, stage: str, last_step: int) -> None:
@@ -37,8 +39,19 @@ def trim_jsonl(path: Path, stage: str, last_step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
+def logger_settings(cfg: Any) -> dict[str, Any]:
+    """`MetricsLogger` keywords from a run's Config: its logging section and its settings (W&B's config panel)."""
+    log = cfg.logging
+    return dict(progress=log.progress, report_to=log.backends(), run_config=cfg.to_dict(), project=log.project,
+                run_name=log.run_name)
+
+
 class MetricsLogger:
-    """Collects per-step device metrics and host stats; every flush writes their window mean to JSONL/TB/bar.
+    """Collects per-step device metrics and host stats; every flush writes their window mean to metrics.jsonl, to
+    each writer (`report_to` names them; `writers` adds objects with `write`/`close`) and to the bar.
+
+    `tensorboard` is the older switch (True adds "tensorboard" when `report_to` is None, the default). Nothing is
+    written or shown when `enabled` is false (every process but the first in a multi-host run).
 
     Without a progress bar (stderr not a terminal, or logging.progress false) each flush also prints one line to
     stderr, and `add` prints a step line when nothing was printed for `heartbeat_s` seconds, so a job log shows
@@ -49,7 +62,9 @@ class MetricsLogger:
 
     def __init__(self, out_dir: str | os.PathLike | None, *, stage: str, total_steps: int, start_step: int = 0,
                  progress: bool | None = None, tensorboard: bool = True, enabled: bool = True,
-                 heartbeat_s: float = 60.0, log_every: int = 1) -> None:
+                 heartbeat_s: float = 60.0, log_every: int = 1, report_to: Sequence[str] | None = None,
+                 writers: Sequence[MetricsWriter] = (), run_config: Mapping[str, Any] | None = None,
+                 project: str | None = None, run_name: str | None = None) -> None:
         self.stage = stage
         self.total_steps = total_steps
         self.heartbeat_s, self.log_every = heartbeat_s, log_every
@@ -62,11 +77,13 @@ class MetricsLogger:
         self.history: list[dict[str, Any]] = []
         self._pending: list[tuple[int, Any, dict[str, float]]] = []
         self._tick = time.perf_counter()
-        self._writer = None
-        if tensorboard and out_dir is not None and enabled:
-            tensorboard_x = optional("tensorboardX", feature="TensorBoard logging")
-            if tensorboard_x is not None:
-                self._writer = tensorboard_x.SummaryWriter(str(Path(out_dir) / "tb" / stage))
+        if report_to is None:
+            report_to = ["tensorboard"] if tensorboard else []
+        self.writers: list[MetricsWriter] = []
+        if enabled:
+            context = WriterContext(out_dir=Path(out_dir) if out_dir is not None else None, stage=stage,
+                                    run_config=run_config, project=project, run_name=run_name)
+            self.writers = [*make_writers(report_to, context), *writers]
         if progress is None:
             progress = sys.stderr.isatty()
         self._bar = None
@@ -120,11 +137,10 @@ class MetricsLogger:
             with self.path.open("a") as f:
                 f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                     for k, v in row.items()}) + "\n")
-        if self._writer is not None:
-            for k, v in row.items():
-                if isinstance(v, float) and k != "time" and math.isfinite(v):
-                    self._writer.add_scalar(f"{self.stage}/{k}", v, steps[-1])
-            self._writer.flush()
+        if self.writers:
+            values = {k: v for k, v in row.items() if k not in ("stage", "step", "time")}
+            for writer in self.writers:
+                writer.write(self.stage, steps[-1], values)
         if self._bar is not None:
             self._bar.n = steps[-1]
             self._bar.set_postfix({label: f"{row[k]:.4g}" for k, label in self.BAR_KEYS if k in row}, refresh=True)
@@ -143,7 +159,9 @@ class MetricsLogger:
             print(text, file=sys.stderr)
 
     def close(self) -> None:
+        """Close the bar and every writer (a W&B run is finished; a resumed run continues it)."""
         if self._bar is not None:
             self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
+        writers, self.writers = self.writers, []
+        for writer in writers:
+            writer.close()

@@ -1,7 +1,7 @@
 """Rollouts for GRPO: sampler -> verifier rewards -> a typed `RolloutBatch` named as `jax_cat.losses` names things.
 
 `collect_rollouts` samples `group_size` completions of each prompt of a batch with the current params (one prefill
-per prompt, `jax_cat.sampling.sample_tokens(row_prompt=...)`), decodes this process's rows, scores them with the
+per prompt, `jax_cat.sampling.sample_tokens(group_ids=...)`), decodes this process's rows, scores them with the
 verifier (`jax_cat.rewards.compute_rewards`), turns extracted answers into integer `answer_ids` for the dynamic
 majority threshold (same answer -> same id; no answer -> -1) and assembles global arrays on the mesh.
 Row r of the global batch is sample r % G of prompt r // G, so `group_ids = r // G`.
@@ -124,15 +124,15 @@ def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, An
     g = cfg.group_size
     local_prompts = np.asarray(prompts["input_ids"], np.int32)
     b = local_prompts.shape[0]
-    prompt_ids, prompt_mask = global_batch((local_prompts, np.asarray(prompts["attention_mask"], np.int32)), mesh)
+    prompt_ids, attention_mask = global_batch((local_prompts, np.asarray(prompts["attention_mask"], np.int32)), mesh)
     num_prompts = prompt_ids.shape[0]
     sharding = batch_sharding(mesh)
-    row_prompt, row_keys = _row_inputs(num_prompts, g, jax.random.key_impl(key), sharding)(
+    group_ids, row_keys = _row_inputs(num_prompts, g, jax.random.key_impl(key), sharding)(
         np.asarray(jax.random.key_data(key)))
     with mesh_context(mesh):  # the model's batch constraints (activations, KV cache) hold in the sampler too
-        out = sample_tokens(model, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, row_keys=row_keys,
+        out = sample_tokens(model, prompt_ids, attention_mask, max_new_tokens=cfg.max_new_tokens, row_keys=row_keys,
                             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                            eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, row_prompt=row_prompt)
+                            eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id, group_ids=group_ids)
     tokens, lengths, ended = local_rows(out.tokens), local_rows(out.lengths), local_rows(out.ended_with_eos)
     texts = [tokenizer.decode(t[: n - int(e)], skip_special_tokens=True) for t, n, e in zip(tokens, lengths, ended)]
     golds = [str(a) for a in prompts["answer"] for _ in range(g)]
@@ -144,7 +144,7 @@ def collect_rollouts(model: nnx.Module, tokenizer: Any, prompts: Mapping[str, An
         rewards = np.asarray(reward_fn(texts, golds), np.float32)
     answer_ids = answer_ids_for([answer_key(t) for t in texts])
     rewards_g, answer_ids_g = global_batch((rewards, answer_ids), mesh)
-    batch = _assembler(g, sharding)(prompt_ids, prompt_mask, out.tokens, out.lengths, rewards_g, answer_ids_g)
+    batch = _assembler(g, sharding)(prompt_ids, attention_mask, out.tokens, out.lengths, rewards_g, answer_ids_g)
     groups = rewards.reshape(b, g)
     stats = {  # reward and pass@1 over the global batch; the rest over this process's rows
         "reward": float(jnp.mean(batch.rewards)),
@@ -161,7 +161,7 @@ def lower_rollout_sampler(model: nnx.Module, mesh: Mesh, cfg: RolloutConfig, *, 
                           eos_token_ids: Sequence[int], pad_token_id: int, with_mesh: bool = True) -> Any:
     """The sampler program `collect_rollouts` runs for `num_prompts` prompts of `prompt_len` slots, lowered (not run)
     from `model`'s shapes: `model` may be abstract (its params `jax.ShapeDtypeStruct`s with their shardings). The same
-    jitted function, static settings and input shardings as `sample_tokens(..., row_prompt=...)` there, under the
+    jitted function, static settings and input shardings as `sample_tokens(..., group_ids=...)` there, under the
     same mesh context (`with_mesh=False`: outside it, as before issue 20, for comparison); for
     `jax_cat.training.plan`."""
     from jax_cat.sampling.engine import SamplingParams, _sample_core

@@ -11,7 +11,7 @@ from jax_cat.training import data as tdata
 from jax_cat.training import steps
 from jax_cat.training.checkpoint import Checkpointer, is_primary
 from jax_cat.training.config import Config
-from jax_cat.training.metrics import MetricsLogger
+from jax_cat.training.metrics import MetricsLogger, logger_settings
 from jax_cat.training.rollout import global_batch
 from jax_cat.training.runtime import (
     RunResult, build_mesh, load_model, local_batch_size, model_from_params, restore_or_init, run_steps, shard_info,
@@ -47,9 +47,8 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
                                        shard_index=index, shard_count=count))
     if extra.get("data_iterator") is not None:
         iterator.set_state(extra["data_iterator"])
-    logger = MetricsLogger(out, stage=stage, total_steps=cfg.train.steps, start_step=start,
-                           progress=cfg.logging.progress, tensorboard=cfg.logging.tensorboard, enabled=is_primary(),
-                           log_every=cfg.train.log_every)
+    logger = MetricsLogger(out, stage=stage, total_steps=cfg.train.steps, start_step=start, enabled=is_primary(),
+                           log_every=cfg.train.log_every, **logger_settings(cfg))
 
     def do_step(state, step):
         batch = global_batch(next(iterator), mesh)

@@ -11,8 +11,8 @@ rule in its module docstring (and in docs/merging.md):
     ram / ram_plus   RamMerge / RamPlusMerge   base + RAM({c_i tau_i})
 
 `merge(base, finetuned, settings)` merges pytrees in memory; `merging.stream.merge_checkpoints` merges HF
-checkpoints on disk with the same engine (bit-identical). `method_settings("dots", density=0.3)` (alias
-`MergeSpec`, the older name) builds a method's settings by name and refuses settings that method does not use.
+checkpoints on disk with the same engine (bit-identical). `method_settings("dots", density=0.3)` builds a method's
+settings by name and refuses settings that method does not use.
 A new method: subclass `MergeMethod` (or `SparsifyThenAdd`) in its own module and `register` it.
 
 Imports nothing from jax_cat.
@@ -32,7 +32,7 @@ from merging.methods.task_arithmetic import TaskArithmeticMerge
 from merging.methods.ties import TiesMerge
 
 __all__ = [
-    "METHODS", "REGISTRY", "DEFAULT_DENSITY", "register", "method_settings", "MergeSpec", "merge", "merge_tensors",
+    "METHODS", "REGISTRY", "DEFAULT_DENSITY", "register", "method_settings", "merge", "merge_tensors",
     "MergeMethod", "SparsifyThenAdd", "TaskArithmeticMerge", "DotsMerge", "DareMerge", "BreadcrumbsMerge",
     "TiesMerge", "RamMerge", "RamPlusMerge",
 ]
@@ -55,39 +55,33 @@ METHODS: tuple[str, ...] = tuple(REGISTRY)  # the built-in methods ("task_arithm
 DEFAULT_DENSITY = {
     name: f.default for name, cls in REGISTRY.items() for f in dataclasses.fields(cls) if f.name == "density"
 }
-_COMMON_ALIASES = {"coeffs": "coefficients", "weights": "coefficients"}
+# Keywords of the old catch-all MergeSpec, removed in 0.1.0 (CHANGELOG.md): named in the refusal, never accepted.
+_RENAMED = {"coeffs": "coefficients", "weights": "coefficients", "lam": "scale", "scope": "rescale_scope",
+            "dare_rescale": "rescale", "ram_threshold": "threshold", "ram_rescale": "rescale_factor",
+            "ram_scope": "count_scope"}
 
 
 def method_settings(method: str, **settings: Any) -> MergeMethod:
     """The settings object of the registered method `method`, from keywords (None values mean "default").
 
-    Old keyword names are accepted (`coeffs` -> `coefficients`, `lam` -> `scale` for TIES, `scope` -> `rescale_scope`
-    for DoTS/DARE, `dare_rescale` -> `rescale`, `ram_threshold` / `ram_rescale` / `ram_scope` -> `threshold` /
-    `rescale_factor` / `count_scope`). A setting the method does not use is a ValueError naming it.
+    A setting the method does not use is a ValueError naming it (and, for the old MergeSpec keywords such as
+    `coeffs` or `lam`, the setting's name now).
     """
     if method not in REGISTRY:
         raise ValueError(f"unknown merge method: method must be one of {tuple(REGISTRY)}, got {method!r}")
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls)}
-    aliases = {**_COMMON_ALIASES, **cls.aliases}
     kwargs: dict[str, Any] = {}
-    given: dict[str, str] = {}
     for key, value in settings.items():
         if value is None:
             continue
-        target = aliases.get(key, key)
-        if target not in fields:
+        if key not in fields:
+            renamed = _RENAMED.get(key)
+            if renamed in fields:
+                raise ValueError(f"{key} is now called {renamed} (method {method!r}; CHANGELOG.md, 0.1.0)")
             raise ValueError(
                 f"{key} has no effect with method {method!r}: it does not use that setting; its settings are "
                 f"{', '.join(sorted(fields))} (see docs/merging.md)"
             )
-        if target in kwargs:
-            raise ValueError(f"{given[target]!r} and {key!r} name the same setting of {method!r}: pass only one")
-        given[target] = key
-        kwargs[target] = tuple(value) if target == "coefficients" else value
+        kwargs[key] = tuple(value) if key == "coefficients" else value
     return cls(**kwargs)
-
-
-def MergeSpec(method: str, coeffs: Any = None, **settings: Any) -> MergeMethod:  # noqa: N802 (was a class)
-    """Compatibility constructor (the old catch-all spec): `method_settings(method, coefficients=coeffs, ...)`."""
-    return method_settings(method, coeffs=coeffs, **settings)

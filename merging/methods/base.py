@@ -1,8 +1,8 @@
 """The settings every merge method shares, and the hooks the merge engine calls on each method.
 
 A method is a frozen dataclass (one per module in `merging.methods`) that holds ONLY the settings its rule uses:
-an unknown keyword is a TypeError at construction, and `merging.methods.method_settings` / `MergeSpec` turn the
-old catch-all keywords into a clear ValueError naming the setting. Every method takes `coefficients` (one per
+an unknown keyword is a TypeError at construction, and `merging.methods.method_settings` turns it into a clear
+ValueError naming the setting. Every method takes `coefficients` (one per
 fine-tuned model, default 1.0 each) and `filter` / `exclude` (regexes or predicates on tensor names; unselected
 tensors keep the base value).
 
@@ -31,7 +31,6 @@ class MergeMethod:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     rule: ClassVar[str] = ""
-    aliases: ClassVar[dict[str, str]] = {}  # old MergeSpec keyword -> this method's field
 
     coefficients: tuple[float, ...] | None = None
     filter: PathSelector = field(default=None, compare=False)
@@ -45,23 +44,12 @@ class MergeMethod:
                 raise ValueError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}") from None
             object.__setattr__(self, "coefficients", coeffs)
 
-    # --- compatibility with the old MergeSpec attribute names ---------------------------------------------------
-    @property
-    def method(self) -> str:
-        """The registry name (e.g. "dots")."""
-        return self.name
-
-    @property
-    def coeffs(self) -> tuple[float, ...] | None:
-        """Old name of `coefficients`."""
-        return self.coefficients
-
     def resolved_coefficients(self, n_models: int) -> tuple[float, ...]:
         """One coefficient per model (default 1.0 each); ValueError naming both counts when they differ."""
         coeffs = self.coefficients if self.coefficients is not None else (1.0,) * n_models
         if len(coeffs) != n_models:
             raise ValueError(
-                f"got {n_models} models but {len(coeffs)} coeffs (coefficients); give one coefficient per "
+                f"got {n_models} models but {len(coeffs)} coefficients; give one coefficient per "
                 f"fine-tuned model"
             )
         return coeffs

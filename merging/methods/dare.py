@@ -23,7 +23,6 @@ class DareMerge(SparsifyThenAdd):
     name = "dare"
     paper = "Yu et al. 2024, Language Models are Super Mario (ICML)"
     rule = "base + sum_i c_i mask_p(tau_i) / (1 - p)"
-    aliases = {"dare_rescale": "rescale", "scope": "rescale_scope"}
 
     density: float = 0.1
     seed: int = 0

@@ -24,7 +24,6 @@ class DotsMerge(SparsifyThenAdd):
     name = "dots"
     paper = "Yuan et al. 2026, Decouple before Integration (DoTS)"
     rule = "base + sum_i c_i rescale(topk_density(tau_i))"
-    aliases = {"scope": "rescale_scope"}
 
     density: float = 0.3
     topk_scope: str = "tensor"

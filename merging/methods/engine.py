@@ -110,7 +110,7 @@ def merge_tensors(
     allows it (`MergeMethod.blockable`), with a result equal bit for bit to the whole tensor's.
     """
     if not isinstance(spec, MergeMethod):
-        raise TypeError(f"spec must be a merge method's settings (e.g. MergeSpec('dots', ...)), got {spec!r}")
+        raise TypeError(f"spec must be a merge method's settings (e.g. DotsMerge(...)), got {spec!r}")
     labels = list(labels) if labels is not None else ["base"] + [f"models[{i}]" for i in range(n_models)]
     select = make_selector(spec.filter, spec.exclude)
     vector_names = [n for n in names if is_float(n) and select(n)]

@@ -89,7 +89,6 @@ class RamMerge(MergeMethod):
     name = "ram"
     paper = "Yuan et al. 2026, Behavior Knowledge Merge in Reinforced Agentic Models (RAM)"
     rule = "base + (unique: c_i tau_i * rescale_i; shared: mean of c_i tau_i)"
-    aliases = {"ram_threshold": "threshold", "ram_rescale": "rescale_factor", "ram_scope": "count_scope"}
 
     threshold: float = 1e-5
     rescale_factor: float = 1.0
@@ -143,18 +142,14 @@ def ram(
     rescale_factor: float = 1.0,
     scope: Scope = "global",
     coefficients: Sequence[float] | None = None,
-    weights: Sequence[float] | None = None,
     filter: PathSelector = None,
     exclude: PathSelector = None,
 ) -> Any:
     """RAM (rescale_factor=1) / RAM+ (rescale_factor r > 1, authors use 1.2) merged task vector; apply with combine.
 
     Overlap counts for the RAM+ factor are taken over the whole vector (scope="global", the authors' code) or per
-    tensor. `coefficients` (old name `weights`) multiply each vector after the masks are computed (default 1).
+    tensor. `coefficients` multiply each vector after the masks are computed (default 1).
     """
-    if coefficients is not None and weights is not None:
-        raise ValueError("pass coefficients or its old name weights, not both")
-    coefficients = coefficients if coefficients is not None else weights
     taus = list(taus)
     if not taus:
         raise ValueError("ram needs at least one task vector")

@@ -50,7 +50,6 @@ class TiesMerge(MergeMethod):
     name = "ties"
     paper = "Yadav et al. 2023, TIES-Merging (NeurIPS)"
     rule = "base + scale * disjoint_mean(elect(topk_density(c_i tau_i)))"
-    aliases = {"lam": "scale"}
 
     density: float = 0.2
     topk_scope: str = "tensor"
@@ -63,11 +62,6 @@ class TiesMerge(MergeMethod):
         check_choice("topk_scope", self.topk_scope, ("tensor", "global"))
         check_choice("tie_break", self.tie_break, ("index", "keep_all"))
         object.__setattr__(self, "scale", float(self.scale))
-
-    @property
-    def lam(self) -> float:
-        """Old name of `scale` (the paper's lambda)."""
-        return self.scale
 
     def sparsifier(self, i: int) -> Sparsifier:
         return TopK(self.density, self.topk_scope, None, self.tie_break)
@@ -86,7 +80,6 @@ def ties(
     *,
     scope: Scope = "tensor",
     coefficients: Sequence[float] | None = None,
-    weights: Sequence[float] | None = None,
     tie_break: TieBreak = "index",
     filter: PathSelector = None,
     exclude: PathSelector = None,
@@ -94,12 +87,9 @@ def ties(
     """TIES-Merging's merged task vector: trim (top-k), elect sign, disjoint mean. Apply as combine(base, [m], [lam]).
 
     `scope="tensor"` trims each tensor (mergekit); `scope="global"` trims over the whole vector (the authors' code).
-    `coefficients` (old name `weights`) multiply each trimmed vector before the election (default 1). Unselected
+    `coefficients` multiply each trimmed vector before the election (default 1). Unselected
     leaves are zero.
     """
-    if coefficients is not None and weights is not None:
-        raise ValueError("pass coefficients or its old name weights, not both")
-    coefficients = coefficients if coefficients is not None else weights
     taus = list(taus)
     if not taus:
         raise ValueError("ties needs at least one task vector")

@@ -43,7 +43,7 @@ def _old_token_path(model, tokenizer, prompts, *, n, max_new_tokens, seed):
     row_prompt = np.repeat(np.arange(len(prompts)), n)
     keys = row_keys_for(seed, row_prompt, np.tile(np.arange(n), len(prompts)))
     out = sample_tokens(model, ids, mask, max_new_tokens=max_new_tokens, row_keys=keys, eos_token_ids=eos,
-                        pad_token_id=pad, row_prompt=row_prompt)
+                        pad_token_id=pad, group_ids=row_prompt)
     tokens, lengths = np.asarray(jax.device_get(out.tokens)), np.asarray(out.lengths)
     texts = tokenizer.batch_decode([t[:m] for t, m in zip(tokens, lengths)], skip_special_tokens=True)
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -241,7 +241,7 @@ def test_rl_weight_clip_and_sequence_p():
     p = success_from_logprobs(old, RL_MASK)
     raw = np.asarray(s.rl_weight(p))
     clip = float(np.median(raw))
-    w, m = cat_weights(s, rewards=REWARDS, group_ids=GROUPS, p=p, weight_clip=clip, normalize=False)
+    w, m = cat_weights(s, rewards=REWARDS, group_ids=GROUPS, p=p, weight_clip=clip, normalize="none")
     np.testing.assert_allclose(w, np.minimum(raw, clip), rtol=1e-6)
     mixed = np.isin(np.asarray(GROUPS), [7, 100])
     np.testing.assert_allclose(m["weight_frac_clipped"], np.mean(raw[mixed] > clip), rtol=1e-6)
@@ -280,10 +280,10 @@ def test_rl_majority_dynamic_threshold_uses_per_prompt_k():
     k = np.asarray(dynamic_consensus_threshold(answer_ids, correct, GROUPS, 8))
     np.testing.assert_array_equal(k, [5, 5, 5, 2, 2, 5, 5, 5, 5, 5])  # floor(8*2/3)+1=6->cap 5; all right->2; floor(8*2/4)+1=5
     _, metrics = cat_rl_loss(lp, None, None, REWARDS, GROUPS, RL_MASK, s, answer_ids=answer_ids, correct=correct,
-                             normalize=False)
+                             normalize="none")
     p = np.asarray(success_from_group(correct, GROUPS))
     w = np.array([float(MajorityAtN(8, int(kk)).rl_weight(pp)) for kk, pp in zip(k, p)])
-    w_got, _ = cat_weights(s, rewards=REWARDS, group_ids=GROUPS, p=jnp.asarray(p), k=jnp.asarray(k), normalize=False)
+    w_got, _ = cat_weights(s, rewards=REWARDS, group_ids=GROUPS, p=jnp.asarray(p), k=jnp.asarray(k), normalize="none")
     np.testing.assert_allclose(w_got, w, rtol=1e-5)
     np.testing.assert_allclose(metrics["weight_raw_mean"], np.mean([w[0], w[5]]), rtol=1e-5)
     np.testing.assert_allclose(metrics["consensus_k_mean"], k.mean())

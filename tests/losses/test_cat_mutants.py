@@ -191,14 +191,17 @@ def test_advantage_metrics_with_a_padding_row():
         cat_advantages(PassAtN(4), rewards=R, group_ids=G)  # without the mask the 0.5 counts and is refused
 
 
-def test_weights_of_padded_rows_are_zero_and_bool_normalize():
+def test_weights_of_padded_rows_are_zero_and_normalize_modes():
     p = jnp.asarray([2 / 6] * 4 + [3 / 4] * 2 + [1 / 4] * 3)
-    w, m = cat_weights(PassAtN(4), rewards=R, group_ids=G, p=p, sample_mask=SM, normalize=False)
+    w, m = cat_weights(PassAtN(4), rewards=R, group_ids=G, p=p, sample_mask=SM, normalize="none")
     np.testing.assert_allclose(w, W4 + [0.0], rtol=1e-5)
     np.testing.assert_allclose(m["success_mean"], (4 * 2 / 6 + 2 * 3 / 4 + 2 * 1 / 4) / 8, rtol=1e-5)
-    wt, mt = cat_weights(PassAtN(4), rewards=R, group_ids=G, p=p, sample_mask=SM, normalize=True)  # = "batch"
+    wt, mt = cat_weights(PassAtN(4), rewards=R, group_ids=G, p=p, sample_mask=SM, normalize="batch")
     np.testing.assert_allclose(wt, np.array(W4 + [0.0]) / BATCH_MEAN, rtol=1e-5)
     np.testing.assert_allclose(mt["weight_scale"], BATCH_MEAN, rtol=1e-5)
+    for old in (True, False):  # the bool switch is gone (CHANGELOG.md): refused, naming the mode to give
+        with pytest.raises(ValueError, match=r"^normalize takes a mode: 'batch' \(was True\) or 'none' \(was False\)"):
+            cat_weights(PassAtN(4), rewards=R, group_ids=G, p=p, sample_mask=SM, normalize=old)
 
 
 def test_all_zero_weights_stay_zero_and_unscaled():

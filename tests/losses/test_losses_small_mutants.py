@@ -159,7 +159,9 @@ def test_config_accepts_the_edges_and_canonicalises():
         CATLossConfig(min_k=0)
     with pytest.raises(ValueError, match="CATLossConfig.std_ddof must be an int >= 0, got -1"):
         CATLossConfig(std_ddof=-1)
-    assert CATLossConfig(normalize=True).normalize == "batch" and CATLossConfig(normalize=False).normalize == "none"
+    for old in (True, False):  # the bool switch is gone (CHANGELOG.md)
+        with pytest.raises(ValueError, match=r"^CATLossConfig.normalize takes a mode: 'batch' \(was True\)"):
+            CATLossConfig(normalize=old)
     with pytest.warns(DeprecationWarning):
         assert CATLossConfig(reduction="sequence_sum").reduction == "token_sum"
     with pytest.raises(ValueError, match="reduction"):
@@ -175,10 +177,10 @@ def test_resolve_config_applies_only_keywords_that_differ_from_the_default():
     # weight_clip=None is the field default: it does NOT reset the preset's 50 (use dataclasses.replace for that)
     assert resolve_config(REFERENCE_PASS_AT_N, weight_clip=None).weight_clip == 50.0
     assert resolve_config(REFERENCE_PASS_AT_N, weight_clip=5.0).weight_clip == 5.0
-    # normalize=True means "batch", the default: so it does not override the preset's "none" either
-    assert resolve_config(REFERENCE_PASS_AT_N, normalize=True).normalize == "none"
+    # normalize="batch" is the default: so it does not override the preset's "none" either
+    assert resolve_config(REFERENCE_PASS_AT_N, normalize="batch").normalize == "none"
     assert resolve_config(REFERENCE_PASS_AT_N, normalize="running").normalize == "running"
-    assert resolve_config(None, normalize=False).normalize == "none"
+    assert resolve_config(None, normalize="none").normalize == "none"
     assert resolve_config(REFERENCE_PASS_AT_N, form="log") == dataclasses.replace(REFERENCE_PASS_AT_N, form="log")
     with pytest.raises(TypeError, match="unknown CAT setting 'temperature'"):
         resolve_config(None, temperature=1.0)

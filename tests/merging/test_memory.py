@@ -24,10 +24,10 @@ TENSOR_MIB = DIM * DIM * 4 / 2**20
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
-from merging.methods import MergeSpec
+from merging.methods import method_settings
 from merging.stream import merge_checkpoints
 root = Path(sys.argv[1])
-spec = MergeSpec("dots", coeffs=(0.5, 0.5), density=0.3, topk_scope="global", scope="global")
+spec = method_settings("dots", coefficients=(0.5, 0.5), density=0.3, topk_scope="global", rescale_scope="global")
 merge_checkpoints(root / "base", [root / "sft", root / "rl"], spec, root / "out", max_shard_size="32MiB", progress=False)
 # VmHWM: peak RSS of this process image. (ru_maxrss is not used: Linux carries the forking parent's peak RSS
 # across exec into the child's ru_maxrss, so a child of a big pytest process would report the parent's peak.)
@@ -73,10 +73,10 @@ def test_streamed_merge_peak_rss_is_bounded_by_tensors_not_model(tmp_path):
 BLOCK_SCRIPT = r"""
 import json, sys
 from pathlib import Path
-from merging.methods import MergeSpec
+from merging.methods import method_settings
 from merging.stream import merge_checkpoints
 root, block = Path(sys.argv[1]), None if sys.argv[2] == "none" else sys.argv[2]
-spec = MergeSpec("dots", coeffs=(0.5, 0.5), density=0.3)
+spec = method_settings("dots", coefficients=(0.5, 0.5), density=0.3)
 merge_checkpoints(root / "base", [root / "sft", root / "rl"], spec, root / f"out-{sys.argv[2]}", progress=False,
                   block_size=block)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))

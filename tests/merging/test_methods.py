@@ -1,5 +1,5 @@
-"""The merge-method registry: one settings class per method that refuses settings it does not use, the old
-MergeSpec keywords as aliases, one coefficient vocabulary, and room for a new method."""
+"""The merge-method registry: one settings class per method that refuses settings it does not use, one coefficient
+vocabulary (the old MergeSpec keywords are refused, naming the setting), and room for a new method."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import pytest
 
 import merging
 from merging import methods, sparsify as sp, task_vectors as tv
-from merging.methods import REGISTRY, MergeSpec, method_settings
+from merging.methods import REGISTRY, method_settings
 from merging.methods.base import SparsifyThenAdd
 
 
@@ -32,7 +32,7 @@ def test_registry_one_module_per_method_with_paper_and_rule():
 def test_settings_a_method_does_not_use_are_refused(method, setting):
     (key,) = setting
     with pytest.raises(ValueError, match=rf"{key} has no effect with method '{method}': it does not use that setting"):
-        MergeSpec(method, **setting)
+        method_settings(method, **setting)
     with pytest.raises(TypeError, match="unexpected keyword"):
         REGISTRY[method](**setting)
 
@@ -42,32 +42,46 @@ def test_settings_unused_in_this_configuration_are_refused():
         methods.DareMerge(norm="l1")
     with pytest.raises(ValueError, match="dots with rescale=False: rescale_scope has no effect"):
         methods.DotsMerge(rescale=False, rescale_scope="tensor")
-    with pytest.raises(ValueError, match="'coeffs' and 'coefficients' name the same setting"):
-        method_settings("dots", coeffs=(1.0,), coefficients=(1.0,))
     with pytest.raises(ValueError, match=r"unknown merge method: method must be one of .*, got 'dotz'"):
-        MergeSpec("dotz")
+        method_settings("dotz")
     with pytest.raises(TypeError):
         methods.DotsMerge(0.3)  # keyword-only: no positional guessing
 
 
-def test_old_keywords_are_aliases_of_one_vocabulary():
-    assert MergeSpec("ties", coeffs=(1, 2), lam=0.9) == methods.TiesMerge(coefficients=(1.0, 2.0), scale=0.9)
-    assert MergeSpec("dots", scope="tensor") == methods.DotsMerge(rescale_scope="tensor")
-    assert MergeSpec("dare", dare_rescale="norm", scope="tensor") == methods.DareMerge(rescale="norm",
-                                                                                     rescale_scope="tensor")
-    assert MergeSpec("ram_plus", ram_threshold=1e-3, ram_rescale=1.5, ram_scope="tensor") == methods.RamPlusMerge(
-        threshold=1e-3, rescale_factor=1.5, count_scope="tensor")
-    spec = MergeSpec("ties", coeffs=(0.5, 0.5), lam=0.9)
-    assert spec.method == "ties" and spec.coeffs == spec.coefficients == (0.5, 0.5) and spec.lam == 0.9
+@pytest.mark.parametrize("method, old, value, new", [
+    ("ties", "coeffs", (1, 2), "coefficients"), ("dots", "weights", (1,), "coefficients"), ("ties", "lam", 0.9, "scale"),
+    ("dots", "scope", "tensor", "rescale_scope"), ("dare", "scope", "tensor", "rescale_scope"),
+    ("dare", "dare_rescale", "norm", "rescale"), ("ram_plus", "ram_threshold", 1e-3, "threshold"),
+    ("ram_plus", "ram_rescale", 1.5, "rescale_factor"), ("ram", "ram_scope", "tensor", "count_scope"),
+])
+def test_the_old_mergespec_keywords_are_refused_naming_the_setting(method, old, value, new):
+    """Removed in 0.1.0 (CHANGELOG.md): one line naming the setting's name now; the new name gives the merge."""
+    with pytest.raises(ValueError, match=rf"^{old} is now called {new} \(method '{method}'; CHANGELOG.md, 0.1.0\)$"):
+        method_settings(method, **{old: value})
+    extra = {"rescale": "norm"} if (method, new) == ("dare", "rescale_scope") else {}  # applies with norm only
+    assert method_settings(method, **{new: value}, **extra) == REGISTRY[method](
+        **{new: tuple(float(v) for v in value) if new == "coefficients" else value}, **extra)
+
+
+def test_the_compatibility_names_are_gone():
+    assert not hasattr(methods, "MergeSpec") and not hasattr(merging, "MergeSpec")
+    spec = methods.TiesMerge(coefficients=(0.5, 0.5), scale=0.9)
+    assert not any(hasattr(spec, old) for old in ("method", "coeffs", "lam", "aliases"))
+    for moved in ("ties", "ties_leaf", "ram", "ram_leaf", "ram_counts_leaf", "ram_rescales"):
+        assert not hasattr(sp, moved), moved  # merging.sparsify.__getattr__ forwarded these to merging.methods
+    taus = [{"w": jnp.asarray([1.0, -2.0, 3.0, 0.5])}]
+    for f in (merging.ties, merging.ram):
+        with pytest.raises(TypeError, match="weights"):
+            f(taus, weights=[1.0])
+
+
+def test_one_coefficient_vocabulary():
+    spec = method_settings("ties", coefficients=(0.5, 0.5), scale=0.9)
     assert spec.describe()["method"] == "ties" and spec.describe()["scale"] == 0.9
     assert methods.RamPlusMerge().rescale_factor == 1.2 and methods.RamMerge().rescale_factor == 1.0
-    with pytest.raises(ValueError, match=r"got 2 models but 1 coeffs \(coefficients\); give one coefficient per"):
+    with pytest.raises(ValueError, match=r"got 2 models but 1 coefficients; give one coefficient per"):
         methods.DotsMerge(coefficients=(1.0,)).resolved_coefficients(2)
-    # the pytree functions take `coefficients` too (old name `weights`), with the same result
     taus = [{"w": jnp.asarray([1.0, -2.0, 3.0, 0.5])}, {"w": jnp.asarray([-1.0, 2.5, 1.0, 0.0])}]
-    for f in (lambda **kw: sp.ties(taus, 0.5, **kw), lambda **kw: sp.ram(taus, **kw)):  # old import location
-        np.testing.assert_array_equal(f(coefficients=[0.5, 2.0])["w"], f(weights=[0.5, 2.0])["w"])
-    assert merging.ties is sp.ties and merging.ram is sp.ram
     base = {"w": jnp.zeros(4)}
     np.testing.assert_array_equal(tv.combine(base, taus, coefficients=[0.5, 2.0])["w"],
                                   tv.combine(base, taus, [0.5, 2.0])["w"])

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from merging.merge import main
-from merging.methods import MergeSpec
+from merging.methods import method_settings
 from merging.methods.engine import merge
 from merging.stream import PrecisionWarning, merge_checkpoints
 
@@ -45,7 +45,7 @@ def test_float32_update_into_bf16_base_warns_with_the_fraction(tmp_path, ckpts):
     base, ft = ckpts
     with pytest.warns(PrecisionWarning, match=r"^50\.0 % of the 4 entries the merge changed round back to the base's "
                       r"value in the base's dtype .*dtype='float32' / --dtype float32"):
-        out = merge_checkpoints(base, [ft], MergeSpec("task_arithmetic"), tmp_path / "bf16", progress=False)
+        out = merge_checkpoints(base, [ft], method_settings("task_arithmetic"), tmp_path / "bf16", progress=False)
     got = _read(out)
     assert got.dtype == BF16
     assert got.astype(np.float32).tolist() == [1.0, 1 + 2**-6, 1.0, 1.0, 2 + 2**-5, 2.0]
@@ -57,7 +57,7 @@ def test_float32_output_keeps_the_update_and_does_not_warn(tmp_path, ckpts):
     base, ft = ckpts
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrecisionWarning)
-        out = merge_checkpoints(base, [ft], MergeSpec("task_arithmetic"), tmp_path / "f32", dtype="float32",
+        out = merge_checkpoints(base, [ft], method_settings("task_arithmetic"), tmp_path / "f32", dtype="float32",
                                 progress=False)
     got = _read(out)
     assert got.dtype == np.float32 and got.tolist() == FT.tolist()
@@ -70,7 +70,7 @@ def test_merged_in_float32_then_rounded_once():
     # each term would lose the first one too (1 + 2^-8 -> 1, twice).
     base = np.asarray([1.0, 1.0], np.float32).astype(BF16)
     fts = [{"w": np.asarray([1 + 2**-6, 1 + 2**-7], np.float32).astype(BF16)} for _ in range(2)]
-    spec = MergeSpec("task_arithmetic", coeffs=(0.25, 0.25))
+    spec = method_settings("task_arithmetic", coefficients=(0.25, 0.25))
     out = np.asarray(merge({"w": base}, fts, spec)["w"])
     assert out.dtype == BF16 and out.astype(np.float32).tolist() == [1 + 2**-7, 1.0]
     out32 = np.asarray(merge({"w": base}, fts, spec, dtype=np.float32)["w"])
@@ -82,7 +82,7 @@ def test_bf16_into_bf16_with_representable_updates_does_not_warn(tmp_path):
     ft = _write(tmp_path, "ft", FT.astype(BF16))  # the fine-tune's own bf16 values: representable by construction
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrecisionWarning)
-        merge_checkpoints(base, [ft], MergeSpec("task_arithmetic"), tmp_path / "out", progress=False)
+        merge_checkpoints(base, [ft], method_settings("task_arithmetic"), tmp_path / "out", progress=False)
 
 
 def test_cli_dtype_flag_and_warning_line(tmp_path, ckpts, capsys):
@@ -102,7 +102,7 @@ def test_output_dtype_applies_to_unselected_float_tensors_and_not_to_integers(tm
             "step": np.asarray([7], np.int32)}
     ft = {"w": np.asarray([1.5, 2.0], np.float32), "skip": np.asarray([4.0], np.float32),
           "step": np.asarray([7], np.int32)}
-    out = merge(base, [ft], MergeSpec("task_arithmetic", exclude="skip"), dtype=np.float32)
+    out = merge(base, [ft], method_settings("task_arithmetic", exclude="skip"), dtype=np.float32)
     assert np.asarray(out["w"]).dtype == np.float32 and np.asarray(out["w"]).tolist() == [1.5, 2.0]
     assert np.asarray(out["skip"]).dtype == np.float32 and np.asarray(out["skip"]).tolist() == [3.0]  # the base's
     assert np.asarray(out["step"]).dtype == np.int32

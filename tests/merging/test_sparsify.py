@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import merging
+import merging.methods.ram
 from merging import sparsify as sp
 from merging import task_vectors as tv
 from merging.sparsify import Rescale
@@ -158,12 +160,12 @@ def test_ties_hand_checked_3x4():
     #   (0,0) 4 | (0,1) 3 | (0,2) -4 | (0,3) -3.5 | (1,0) -3 | (1,1) (6+4)/2=5 | (1,2) -2.2 | (1,3) sign 0 -> 0
     #   (2,0) (5+3)/2=4 | (2,1) 0 | (2,2) (8+6)/2=7 | (2,3) -7
     expected = np.asarray([[4, 3, -4, -3.5], [-3, 5, -2.2, 0], [4, 0, 7, -7]], np.float32)
-    merged = sp.ties([{"w": t1}, {"w": t2}, {"w": t3}], density=0.5)
+    merged = merging.ties([{"w": t1}, {"w": t2}, {"w": t3}], density=0.5)
     np.testing.assert_allclose(merged["w"], expected, rtol=1e-6)
     base = {"w": jnp.ones((3, 4))}
     np.testing.assert_allclose(tv.combine(base, [merged], [0.5])["w"], 1 + 0.5 * expected, rtol=1e-6)
     # weights scale each trimmed vector before the election: doubling t2 flips (1,0) to t2's sign (+2*2.5=5)
-    weighted = sp.ties([{"w": t1}, {"w": t2}, {"w": t3}], density=0.5, weights=[1.0, 2.0, 1.0])
+    weighted = merging.ties([{"w": t1}, {"w": t2}, {"w": t3}], density=0.5, coefficients=[1.0, 2.0, 1.0])
     assert float(weighted["w"][1, 0]) == pytest.approx(5.0)
 
 
@@ -172,14 +174,14 @@ def test_ram_and_ram_plus_hand_example():
     t2 = np.asarray([0, 4, -2, 1e-7, 5, 1, 0, 0], np.float32)  # 1e-7 is below the 1e-5 "changed" threshold
     a = [{"a": jnp.asarray(t[:4]), "b": jnp.asarray(t[4:])} for t in (t1, t2)]
     # changed counts: [1,1,2,1,1,2,1,1]; unique entries kept, shared (2 and 5) averaged: (2-2)/2=0, (3+1)/2=2
-    ram = sp.ram(a)
+    ram = merging.ram(a)
     np.testing.assert_allclose(np.concatenate([ram["a"], ram["b"]]), [1, 4, 0, -1, 5, 2, 7, 8], rtol=1e-6)
     # RAM+ r=1.2: vector 1 changed 6 entries, 2 shared -> rho = 2/4, factor 1 + 0.2*0.5 = 1.1;
     #             vector 2 changed 4 entries, 2 shared -> rho = 2/2, factor 1 + 0.2*1 = 1.2
-    assert list(sp.ram_rescales([6, 4], [2, 2], 1.2)) == pytest.approx([1.1, 1.2])
-    plus = sp.ram(a, rescale_factor=1.2)
+    assert list(merging.methods.ram.ram_rescales([6, 4], [2, 2], 1.2)) == pytest.approx([1.1, 1.2])
+    plus = merging.ram(a, rescale_factor=1.2)
     np.testing.assert_allclose(np.concatenate([plus["a"], plus["b"]]), [1.1, 4.8, 0, -1.1, 6, 2, 7.7, 8.8], rtol=1e-6)
-    per_tensor = sp.ram(a, rescale_factor=1.2, scope="tensor")  # same ratios per tensor here
+    per_tensor = merging.ram(a, rescale_factor=1.2, scope="tensor")  # same ratios per tensor here
     np.testing.assert_allclose(np.concatenate([per_tensor["a"], per_tensor["b"]]), [1.1, 4.8, 0, -1.1, 6, 2, 7.7, 8.8], rtol=1e-6)
 
 
@@ -189,7 +191,7 @@ def test_tensor_scope_is_jittable_global_scope_says_why_not():
     jitted = jax.jit(lambda t: sp.topk(t, 0.3, rescale=Rescale("l2", "tensor")))(tau)
     for k in tau:
         np.testing.assert_allclose(jitted[k], eager[k], rtol=1e-5)
-    jax.jit(lambda t: sp.ties([t, t], 0.3))(tau)
+    jax.jit(lambda t: merging.ties([t, t], 0.3))(tau)
     jax.jit(lambda t: sp.dare(t, 0.5, seed=1))(tau)
     with pytest.raises(TypeError, match="scope='global'.*concrete arrays"):
         jax.jit(lambda t: sp.topk(t, 0.3, scope="global"))(tau)

@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+import merging
 from merging import methods, sparsify as sp, stream, task_vectors as tv
-from merging.methods import MergeSpec
+from merging.methods import method_settings
 from tests.merging.conftest import assert_bitwise_equal, load_state
 
 F32_SPECS = {
-    "task_arithmetic": MergeSpec("task_arithmetic", coeffs=(0.6, 0.8)),
-    "dots": MergeSpec("dots", coeffs=(0.5, 1.5), density=0.3),
-    "dots_global_topk_l1_tensor": MergeSpec("dots", coeffs=(0.5, 0.5), topk_scope="global", norm="l1", scope="tensor"),
-    "ties": MergeSpec("ties", coeffs=(1.0, 1.0), density=0.2, lam=0.9),
-    "dare": MergeSpec("dare", coeffs=(0.5, 0.5), density=0.3, seed=11),
-    "dare_norm": MergeSpec("dare", coeffs=(0.5, 0.5), density=0.3, dare_rescale="norm", norm="linf"),
-    "breadcrumbs": MergeSpec("breadcrumbs", coeffs=(0.5, 0.5), density=0.4, top_remove=0.05),
-    "ram_plus": MergeSpec("ram_plus", exclude=r"norm"),
+    "task_arithmetic": method_settings("task_arithmetic", coefficients=(0.6, 0.8)),
+    "dots": method_settings("dots", coefficients=(0.5, 1.5), density=0.3),
+    "dots_global_topk_l1_tensor": method_settings("dots", coefficients=(0.5, 0.5), topk_scope="global", norm="l1", rescale_scope="tensor"),
+    "ties": method_settings("ties", coefficients=(1.0, 1.0), density=0.2, scale=0.9),
+    "dare": method_settings("dare", coefficients=(0.5, 0.5), density=0.3, seed=11),
+    "dare_norm": method_settings("dare", coefficients=(0.5, 0.5), density=0.3, rescale="norm", norm="linf"),
+    "breadcrumbs": method_settings("breadcrumbs", coefficients=(0.5, 0.5), density=0.4, top_remove=0.05),
+    "ram_plus": method_settings("ram_plus", exclude=r"norm"),
 }
 
 
@@ -43,12 +44,12 @@ def test_streamed_equals_in_memory_bit_for_bit_f32(family_f32, tmp_path, key):
 @pytest.mark.parametrize(
     "spec",
     [
-        MergeSpec("dots", coeffs=(0.5, 0.5), topk_scope="global"),  # two radix passes + a norm pass
-        MergeSpec("ties", coeffs=(0.7, 1.3), topk_scope="global"),
-        MergeSpec("dare", coeffs=(1.0, 1.0), density=0.5, dare_rescale="norm", scope="global"),
-        MergeSpec("ram", coeffs=(0.5, 2.0), ram_scope="tensor"),
+        method_settings("dots", coefficients=(0.5, 0.5), topk_scope="global"),  # two radix passes + a norm pass
+        method_settings("ties", coefficients=(0.7, 1.3), topk_scope="global"),
+        method_settings("dare", coefficients=(1.0, 1.0), density=0.5, rescale="norm", rescale_scope="global"),
+        method_settings("ram", coefficients=(0.5, 2.0), count_scope="tensor"),
     ],
-    ids=lambda s: s.method,
+    ids=lambda s: s.name,
 )
 def test_streamed_equals_in_memory_bf16_tied_sharded(family_bf16_tied_sharded, tmp_path, spec):
     fam = family_bf16_tied_sharded
@@ -61,7 +62,7 @@ def test_streamed_equals_in_memory_bf16_tied_sharded(family_bf16_tied_sharded, t
     assert len(list(out.glob("model-*-of-*.safetensors"))) > 1
     assert all(v.dtype == np.dtype(jnp.bfloat16) for v in merged.values())
     base, fts = _states(fam)
-    assert_bitwise_equal(merged, methods.merge(base, fts, spec), spec.method)
+    assert_bitwise_equal(merged, methods.merge(base, fts, spec), spec.name)
 
 
 def test_in_memory_merge_equals_composed_public_functions(family_f32):
@@ -73,18 +74,18 @@ def test_in_memory_merge_equals_composed_public_functions(family_f32):
     composed = {
         "task_arithmetic": tv.combine(base, taus, c),
         "dots": tv.combine(base, [sp.dots_sparsify(t, 0.3) for t in taus], c),
-        "ties": tv.combine(base, [sp.ties(taus, 0.2, weights=c)], [0.9]),
+        "ties": tv.combine(base, [merging.ties(taus, 0.2, coefficients=c)], [0.9]),
         "dare": tv.combine(base, [sp.dare(t, 0.7, seed=11 + i) for i, t in enumerate(taus)], c),
         "breadcrumbs": tv.combine(base, [sp.breadcrumbs(t, 0.4, 0.05) for t in taus], c),
-        "ram_plus": tv.combine(base, [sp.ram(taus, rescale_factor=1.2, weights=c)], [1.0]),
+        "ram_plus": tv.combine(base, [merging.ram(taus, rescale_factor=1.2, coefficients=c)], [1.0]),
     }
     specs = {
-        "task_arithmetic": MergeSpec("task_arithmetic", coeffs=c),
-        "dots": MergeSpec("dots", coeffs=c, density=0.3),
-        "ties": MergeSpec("ties", coeffs=c, density=0.2, lam=0.9),
-        "dare": MergeSpec("dare", coeffs=c, density=0.3, seed=11),
-        "breadcrumbs": MergeSpec("breadcrumbs", coeffs=c, density=0.4, top_remove=0.05),
-        "ram_plus": MergeSpec("ram_plus", coeffs=c),
+        "task_arithmetic": method_settings("task_arithmetic", coefficients=c),
+        "dots": method_settings("dots", coefficients=c, density=0.3),
+        "ties": method_settings("ties", coefficients=c, density=0.2, scale=0.9),
+        "dare": method_settings("dare", coefficients=c, density=0.3, seed=11),
+        "breadcrumbs": method_settings("breadcrumbs", coefficients=c, density=0.4, top_remove=0.05),
+        "ram_plus": method_settings("ram_plus", coefficients=c),
     }
     for key, spec in specs.items():
         assert_bitwise_equal(methods.merge(base, fts, spec), composed[key], key)
@@ -105,7 +106,7 @@ def test_dots_merge_matches_independent_numpy_reference(family_f32):
         factor = np.sqrt(sum((t**2).sum() for t in taus.values())) / np.sqrt(sum((t**2).sum() for t in kept.values()))
         for k in base:
             expected[k] += ci * factor * kept[k]
-    merged = methods.merge(base, fts, MergeSpec("dots", coeffs=c, density=0.3))
+    merged = methods.merge(base, fts, method_settings("dots", coefficients=c, density=0.3))
     for k in base:
         np.testing.assert_allclose(merged[k], expected[k], rtol=2e-6, atol=2e-7, err_msg=k)
 
@@ -116,7 +117,7 @@ def test_transformers_and_load_hf_load_the_merged_checkpoint(family_f32, family_
 
     from jax_cat.models import load_hf
 
-    spec = MergeSpec("dots", coeffs=(0.5, 0.5))
+    spec = method_settings("dots", coefficients=(0.5, 0.5))
     ids = [[3, 17, 42, 5, 90, 11, 7]]
     for fam, name in ((family_f32, "f32"), (family_bf16_tied_sharded, "bf16")):
         out = stream.merge_checkpoints(fam["base"], [fam["sft"], fam["rl"]], spec, tmp_path / name, progress=False)
@@ -147,7 +148,7 @@ def _copy_with(src: Path, dst: Path, edit) -> Path:
 
 def test_mismatched_checkpoints_are_refused_naming_the_tensor(family_f32, tmp_path):
     base, sft = family_f32["base"], family_f32["sft"]
-    spec = MergeSpec("task_arithmetic")
+    spec = method_settings("task_arithmetic")
     name = "model.layers.1.mlp.down_proj.weight"
     cases = {
         "shape": (lambda t: t.__setitem__(name, t[name][:, :-1].copy()), rf"tensor '{name}': shape \(32, 63\)"),
@@ -169,11 +170,11 @@ def test_tied_model_into_untied_base_and_the_converse(family_f32, family_bf16_ti
     tied_sft = _copy_with(sft, tmp_path / "tied", lambda t: t.pop("lm_head.weight"))
     # Issue 11 changed this on purpose: embed_ft - lm_head_base is no fine-tuning update, so it is refused ...
     with pytest.raises(stream.CheckpointMismatchError, match="ties its output head .* but the base has its own"):
-        stream.merge_checkpoints(base, [tied_sft], MergeSpec("task_arithmetic", coeffs=(0.5,)), tmp_path / "o",
+        stream.merge_checkpoints(base, [tied_sft], method_settings("task_arithmetic", coefficients=(0.5,)), tmp_path / "o",
                                  progress=False)
     assert not (tmp_path / "o").exists()
     # ... unless the head is excluded (it keeps the base's value) ...
-    out = stream.merge_checkpoints(base, [tied_sft], MergeSpec("task_arithmetic", coeffs=(0.5,), exclude="lm_head"),
+    out = stream.merge_checkpoints(base, [tied_sft], method_settings("task_arithmetic", coefficients=(0.5,), exclude="lm_head"),
                                    tmp_path / "o", progress=False)
     b, s, m = load_state(base), load_state(sft), load_state(out)
     np.testing.assert_array_equal(m["lm_head.weight"], b["lm_head.weight"])
@@ -182,13 +183,13 @@ def test_tied_model_into_untied_base_and_the_converse(family_f32, family_bf16_ti
     # ... or the base's head is its embedding too (a stored copy): then tau_head = embed_ft - embed_base
     tied_base = _copy_with(base, tmp_path / "tied_base",
                            lambda t: t.__setitem__("lm_head.weight", t["model.embed_tokens.weight"].copy()))
-    out = stream.merge_checkpoints(tied_base, [tied_sft], MergeSpec("task_arithmetic", coeffs=(0.5,)),
+    out = stream.merge_checkpoints(tied_base, [tied_sft], method_settings("task_arithmetic", coefficients=(0.5,)),
                                    tmp_path / "o2", progress=False)
     m = load_state(out)
     np.testing.assert_array_equal(m["lm_head.weight"], m["model.embed_tokens.weight"])
     tied = family_bf16_tied_sharded
     with pytest.raises(stream.CheckpointMismatchError, match="has its own 'lm_head.weight' but the base ties it"):
-        stream.merge_checkpoints(tied["base"], [sft], MergeSpec("task_arithmetic"), tmp_path / "x", progress=False)
+        stream.merge_checkpoints(tied["base"], [sft], method_settings("task_arithmetic"), tmp_path / "x", progress=False)
 
 
 def test_failure_leaves_nothing_and_existing_output_is_protected(family_f32, tmp_path, monkeypatch):
@@ -205,13 +206,13 @@ def test_failure_leaves_nothing_and_existing_output_is_protected(family_f32, tmp
 
     monkeypatch.setattr(stream.ShardedWriter, "write", failing_write)
     with pytest.raises(RuntimeError, match="simulated"):
-        stream.merge_checkpoints(fam["base"], [fam["sft"]], MergeSpec("task_arithmetic"), out, progress=False)
+        stream.merge_checkpoints(fam["base"], [fam["sft"]], method_settings("task_arithmetic"), out, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temp folder
     monkeypatch.setattr(stream.ShardedWriter, "write", original)
-    stream.merge_checkpoints(fam["base"], [fam["sft"]], MergeSpec("task_arithmetic"), out, progress=False)
+    stream.merge_checkpoints(fam["base"], [fam["sft"]], method_settings("task_arithmetic"), out, progress=False)
     with pytest.raises(FileExistsError, match="overwrite"):
-        stream.merge_checkpoints(fam["base"], [fam["sft"]], MergeSpec("task_arithmetic"), out, progress=False)
-    stream.merge_checkpoints(fam["base"], [fam["rl"]], MergeSpec("task_arithmetic"), out, overwrite=True,
+        stream.merge_checkpoints(fam["base"], [fam["sft"]], method_settings("task_arithmetic"), out, progress=False)
+    stream.merge_checkpoints(fam["base"], [fam["rl"]], method_settings("task_arithmetic"), out, overwrite=True,
                              progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
     assert json.loads((out / "merge_info.json").read_text())["models"] == [str(fam["rl"])]
@@ -226,7 +227,7 @@ def test_merge_cli_equals_api(family_f32, tmp_path):
             "--max-shard-size", "40KB", "--out", str(tmp_path / "cli")]
     assert main(args) == 0
     base, fts = _states(fam)
-    assert_bitwise_equal(load_state(tmp_path / "cli"), methods.merge(base, fts, MergeSpec("dots", coeffs=(0.5, 1.5))))
+    assert_bitwise_equal(load_state(tmp_path / "cli"), methods.merge(base, fts, method_settings("dots", coefficients=(0.5, 1.5))))
     assert main(args[:-2]) == 2  # --out is required: one line, exit 2 (returned, as jax_cat's CLIs do)
 
 

@@ -194,7 +194,7 @@ def test_sampler_runs_a_scanned_model_to_the_same_tokens(tiny_hf_checkpoint):
     ids, mask = left_padded_batch(128, lengths=(6, 3), seed=2)
     outs = [
         sample_tokens(load_hf(path, scan_layers=scan), ids, mask, max_new_tokens=5, key=jax.random.key(3),
-                      temperature=0.7, row_prompt=np.array([0, 0, 1]))
+                      temperature=0.7, group_ids=np.array([0, 0, 1]))
         for scan in (False, True)
     ]
     np.testing.assert_array_equal(np.asarray(outs[1].tokens), np.asarray(outs[0].tokens))

@@ -85,7 +85,7 @@ def test_low_temperature_equals_greedy_and_seeds(qwen3):
 
 
 def test_shared_prefill_equals_one_prefill_per_row(qwen3):
-    """sample_tokens(row_prompt=...) (a prompt's KV cache copied to its rows) = prefilling every row, on a real
+    """sample_tokens(group_ids=...) (a prompt's KV cache copied to its rows) = prefilling every row, on a real
     KV-cached model with left-padded prompts of different lengths."""
     import jax
 
@@ -95,14 +95,14 @@ def test_shared_prefill_equals_one_prefill_per_row(qwen3):
     _, model, tokenizer = qwen3
     lists = tokenizer(PROMPTS[:2])["input_ids"]
     ids, mask = left_pad(lists, 32, PAD)
-    row_prompt = np.array([1, 0, 1, 1, 0, 0])
-    keys = row_keys_for(jax.random.key(2), row_prompt, np.arange(6))
+    group_ids = np.array([1, 0, 1, 1, 0, 0])
+    keys = row_keys_for(jax.random.key(2), group_ids, np.arange(6))
     kw = dict(max_new_tokens=MAX_NEW, row_keys=keys, temperature=1.0, eos_token_ids=[EOS], pad_token_id=PAD)
-    shared = sample_tokens(model, ids, mask, row_prompt=row_prompt, **kw)
-    per_row = sample_tokens(model, ids[row_prompt], mask[row_prompt], **kw)
+    shared = sample_tokens(model, ids, mask, group_ids=group_ids, **kw)
+    per_row = sample_tokens(model, ids[group_ids], mask[group_ids], **kw)
     np.testing.assert_array_equal(shared.tokens, per_row.tokens)
     np.testing.assert_array_equal(shared.lengths, per_row.lengths)
     np.testing.assert_allclose(shared.logprobs, per_row.logprobs, atol=1e-5)
     assert len({tuple(t) for t in np.asarray(shared.tokens).tolist()}) == 6  # six different samples
-    with pytest.raises(ValueError, match="row_prompt indices"):
-        sample_tokens(model, ids, mask, row_prompt=np.array([0, 2]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="group_ids indices"):
+        sample_tokens(model, ids, mask, group_ids=np.array([0, 2]), max_new_tokens=2)

@@ -73,12 +73,12 @@ def test_sampling_is_seeded_and_independent_of_batching():
     np.testing.assert_allclose([x.sample_logprobs for x in a[0]], [x.logprobs for x in a[0]], rtol=1e-5)
 
 
-def test_sample_tokens_arrays_and_inactive_rows():
+def test_sample_tokens_arrays_and_filler_rows():
     model, table, pos_table = chain_model(eos_after=6)
     ids = np.array([[0, 0, 1, 3], [1, 3, 4, 5]], np.int32)
     mask = ids != 0
     out = sample_tokens(model, ids, mask, max_new_tokens=6, temperature=0.0, eos_token_ids=[EOS], pad_token_id=0,
-                        inactive=np.array([False, True]), key=jax.random.key(0))
+                        sample_mask=np.array([True, False]), key=jax.random.key(0))
     np.testing.assert_array_equal(out.tokens, [[4, 5, 6, EOS, 0, 0], [0] * 6])
     np.testing.assert_array_equal(out.lengths, [4, 0])
     np.testing.assert_array_equal(out.ended_with_eos, [True, False])

@@ -19,8 +19,9 @@ def test_every_mapping_points_at_a_real_key(name):
     ("epsilon_high", "loss.clip_eps_high"), ("loss_type", "loss.reduction"),
     ("gradient_accumulation_steps", "train.micro_batches"), ("logging_steps", "train.log_every"),
     ("save_steps", "train.checkpoint_every"), ("save_total_limit", "checkpoint.keep"),
-    ("max_grad_norm", "optimizer.clip_norm"), ("report_to", "logging.tensorboard"), ("beta", "loss.beta"),
+    ("max_grad_norm", "optimizer.clip_norm"), ("report_to", "logging.report_to"), ("beta", "loss.beta"),
     ("temperature", "rollout.temperature"), ("learning_rate", "optimizer.learning_rate"),
+    ("run_name", "logging.run_name"), ("flush_every_n_steps", "train.log_every"),
     ("train.save_steps", "train.checkpoint_every"),  # under a section too
 ])
 def test_set_with_a_familiar_name_names_our_key(given, expected):
