@@ -155,7 +155,7 @@ def _run(cfg: Config, out: Path | None, *, resume: bool) -> dict[str, Any]:
         return summary  # stopped early on purpose: --resume finishes, then writes final/ and evaluates
     if out is not None and cfg.train.save_final:
         summary["final"] = save_final(result.model, tokenizer, out, source=model_path(cfg.model.path),
-                                      dtype=cfg.train.export_dtype)
+                                      dtype=cfg.train.export_dtype, lora_export=cfg.lora.export)
     if cfg.train.eval_at_end and cfg.eval.num_problems > 0:
         summary["eval"] = evaluate_model(cfg, result.model, tokenizer, out)
     return summary
