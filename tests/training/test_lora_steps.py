@@ -74,11 +74,17 @@ def _densified_params(params, alpha_over_r):
     return walk(params)
 
 
-def _sft_setup(model, mesh, micro_batches=1):
-    tx = steps.make_optimizer(OPT, 10)
-    sh = steps.state_shardings_for(tx, model, mesh)
-    graphdef, _ = steps.split_model(model)
-    step = steps.make_sft_step(graphdef, tx, sh, mesh, strategy=PassAtN(1), micro_batches=micro_batches)
+_STEPS: dict = {}
+
+
+def _sft_setup(model, mesh):
+    """(step, fresh state); the jitted step is built once per model (one compile per setting a session)."""
+    if id(model) not in _STEPS:
+        tx = steps.make_optimizer(OPT, 10)
+        sh = steps.state_shardings_for(tx, model, mesh)
+        graphdef, _ = steps.split_model(model)
+        _STEPS[id(model)] = tx, sh, steps.make_sft_step(graphdef, tx, sh, mesh, strategy=PassAtN(1))
+    tx, sh, step = _STEPS[id(model)]
     return step, steps.init_state(model, tx, sh)
 
 
@@ -153,7 +159,7 @@ def test_lora_dropout_is_a_function_of_step_and_only_in_training():
     step_nodrop, state_nodrop = _sft_setup(lora_model(), mesh)
     _, m0 = step_nodrop(state_nodrop, _put(batch, step_nodrop))
     assert abs(float(m1["loss"]) - float(m0["loss"])) > 1e-4  # dropout changed the training forward
-    _, again = _sft_setup(model, mesh)[0](_sft_setup(model, mesh)[1], _put(batch, step))
+    _, again = step(_sft_setup(model, mesh)[1], _put(batch, step))
     assert float(again["loss"]) == float(m1["loss"])  # same step, same masks
     # outside the training step (sampling, log-probs, evaluation) the adapters never drop
     ids = jnp.asarray(batch["input_ids"])
