@@ -233,15 +233,17 @@ def check_flags(args: argparse.Namespace) -> None:
 def check_checkpoints(args: argparse.Namespace) -> None:
     """--base, --sft and --rl are readable safetensors checkpoints of one architecture (headers only: no weights
     are read): the same tensor names and shapes (a tied lm_head.weight may be missing on either side)."""
-    from merging.checkpoint import Checkpoint, CheckpointMismatchError
+    from merging.checkpoint import CheckpointMismatchError
+
+    from merging.adapters import open_checkpoint
 
     ckpts = {}
     for name in ("base", "sft", "rl"):
         path = Path(getattr(args, name))
         if not path.is_dir():
             raise FileNotFoundError(f"--{name}: no checkpoint folder {path}")
-        try:
-            ckpts[name] = Checkpoint(path)
+        try:  # --sft / --rl may be LoRA adapter folders (base + B.A.alpha/r)
+            ckpts[name] = open_checkpoint(path, ckpts.get("base"))
         except (ValueError, OSError) as err:
             raise type(err)(f"--{name}: {err}") from None
     base = ckpts["base"].info
