@@ -564,6 +564,9 @@ def check_ranges(cfg: Config) -> None:
     _in_range("rollout.temperature", r.temperature, 0, inf, high_open=True)
     _in_range("rollout.top_p", r.top_p, 0, 1, low_open=True)
     _in_range("eval.temperature", e.temperature, 0, inf, high_open=True)
+    _positive("lora.rank", cfg.lora.rank, 0)
+    _in_range("lora.alpha", cfg.lora.alpha, 0, inf, low_open=True, high_open=True)
+    _in_range("lora.dropout", cfg.lora.dropout, 0, 1, high_open=True)
     for k in e.ks:
         _positive("eval.ks", k, 1)
     if not e.ks and t.eval_at_end and e.num_problems > 0:
@@ -606,8 +609,6 @@ def validate(cfg: Config) -> None:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"loss: {err}") from None
     check_objective(cfg)
-    if cfg.lora.rank < 0:
-        raise ConfigError(f"lora.rank must be >= 0 (0 = full fine-tuning), got {cfg.lora.rank}")
     try:
         cfg.lora_config()
     except ValueError as err:
