@@ -186,3 +186,23 @@ def test_lora_checkpoint_holds_adapters_only_and_resumes_exactly(tokenizer, tmp_
     moved = _max_diff(adapter_params(jax.device_get(steps.split_model(lora_model(random_b=False))[1])),
                       adapter_params(jax.device_get(straight.state.params)))
     assert moved > 1e-4
+
+
+def test_sharded_lora_step_equals_one_device_and_places_adapters_by_their_axes():
+    model = lora_model()
+    batch = sft_batch(np.random.default_rng(0))
+    one_step, one_state = _sft_setup(model, _mesh())
+    expected, _ = one_step(one_state, _put(batch, one_step))
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    tx = steps.make_optimizer(OPT, 10)
+    sh = steps.state_shardings_for(tx, model, mesh)
+    graphdef, _ = steps.split_model(model)
+    step = steps.make_sft_step(graphdef, tx, sh, mesh, strategy=PassAtN(1))
+    state, _ = step(steps.init_state(model, tx, sh), _put(batch, step))
+    q = state.params["layers"][0]["self_attn"]["q_proj_lora"]
+    assert q["lora_a"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)  # like q_proj's embed dim
+    assert q["lora_b"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor", None)  # like its heads
+    mu = state.opt_state[1][0].mu  # AdamW's first moment: adapters only, placed like them
+    assert set(mu) == {"layers"} and mu["layers"][0]["self_attn"]["q_proj_lora"]["lora_a"].sharding.spec == \
+        jax.sharding.PartitionSpec("fsdp", None)
+    assert _max_diff(jax.device_get(state.params), jax.device_get(expected.params)) < 1e-5
