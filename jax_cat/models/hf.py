@@ -299,8 +299,20 @@ def load_hf(
     passed to `CausalLM`; with `scan_layers` the per-layer tensors are stacked as they load (same HF names).
     A tensor holding NaN/Inf is refused (CheckpointError naming it) unless `allow_nonfinite`. `lora` (a
     `jax_cat.models.lora.LoRAConfig`) adds fresh adapters (B = 0, placed like their kernels) to the loaded model.
+    A PEFT LoRA adapter folder (adapter_config.json, no config.json) loads its `base_model_name_or_path` with the
+    adapters on it (`jax_cat.models.peft.load_peft`).
     """
     ckpt_dir = resolve_checkpoint_dir(path_or_repo_id)
+    if (ckpt_dir / "adapter_config.json").is_file() and not (ckpt_dir / "config.json").is_file():
+        from jax_cat.models.peft import load_peft
+
+        base = _read_json_object(ckpt_dir / "adapter_config.json").get("base_model_name_or_path")
+        if not base:
+            raise CheckpointError(f"{ckpt_dir} is a LoRA adapter folder without base_model_name_or_path in "
+                                  "adapter_config.json: load its base with load_hf, then load_peft(model, folder)")
+        model = load_hf(base, dtype=dtype, mesh=mesh, config=config, param_dtype=param_dtype, remat=remat,
+                        scan_layers=scan_layers, attention_impl=attention_impl, allow_nonfinite=allow_nonfinite)
+        return load_peft(model, ckpt_dir)
     config = config or read_config(ckpt_dir)
     table = hf_key_table(config)
     files = safetensors_files(ckpt_dir)

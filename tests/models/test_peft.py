@@ -67,9 +67,11 @@ def test_load_peft_round_trip_and_low_rank_deltas(adapted):
     path, model, folder = adapted
     again = load_peft(load_hf(path), folder)
     assert again.lora == read_peft_config(folder)
+    by_folder = load_hf(folder)  # an adapter folder loads its base_model_name_or_path with the adapters on it
     ids, mask = left_padded_batch(model.config.vocab_size)
-    np.testing.assert_allclose(np.asarray(again(jnp.asarray(ids), jnp.asarray(mask))),
-                               np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))), atol=1e-5)  # unrolled vs scan
+    logits = np.asarray(again(jnp.asarray(ids), jnp.asarray(mask)))
+    np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))), atol=1e-5)  # vs scan
+    np.testing.assert_array_equal(np.asarray(by_folder(jnp.asarray(ids), jnp.asarray(mask))), logits)
     deltas = dict(iter_peft_deltas(folder))
     assert len(deltas) == 14 and all(np.linalg.matrix_rank(d) <= 4 for d in deltas.values())
 
