@@ -50,6 +50,7 @@ from jax_cat.models import load_hf, save_hf
 from jax_cat.sharding import make_mesh
 from merging import search
 from merging.dots_config import STUDY_KEYS, DotsConfig
+from merging.adapters import open_checkpoint
 from merging.methods import DotsMerge
 from merging.objectives import (
     Candidates, ObjectiveConfig, chat_prompt_ids, evaluate_candidate, query_difficulty, select_queries,
@@ -169,8 +170,8 @@ def check_checkpoints(base: Any, sft: Any, rl: Any) -> None:
         path = Path(given)
         if not path.is_dir():
             raise FileNotFoundError(f"--{name}: no checkpoint folder {path}")
-        try:
-            ckpts[name] = Checkpoint(path)
+        try:  # sft / rl may be LoRA adapter folders (base + B.A.alpha/r)
+            ckpts[name] = open_checkpoint(path, ckpts.get("base"))
         except (ValueError, OSError) as err:
             raise type(err)(f"--{name}: {err}") from None
     base_info = ckpts["base"].info

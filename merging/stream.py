@@ -23,6 +23,7 @@ import numpy as np
 
 from merging._checks import check_finite, check_float64
 from merging._paths import make_selector
+from merging.adapters import open_checkpoint
 from merging.analysis import Comparison
 from jax_cat.io.atomic import OutputBusyError, atomic_output_dir
 from jax_cat.io.safetensors import (
@@ -199,7 +200,7 @@ def merge_checkpoints(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
     base_ckpt = Checkpoint(base)
-    model_ckpts = [Checkpoint(m) for m in models]
+    model_ckpts = [open_checkpoint(m, base_ckpt) for m in models]  # a LoRA adapter folder: base + B.A.alpha/r
     uses_head = make_selector(spec.filter, spec.exclude)(LM_HEAD)
     labels = [f"models[{i}]" for i in range(len(model_ckpts))]
     aliases = [_aliases(base_ckpt, m, label, uses_head) for m, label in zip(model_ckpts, labels)]
@@ -284,7 +285,8 @@ def analyze_checkpoints(
     from merging.methods.engine import tau_dtype
     from merging.task_vectors import tv_leaf
 
-    base_ckpt, a_ckpt, b_ckpt = Checkpoint(base), Checkpoint(sft), Checkpoint(rl)
+    base_ckpt = Checkpoint(base)
+    a_ckpt, b_ckpt = open_checkpoint(sft, base_ckpt), open_checkpoint(rl, base_ckpt)  # adapter folders welcome
     a_alias = _aliases(base_ckpt, a_ckpt, labels[0])
     b_alias = _aliases(base_ckpt, b_ckpt, labels[1])
     names = [n for n in base_ckpt.names if base_ckpt.info[n].dtype in FLOAT_DTYPES]

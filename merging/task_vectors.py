@@ -9,6 +9,7 @@ Imports nothing from jax_cat.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -124,6 +125,9 @@ def task_vector(
 ) -> Any:
     """tau = finetuned - base, leaf by leaf (the direction fine-tuning moved the weights).
 
+    `finetuned` may also be a PEFT LoRA adapter folder (str / PathLike) with `base` a dict keyed by HF tensor names:
+    tau is then B @ A * alpha / r on the adapted weights and zero elsewhere (`merging.adapters.adapter_task_vector`).
+
     `dtype=None` keeps each leaf's dtype (bf16 in, bf16 out); pass `jnp.float32` to keep the difference exact.
     Leaves not selected by `filter`/`exclude` (regex or predicate on "a/b/0/c" paths) are zero.
 
@@ -133,6 +137,11 @@ def task_vector(
     [0.5, 0.0]
     """
     selected = make_selector(filter, exclude)
+    if isinstance(finetuned, str | os.PathLike):
+        from merging.adapters import adapter_task_vector
+
+        tau = adapter_task_vector(finetuned, base, dtype=dtype)
+        return {k: v if selected(k) else jnp.zeros_like(v) for k, v in tau.items()}
     leaves = []
     for path, (ft, b) in check_compatible([finetuned, base], ["finetuned", "base"]):
         if not is_vector_leaf(b):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_cat.models.config import ModelConfig
+from jax_cat.models.lora import SUFFIX as _LORA, fold_dropout_key
 from jax_cat.models.rope import apply_rope, rope_cos_sin
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
@@ -78,6 +79,12 @@ def _param(rngs: nnx.Rngs | None, init, shape: Sequence[int], axes: tuple[str | 
 
 def _normal(stddev: float):
     return lambda key, shape, dtype: stddev * jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
+def _adapted(module: nnx.Module, name: str, x: jax.Array, y: jax.Array, dtype) -> jax.Array:
+    """y (= x . W of kernel `name`) plus its LoRA adapter's update when the model has one (`jax_cat.models.lora`)."""
+    adapter = getattr(module, name + _LORA, None)
+    return y if adapter is None else y + adapter(x, dtype)
 
 
 def _ones(key, shape, dtype):
@@ -181,9 +188,9 @@ class Attention(nnx.Module):
         """`prefill`: `cache_index` is a Python int and the queries attend to the cache slots [0, cache_index + T)
         only (not to the whole cache; the mask is [B, T, cache_index + T]), see `CausalLM.prefill`."""
         w = lambda p: p[...].astype(self.dtype)
-        q = jnp.einsum("btd,dhk->bthk", x, w(self.q_proj))
-        k = jnp.einsum("btd,dhk->bthk", x, w(self.k_proj))
-        v = jnp.einsum("btd,dhk->bthk", x, w(self.v_proj))
+        q = _adapted(self, "q_proj", x, jnp.einsum("btd,dhk->bthk", x, w(self.q_proj)), self.dtype)
+        k = _adapted(self, "k_proj", x, jnp.einsum("btd,dhk->bthk", x, w(self.k_proj)), self.dtype)
+        v = _adapted(self, "v_proj", x, jnp.einsum("btd,dhk->bthk", x, w(self.v_proj)), self.dtype)
         if self.q_bias is not None:
             q, k, v = q + w(self.q_bias), k + w(self.k_bias), v + w(self.v_bias)
         if self.q_norm is not None:
@@ -208,7 +215,7 @@ class Attention(nnx.Module):
         if prefill:  # only the slots written so far
             k, v = k[:, :, : cache_index + x.shape[1]], v[:, :, : cache_index + x.shape[1]]
         out = (fused_attention if self.attention_impl == "dot_product_attention" else attention)(q, k, v, mask)
-        out = jnp.einsum("bthk,hkd->btd", out, w(self.o_proj))
+        out = _adapted(self, "o_proj", out, jnp.einsum("bthk,hkd->btd", out, w(self.o_proj)), self.dtype)
         if self.o_bias is not None:
             out = out + w(self.o_bias)
         return out, new_cache
@@ -234,10 +241,12 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = lambda p: p[...].astype(self.dtype)
-        gate, up = x @ w(self.gate_proj), x @ w(self.up_proj)
+        gate = _adapted(self, "gate_proj", x, x @ w(self.gate_proj), self.dtype)
+        up = _adapted(self, "up_proj", x, x @ w(self.up_proj), self.dtype)
         if self.gate_bias is not None:
             gate, up = gate + w(self.gate_bias), up + w(self.up_bias)
-        out = (jax.nn.silu(gate) * up) @ w(self.down_proj)
+        act = jax.nn.silu(gate) * up
+        out = _adapted(self, "down_proj", act, act @ w(self.down_proj), self.dtype)
         if self.down_bias is not None:
             out = out + w(self.down_bias)
         return out
@@ -322,6 +331,8 @@ class CausalLM(nnx.Module):
         under `jax.lax.scan`. The HF names at load/save are unchanged (`jax_cat.models.hf` stacks and unstacks).
       attention_impl: "xla" (the batched-matmul `attention`) or "dot_product_attention" (`jax.nn.
         dot_product_attention`, which dispatches to cuDNN flash attention on GPUs).
+      lora: a `jax_cat.models.lora.LoRAConfig` to add LoRA adapters (float32, B = 0) to its target projections;
+        None = none. `model.lora` is the config of the adapters the model holds (None without).
     """
 
     def __init__(
@@ -334,6 +345,7 @@ class CausalLM(nnx.Module):
         remat: bool | str = False,
         scan_layers: bool = False,
         attention_impl: str = "xla",
+        lora=None,
     ):
         if attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={attention_impl!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
@@ -357,6 +369,11 @@ class CausalLM(nnx.Module):
             self.lm_head = None
         else:
             self.lm_head = _param(rngs, _normal(0.02), (c.hidden_size, c.vocab_size), ("embed", "vocab"), pdt)
+        self.lora = None
+        if lora is not None:
+            from jax_cat.models.lora import add_lora
+
+            add_lora(self, lora)
 
     # ------------------------------------------------------------------ core
     def _layer_windows(self) -> list[int | None]:
@@ -377,11 +394,12 @@ class CausalLM(nnx.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
             mask = masks[self.config.layer_window(i)]
-            if policy_name is not None:
-                remat_layer = nnx.remat(lambda lyr, *a: lyr(*a), policy=REMAT_POLICIES[policy_name])
-                x, _ = remat_layer(layer, x, cos, sin, mask)
-            else:
-                x, layer_cache = layer(x, cos, sin, mask, layer_cache, cache_index, prefill)
+            with fold_dropout_key(i):  # LoRA dropout masks differ per layer (training steps only)
+                if policy_name is not None:
+                    remat_layer = nnx.remat(lambda lyr, *a: lyr(*a), policy=REMAT_POLICIES[policy_name])
+                    x, _ = remat_layer(layer, x, cos, sin, mask)
+                else:
+                    x, layer_cache = layer(x, cos, sin, mask, layer_cache, cache_index, prefill)
             if cache is not None:
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])
@@ -417,8 +435,9 @@ class CausalLM(nnx.Module):
             return x, KVCache(k=ck, v=cv)
 
         def body(h, xs):
-            layer_state, wi, _ = xs
-            h, _ = nnx.merge(graphdef, layer_state)(h, cos, sin, mask_of(wi))
+            layer_state, wi, i = xs
+            with fold_dropout_key(i):
+                h, _ = nnx.merge(graphdef, layer_state)(h, cos, sin, mask_of(wi))
             return h, None
 
         if policy_name is not None:

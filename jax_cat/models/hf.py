@@ -230,15 +230,29 @@ def load_hf(
     scan_layers: bool = False,
     attention_impl: str = "xla",
     allow_nonfinite: bool = False,
+    lora: Any = None,
 ) -> CausalLM:
     """Loads an HF checkpoint (local dir or hub id) into a CausalLM, tensor by tensor, without torch.
 
     With `mesh`, each tensor is placed directly with the sharding its logical axes get (see `jax_cat.sharding`).
     `dtype` (compute), `param_dtype` (storage; None = `dtype`), `remat`, `scan_layers` and `attention_impl` are
     passed to `CausalLM`; with `scan_layers` the per-layer tensors are stacked as they load (same HF names).
-    A tensor holding NaN/Inf is refused (CheckpointError naming it) unless `allow_nonfinite`.
+    A tensor holding NaN/Inf is refused (CheckpointError naming it) unless `allow_nonfinite`. `lora` (a
+    `jax_cat.models.lora.LoRAConfig`) adds fresh adapters (B = 0, placed like their kernels) to the loaded model.
+    A PEFT LoRA adapter folder (adapter_config.json, no config.json) loads its `base_model_name_or_path` with the
+    adapters on it (`jax_cat.models.peft.load_peft`).
     """
     ckpt_dir = resolve_checkpoint_dir(path_or_repo_id)
+    if (ckpt_dir / "adapter_config.json").is_file() and not (ckpt_dir / "config.json").is_file():
+        from jax_cat.models.peft import load_peft
+
+        base = _read_json_object(ckpt_dir / "adapter_config.json").get("base_model_name_or_path")
+        if not base:
+            raise CheckpointError(f"{ckpt_dir} is a LoRA adapter folder without base_model_name_or_path in "
+                                  "adapter_config.json: load its base with load_hf, then load_peft(model, folder)")
+        model = load_hf(base, dtype=dtype, mesh=mesh, config=config, param_dtype=param_dtype, remat=remat,
+                        scan_layers=scan_layers, attention_impl=attention_impl, allow_nonfinite=allow_nonfinite)
+        return load_peft(model, ckpt_dir)
     config = config or read_config(ckpt_dir)
     table = hf_key_table(config)
     checkpoint = Checkpoint(ckpt_dir)
@@ -288,7 +302,12 @@ def load_hf(
     for path, var in flat.items():
         var.set_value(loaded[path])
     state = nnx.from_flat_state(flat)
-    return nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)
+    if lora is not None:
+        from jax_cat.models.lora import add_lora
+
+        add_lora(model, lora)
+    return model
 
 
 def param_location(path: NNXPath, scan_layers: bool) -> tuple[NNXPath, int | None]:
@@ -300,12 +319,21 @@ def param_location(path: NNXPath, scan_layers: bool) -> tuple[NNXPath, int | Non
 
 
 def iter_hf_tensors(model: CausalLM) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, numpy tensor in HF layout) for every parameter, one at a time."""
+    """(HF name, numpy tensor in HF layout) for every parameter, one at a time.
+
+    A model with LoRA adapters gives its merged kernels, W + A.B.alpha/rank (float32 sum, one tensor at a time)."""
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for name, rule in hf_key_table(model.config).items():
         path, layer = param_location(rule.path, model.scan_layers)
         value = flat[path].get_value()
-        yield name, rule.to_hf(np.asarray(jax.device_get(value if layer is None else value[layer])))
+        tensor = np.asarray(jax.device_get(value if layer is None else value[layer]))
+        a_path = (*path[:-1], f"{path[-1]}_lora", "lora_a")
+        if a_path in flat:
+            pick = lambda p: np.asarray(jax.device_get(flat[p].get_value() if layer is None else flat[p].get_value()[layer]),
+                                        np.float32)
+            a, b = pick(a_path), pick((*path[:-1], f"{path[-1]}_lora", "lora_b"))
+            tensor = tensor.astype(np.float32) + np.tensordot(a, b, axes=1) * model.lora.scale
+        yield name, rule.to_hf(tensor)
 
 
 _EXPORT_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}

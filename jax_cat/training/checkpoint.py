@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jax_cat.training.steps import TrainState
+from jax_cat.training.steps import TrainState, trainable_params
 
 
 class Checkpointer:
@@ -27,7 +27,9 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: TrainState, extra: dict[str, Any]) -> None:
-        """Start writing checkpoint `step` (returns before the write finishes when async)."""
+        """Start writing checkpoint `step` (returns before the write finishes when async). A LoRA state is saved
+        without its frozen base: params = the adapters (`steps.trainable_params`)."""
+        state = state._replace(params=trainable_params(state.params))
         self._manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state._asdict()), extra=ocp.args.JsonSave(extra)), force=True)
 
@@ -38,7 +40,9 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
-        """(state placed as `target`'s shardings, extras) of checkpoint `step`; target: `steps.abstract_state(...)`."""
+        """(state placed as `target`'s shardings, extras) of checkpoint `step`; target: `steps.abstract_state(...)`.
+        For a LoRA target the restored params are its adapters only (`steps.with_trainable` joins them to a base)."""
+        target = target._replace(params=trainable_params(target.params))
         restored = self._manager.restore(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target._asdict()), extra=ocp.args.JsonRestore()))
         return TrainState(**restored["state"]), dict(restored["extra"])

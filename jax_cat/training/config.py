@@ -280,6 +280,24 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(**_FROZEN)
+class LoRASection:
+    """LoRA: train low-rank adapters on a frozen base (docs/lora.md); rank 0 = full fine-tuning.
+
+    Attributes:
+      rank: adapter rank r (0 = off). alpha: scale alpha / r (PEFT's rule). dropout: on the adapters' inputs, in
+        training steps only. targets: HF module names adapted in every layer.
+      export: what `final/` holds: "merged" (an HF checkpoint with W + B.A.alpha/r) or "peft" (a PEFT adapter folder,
+        adapter_config.json + adapter_model.safetensors, for `peft.PeftModel.from_pretrained` on the base).
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    export: Literal["merged", "peft"] = "merged"
+
+
+@dataclasses.dataclass(**_FROZEN)
 class Config:
     """One training run. `strategy` is a spec string: "pass@1" is plain SFT/GRPO; "pass@8", "maj@16", "bon@4" CAT.
 
@@ -301,6 +319,7 @@ class Config:
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+    lora: LoRASection = LoRASection()
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with dotted-key changes: cfg.replace(**{"train.steps": 4})."""
@@ -308,6 +327,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def lora_config(self) -> Any:
+        """The run's `jax_cat.models.lora.LoRAConfig` (A seeded by train.seed), or None when lora.rank is 0."""
+        if self.lora.rank == 0:
+            return None
+        from jax_cat.models.lora import LoRAConfig
+
+        return LoRAConfig(rank=self.lora.rank, alpha=self.lora.alpha, dropout=self.lora.dropout,
+                          targets=self.lora.targets, seed=self.train.seed)
 
     def loss_config(self) -> CATLossConfig:
         """The CATLossConfig of the run: the preset (if any) with every field that differs from the default applied."""
@@ -461,6 +489,9 @@ def check_ranges(cfg: Config) -> None:
     _in_range("rollout.temperature", r.temperature, 0, inf, high_open=True)
     _in_range("rollout.top_p", r.top_p, 0, 1, low_open=True)
     _in_range("eval.temperature", e.temperature, 0, inf, high_open=True)
+    _positive("lora.rank", cfg.lora.rank, 0)
+    _in_range("lora.alpha", cfg.lora.alpha, 0, inf, low_open=True, high_open=True)
+    _in_range("lora.dropout", cfg.lora.dropout, 0, 1, high_open=True)
     for k in e.ks:
         _positive("eval.ks", k, 1)
     if not e.metrics and t.eval_at_end and e.num_problems > 0:
@@ -506,6 +537,10 @@ def validate(cfg: Config) -> None:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"loss: {err}") from None
     check_objective(cfg)
+    try:
+        cfg.lora_config()
+    except ValueError as err:
+        raise ConfigError(f"lora: {err}") from None
     if t.method == "sft" and cfg.data.batch_size % t.micro_batches:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split into train.micro_batches={t.micro_batches}")
     if t.method == "grpo" and (cfg.data.batch_size * cfg.rollout.group_size) % t.micro_batches:

@@ -72,6 +72,13 @@ FAMILIAR_NAMES: dict[str, Familiar] = {
     "dataset_name": Familiar("data.dataset", "TRL"),
     "bf16": Familiar("model.compute_dtype", "TRL", "'bfloat16' (model.param_dtype for the stored weights)"),
     "gradient_checkpointing": Familiar("model.remat", "TRL", "true/'full', or 'dots' / 'dots_no_batch'"),
+    "lora_r": Familiar("lora.rank", "TRL/PEFT", "0 = full fine-tuning"),
+    "lora_rank": Familiar("lora.rank", "tunix", "0 = full fine-tuning"),
+    "lora_alpha": Familiar("lora.alpha", "TRL/PEFT/tunix", "scale alpha / rank, as PEFT"),
+    "lora_dropout": Familiar("lora.dropout", "TRL/PEFT"),
+    "lora_target_modules": Familiar("lora.targets", "TRL", "HF module names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
+    "target_modules": Familiar("lora.targets", "PEFT", "HF module names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
+    "use_peft": Familiar("lora.rank", "TRL", "LoRA is on when lora.rank > 0"),
 }
 
 

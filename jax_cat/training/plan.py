@@ -151,7 +151,7 @@ def abstract_model(cfg: Any, config: Any) -> Any:
     m = cfg.model
     return nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), dtype=DTYPES[m.compute_dtype],
                                            param_dtype=DTYPES[m.param_dtype], remat=m.remat,
-                                           scan_layers=m.scan_layers))
+                                           scan_layers=m.scan_layers, lora=cfg.lora_config()))
 
 
 def rollout_arrays(cfg: Any) -> tuple[bool, bool]:

@@ -88,6 +88,11 @@ def checkpoint_note(cfg: Config, model: Any) -> str:
     import numpy as np
     from flax import nnx
 
+    if getattr(model, "lora", None) is not None:  # adapters only (float32), the base is model.path
+        n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))
+        return (f"checkpoints: {n / 1e6:,.1f}M LoRA adapter parameters, about {3 * n * 4 / 2**30:.3f} GiB each "
+                f"(adapters + 2 AdamW moments in float32; the frozen base is not stored), the last "
+                f"checkpoint.keep={cfg.checkpoint.keep} kept per stage")
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     each = 3 * n * (4 if cfg.model.param_dtype == "float32" else 2)
     return (f"checkpoints: {n / 1e6:,.1f}M parameters, about {each / 2**30:.2f} GiB each (params + 2 AdamW moments in "
@@ -161,7 +166,7 @@ def _run(cfg: Config, out: Path | None, *, resume: bool, devices: list | None = 
         return summary  # stopped early on purpose: --resume finishes, then writes final/ and evaluates
     if out is not None and cfg.train.save_final:
         summary["final"] = save_final(result.model, tokenizer, out, source=model_path(cfg.model.path),
-                                      dtype=cfg.train.export_dtype)
+                                      dtype=cfg.train.export_dtype, lora_export=cfg.lora.export)
     if cfg.train.eval_at_end and cfg.eval.num_problems > 0:
         summary["eval"] = evaluate_model(cfg, result.model, tokenizer, out)
     return summary

@@ -31,7 +31,7 @@ RUN_ENTRIES = ("config.json", "metrics.jsonl", "checkpoints", "final", "eval", "
 # (beyond float rounding for train.micro_batches and the mesh). train.steps is special: see `config_changes`.
 SAFE_ON_RESUME = (
     "train.steps", "train.stop_after", "train.log_every", "train.checkpoint_every", "train.eval_at_end",
-    "train.save_final", "train.export_dtype", "train.micro_batches", "model.remat", "model.logprob_chunk", "data.eval_split", "mesh.data", "mesh.fsdp",
+    "train.save_final", "train.export_dtype", "lora.export", "train.micro_batches", "model.remat", "model.logprob_chunk", "data.eval_split", "mesh.data", "mesh.fsdp",
     "mesh.tensor", "checkpoint.keep", "checkpoint.async_save", "logging.progress", "logging.tensorboard",
     "logging.report_to", "logging.project", "logging.run_name",
     "eval.num_problems", "eval.n", "eval.ks", "eval.max_new_tokens", "eval.temperature",

@@ -68,7 +68,7 @@ def load_model(cfg: Config, mesh: Mesh | None) -> tuple[Any, Any]:
     path = model_path(cfg.model.path)
     m = cfg.model
     model = load_hf(path, dtype=DTYPES[m.compute_dtype], param_dtype=DTYPES[m.param_dtype], mesh=mesh, remat=m.remat,
-                    scan_layers=m.scan_layers)
+                    scan_layers=m.scan_layers, lora=cfg.lora_config())
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -98,8 +98,10 @@ def check_same_model(checkpointer: Checkpointer, step: int, target: TrainState) 
     """CheckpointError naming one parameter and both shapes when checkpoint `step` holds another model's params."""
     from jax_cat.training.checkpoint import flat_paths
 
+    from jax_cat.training.steps import trainable_params
+
     saved = checkpointer.param_shapes(step)
-    mine = {path: tuple(leaf.shape) for path, leaf in flat_paths(target.params).items()}
+    mine = {path: tuple(leaf.shape) for path, leaf in flat_paths(trainable_params(target.params)).items()}
     where = checkpointer.path(step)
     for path, shape in mine.items():
         if path not in saved:
@@ -156,11 +158,21 @@ def restore_latest_intact(checkpointer: Checkpointer, target: TrainState,
 def restore_or_init(checkpointer: Checkpointer | None, resume: bool, tx: Any, model: Any, shardings: TrainState,
                     init: Callable[[], TrainState]) -> tuple[TrainState, int, dict[str, Any]]:
     """(state, start step, extras): the newest intact checkpoint when resuming and there is one, else a fresh
-    state (see `restore_latest_intact` for damaged checkpoints and checkpoints of another model)."""
+    state (see `restore_latest_intact` for damaged checkpoints and checkpoints of another model).
+
+    A LoRA run's checkpoints hold the adapters only: the frozen base comes from `model` (via `init`)."""
+    from jax_cat.training.steps import trainable_params, with_trainable
+
     if resume and checkpointer is not None:
-        restored = restore_latest_intact(checkpointer, abstract_state(tx, model, shardings))
+        target = abstract_state(tx, model, shardings)
+        restored = restore_latest_intact(checkpointer, target)
         if restored is not None:
-            return restored
+            state, step, extra = restored
+            if trainable_params(target.params) is not target.params:  # adapters only: join them to the base
+                base = init()
+                state = state._replace(params=with_trainable(base.params, state.params))
+                del base
+            return state, step, extra
     return init(), 0, {}
 
 
@@ -229,8 +241,12 @@ def model_from_params(graphdef: nnx.GraphDef, params: Any) -> Any:
 
 
 def save_final(model: Any, tokenizer: Any, out: Path, *, source: str | Path | None = None,
-               dtype: str | None = None) -> Path | None:
+               dtype: str | None = None, lora_export: str = "merged") -> Path | None:
     """`<out>/final/`: HF checkpoint (save_hf) + tokenizer, written by process 0 from gathered params.
+
+    A LoRA model is written merged (W + B.A.alpha/r, one tensor at a time) or, with `lora_export="peft"`, as a PEFT
+    adapter folder (`jax_cat.models.peft.save_peft`: adapter_config.json + adapter_model.safetensors, float32) plus
+    the tokenizer, which `peft.PeftModel.from_pretrained` loads onto the `source` base.
 
     `dtype`: "source" (the dtype the `source` checkpoint stores, so a bf16 model is not exported as 2x float32),
     "float32", "bfloat16", "float16", or None (the parameters' dtype). `source`'s generation_config.json (stop ids,
@@ -246,4 +262,8 @@ def save_final(model: Any, tokenizer: Any, out: Path, *, source: str | Path | No
     if dtype == "source":
         dtype = checkpoint_dtype(source) if source is not None else None
     host_model = nnx.merge(graphdef, jax.tree.map(np.asarray, host))
+    if lora_export == "peft" and getattr(host_model, "lora", None) is not None:
+        from jax_cat.models.peft import save_peft
+
+        return save_peft(host_model, out / "final", base_model=source, tokenizer=tokenizer, source=source)
     return save_hf(host_model, out / "final", tokenizer=tokenizer, dtype=dtype, source=source)

@@ -12,6 +12,9 @@ params, the batch split over (data, fsdp). Each step:
   - clips by global norm, applies AdamW, and skips the update (params and optimizer state unchanged, `ok` = 0 in
     the metrics) when the loss or the gradient norm is not finite,
   - donates the old state's buffers,
+  - with LoRA (a model built with `lora=`): differentiates, clips and updates the adapters only
+    (`trainable_params`); the optimizer state holds the adapters' moments only and the frozen base passes through
+    the step unchanged (donated and aliased, not copied); adapter dropout draws its masks from (step, micro-batch),
   - takes token log-probs in chunks of `logprob_chunk` sequence positions (`chunked_token_logprobs`): the vocabulary
     projection never builds the [B, T, vocab] logits (None: in one piece, the reference the tests compare with),
   - runs under the mesh context (`jax.set_mesh`), so the model's activation constraints (`decoder.shard_batch`)
@@ -37,6 +40,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jax_cat import losses
+from jax_cat.models import lora as _lora
 from jax_cat.models.decoder import shard_batch
 from jax_cat.sharding import batch_sharding, replicated, state_shardings
 from jax_cat.training.config import OptimizerConfig
@@ -55,6 +59,49 @@ class TrainState(NamedTuple):
     opt_state: Any
     step: jax.Array
     cat_state: Any = None
+
+
+# ------------------------------------------------------------------------------------------------ trainable part
+def trainable_params(params: Any) -> Any:
+    """What the step differentiates and the optimizer holds: the LoRA adapters' sub-tree when `params` (a pure dict,
+    or a tree of the same structure: shardings, shapes) holds adapters, else all of `params`."""
+    return _lora.adapter_params(params) if _is_lora(params) else params
+
+
+def with_trainable(params: Any, trainable: Any) -> Any:
+    """`params` with its trainable part replaced by `trainable` (the inverse of `trainable_params`)."""
+    return _lora.with_adapter_params(params, trainable) if _is_lora(params) else trainable
+
+
+def _is_lora(params: Any) -> bool:
+    return isinstance(params, Mapping) and _lora.has_adapters(params)
+
+
+def trainable_value_and_grad(loss_fn: Callable, params: Any) -> Callable:
+    """`jax.value_and_grad` (has_aux) of `loss_fn(params, batch)` with respect to `trainable_params(params)` only:
+    a function `(trainable, batch) -> ((loss, aux), grads)`; the rest of `params` (a frozen LoRA base) is a constant."""
+    return jax.value_and_grad(lambda trainable, batch: loss_fn(with_trainable(params, trainable), batch),
+                              has_aux=True)
+
+
+_DROPOUT_ROW = "lora_dropout_row"
+
+
+def _with_dropout_rows(graphdef: nnx.GraphDef, params: Any, batch: Mapping[str, jax.Array], step: jax.Array) -> dict:
+    """batch plus a per-row counter step x B + row when the model's LoRA adapters use dropout (each micro-batch then
+    draws its masks from its first row's counter: a function of (step, micro-batch), so a resumed run repeats them)."""
+    config = getattr(nnx.merge(graphdef, params), "lora", None)  # trace-time only
+    if config is None or config.dropout <= 0:
+        return dict(batch)
+    b = batch["input_ids"].shape[0]
+    return {**batch, _DROPOUT_ROW: step.astype(jnp.int32) * b + jnp.arange(b, dtype=jnp.int32)}
+
+
+def _dropout_scope(batch: Mapping[str, jax.Array]):
+    rows = batch.get(_DROPOUT_ROW)
+    if rows is None:
+        return contextlib.nullcontext()
+    return _lora.dropout_scope(jax.random.fold_in(jax.random.key(0x10CA), rows[0]))
 
 
 # ------------------------------------------------------------------------------------------------ optimizer
@@ -94,9 +141,9 @@ def param_shardings(model: nnx.Module, mesh: Mesh) -> dict:
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, params: Any, p_shardings: Any, mesh: Mesh) -> Any:
-    """The optimizer state's shardings: moments placed like their params, counters replicated."""
-    abstract = jax.eval_shape(tx.init, params)
-    return optax.tree_map_params(tx, lambda _, s: s, abstract, p_shardings,
+    """The optimizer state's shardings: moments placed like their (trainable) params, counters replicated."""
+    abstract = jax.eval_shape(tx.init, trainable_params(params))
+    return optax.tree_map_params(tx, lambda _, s: s, abstract, trainable_params(p_shardings),
                                  transform_non_params=lambda _: replicated(mesh))
 
 
@@ -112,7 +159,7 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, shardings: T
     _, params = split_model(model)
     # The step donates the state: copy first, so no buffer of `model` is shared (device_put may alias one shard).
     params = jax.device_put(jax.tree.map(jnp.copy, params), shardings.params)
-    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable_params(params))
     cat_state = None if shardings.cat_state is None else jax.device_put(losses.init_cat_state(), shardings.cat_state)
     return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step), cat_state)
 
@@ -127,7 +174,8 @@ def abstract_state(tx: optax.GradientTransformation, model: nnx.Module, sharding
     """ShapeDtypeStructs (with shardings) of the TrainState: the restore target and the AOT-compile input."""
     _, params = split_model(model)
     cat_state = None if shardings.cat_state is None else jax.eval_shape(losses.init_cat_state)
-    shapes = TrainState(params, jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32), cat_state)
+    shapes = TrainState(params, jax.eval_shape(tx.init, trainable_params(params)), jax.ShapeDtypeStruct((), jnp.int32),
+                        cat_state)
     shapes = jax.eval_shape(lambda s: s, shapes)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
@@ -169,17 +217,21 @@ def accumulate(grad_fn: Callable, params: Any, batch: Any, k: int) -> tuple[Any,
 
 def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Any, loss: jax.Array,
                  schedule: optax.Schedule | None = None) -> tuple[TrainState, dict]:
-    """One optimizer update; skipped (state kept, step still counted as not applied) when loss or grads are not finite."""
+    """One optimizer update; skipped (state kept, step still counted as not applied) when loss or grads are not finite.
+
+    `grads` are those of `trainable_params(state.params)` (all params, or the LoRA adapters only)."""
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    trainable = trainable_params(state.params)
 
     def update(_):
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return optax.apply_updates(state.params, updates), opt_state
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state
 
     # lax.cond runs one branch; a jnp.where between the updated and the old state read every parameter and moment
     # once more (measured: 4 % of the 39.3M train step on CPU, benchmarks/trainer_overhead.py)
-    params, opt_state = jax.lax.cond(ok, update, lambda _: (state.params, state.opt_state), None)
+    trainable, opt_state = jax.lax.cond(ok, update, lambda _: (trainable, state.opt_state), None)
+    params = with_trainable(state.params, trainable)
     new_state = TrainState(params, opt_state, state.step + ok.astype(jnp.int32), state.cat_state)
     metrics = {"grad_norm": grad_norm, "ok": ok.astype(jnp.float32)}
     if schedule is not None:
@@ -276,7 +328,8 @@ def sft_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.Graph
     model = nnx.merge(graphdef, params)
     # Drop the last position BEFORE the vocabulary projection: slicing [B, T, V] logits afterwards costs a copy of
     # them and a padded [B, T, V] gradient (measured: the step 1.2x slower at vocabulary 16k; benchmarks/train_step.py)
-    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])[:, :-1]
+    with _dropout_scope(batch):
+        hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])[:, :-1]
     logits = model.logits_from_hidden(hidden)
     targets, mask = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
     loss, metrics = losses.cat_sft_loss(logits, targets, mask, strategy, reduction=reduction,
@@ -296,7 +349,9 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shar
         denominator = losses.loss_denominator(batch["loss_mask"][:, 1:], reduction)
         loss_fn = functools.partial(sft_loss, graphdef=graphdef, strategy=strategy, reduction=reduction,
                                     denominator=denominator, logprob_chunk=logprob_chunk)
-        grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
+        batch = _with_dropout_rows(graphdef, state.params, batch, state.step)
+        grads, metrics = accumulate(trainable_value_and_grad(loss_fn, state.params), trainable_params(state.params),
+                                    batch, micro_batches)
         metrics["tokens"] = metrics["tokens"] * micro_batches  # summed over micro-batches, not averaged
         state, update_metrics = apply_update(tx, state, grads, metrics["loss"], schedule)
         return state, {**metrics, **update_metrics}
@@ -333,8 +388,9 @@ def grpo_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.Grap
               logprob_chunk: int | None = LOGPROB_CHUNK) -> tuple[jax.Array, dict]:
     """CAT-GRPO loss of a (micro-)batch of rollouts given its slice of the whole batch's `advantages` and the whole
     batch's `denominator`: micro-batch losses and gradients sum to the whole batch's."""
-    logprobs = completion_logprobs(params, batch, graphdef=graphdef, prompt_len=prompt_len,
-                                   logprob_chunk=logprob_chunk)
+    with _dropout_scope(batch):
+        logprobs = completion_logprobs(params, batch, graphdef=graphdef, prompt_len=prompt_len,
+                                       logprob_chunk=logprob_chunk)
     loss, metrics = losses.cat_rl_loss(
         logprobs, batch.get("old_logprobs"), batch.get("ref_logprobs"), None, None, batch["completion_mask"],
         strategy, advantages=batch["advantages"], loss_denominator=denominator, config=loss_cfg,
@@ -381,7 +437,9 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sha
         denominator = losses.loss_denominator(mask, loss_cfg.reduction)
         loss_fn = functools.partial(grpo_loss, graphdef=graphdef, prompt_len=prompt_len, strategy=strategy,
                                     loss_cfg=loss_cfg, denominator=denominator, logprob_chunk=logprob_chunk)
-        grads, metrics = accumulate(jax.value_and_grad(loss_fn, has_aux=True), state.params, batch, micro_batches)
+        batch = _with_dropout_rows(graphdef, state.params, batch, state.step)
+        grads, metrics = accumulate(trainable_value_and_grad(loss_fn, state.params), trainable_params(state.params),
+                                    batch, micro_batches)
         metrics["tokens"] = metrics["tokens"] * micro_batches
         metrics.update(_float_metrics(adv_metrics))
         state, update_metrics = apply_update(tx, state._replace(cat_state=cat_state), grads, metrics["loss"], schedule)
@@ -459,4 +517,5 @@ __all__ = [
     "build_training", "cached", "chunked_token_logprobs", "completion_logprobs", "mesh_context", "grpo_loss", "init_state", "learning_rate_schedule", "make_grpo_step", "make_logprob_fn",
     "make_optimizer", "make_sft_step", "needs_cat_state", "opt_state_shardings", "param_shardings", "sft_loss",
     "split_micro_batches", "split_model", "state_shardings_for", "with_cat_state", "RunSteps", "steps_for_config",
+    "trainable_params", "trainable_value_and_grad", "with_trainable",
 ]

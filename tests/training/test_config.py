@@ -114,6 +114,7 @@ OUT_OF_RANGE = {
     "eval.num_problems": -1, "eval.n": 0, "eval.ks": "1,0", "eval.max_new_tokens": -1, "eval.temperature": float("inf"),
     # issue 24: the warm-up stage's own optimizer keys and the evaluation's decode batch
     "warmup.lr_warmup_steps": -1, "warmup.end_lr_ratio": 1.5, "warmup.weight_decay": -0.1, "eval.batch_size": 0,
+    "lora.rank": -1, "lora.alpha": 0.0, "lora.dropout": 1.0,
 }
 
 
@@ -139,3 +140,13 @@ def test_every_numeric_key_has_a_range_check():
         with pytest.raises(ConfigError) as info:
             load_config(None, {key: value})
         assert str(info.value).startswith(key), (key, str(info.value))
+
+
+def test_lora_section_builds_the_adapter_config_and_refuses_unknown_targets():
+    from jax_cat.models.lora import LoRAConfig
+
+    cfg = load_config(None, {"lora.rank": "8", "lora.alpha": "16", "lora.targets": "q_proj,v_proj", "train.seed": 3})
+    assert cfg.lora_config() == LoRAConfig(rank=8, alpha=16.0, targets=("q_proj", "v_proj"), seed=3)
+    assert load_config(None, {}).lora_config() is None  # rank 0: full fine-tuning
+    with pytest.raises(ConfigError, match="lora: targets"):
+        load_config(None, {"lora.rank": 8, "lora.targets": "qkv_proj"})
