@@ -14,9 +14,8 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,108 +33,17 @@ from jax_cat.io.safetensors import open_safetensors as _open
 from jax_cat.io.safetensors import tensor_files as safetensors_files
 from jax_cat.models.config import ModelConfig
 from jax_cat.models.decoder import CausalLM
-
-Array = np.ndarray
-NNXPath = tuple[str | int, ...]
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "generation_config.json",
+from jax_cat.models.hf_keys import (  # noqa: F401 - the key table lives in hf_keys; re-exported here
+    TOKENIZER_FILES, Array, NNXPath, TensorRule, _identity, _linear, _linear_in_split, _reshape, hf_key_table,
 )
+from jax_cat.models.hf_keys import copy_side_files as _copy_side_files
+
 # Fetched first from the hub; the weight files are then chosen from the index (see `_hub_snapshot`).
 HUB_META_PATTERNS = ["config.json", SAFE_INDEX, *TOKENIZER_FILES]
 # Tensors that HF checkpoints may carry but that are derived, not learned: skipped silently.
 _IGNORED = (re.compile(r".*\.rotary_emb\.inv_freq$"),)
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorRule:
-    """One HF tensor: the NNX path it maps to and the layout conversions both ways."""
-
-    path: NNXPath
-    hf_shape: tuple[int, ...]
-    to_nnx: Callable[[Array], Array]
-    to_hf: Callable[[Array], Array]
-
-
-def _identity(x: Array) -> Array:
-    return x
-
-
-def _linear(in_dim: int, out_shape: tuple[int, ...]):
-    """HF [out, in] weight <-> our kernel [in, *out_shape]."""
-    out = int(np.prod(out_shape))
-    return (
-        lambda w: np.ascontiguousarray(w.T).reshape(in_dim, *out_shape),
-        lambda k: np.ascontiguousarray(k.reshape(in_dim, out).T),
-    )
-
-
-def _linear_in_split(in_shape: tuple[int, ...], out_dim: int):
-    """HF [out, in] weight <-> our kernel [*in_shape, out] (o_proj: [heads, head_dim, hidden])."""
-    in_dim = int(np.prod(in_shape))
-    return (
-        lambda w: np.ascontiguousarray(w.T).reshape(*in_shape, out_dim),
-        lambda k: np.ascontiguousarray(k.reshape(in_dim, out_dim).T),
-    )
-
-
-def _reshape(shape: tuple[int, ...]):
-    flat = int(np.prod(shape))
-    return (lambda b: b.reshape(shape), lambda b: b.reshape(flat))
-
-
-def hf_key_table(config: ModelConfig) -> dict[str, TensorRule]:
-    """Every HF tensor name of a checkpoint for `config`, mapped to its NNX path and layout conversions."""
-    c = config
-    d, f, hd = c.hidden_size, c.intermediate_size, c.head_dim
-    h, kv = c.num_attention_heads, c.num_key_value_heads
-    table: dict[str, TensorRule] = {}
-
-    def add(key: str, path: NNXPath, hf_shape: tuple[int, ...], convs=(_identity, _identity)) -> None:
-        table[key] = TensorRule(path, hf_shape, *convs)
-
-    add("model.embed_tokens.weight", ("embed_tokens",), (c.vocab_size, d))
-    add("model.norm.weight", ("norm", "weight"), (d,))
-    if not c.tie_word_embeddings:
-        add("lm_head.weight", ("lm_head",), (c.vocab_size, d), (lambda w: np.ascontiguousarray(w.T),) * 2)
-    for i in range(c.num_hidden_layers):
-        p, lp = f"model.layers.{i}.", ("layers", i)
-        add(p + "input_layernorm.weight", (*lp, "input_layernorm", "weight"), (d,))
-        add(p + "post_attention_layernorm.weight", (*lp, "post_attention_layernorm", "weight"), (d,))
-        att = (*lp, "self_attn")
-        add(p + "self_attn.q_proj.weight", (*att, "q_proj"), (h * hd, d), _linear(d, (h, hd)))
-        add(p + "self_attn.k_proj.weight", (*att, "k_proj"), (kv * hd, d), _linear(d, (kv, hd)))
-        add(p + "self_attn.v_proj.weight", (*att, "v_proj"), (kv * hd, d), _linear(d, (kv, hd)))
-        add(p + "self_attn.o_proj.weight", (*att, "o_proj"), (d, h * hd), _linear_in_split((h, hd), d))
-        if c.attention_bias:
-            add(p + "self_attn.q_proj.bias", (*att, "q_bias"), (h * hd,), _reshape((h, hd)))
-            add(p + "self_attn.k_proj.bias", (*att, "k_bias"), (kv * hd,), _reshape((kv, hd)))
-            add(p + "self_attn.v_proj.bias", (*att, "v_bias"), (kv * hd,), _reshape((kv, hd)))
-        if c.o_proj_bias:
-            add(p + "self_attn.o_proj.bias", (*att, "o_bias"), (d,))
-        if c.use_qk_norm:
-            add(p + "self_attn.q_norm.weight", (*att, "q_norm", "weight"), (hd,))
-            add(p + "self_attn.k_norm.weight", (*att, "k_norm", "weight"), (hd,))
-        mlp = (*lp, "mlp")
-        add(p + "mlp.gate_proj.weight", (*mlp, "gate_proj"), (f, d), _linear(d, (f,)))
-        add(p + "mlp.up_proj.weight", (*mlp, "up_proj"), (f, d), _linear(d, (f,)))
-        add(p + "mlp.down_proj.weight", (*mlp, "down_proj"), (d, f), _linear(f, (d,)))
-        if c.mlp_bias:
-            add(p + "mlp.gate_proj.bias", (*mlp, "gate_bias"), (f,))
-            add(p + "mlp.up_proj.bias", (*mlp, "up_bias"), (f,))
-            add(p + "mlp.down_proj.bias", (*mlp, "down_bias"), (d,))
-    return table
-
-
-# ---------------------------------------------------------------------------------------------------- locating files
 def resolve_checkpoint_dir(path_or_repo_id: str | os.PathLike) -> Path:
     """A local directory as is; anything else is a hub id fetched with `huggingface_hub.snapshot_download`."""
     path = Path(path_or_repo_id).expanduser()
@@ -246,7 +154,7 @@ def load_hf(
     if (ckpt_dir / "adapter_config.json").is_file() and not (ckpt_dir / "config.json").is_file():
         from jax_cat.models.peft import load_peft
 
-        base = _read_json_object(ckpt_dir / "adapter_config.json").get("base_model_name_or_path")
+        base = read_json_object(ckpt_dir / "adapter_config.json").get("base_model_name_or_path")
         if not base:
             raise CheckpointError(f"{ckpt_dir} is a LoRA adapter folder without base_model_name_or_path in "
                                   "adapter_config.json: load its base with load_hf, then load_peft(model, folder)")
@@ -409,13 +317,6 @@ def save_hf(
         if source is not None:
             _copy_side_files(Path(source), tmp, keep_existing=True)
     return out_dir
-
-
-def _copy_side_files(src: Path, dst: Path, *, keep_existing: bool = False) -> None:
-    """Copy the tokenizer files and generation_config.json that `src` has (skipping those `dst` has, if asked)."""
-    for fname in TOKENIZER_FILES:
-        if (src / fname).exists() and not (keep_existing and (dst / fname).exists()):
-            shutil.copy2(src / fname, dst / fname)
 
 
 def _write_safetensors(model: CausalLM, out: Path, max_shard_bytes: int, dtype: np.dtype | None = None) -> None:

@@ -74,7 +74,7 @@ def save_peft(model: Any, out_dir: str | os.PathLike, *, base_model: str | os.Pa
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        from jax_cat.models.hf import _copy_side_files
+        from jax_cat.models.hf_keys import copy_side_files as _copy_side_files
 
         if tokenizer is not None:
             if isinstance(tokenizer, str | os.PathLike):
@@ -154,7 +154,7 @@ def iter_peft_deltas(folder: str | os.PathLike) -> Iterator[tuple[str, np.ndarra
 def load_peft(model: Any, folder: str | os.PathLike) -> Any:
     """`model` (a CausalLM without adapters, of the base the folder was trained on) with the folder's adapters
     added, in place; returns it. PeftFormatError for a folder that does not fit the model."""
-    from jax_cat.models.hf import hf_key_table
+    from jax_cat.models.hf_keys import hf_key_table
     from jax_cat.models.lora import add_lora
 
     config = read_peft_config(folder)

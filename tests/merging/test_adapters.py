@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from merging import MergeSpec, analyze_checkpoints, merge_checkpoints, task_vector
+from merging import DotsMerge, TaskArithmeticMerge, analyze_checkpoints, merge_checkpoints, task_vector
 from merging.adapters import AdapterCheckpoint, AdapterFormatError, open_checkpoint
 from merging.checkpoint import Checkpoint, CheckpointMismatchError
 from tests.merging.conftest import load_state
@@ -57,8 +57,8 @@ def test_adapter_task_vector_equals_the_dense_task_vector(adapters):
     assert sum(float(jnp.max(jnp.abs(v))) > 0 for v in only_v.values()) == 2
 
 
-@pytest.mark.parametrize("spec", [MergeSpec("task_arithmetic", coeffs=(0.7, 1.3)),
-                                  MergeSpec("dots", coeffs=(0.5, 1.0), topk_scope="global")], ids=lambda s: s.method)
+@pytest.mark.parametrize("spec", [TaskArithmeticMerge(coefficients=(0.7, 1.3)),
+                                  DotsMerge(coefficients=(0.5, 1.0), topk_scope="global")], ids=lambda s: s.name)
 def test_streamed_merge_of_adapters_equals_merge_of_dense_checkpoints(adapters, tmp_path, spec):
     ours = merge_checkpoints(adapters["base"], [adapters["sft_adapter"], adapters["rl_adapter"]], spec,
                              tmp_path / "a", progress=False, block_size=4096)  # small tensors go in row blocks
