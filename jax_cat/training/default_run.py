@@ -50,6 +50,9 @@ class DefaultRun:
       test_size: held-out problems evaluated.
       seed: parameter init, data order and sampling seed.
       sft_steps, sft_batch_size, sft_learning_rate, sft_warmup_steps: the plain-CE warm-up.
+      sft_end_lr_ratio: the SFT cosine schedule ends at this fraction of sft_learning_rate (1.0 = constant after the
+        warm-up). Training at a small final learning rate lets the warm start settle where the loss is sharp (about
+        2/lr along the gradient), so RL steps larger than that final rate undo it (docs/results.md, issue 21).
       grpo_steps, grpo_prompts, group_size, grpo_learning_rate: each RL variant (prompts x group_size rollouts/step).
       grpo_warmup_steps: linear LR warm-up of each RL stage (without it Adam's first updates move every weight by
         about +-lr and undo the warm start; docs/results.md).
@@ -66,6 +69,7 @@ class DefaultRun:
     sft_batch_size: int = 128
     sft_learning_rate: float = 1e-3
     sft_warmup_steps: int = 100
+    sft_end_lr_ratio: float = 0.1
     grpo_steps: int = 200
     grpo_prompts: int = 64
     group_size: int = 8
@@ -86,6 +90,8 @@ class DefaultRun:
         for name in ("test_size", "sft_batch_size", "grpo_prompts", "group_size", "eval_samples", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DefaultRun: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.sft_end_lr_ratio <= 1.0:
+            raise ValueError(f"DefaultRun: sft_end_lr_ratio must be in (0, 1], got {self.sft_end_lr_ratio}")
         for name in ("sft_steps", "grpo_steps", "sft_warmup_steps", "grpo_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DefaultRun: {name} must be >= 0, got {getattr(self, name)}")
@@ -128,7 +134,7 @@ def trainer_config(run: DefaultRun, *, method: str, model_path: str | os.PathLik
                         batch_size=run.sft_batch_size if sft else run.grpo_prompts, max_prompt_len=run.prompt_len,
                         max_target_len=run.answer_len, use_chat_template=False),
         optimizer=(OptimizerConfig(learning_rate=run.sft_learning_rate, warmup_steps=run.sft_warmup_steps,
-                                   schedule="cosine", end_lr_ratio=0.1, weight_decay=0.01) if sft else
+                                   schedule="cosine", end_lr_ratio=run.sft_end_lr_ratio, weight_decay=0.01) if sft else
                    OptimizerConfig(learning_rate=run.grpo_learning_rate, warmup_steps=run.grpo_warmup_steps,
                                    schedule="constant",
                                    weight_decay=0.0)),

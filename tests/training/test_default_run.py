@@ -92,8 +92,22 @@ def test_bad_settings_fail_clearly():
         DefaultRun(group_size=0)
     with pytest.raises(ValueError):
         DefaultRun(cat_strategy="pass@x")
+    with pytest.raises(ValueError, match="sft_end_lr_ratio"):
+        DefaultRun(sft_end_lr_ratio=0.0)
     with pytest.raises(SystemExit):
         main(["--sft-steps", "many"])
+
+
+def test_sft_schedule_ends_at_the_chosen_fraction():
+    """Issue 21: the warm start's final SFT learning rate is a setting (a small one leaves a sharp warm start)."""
+    from jax_cat.training.default_run import trainer_config
+    from jax_cat.training.steps import learning_rate_schedule
+
+    for ratio in (0.1, 0.5, 1.0):
+        run = DefaultRun(sft_end_lr_ratio=ratio)
+        opt = trainer_config(run, method="sft", model_path="unused").optimizer
+        schedule = learning_rate_schedule(opt, run.sft_steps)
+        assert float(schedule(run.sft_steps)) == pytest.approx(ratio * run.sft_learning_rate, rel=1e-4)
 
 
 def test_arithmetic_batch_draws_verifiable_fresh_problems():
