@@ -3,8 +3,9 @@
 One tiny model, one shipped task, one warm start, two RL objectives, one picture:
 
 1. build (once) a 108k-parameter decoder (`jax_cat.models.tiny.build_arithmetic_checkpoint`: RoPE, 2 layers, d=64,
-   an 18-token character vocabulary) for the arithmetic preset "sum3" (`012+345+006=` -> `0363`);
-2. SFT-warm it with plain cross-entropy (the trainer's SFT loop, `run_sft`), cached in `<out>/warm_start/` with a
+   an 18-token character vocabulary) for the arithmetic preset "sum2_2d" (`12+05=` -> `017`);
+2. SFT-warm it with plain cross-entropy (constant learning rate after the warm-up, so the warm start is not left
+   in a sharp spot that RL steps overshoot: docs/results.md, issue 21) (the trainer's SFT loop, `run_sft`), cached in `<out>/warm_start/` with a
    fingerprint of everything that made it, so a second run skips straight to RL;
 3. from that SAME warm start, train plain GRPO (strategy pass@1) and CAT GRPO (strategy pass@N: advantages
    weighted by N(1-p)^(N-1) at the Laplace estimate p of each prompt's success) with the trainer's GRPO loop
@@ -61,7 +62,7 @@ class DefaultRun:
       log_every: metrics / progress bar refresh interval (steps).
     """
 
-    preset: str = "sum3_2d"
+    preset: str = "sum2_2d"
     data_seed: int = 0
     test_size: int = 200
     seed: int = 0
@@ -69,12 +70,12 @@ class DefaultRun:
     sft_batch_size: int = 128
     sft_learning_rate: float = 1e-3
     sft_warmup_steps: int = 100
-    sft_end_lr_ratio: float = 0.1
+    sft_end_lr_ratio: float = 1.0
     grpo_steps: int = 200
     grpo_prompts: int = 64
     group_size: int = 8
-    grpo_learning_rate: float = 2e-4
-    grpo_warmup_steps: int = 50
+    grpo_learning_rate: float = 3e-4
+    grpo_warmup_steps: int = 20
     cat_strategy: str = "pass@8"
     eval_samples: int = 64
     log_every: int = 25
