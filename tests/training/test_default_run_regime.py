@@ -33,10 +33,10 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.xfail(reason="issue 21 open: no default regime found yet where plain GRPO's reward rises "
-                          "(docs/results.md, 'Issue 21' table)", strict=False)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_plain_grpo_training_reward_rises(runs, seed):
+    """Measured on the shared 2-core machine (docs/results.md, issue 21 continued): the last two 25-step windows'
+    mean reward beat the first two by +.034 / +.063 / +.056 on seeds 0 / 1 / 2."""
     _, reward = runs[seed]
     quarter = max(1, len(reward) // 4)
     assert np.mean(reward[-quarter:]) > np.mean(reward[:quarter]) + 0.02, reward
