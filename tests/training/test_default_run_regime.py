@@ -1,8 +1,9 @@
 """The default run's qualitative result, with a margin, at the chosen seeds (issue 21): plain GRPO's training reward
 rises, and CAT pass@N keeps at least plain GRPO's pass@64.
 
-Slow: the whole default run (SFT warm start, two RL stages, three evaluations), about 4 min a seed on 2 idle
-cores and many times that on a loaded machine; it is skipped unless JAX_CAT_REGIME_TEST=1 so the suite stays
+Slow: the whole default run (SFT warm start, two RL stages, three evaluations), about 2 min a seed on 2 idle
+cores (estimated from the old default's 88 s) and ~27 min a seed measured with three seeds in parallel at load
+average 15-20; it is skipped unless JAX_CAT_REGIME_TEST=1 so the suite stays
 inside its budget:
 
     JAX_CAT_REGIME_TEST=1 python -m pytest -q tests/training/test_default_run_regime.py
