@@ -88,6 +88,9 @@ PRESETS: dict[str, ArithmeticSpec] = {
     # zeros, answer as 3 digits: "12+05+67=" -> "084". The 108k-param RoPE model gets a warm start with pass@1 ~0.06
     # and pass@32 ~0.87 from 1,000 SFT steps (sum3 needs 2,500+ steps for a weaker one, pass@1 0.04).
     "sum3_2d": ArithmeticSpec(3, 1, 2, ("+",), pad_operands=True, answer_width=3, level=0, name="sum3_2d"),
+    # Two numbers of 1-2 digits with leading zeros, answer as 3 digits: "12+05=" -> "017" (issue 21's search for a
+    # regime where RL sharpens: an easier sum whose most likely answer is often right while sampling still misses).
+    "sum2_2d": ArithmeticSpec(2, 1, 2, ("+",), pad_operands=True, answer_width=3, level=0, name="sum2_2d"),
     **{spec.name: spec for spec in LEVELS.values()},
 }
 

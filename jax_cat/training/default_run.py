@@ -46,7 +46,7 @@ VARIANTS = (("grpo", "plain GRPO"), ("grpo_cat", "CAT GRPO"))
 _KEYS = {
     "data_seed": "data.data_seed", "test_size": "eval.num_problems", "seed": "train.seed",
     "sft_steps": "warmup.steps", "sft_batch_size": "warmup.batch_size", "sft_learning_rate": "warmup.learning_rate",
-    "sft_warmup_steps": "warmup.lr_warmup_steps", "grpo_steps": "train.steps", "grpo_prompts": "data.batch_size",
+    "sft_warmup_steps": "warmup.lr_warmup_steps", "sft_end_lr_ratio": "warmup.end_lr_ratio", "grpo_steps": "train.steps", "grpo_prompts": "data.batch_size",
     "group_size": "rollout.group_size", "grpo_learning_rate": "optimizer.learning_rate",
     "grpo_warmup_steps": "optimizer.warmup_steps", "cat_strategy": "strategy", "eval_samples": "eval.n",
     "log_every": "train.log_every",
@@ -68,6 +68,9 @@ class DefaultRun:
       data_seed (data.data_seed), test_size (eval.num_problems), seed (train.seed),
       sft_steps, sft_batch_size, sft_learning_rate, sft_warmup_steps (warmup.steps, .batch_size, .learning_rate,
         .lr_warmup_steps): the plain-CE warm start,
+      sft_end_lr_ratio (warmup.end_lr_ratio): the warm start's cosine ends at this fraction of its learning rate
+        (1.0 = constant after the warm-up: a warm start trained down to a small rate settles where the loss is sharp,
+        and RL steps larger than that rate undo it; docs/results.md, issue 21),
       grpo_steps, grpo_prompts, group_size, grpo_learning_rate, grpo_warmup_steps (train.steps, data.batch_size,
         rollout.group_size, optimizer.learning_rate, optimizer.warmup_steps): each RL arm,
       cat_strategy (strategy): the CAT arm's strategy (the plain arm is always pass@1),
@@ -82,6 +85,7 @@ class DefaultRun:
     sft_batch_size: int | None = None
     sft_learning_rate: float | None = None
     sft_warmup_steps: int | None = None
+    sft_end_lr_ratio: float | None = None
     grpo_steps: int | None = None
     grpo_prompts: int | None = None
     group_size: int | None = None

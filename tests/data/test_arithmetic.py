@@ -28,6 +28,19 @@ def test_sum3_is_the_feasibility_note_format():
     assert all(c > 200 for c in counts), counts
 
 
+def test_sum2_2d_is_two_padded_numbers_and_a_three_digit_answer():
+    task = ArithmeticTask("sum2_2d")
+    assert prompt_length("sum2_2d") == 6
+    for i in range(300):
+        p = task.problem(i)
+        assert re.fullmatch(r"\d{2}\+\d{2}=", p["prompt"]), p
+        assert re.fullmatch(r"\d{3}", p["answer"]), p
+        assert int(p["answer"]) == _value(p["prompt"][:-1])
+    p = make_problem("sum2_2d", seed=3, split="train", index=5)
+    a, b = (int(x) for x in p["prompt"][:-1].split("+"))
+    assert p["prompt"] == f"{a:02d}+{b:02d}=" and p["answer"] == f"{a + b:03d}"
+
+
 def test_known_example_shape():
     spec = ArithmeticSpec(3, 1, 3, ("+",), pad_operands=True, answer_width=4, name="t")
     assert make_problem(spec, seed=0, split="x", index=0)["prompt"].count("+") == 2

@@ -1,8 +1,9 @@
 """The default run's qualitative result, with a margin, at the chosen seeds (issue 21): plain GRPO's training reward
 rises, and CAT pass@N keeps at least plain GRPO's pass@64.
 
-Slow: the whole default run (SFT warm start, two RL stages, three evaluations), about 1.5 min a seed on 2 idle
-cores and many times that on a loaded machine; it is skipped unless JAX_CAT_REGIME_TEST=1 so the suite stays
+Slow: the whole default run (SFT warm start, two RL stages, three evaluations), about 2 min a seed on 2 idle
+cores (estimated from the old default's 88 s) and ~27 min a seed measured with three seeds in parallel at load
+average 15-20; it is skipped unless JAX_CAT_REGIME_TEST=1 so the suite stays
 inside its budget:
 
     JAX_CAT_REGIME_TEST=1 python -m pytest -q tests/training/test_default_run_regime.py
@@ -15,7 +16,7 @@ import pytest
 
 from jax_cat.training.default_run import DefaultRun, run_default
 
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("JAX_CAT_REGIME_TEST") != "1",
@@ -33,10 +34,10 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.xfail(reason="issue 21 open: no default regime found yet where plain GRPO's reward rises "
-                          "(docs/results.md, 'Issue 21' table)", strict=False)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_plain_grpo_training_reward_rises(runs, seed):
+    """Measured on the shared 2-core machine (docs/results.md, issue 21 continued): the last two 25-step windows'
+    mean reward beat the first two by +.034 / +.063 / +.056 on seeds 0 / 1 / 2."""
     _, reward = runs[seed]
     quarter = max(1, len(reward) // 4)
     assert np.mean(reward[-quarter:]) > np.mean(reward[:quarter]) + 0.02, reward
