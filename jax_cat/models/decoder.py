@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_cat.models.config import ModelConfig
+from jax_cat.models.projection import vocab_logits
 from jax_cat.models.rope import apply_rope, rope_cos_sin
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
@@ -433,11 +434,9 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """Final-norm hidden states [..., hidden] -> float32 logits [..., vocab]."""
         hidden = hidden.astype(self.dtype)
-        if self.lm_head is None:
-            weight = self.embed_tokens[...].astype(self.dtype)
-            return jnp.einsum("...d,vd->...v", hidden, weight, preferred_element_type=jnp.float32)
-        weight = self.lm_head[...].astype(self.dtype)
-        return jnp.einsum("...d,dv->...v", hidden, weight, preferred_element_type=jnp.float32)
+        if self.lm_head is None:  # vocab_logits: einsum "...d,vd->...v" / "...d,dv->...v", backward laid out for CPU
+            return vocab_logits(hidden, self.embed_tokens[...].astype(self.dtype), tied=True)
+        return vocab_logits(hidden, self.lm_head[...].astype(self.dtype), tied=False)
 
     def token_logprobs_from_hidden(
         self, hidden: jax.Array, targets: jax.Array, *, chunk_size: int | None = 1024
