@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_cat.models.config import ModelConfig
-from jax_cat.models.projection import vocab_logits
+from jax_cat.models.projection import dense, vocab_logits
 from jax_cat.models.rope import apply_rope, rope_cos_sin
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
@@ -235,10 +235,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = lambda p: p[...].astype(self.dtype)
-        gate, up = x @ w(self.gate_proj), x @ w(self.up_proj)
+        gate, up = dense(x, w(self.gate_proj)), dense(x, w(self.up_proj))  # dense: x @ w, backward laid out for CPU
         if self.gate_bias is not None:
             gate, up = gate + w(self.gate_bias), up + w(self.up_bias)
-        out = (jax.nn.silu(gate) * up) @ w(self.down_proj)
+        out = dense(jax.nn.silu(gate) * up, w(self.down_proj))
         if self.down_bias is not None:
             out = out + w(self.down_bias)
         return out

@@ -9,6 +9,10 @@ tokens], behind `optimization_barrier` so the simplifier does not fold the trans
 weight gradient becomes a plain [D, tokens] x [tokens, vocab] matmul. Same values (float32 sums in another order:
 equal to autodiff within 1e-5, tests/models/test_projection.py). Used only for float32 operands on the CPU
 backend; elsewhere (GPU/TPU, bf16) it is the plain einsum.
+
+`dense(x, w)` is the same for the MLP's [..., D] x [D, F] matmuls, whose weight gradients XLA:CPU laid out the same
+way (a transposed copy of the [tokens, F] output gradient for each of the 24 gate/up/down weights of the 39.3M
+model): two SwiGLU layers' forward + backward 1.30 -> 1.10 CPU-s at B=8, T=256 on one core.
 """
 from __future__ import annotations
 
@@ -60,12 +64,38 @@ _cpu_logits_untied.defvjp(_fwd_untied, _bwd_untied)
 _cpu_logits_tied.defvjp(_fwd_tied, _bwd_tied)
 
 
+@jax.custom_vjp
+def _cpu_dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    return x @ w
+
+
+def _fwd_dense(x, w):
+    return x @ w, (x, w)
+
+
+def _bwd_dense(res, g):
+    x, w = res
+    return g @ w.T, _weight_grad_dv(x, g)
+
+
+_cpu_dense.defvjp(_fwd_dense, _bwd_dense)
+
+
+def _cpu_float32(*arrays: jax.Array) -> bool:
+    return jax.default_backend() == "cpu" and all(a.dtype == jnp.float32 for a in arrays)
+
+
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., K] @ w [K, N] (`x @ w`), with the weight gradient as [K, tokens] x [tokens, N] for float32 on CPU."""
+    return _cpu_dense(x, w) if _cpu_float32(x, w) else x @ w
+
+
 def vocab_logits(hidden: jax.Array, weight: jax.Array, *, tied: bool) -> jax.Array:
     """float32 logits [..., V] of hidden [..., D] through `weight` ([D, V] lm_head, or the [V, D] embedding when
     `tied`), the operands already in the compute dtype; the CPU-friendly backward for float32 on the CPU backend."""
-    if jax.default_backend() == "cpu" and hidden.dtype == jnp.float32 and weight.dtype == jnp.float32:
+    if _cpu_float32(hidden, weight):
         return (_cpu_logits_tied if tied else _cpu_logits_untied)(hidden, weight)
     return _plain(hidden, weight, tied)
 
 
-__all__ = ["vocab_logits"]
+__all__ = ["dense", "vocab_logits"]

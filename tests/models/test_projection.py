@@ -1,6 +1,6 @@
-"""The vocabulary projection's CPU backward (models/projection.py) against autodiff of the plain einsum: same
-logits, same gradients w.r.t. hidden states and weight (tied and untied), inside a cross-entropy loss and through
-a whole model; and the custom backward is what float32 on CPU actually runs."""
+"""The vocabulary projection's and the MLP matmuls' CPU backward (models/projection.py) against autodiff of the
+plain einsum / matmul: same values, same gradients w.r.t. inputs and weights (tied and untied head), inside a
+cross-entropy loss and through a whole model; and the custom backward is what float32 on CPU actually runs."""
 from __future__ import annotations
 
 import jax
@@ -43,6 +43,17 @@ def test_vocab_logits_grads_equal_autodiff(tied):
     assert dw.shape == ((50, 16) if tied else (16, 50))
 
 
+def test_dense_grads_equal_autodiff():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(3, 7, 16)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(16, 24)).astype(np.float32))
+    f = lambda d: jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.tanh(d(x, w)) ** 2), argnums=(0, 1)))(x, w)
+    (value, (dx, dw)), (ref_value, (ref_dx, ref_dw)) = f(projection.dense), f(lambda x, w: x @ w)
+    _close(value, ref_value)
+    _close(dx, ref_dx)
+    _close(dw, ref_dw)
+
+
 def test_cpu_float32_takes_the_custom_backward():
     h, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda h, w: projection.vocab_logits(h, w, tied=False).sum(), 1))(h, w))
@@ -68,6 +79,7 @@ def test_model_gradients_equal_plain_projection(tiny_hf_checkpoint, monkeypatch,
 
     value, got = grads()
     monkeypatch.setattr(decoder, "vocab_logits", lambda h, w, tied: projection._plain(h, w, tied))
+    monkeypatch.setattr(decoder, "dense", lambda x, w: x @ w)
     ref_value, ref = grads()
     _close(value, ref_value)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
