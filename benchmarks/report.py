@@ -459,8 +459,11 @@ def render_ranges(records: list[dict]) -> str:
         machines: dict[str, list[dict]] = {}
         for r in recs:
             machines.setdefault(r.get("context", {}).get("machine", "unknown machine"), []).append(r)
-        per = "; ".join(f"{m}: {_span([r['value'] for r in rs])} ({len(rs)} run{'s' * (len(rs) > 1)})"
-                        for m, rs in machines.items())
+        def both(rs):
+            cpu = [r["value_cpu"] for r in rs if r.get("value_cpu") is not None]
+            return _span([r["value"] for r in rs]) + (f" ({_span(cpu)})" if cpu else "")
+
+        per = "; ".join(f"{m}: {both(rs)}, {len(rs)} run{'s' * (len(rs) > 1)}" for m, rs in machines.items())
         runs = "; ".join(
             f"{r.get('context', {}).get('date', '?')}, {r.get('context', {}).get('commit', '?')}, "
             f"{r.get('context', {}).get('libraries', {}).get('jax', '?')} / "
@@ -502,6 +505,39 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def add_results(args, parser) -> int:
+    """--add: rows from benchmark --json files written earlier on this machine, with this machine's context."""
+    runs = {r.key: r for r in plan_runs(args.quick)}
+    results, commands = {}, {}
+    for item in args.add:
+        key, _, path = item.partition("=")
+        if key not in runs or not path:
+            parser.error(f"--add {item!r}: expected KEY=PATH with KEY one of {', '.join(runs)}")
+        text = Path(path).read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        results[key] = dict(json=data, imported=path)
+        settings = {k: data.get(k) for k in ("rounds", "repeats", "warmup", "threads", "cpus")} \
+            if isinstance(data, dict) else {}
+        commands[key] = runs[key].command() + (f"  # imported from {path}: {settings}" if settings else "")
+    machine = machine_context()
+    if args.commit:  # the checkout the imported benchmark ran from, when it was not this one
+        machine.update(commit=args.commit, dirty=False)
+    stamp = dict(date=args.date or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), quick=args.quick,
+                 load_avg=[round(os.getloadavg()[0], 1)], imported=True)
+    rows = [r for r in with_context(build_rows(results, commands), machine, commands, stamp)
+            if r.command in commands.values()]
+    print(render(rows, f"imported {', '.join(args.add)} on {machine_label(machine)}, commit {machine['commit']}"))
+    if args.out:
+        _write_json(args.out, dict(header="imported", quick=args.quick, machine=machine, stamp=stamp,
+                                   rows=[dataclasses.asdict(r) for r in rows], commands=commands, results=results))
+    if args.results:
+        print(f"{append_results(args.results, rows)} row(s) appended to {args.results}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -517,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
                         "runs nothing")
     p.add_argument("--docs-into", type=Path, default=None,
                    help=f"with --docs: write the table into this markdown file between {DOCS_BEGIN} / {DOCS_END}")
+    p.add_argument("--add", action="append", default=[], metavar="KEY=PATH",
+                   help="take run KEY's result from a --json file its benchmark wrote earlier on this machine "
+                        "(e.g. train_1core=/tmp/train.json) instead of running it; repeatable; runs nothing else")
+    p.add_argument("--commit", default=None, help="with --add: the commit the imported run measured")
+    p.add_argument("--date", default=None, help="with --add: when the imported run was measured")
     args = p.parse_args(argv)
     if args.docs:
         table = render_ranges(read_results(args.docs))
@@ -533,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.results:
             print(f"{append_results(args.results, rows)} row(s) appended to {args.results}", file=sys.stderr)
         return 0
+    if args.add:
+        return add_results(args, p)
     only = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = sorted(set(only) - set(GROUPS))
     if unknown:

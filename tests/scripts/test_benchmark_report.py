@@ -192,8 +192,8 @@ def test_rows_carry_their_machine_and_the_docs_table_gives_ranges(tmp_path, caps
     table = report.render_ranges(report.read_results(results))
     sft_line = next(ln for ln in table.splitlines() if ln.startswith("| Train step SFT") and "1 core" in ln)
     assert "| 0.62-1.30 (0.66-1.32) |" in sft_line
-    assert "Zen 4 (Genoa), avx512, 2 CPUs: 1.30 (1 run)" in sft_line
-    assert "Zen 3 (Milan), avx2, 2 CPUs: 0.62-0.70 (2 runs)" in sft_line
+    assert "Zen 4 (Genoa), avx512, 2 CPUs: 1.30 (1.32), 1 run" in sft_line
+    assert "Zen 3 (Milan), avx2, 2 CPUs: 0.62-0.70 (0.66-0.71), 2 runs" in sft_line
     doc = tmp_path / "bench.md"
     doc.write_text(f"intro\n{report.DOCS_BEGIN}\nold table\n{report.DOCS_END}\nafter\n")
     assert report.main(["--docs", str(results), "--docs-into", str(doc)]) == 0
@@ -202,3 +202,17 @@ def test_rows_carry_their_machine_and_the_docs_table_gives_ranges(tmp_path, caps
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
         report.update_docs(doc, table)
+
+
+def test_add_imports_a_benchmark_json_with_this_machine(tmp_path, capsys):
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(dict(_train((0.41, 0.70), (0.5, 0.8))["json"], rounds=2, repeats=3, threads=1,
+                                     cpus="0")))
+    results = tmp_path / "r.jsonl"
+    assert report.main(["--add", f"train_1core={train}", "--commit", "dae0d39", "--date", "d0", "--results",
+                        str(results)]) == 0
+    recs = report.read_results(results)
+    assert [r["value_cpu"] for r in recs] == [0.70, 0.8]
+    assert all(r["context"]["commit"] == "dae0d39" and r["context"]["date"] == "d0" for r in recs)
+    assert recs[0]["context"]["cpu"]["model"] == report.cpu_info()["model"]
+    assert "imported from" in recs[0]["command"] and recs[0]["context"]["threads"]["threads"] == 1
