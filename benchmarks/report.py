@@ -22,6 +22,13 @@ JSON, and --from re-renders such a file without running anything.
     .venv/bin/python benchmarks/report.py --quick                # fewer rounds and repeats: a few minutes
     .venv/bin/python benchmarks/report.py --only train,compile   # a subset (the other rows: not run)
     .venv/bin/python benchmarks/report.py --from report.json     # the table of an earlier run
+    .venv/bin/python benchmarks/report.py --quick --results docs/results_data/benchmarks.jsonl   # + append the rows
+    .venv/bin/python benchmarks/report.py --add train_1core=/tmp/train.json --results R.jsonl    # an earlier run's JSON
+    .venv/bin/python benchmarks/report.py --docs R.jsonl --docs-into docs/benchmarks.md          # the ranges table
+
+Every row records the machine it ran on (CPU model, vendor/family/model -> microarchitecture, ISA flags, torch's
+ATen capability and MKL banner), its thread settings, the library versions and the commit (`machine_context`): a
+CPU ratio holds for a (host CPU, versions) pair, not in general (docs/benchmarks.md, "Why the ratio moves").
 """
 from __future__ import annotations
 
