@@ -309,6 +309,10 @@ def main() -> None:
             t = last["torch"]
             for r in last.values():
                 r["cpu_tok_s"] = tokens / statistics.median(r["cpu_times"])
+            # each library's own 1-thread matmul speed on these CPUs: the machine's fingerprint (XLA:CPU compiles for
+            # the host's ISA, MKL picks its own path; docs/benchmarks.md, "Why the ratio moves between machines")
+            matmul_gflops = dict(torch=t["peak_flops"] / 1e9,
+                                 jax=max(last[v]["peak_flops"] for v in variants) / 1e9)
             roof = max(r["peak_flops"] for r in last.values())  # this CPU's matmul roofline: the faster library's
             for r in last.values():
                 r["peak_flops"] = roof
@@ -328,7 +332,7 @@ def main() -> None:
             # --json: per kind, torch's and each variant's figures; ratios are medians of per-round jax/torch ratios
             side = lambda r: {k: r[k] for k in ("tok_s", "cpu_tok_s", "loss", "peak_rss_mib", "compile_s")
                               if k in r} | {"mfu": flops_tok * r["cpu_tok_s"] / r["peak_flops"]}
-            report["kinds"][kind] = dict(torch=side(t), matmul_peak_flops=roof, variants={
+            report["kinds"][kind] = dict(torch=side(t), matmul_peak_flops=roof, matmul_gflops=matmul_gflops, variants={
                 v: side(last[v]) | dict(ratio_wall=statistics.median(ratios[v]), ratio_cpu=statistics.median(
                     cpu_ratios[v]), rounds_wall=ratios[v], rounds_cpu=cpu_ratios[v]) for v in variants})
             if args.json:

@@ -26,6 +26,7 @@ from flax import nnx
 
 from jax_cat.models.config import ModelConfig
 from jax_cat.models.lora import SUFFIX as _LORA, fold_dropout_key
+from jax_cat.models.projection import dense, vocab_logits
 from jax_cat.models.rope import apply_rope, rope_cos_sin
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
@@ -240,13 +241,13 @@ class MLP(nnx.Module):
             self.gate_bias = self.up_bias = self.down_bias = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        w = lambda p: p[...].astype(self.dtype)
-        gate = _adapted(self, "gate_proj", x, x @ w(self.gate_proj), self.dtype)
-        up = _adapted(self, "up_proj", x, x @ w(self.up_proj), self.dtype)
+        w = lambda p: p[...].astype(self.dtype)  # dense: x @ w, its backward laid out for XLA:CPU (projection.py)
+        gate = _adapted(self, "gate_proj", x, dense(x, w(self.gate_proj)), self.dtype)
+        up = _adapted(self, "up_proj", x, dense(x, w(self.up_proj)), self.dtype)
         if self.gate_bias is not None:
             gate, up = gate + w(self.gate_bias), up + w(self.up_bias)
         act = jax.nn.silu(gate) * up
-        out = _adapted(self, "down_proj", act, act @ w(self.down_proj), self.dtype)
+        out = _adapted(self, "down_proj", act, dense(act, w(self.down_proj)), self.dtype)
         if self.down_bias is not None:
             out = out + w(self.down_bias)
         return out
@@ -452,11 +453,9 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """Final-norm hidden states [..., hidden] -> float32 logits [..., vocab]."""
         hidden = hidden.astype(self.dtype)
-        if self.lm_head is None:
-            weight = self.embed_tokens[...].astype(self.dtype)
-            return jnp.einsum("...d,vd->...v", hidden, weight, preferred_element_type=jnp.float32)
-        weight = self.lm_head[...].astype(self.dtype)
-        return jnp.einsum("...d,dv->...v", hidden, weight, preferred_element_type=jnp.float32)
+        if self.lm_head is None:  # vocab_logits: einsum "...d,vd->...v" / "...d,dv->...v", backward laid out for CPU
+            return vocab_logits(hidden, self.embed_tokens[...].astype(self.dtype), tied=True)
+        return vocab_logits(hidden, self.lm_head[...].astype(self.dtype), tied=False)
 
     def token_logprobs_from_hidden(
         self, hidden: jax.Array, targets: jax.Array, *, chunk_size: int | None = 1024

@@ -145,3 +145,74 @@ def test_accelerator_device_table_and_counts():
     assert acc.train_flops_per_token(cfg, 10_800, 64) == 6 * 10_000 + 12 * 2 * 32 * 4 * 16
     # decode: 10,000 bf16 weights + K and V of 2 layers x 2 kv heads x 16 dims x 2 bytes at 100 tokens
     assert acc.decode_bytes_per_step(cfg, 10_800, 100) == 20_000 + 2 * 2 * 2 * 16 * 2 * 100
+
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse sse2 avx fma avx2 hypervisor bmi2
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+"""
+ZEN4 = ZEN3.replace("model\t\t: 1\n", "model\t\t: 17\n").replace("avx2 ", "avx2 avx512f avx512bw avx512_bf16 ")
+
+
+def test_cpu_info_names_the_host_behind_a_masked_model_name():
+    zen3, zen4 = report.cpu_info(ZEN3), report.cpu_info(ZEN4)
+    assert (zen3["model"], zen3["uarch"], zen3["isa"], zen3["hypervisor"]) == ("AMD EPYC", "Zen 3 (Milan)", "avx2", True)
+    assert zen3["flags"] == ["avx", "avx2", "fma"]
+    assert (zen4["uarch"], zen4["isa"]) == ("Zen 4 (Genoa)", "avx512")
+    assert {"avx512f", "avx512_bf16"} <= set(zen4["flags"])
+    assert report.run_threads("x.py --threads 1 --cpus 0")["xla"].startswith("--xla_cpu_multi_thread_eigen=false")
+    assert report.run_threads("x.py --threads 2 --cpus 0,1") == dict(threads=2, cpus="0,1")
+
+
+def _machine(cpuinfo):
+    return dict(cpu=dict(report.cpu_info(cpuinfo), cpus=2), libraries=dict(jax="0.10.2", torch="2.13.0"),
+                torch=dict(capability="AVX2"), commit="abc123", dirty=False, env={})
+
+
+def test_rows_carry_their_machine_and_the_docs_table_gives_ranges(tmp_path, capsys):
+    commands = {k: f"cmd-{k} --threads 1 --cpus 0" for k in CANNED}
+    results = tmp_path / "results.jsonl"
+    for cpuinfo, sft, date in ((ZEN4, (1.30, 1.32), "d1"), (ZEN3, (0.70, 0.71), "d2"), (ZEN3, (0.62, 0.66), "d3")):
+        canned = dict(CANNED, train_1core=_train(sft, (1.10, 1.25)))
+        rows = report.with_context(report.build_rows(canned, commands), _machine(cpuinfo), commands, dict(date=date))
+        sft_row = rows[0]
+        assert (sft_row.value, sft_row.value_cpu) == sft
+        ctx = sft_row.context
+        assert ctx["cpu"]["model"] == "AMD EPYC" and ctx["libraries"]["jax"] == "0.10.2" and ctx["commit"] == "abc123"
+        assert ctx["threads"]["threads"] == 1 and ctx["threads"]["cpus"] == "0" and ctx["date"] == date
+        # not-measured rows are not results
+        assert report.append_results(results, rows) == sum(r.value is not None for r in rows) < len(rows)
+    table = report.render_ranges(report.read_results(results))
+    sft_line = next(ln for ln in table.splitlines() if ln.startswith("| Train step SFT") and "1 core" in ln)
+    assert "| 0.62-1.30 (0.66-1.32) |" in sft_line
+    assert "Zen 4 (Genoa), avx512, 2 CPUs: 1.30 (1.32), 1 run" in sft_line
+    assert "Zen 3 (Milan), avx2, 2 CPUs: 0.62-0.70 (0.66-0.71), 2 runs" in sft_line
+    doc = tmp_path / "bench.md"
+    doc.write_text(f"intro\n{report.DOCS_BEGIN}\nold table\n{report.DOCS_END}\nafter\n")
+    assert report.main(["--docs", str(results), "--docs-into", str(doc)]) == 0
+    text = doc.read_text()
+    assert "old table" not in text and sft_line in text and text.startswith("intro\n") and text.endswith("after\n")
+    doc.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        report.update_docs(doc, table)
+
+
+def test_add_imports_a_benchmark_json_with_this_machine(tmp_path, capsys):
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(dict(_train((0.41, 0.70), (0.5, 0.8))["json"], rounds=2, repeats=3, threads=1,
+                                     cpus="0")))
+    results = tmp_path / "r.jsonl"
+    assert report.main(["--add", f"train_1core={train}", "--commit", "dae0d39", "--date", "d0", "--results",
+                        str(results)]) == 0
+    recs = report.read_results(results)
+    assert [r["value_cpu"] for r in recs] == [0.70, 0.8]
+    assert all(r["context"]["commit"] == "dae0d39" and r["context"]["date"] == "d0" for r in recs)
+    assert recs[0]["context"]["cpu"]["model"] == report.cpu_info()["model"]
+    assert "imported from" in recs[0]["command"] and recs[0]["context"]["threads"]["threads"] == 1
