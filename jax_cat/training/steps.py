@@ -330,9 +330,10 @@ def sft_loss(params: Any, batch: Mapping[str, jax.Array], *, graphdef: nnx.Graph
     # them and a padded [B, T, V] gradient (measured: the step 1.2x slower at vocabulary 16k; benchmarks/train_step.py)
     with _dropout_scope(batch):
         hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])[:, :-1]
-    logits = model.logits_from_hidden(hidden)
     targets, mask = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
-    loss, metrics = losses.cat_sft_loss(logits, targets, mask, strategy, reduction=reduction,
+    # `logprob_chunk` positions of every row through the vocabulary projection at a time: never the [B, T, V] logits
+    logprobs = chunked_token_logprobs(model, hidden, targets, logprob_chunk)
+    loss, metrics = losses.cat_sft_loss(None, targets, mask, strategy, reduction=reduction, logprobs=logprobs,
                                         loss_denominator=denominator)
     metrics = dict(metrics, tokens=jnp.sum(mask).astype(jnp.float32))
     metrics.pop("loss", None)

@@ -130,3 +130,22 @@ def test_logprob_chunk_is_a_config_key_default_on():
     assert load_config(None, {"model.logprob_chunk": "none"}).model.logprob_chunk is None
     with pytest.raises(ConfigError, match="model.logprob_chunk"):
         load_config(None, {"model.logprob_chunk": 0})
+
+
+@pytest.mark.parametrize("kind", ["sft", "grpo"])
+def test_the_vocabulary_projection_sees_at_most_a_chunk_of_positions(kind, monkeypatch):
+    """The [B, T, vocab] logits are never built: every call of the vocabulary projection inside the step holds at
+    most `logprob_chunk` positions (the SFT step built the whole logits while its log-probs equalled the chunked
+    ones, so only the shapes tell)."""
+    seen = []
+    original = decoder.CausalLM.logits_from_hidden
+
+    def recording(self, hidden):
+        seen.append(hidden.shape[-2])
+        return original(self, hidden)
+
+    monkeypatch.setattr(decoder.CausalLM, "logits_from_hidden", recording)
+    rng = np.random.default_rng(0)
+    batch = sft_batch(rng) if kind == "sft" else rollout_batch(rng, prompts=2, group=4, prompt=5, new=7)
+    _run(kind, _meshes()["one"], 3, batch)
+    assert seen and max(seen) <= 3, seen
