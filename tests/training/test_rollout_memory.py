@@ -48,7 +48,7 @@ def test_grpo_samples_with_one_copy_of_the_policy_weights(tiny_ckpt, monkeypatch
         return counting
 
     monkeypatch.setattr(tdata, "task_reward_fn", counting_reward_fn)
-    monkeypatch.setattr(run_module, "build_mesh", lambda cfg: one_device())
+    monkeypatch.setattr(run_module, "build_mesh", lambda cfg, devices=None: one_device())
     cfg = small_config(**{"model.path": str(tiny_ckpt), "train.method": "grpo", "train.steps": 2,
                           "train.save_final": False, "data.dataset": "arithmetic:sum3", "data.max_prompt_len": 16,
                           "data.use_chat_template": False})
