@@ -47,6 +47,7 @@ from jax_cat.extras import pyplot, require
 from jax_cat.io.atomic import atomic_write, atomic_write_text, clean_stale_temporaries, output_lock
 from jax_cat.io.safetensors import Checkpoint, CheckpointMismatchError, parse_size
 from jax_cat.models import load_hf, save_hf
+from jax_cat.models.hf import checkpoint_dtype
 from jax_cat.sharding import make_mesh
 from merging import search
 from merging.dots_config import STUDY_KEYS, DotsConfig
@@ -451,8 +452,9 @@ def _pipeline(config: DotsConfig, record: dict[str, Any], base: Path, sft: Path,
                           progress=c.progress, dtype=c.out_dtype)
         how = "streamed merge"
     else:  # two densities: not one DotsMerge; write the in-memory candidate (the very weights that were scored)
+        out_dtype = checkpoint_dtype(base) if c.out_dtype == "base" else c.out_dtype  # as the streamed path writes
         save_hf(candidates.model(list(coeffs), [sparse(i, d) for i, d in enumerate(picked_d)]), model_dir,
-                tokenizer=base, max_shard_bytes=parse_size(c.max_shard_size))
+                tokenizer=base, max_shard_bytes=parse_size(c.max_shard_size), dtype=out_dtype, source=base)
         how = "in-memory candidate"
     summary = {
         "picked": best.row(), "densities": picked_d, "rescale": record["rescale"], "topk_scope": c.topk_scope,

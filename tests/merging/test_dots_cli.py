@@ -445,3 +445,28 @@ def test_soak_sigkill_and_ctrl_c_in_child_processes(tmp_path):
                             reference_in_process=True, deadline=400)
     assert report["ok"], report["problems"]
     assert report["kills_by_phase"] == {"suggest": 1, "trial": 1, "write": 1} and report["identical_to_uninterrupted"]
+
+
+def test_the_in_memory_candidate_is_written_in_the_out_dtype(family, tmp_path, monkeypatch):
+    """A pick with two different densities cannot be one streamed merge: the scored candidate is written from
+    memory, and it kept the parameters' float32 whatever --out-dtype said (issue 20); now it is written as the
+    streamed merge is. The pick is steered to such a trial (seed 0's fifth trial has densities 0.1 / 0.9)."""
+    import merging.search as search
+
+    pick = search.pick
+
+    def two_densities(records, **kwargs):
+        mixed = [r for r in records if r.parameters["density_sft"] != r.parameters["density_rl"]]
+        return mixed[0] if mixed else pick(records, **kwargs)
+
+    monkeypatch.setattr(search, "pick", two_densities)
+    out = tmp_path / "run"
+    assert main(_args(family, out, "--trials", "5", "--search-density", "0.1", "0.9", "--out-dtype", "bfloat16")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_written_by"] == "in-memory candidate", summary["densities"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model" / "model.safetensors"), "np") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
