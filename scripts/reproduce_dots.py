@@ -771,7 +771,8 @@ def as_runs(results: dict) -> dict[int, dict]:
     """{seed: compact run} from a --seeds results.json ({"runs": ...}) or a single run's results.json."""
     if "runs" in results:
         return {int(k): v for k, v in results["runs"].items()}
-    run = compact(results)
+    run = compact(results) if "models" in results else {
+        k: results.get(k) for k in ("settings", "connectivity", "wall_seconds", "loadavg_end", "provenance")}
     return {int(run["settings"]["seed"]): run}
 
 
@@ -801,13 +802,14 @@ def connectivity_summary(runs: dict[int, dict]) -> str:
         cells = [_ms([c["paths"][name]["barrier"][f"loss/{k}"] for c in conns]) for k in keys]
         cells += [_ms([c["paths"][name]["barrier"].get(f"pass@1/{k}", math.nan) for c in conns]) for k in keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Along theta_sft + t (theta_rl - theta_sft), mean over seeds (t = 0: SFT, t = 1: RL):", "",
-              "| t | " + " | ".join(f"{k} loss" for k in keys) + " | " + " | ".join(f"{k} pass@1" for k in keys)
-              + " |", "|---" * (1 + 2 * len(keys)) + "|"]
+    short = {"base_sft": "base->SFT", "base_rl": "base->RL", "sft_rl": "SFT->RL"}
+    cols = [(n, "loss", k) for n in short for k in skills]
+    cols += [("sft_rl", "pass@1", k) for k in skills if "pass@1" in conns[0]["paths"]["sft_rl"]["rows"][0]]
+    lines += ["", f"Along each line, mean over {len(conns)} seed(s) (t = 0 is the line's first model; SFT->RL is "
+              "theta_sft + t (theta_rl - theta_sft)):", "",
+              "| t | " + " | ".join(f"{short[n]} {k} {m}" for n, m, k in cols) + " |", "|---" * (1 + len(cols)) + "|"]
     for i, t in enumerate(conns[0]["t"]):
-        rows = [c["paths"]["sft_rl"]["rows"][i] for c in conns]
-        cells = [f"{np.mean([r['loss'][k] for r in rows]):.3f}" for k in keys]
-        cells += [f"{np.mean([r['pass@1'][k] for r in rows]):.3f}" if "pass@1" in rows[0] else "" for k in keys]
+        cells = [f"{np.mean([c['paths'][n]['rows'][i][m][k] for c in conns]):.3f}" for n, m, k in cols]
         lines.append(f"| {t:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -817,7 +819,12 @@ def doc_section(results: dict, source: str) -> str:
     properties, the linear-connectivity barriers, and where/when it was measured (commit, CPU, load)."""
     runs = as_runs(results)
     first = next(iter(runs.values()))
-    body = [f"```bash\n{rerun_command(first['settings'], list(runs))}\n```", "", seeds_table(runs)]
+    if "models" in first:
+        body = [f"```bash\n{rerun_command(first['settings'], list(runs))}\n```", "", seeds_table(runs)]
+    else:  # a scripts/linear_connectivity.py connectivity.json: the lines only
+        cmd = rerun_command(first["settings"], list(runs)).replace("reproduce_dots.py", "linear_connectivity.py")
+        body = [f"```bash\n{cmd.replace(' --out runs/dots', '')} --points {results.get('points', 11)} "
+                f"--out runs/lmc\n```"]
     conn = connectivity_summary(runs)
     if conn:
         body += ["", "Linear connectivity (held-out token-mean loss; barrier = the largest excess over the chord "
