@@ -838,7 +838,8 @@ def doc_section(results: dict, source: str) -> str:
                     f"cores), jax {p.get('jax', '?')}, {p.get('utc', '?')} UTC, {r['wall_seconds']:.0f} s wall, "
                     f"load {load[0]:.1f} at the end")
     body += ["", "Measured on: " + "; ".join(prov) + f". Source: `{source}` (this section is written from it by "
-             f"`python scripts/reproduce_dots.py --tables {source} --doc docs/results_dots.md --section <name>`)."]
+             f"`python scripts/reproduce_dots.py --tables {source} --doc docs/results_dots.md --section <name>`; "
+             "after a rerun, pass the rerun's results.json instead)."]
     return "\n".join(body)
 
 
@@ -851,18 +852,29 @@ def replace_section(doc: str, name: str, body: str) -> str:
     return head + begin + "\n" + body.rstrip() + "\n" + end + rest.split(end, 1)[1]
 
 
-def write_doc_section(results_path: str, doc: str, section: str) -> None:
-    """Rewrites one section of `doc` (atomically) from `results_path`; ValueError names a bad input."""
+def write_doc_section(results_paths: list[str], doc: str, section: str, ship: str | None = None) -> None:
+    """Rewrites one section of `doc` (atomically) from one or more results.json (a --seeds run's, or single runs'
+    of different seeds); with `ship`, first writes their runs as one compact results.json there, and the section
+    names that file as its source. ValueError names a bad input."""
+    runs: dict[int, dict] = {}
     try:
-        results = json.loads(Path(results_path).read_text())
         text = Path(doc).read_text()
+        for path in results_paths:
+            loaded = as_runs(json.loads(Path(path).read_text()))
+            if set(loaded) & set(runs):
+                raise ValueError(f"{path}: seed(s) {sorted(set(loaded) & set(runs))} given twice")
+            runs |= loaded
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {err.filename if isinstance(err, OSError) else results_path}: {err}") from None
-    try:
-        body = doc_section(results, results_path)
-    except (KeyError, TypeError, StopIteration) as err:
-        raise ValueError(f"{results_path}: not a reproduce_dots results.json ({err.__class__.__name__}: {err})") from None
-    _atomic_write_text(Path(doc), replace_section(text, section, body))
+        raise ValueError(f"cannot read {getattr(err, 'filename', None) or 'a results file'}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a reproduce_dots results.json ({err.__class__.__name__}: {err})") from None
+    results = {"runs": {str(k): runs[k] for k in sorted(runs)}}
+    source = ", ".join(results_paths)
+    if ship:
+        _atomic_write_text(Path(ship), json.dumps(results, indent=1, default=float) + "\n")
+        source = ship
+    new = replace_section(text, section, doc_section(results, source))
+    _atomic_write_text(Path(doc), new)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -872,8 +884,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"default {f.default}")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: the whole run per seed into "
                    "<out>/seed<N>, then mean +- std over seeds in <out>/seeds.md (overrides --seed)")
-    p.add_argument("--tables", default=None, metavar="RESULTS_JSON",
-                   help="run nothing: write the section --section of --doc from this results.json")
+    p.add_argument("--tables", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="run nothing: write the section --section of --doc from these results.json (one per seed, "
+                   "or a --seeds run's; a scripts/linear_connectivity.py connectivity.json gives the lines only)")
+    p.add_argument("--ship", default=None, help="with --tables: also write the runs as one compact results.json "
+                   "here (e.g. docs/results_data/dots_NAME.json), the source the section names")
     p.add_argument("--doc", default=None, help="the doc whose section is (re)written (with --tables, or after a run)")
     p.add_argument("--section", default=None, help="the section's name: the text between <!-- dots:NAME:begin --> "
                    "and <!-- dots:NAME:end --> in --doc")
@@ -887,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.tables:
         try:
-            write_doc_section(args.tables, args.doc, args.section)
+            write_doc_section(args.tables, args.doc, args.section, args.ship)
         except ValueError as err:
             print(f"reproduce_dots.py: error: {err}", file=sys.stderr)
             return 2
@@ -914,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reproduce_seeds(s, seeds)
     if args.doc:
-        write_doc_section(str(Path(s.out) / "results.json"), args.doc, args.section)
+        write_doc_section([str(Path(s.out) / "results.json")], args.doc, args.section)
     return 0
 
 

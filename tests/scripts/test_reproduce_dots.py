@@ -153,3 +153,20 @@ def test_tables_without_markers_is_one_line_exit_2_and_the_doc_unchanged(tmp_pat
     assert rd.main(["--tables", str(results), "--doc", str(doc)]) == 2  # --section missing
     assert rd.main(["--tables", str(tmp_path / "missing.json"), "--doc", str(doc), "--section", "mix"]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_tables_from_several_seed_files_ship_one_compact_file(tmp_path):
+    files = []
+    for seed, sub2 in ((0, 0.1), (1, 0.3)):
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps({"runs": {str(seed): _compact_run(seed, sub2, 0.0)}}))
+    doc, ship = tmp_path / "doc.md", tmp_path / "shipped.json"
+    doc.write_text("<!-- dots:mix:begin -->\n<!-- dots:mix:end -->\n")
+    assert rd.main(["--tables", *map(str, files), "--doc", str(doc), "--section", "mix", "--ship", str(ship)]) == 0
+    first = doc.read_text()
+    assert "| base | 0.200 +- 0.141 |" in first and f"Source: `{ship}`" in first
+    assert sorted(json.loads(ship.read_text())["runs"]) == ["0", "1"]
+    # regenerating from the shipped file alone writes the same section
+    assert rd.main(["--tables", str(ship), "--doc", str(doc), "--section", "mix"]) == 0
+    assert doc.read_text() == first
+    assert rd.main(["--tables", str(files[0]), str(files[0]), "--doc", str(doc), "--section", "mix"]) == 2
