@@ -149,6 +149,7 @@ def run(s: rd.Settings, *, points: int, reward: bool = True, say=rd._say) -> dic
     out.mkdir(parents=True, exist_ok=True)
     t_start, clock = time.perf_counter(), rd.Clock()
     say(f"linear_connectivity -> {out}; loadavg {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    provenance = rd._provenance()  # at the start: the commit whose code runs
     st = rd.prepare(s)
     base, base_info = rd.train_base(s, st, clock, say)
     sft, sft_info = clock.run("sft", rd.train_sft, s, st, base)
@@ -159,7 +160,7 @@ def run(s: rd.Settings, *, points: int, reward: bool = True, say=rd._say) -> dic
            "command": "python scripts/linear_connectivity.py " + " ".join(sys.argv[1:]),
            "train": {"base": base_info, "sft": sft_info, "rl": rl_info}, "connectivity": conn,
            "stage_seconds": clock.seconds, "wall_seconds": time.perf_counter() - t_start,
-           "loadavg_end": os.getloadavg(), "provenance": rd._provenance()}
+           "loadavg_end": os.getloadavg(), "provenance": provenance}
     rd._atomic_write_text(out / "connectivity.json", json.dumps(res, indent=1, default=float) + "\n")
     rd._atomic_write_text(out / "connectivity.md", connectivity_table(conn) + "\n")
     say(connectivity_table(conn))

@@ -558,6 +558,7 @@ def reproduce(s: Settings, *, say=_say) -> dict:
     clock = Clock()
     say(f"reproduce_dots -> {out}: RL skill {s.rl_task}, SFT skill {s.sft_task}; loadavg {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs, JAX devices {jax.devices()}")
+    provenance = _provenance()  # at the start: the commit whose code runs (HEAD may move while it runs)
     st = prepare(s)
     tokenizer, problems, max_new, mesh, ds = st.tokenizer, st.problems, st.max_new, st.mesh, st.datasets
     cfg = st.cfg
@@ -687,7 +688,7 @@ def reproduce(s: Settings, *, say=_say) -> dict:
         "loadavg_end": os.getloadavg(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],
-        "provenance": _provenance(),  # commit, CPU model, device kind, versions
+        "provenance": provenance,  # commit, CPU model, device kind, versions
         "connectivity": connectivity,
     }
     _atomic_write_text(out / "results.json", json.dumps(res, indent=1, default=float) + "\n")
@@ -823,7 +824,7 @@ def doc_section(results: dict, source: str) -> str:
         body = [f"```bash\n{rerun_command(first['settings'], list(runs))}\n```", "", seeds_table(runs)]
     else:  # a scripts/linear_connectivity.py connectivity.json: the lines only
         cmd = rerun_command(first["settings"], list(runs)).replace("reproduce_dots.py", "linear_connectivity.py")
-        body = [f"```bash\n{cmd.replace(' --out runs/dots', '')} --points {results.get('points', 11)} "
+        body = [f"```bash\n{cmd.replace(' --out runs/dots', '')} --points {len(first['connectivity']['t'])} "
                 f"--out runs/lmc\n```"]
     conn = connectivity_summary(runs)
     if conn:
