@@ -20,6 +20,10 @@ The base is a fresh tiny model (`jax_cat.models.tiny.build_arithmetic_checkpoint
         --query-pool 64                                                   # mean +- std over seeds, GP bandit,
                                                                           # the authors' easy/hard query draw
     python scripts/reproduce_dots.py --out runs/x --base-model PATH --rl-task add2 --sft-task sub2 --mesh 1,4,1
+    python scripts/reproduce_dots.py --seeds 0,1,2 --base-steps 1000 --sft-lr 0.0003 --rl-lr 0.0003 --query-pool 64 \
+        --base-tasks add2,sub2 --rl-warmup 10 --path-points 11 --out runs/dots   # issue 21's connected setting
+    python scripts/reproduce_dots.py --tables docs/results_data/dots_mix.json --doc docs/results_dots.md \
+        --section mix                                                     # rewrite a doc section from results
 
 Everything goes through the library: the trainer (`jax_cat.training.run_sft/run_grpo`), the merges
 (`merging.merge` with `TaskArithmeticMerge/TiesMerge/DareMerge`), the DoTS pieces (`merging.dots_sparsify`,
