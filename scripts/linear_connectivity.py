@@ -5,8 +5,9 @@ base -> fine-tune, and on the line theta_sft + t (theta_rl - theta_sft) between 
 no barrier (no point worse than the straight chord between the two ends). This script trains the base, the SFT
 and the RL model exactly as `scripts/reproduce_dots.py` does (same settings, same trainer), then evaluates each
 skill's held-out SFT loss (teacher-forced token-mean cross-entropy of the answer, `jax_cat.training.steps.sft_loss`
-with plain pass@1 CE, all --eval-problems) and pass@1 (`jax_cat.evaluate.evaluate`, 100 problems x 4 samples) at `--path-points` evenly spaced t on the three
-lines, every point built by `merging.task_vectors.combine` from the base and the two task vectors.
+with plain pass@1 CE, all --eval-problems) and pass@1 (`jax_cat.evaluate.evaluate`, 100 problems x 4 samples)
+at `--points` evenly spaced t on the three lines, every point built by `merging.task_vectors.combine` from the
+base and the two task vectors.
 
     python scripts/linear_connectivity.py --out runs/lmc                      # reproduce_dots' default setting
     python scripts/linear_connectivity.py --out runs/lmc_mix --base-tasks add2,sub2 --base-steps 1500 \\
