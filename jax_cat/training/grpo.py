@@ -29,12 +29,9 @@ from jax_cat.training.runtime import (
 def _token_ids(model: Any, tokenizer: Any, use_chat_template: bool = True) -> tuple[tuple[int, ...], int]:
     """(stop ids, pad id): the EOS ids plus, with a chat template, its end-of-turn token (e.g. <|im_end|>, which a
     base model's config does not list), so that rollouts stop where SFT targets end."""
-    from jax_cat.sampling.engine import resolve_eos_token_ids, resolve_pad_token_id
+    from jax_cat.data import resolve_pad_token_id, stop_token_ids
 
-    eos = resolve_eos_token_ids(model, tokenizer)
-    end = tdata.target_end_ids(tokenizer, use_chat_template)
-    if len(end) == 1:
-        eos = tuple(dict.fromkeys((*eos, *end)))
+    eos = stop_token_ids(model, tokenizer, use_chat_template)  # the rule evaluation uses too
     return eos, resolve_pad_token_id(model, tokenizer, eos)
 
 
