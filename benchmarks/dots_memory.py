@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -74,7 +75,8 @@ def run(paths: dict[str, Path], out: Path, *, repo: Path, cpus: str | None, tria
     cmd = [sys.executable, "-m", "merging.dots", "--base", str(paths["base"]), "--sft", str(paths["sft"]),
            "--rl", str(paths["rl"]), "--queries", str(paths["queries"]), "--trials", str(trials),
            "--designer", "RANDOM_SEARCH", "--seed", "0", "--votes", "2", "--max-new-tokens", "8",
-           "--dtype", "bfloat16", "--no-progress", "--overwrite", "--out", str(out)]
+           "--dtype", "bfloat16", "--no-progress", "--out", str(out)]
+    shutil.rmtree(out, ignore_errors=True)  # a fresh study each time
     prefix = ["/usr/bin/time", "-v"] + (["taskset", "-c", cpus] if cpus else [])
     env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu")
     start = time.perf_counter()
