@@ -166,7 +166,9 @@ def table(rows: list[dict]) -> str:
     out = ["| model | params | method | mesh | remat | per device: params + AdamW | training step temp / peak | rollouts temp / "
            "peak (KV cache) | largest peak | fits 16 / 24 / 40 / 80 / 96 / 141 GiB |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    # the recipe's rows first, then other methods, then without remat; each by model size
+    key = lambda r: (r["remat"] == "False", r["method"] != "grpo", r["params"])  # noqa: E731
+    for r in sorted(rows, key=key):
         ph = {p["name"]: p for p in r["phases"]}
         t = ph["training step"]
         s = ph.get("rollouts (sampler)")
@@ -194,7 +196,21 @@ def table_source(rows: list[dict], path: Path) -> str:
     return (f"Rows from `{path}` (generated, not typed): commit {', '.join(commits)}; {'; '.join(cpus)}; "
             f"CPUs allowed {', '.join(pinned)}; {dates[0]} to {dates[-1]}; jax {rows[0]['jax']}; load average "
             f"{min(r['load_avg'] for r in rows):.1f}-{max(r['load_avg'] for r in rows):.1f}; AOT CPU s a row "
-            f"{min(r.get('cpu_s', 0) for r in rows):.0f}-{max(r.get('cpu_s', 0) for r in rows):.0f}.")
+            f"{min(r.get('cpu_s', 0) for r in rows):.0f}-{max(r.get('cpu_s', 0) for r in rows):.0f}."
+            + "".join(_row_note(r) for r in rows if r["overrides"] or "before" in r))
+
+
+def _row_note(r: dict) -> str:
+    """The settings a row changes from the recipe, and its --before figures (the full-logit step outside the mesh)."""
+    sets = ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items()) or "the recipe as is"
+    remat = {"True": "full", "False": "none"}.get(r["remat"], r["remat"])
+    out = f" The {r['model']} {r['method']} row (remat {remat}): {sets}."
+    if "before" in r:
+        b, t = r["before"], next(p for p in r["phases"] if p["name"] == "training step")
+        out += (f" Its step as the trainer ran it before issue 20 (full [B, T, vocab] logits, no mesh context): temp "
+                f"{b['train_temp_gib']:.2f} GiB, peak {b['train_peak_gib']:.2f} GiB (now {t['temp_gib']:.2f} / "
+                f"{t['peak_gib']:.2f}: {b['train_peak_gib'] / t['peak_gib']:.1f}x less at peak).")
+    return out
 
 
 def docs_into(doc: Path, text: str) -> None:
