@@ -105,12 +105,12 @@ def context() -> dict:
                 xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
-_FIGURES = re.compile(r"^(training step|rollouts \(sampler\)|log-prob pass)\s+([-\d. ]+?)\s{3}", re.M)
+_FIGURES = re.compile(r"^(training step|rollouts \(sampler\)|log-prob pass)" + r"\s+(-?[\d.]+)" * 5, re.M)
 
 
 def plan_figures(text: str) -> dict[str, list[float]]:
     """phase -> [params, optim., temp, other, peak] as a `--plan` table prints them (the figures to compare)."""
-    return {m.group(1): [float(v) for v in m.group(2).split()] for m in _FIGURES.finditer(text)}
+    return {m.group(1): [float(v) for v in m.groups()[1:]] for m in _FIGURES.finditer(text)}
 
 
 def cli_plan(recipe: str, folder: Path, overrides: dict, devices: int) -> str:
