@@ -27,21 +27,13 @@ import numpy as np
 from flax import nnx
 
 from merging._paths import is_vector_leaf
-from merging.sparsify import Sparsifier, apply_sparsifier, prepare
+from merging.methods.engine import row_blocks
+from merging.sparsify import Block, Sparsifier, apply_sparsifier, prepare
 from merging.task_vectors import check_compatible, combine_leaf, tv_leaf
 
 __all__ = ["CompactCandidates", "SparseVector", "DEFAULT_BLOCK_BYTES"]
 
 DEFAULT_BLOCK_BYTES = 32 * 2**20  # float32 bytes of one row block of a leaf (as the streaming merge's blocks)
-
-
-def _row_blocks(shape: Sequence[int], block_bytes: int) -> list[tuple[int, int]]:
-    """[(start, stop)] row ranges of a leaf of `shape` whose float32 blocks hold at most `block_bytes` (>= 1 row)."""
-    if len(shape) == 0:
-        return [(0, 1)]
-    row = 4 * int(np.prod(shape[1:], dtype=np.int64))
-    step = max(1, block_bytes // max(row, 1))
-    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
 
 @dataclass(frozen=True)
@@ -60,11 +52,12 @@ class _Block:
         return out.reshape(shape)
 
 
-def _compact(x: np.ndarray, start: int, stop: int) -> _Block:
-    """The block x[start:stop] of a sparse float32 leaf; zeros are not stored (-0.0 is, to stay bit-exact)."""
+def _compact(x: np.ndarray, start: int, stop: int, offset: int = 0) -> _Block:
+    """The rows x[start:stop] of a sparse float32 array, recorded as the leaf's rows offset + start .. offset + stop;
+    zeros are not stored (-0.0 is, to stay bit-exact)."""
     x = np.ascontiguousarray(x[start:stop] if x.ndim else x.reshape(1), np.float32).reshape(-1)
     kept = (x != 0) | np.signbit(x)
-    return _Block(start, stop, np.packbits(kept), x[kept])
+    return _Block(offset + start, offset + stop, np.packbits(kept), x[kept])
 
 
 class SparseVector:
@@ -79,26 +72,38 @@ class SparseVector:
                     block_bytes: int = DEFAULT_BLOCK_BYTES) -> "SparseVector":
         """S(finetuned - base) from two parameter states of the same structure (e.g. `nnx.state` of two models):
         the values `merging.sparsify.sparsify(task_vector(finetuned, base, dtype=float32), sparsifier)` gives, with
-        one leaf's float32 task vector in memory at a time (the statistics passes recompute it per leaf)."""
+        one row block's float32 task vector in memory at a time (leaves larger than `block_bytes` of float32 go in
+        the streaming merge's row blocks, `merging.methods.engine.row_blocks`; the statistics passes recompute a
+        block when they need it)."""
         rows = check_compatible([finetuned, base], ["finetuned", "base"], check_dtype=False)
         chosen = {path: (ft, b) for path, (ft, b) in rows if is_vector_leaf(b)}
-        names = list(chosen)
+        units = {path: row_blocks(path, chosen[path][1].shape, block_bytes) or [path] for path in chosen}
 
-        def tau(path: str) -> jax.Array:
-            ft, b = chosen[path]
+        def tau(unit: str) -> jax.Array:
+            if isinstance(unit, Block):
+                ft, b = chosen[unit.tensor]
+                ft, b = ft[unit.start:unit.stop], b[unit.start:unit.stop]
+            else:
+                ft, b = chosen[unit]
             return tv_leaf(ft, b, out_dtype=jnp.dtype(jnp.float32))
 
-        sizes = {n: int(np.prod(chosen[n][1].shape, dtype=np.int64)) for n in names}
-        (plan,) = prepare([sparsifier], names, sizes, lambda n: [tau(n)])
+        names = [u for us in units.values() for u in us]
+        sizes = {u: int(np.prod((u.stop - u.start, *u.shape[1:]) if isinstance(u, Block) else chosen[u][1].shape,
+                                dtype=np.int64)) for u in names}
+        (plan,) = prepare([sparsifier], names, sizes, lambda u: [tau(u)])
         leaves: dict[str, tuple[tuple[int, ...], list[_Block]] | None] = {}
         for path, _ in rows:
             if path not in chosen:
                 leaves[path] = None
                 continue
-            sparse = np.asarray(apply_sparsifier(sparsifier, tau(path), path, plan), np.float32)
-            shape = tuple(sparse.shape)
-            leaves[path] = (shape, [_compact(sparse, a, b) for a, b in _row_blocks(shape, block_bytes)])
-            del sparse
+            shape = tuple(chosen[path][1].shape)
+            blocks = []
+            for u in units[path]:
+                sparse = np.asarray(apply_sparsifier(sparsifier, tau(u), u, plan), np.float32)
+                a, b = (u.start, u.stop) if isinstance(u, Block) else (0, shape[0] if shape else 1)
+                blocks.append(_compact(sparse, 0, b - a, offset=a))
+                del sparse
+            leaves[path] = (shape, blocks)
         return cls(leaves)
 
     @property

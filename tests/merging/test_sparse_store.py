@@ -20,9 +20,18 @@ def _bytes(tree):
     return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Host reductions in chunks of 64 entries, so the streaming merge's row blocks (a multiple of a chunk's rows)
+    split the family's leaves at block_bytes=512, as 32 MiB blocks split the 0.5B shape's embedding."""
+    import merging.sparsify as sp
+
+    monkeypatch.setattr(sp, "_CHUNK", 64)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("scope,rescale", [("tensor", None), ("global", None), ("tensor", Rescale("l2", "global"))])
-def test_compact_candidates_equal_the_dense_trees(family_f32, dtype, scope, rescale):
+def test_compact_candidates_equal_the_dense_trees(family_f32, small_chunks, dtype, scope, rescale):
     base = load_hf(family_f32["base"], dtype=dtype)
     base_state = nnx.state(base)
     fts = [nnx.state(load_hf(family_f32[n], dtype=dtype)) for n in ("sft", "rl")]
