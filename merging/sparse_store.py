@@ -28,11 +28,13 @@ from flax import nnx
 
 from merging._paths import is_vector_leaf
 from merging.methods.engine import row_blocks
+from merging.stream import _malloc_trim
 from merging.sparsify import Block, Sparsifier, apply_sparsifier, prepare
 from merging.task_vectors import check_compatible, combine_leaf, tv_leaf
 
 __all__ = ["CompactCandidates", "SparseVector", "DEFAULT_BLOCK_BYTES"]
 
+_MALLOC_TRIM = _malloc_trim()
 DEFAULT_BLOCK_BYTES = 32 * 2**20  # float32 bytes of one row block of a leaf (as the streaming merge's blocks)
 
 
@@ -50,6 +52,12 @@ class _Block:
         out = np.zeros(n, np.float32)
         out[np.unpackbits(self.mask, count=n).astype(bool)] = self.values
         return out.reshape(shape)
+
+
+def _trim() -> None:
+    """Hand freed block buffers back to the OS (glibc keeps them in its heaps otherwise: merging.stream's reason)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _compact(x: np.ndarray, start: int, stop: int, offset: int = 0) -> _Block:
@@ -104,6 +112,7 @@ class SparseVector:
                 blocks.append(_compact(sparse, 0, b - a, offset=a))
                 del sparse
             leaves[path] = (shape, blocks)
+            _trim()
         return cls(leaves)
 
     @property
@@ -151,6 +160,8 @@ class CompactCandidates:
                 taus = tuple(jnp.asarray(v.dense_block(path, j)) for v in vectors)
                 view[blk.start:blk.stop] = np.asarray(combine_leaf(b, taus, k))
             leaves.append(jax.device_put(out, base.sharding) if hasattr(base, "sharding") else jnp.asarray(out))
+            del out, view
+            _trim()
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def model(self, coeffs: Sequence[float] | jax.Array, sparse: Sequence[SparseVector] | None = None) -> Any:
