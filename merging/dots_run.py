@@ -54,12 +54,12 @@ from merging.dots_config import STUDY_KEYS, DotsConfig
 from merging.adapters import open_checkpoint
 from merging.methods import DotsMerge
 from merging.objectives import (
-    Candidates, ObjectiveConfig, chat_prompt_ids, evaluate_candidate, query_difficulty, select_queries,
+    ObjectiveConfig, chat_prompt_ids, evaluate_candidate, query_difficulty, select_queries,
 )
 from merging.queries import load_queries
-from merging.sparsify import Rescale, topk
+from merging.sparse_store import CompactCandidates, SparseVector
+from merging.sparsify import Rescale, TopK
 from merging.stream import analyze_checkpoints, merge_checkpoints
-from merging.task_vectors import task_vector
 
 __all__ = ["DotsResult", "run_dots", "STUDY_KEYS", "check_checkpoints", "plot_pareto", "write_tables"]
 
@@ -350,20 +350,20 @@ def _pipeline(config: DotsConfig, record: dict[str, Any], base: Path, sft: Path,
     tokenizer = AutoTokenizer.from_pretrained(base)
     base_model = load_hf(base, dtype=dtype, mesh=mesh)
     base_state = nnx.state(base_model)
-    taus = []
-    for path in (sft, rl):
-        ft = load_hf(path, dtype=dtype, mesh=mesh)
-        taus.append(task_vector(nnx.state(ft), base_state, dtype=jnp.float32))
-        del ft
     rescale = Rescale("l2", "global") if c.rescale else None
-    cache: dict[tuple[int, float], Any] = {}
+    cache: dict[tuple[int, float], SparseVector] = {}
 
-    def sparse(i: int, density: float) -> Any:
+    def sparse(i: int, density: float) -> SparseVector:
+        """S(tau_i) at `density`, kept compactly (merging/sparse_store.py): the fine-tune is loaded, its task
+        vector taken and sparsified leaf by leaf, and dropped; a density met later in the search loads it again."""
         if (i, density) not in cache:
-            cache[(i, density)] = topk(taus[i], density, scope=c.topk_scope, rescale=rescale)
+            ft = load_hf((sft, rl)[i], dtype=dtype, mesh=mesh)
+            cache[(i, density)] = SparseVector.from_models(nnx.state(ft), base_state,
+                                                           TopK(density, c.topk_scope, rescale))
+            del ft
         return cache[(i, density)]
 
-    candidates = Candidates(base_model, [sparse(0, c.density), sparse(1, c.density)])
+    candidates = CompactCandidates(base_model, [sparse(0, c.density), sparse(1, c.density)])
     pool_ids = chat_prompt_ids(tokenizer, queries)
 
     # (3) query selection (cached in queries.json)
@@ -397,7 +397,8 @@ def _pipeline(config: DotsConfig, record: dict[str, Any], base: Path, sft: Path,
     if rpath.exists():
         reference = _read_json(rpath, "remove it and --resume to compute it again")
     else:
-        scores = evaluate_candidate(candidates.model([0.0, 0.0]), tokenizer, prompt_ids, objective_cfg, mesh=mesh)
+        # base + 0 x each vector is the base itself (the float32 sum rounds back to it): no candidate is built
+        scores = evaluate_candidate(base_model, tokenizer, prompt_ids, objective_cfg, mesh=mesh)
         reference = scores.metrics()
         reference["perplexity"] = reference[f"{c.perplexity}_perplexity"]
         _write_json(rpath, reference)

@@ -17,12 +17,14 @@ from jax_cat.data.hf import (
     KNOWN_DATASETS,
     MissingAnswer,
     detect_schema,
+    end_of_turn_ids,
     format_prompt,
     gsm8k_record,
     load_prompt_dataset,
     math_record,
     prompt_answer_record,
     read_local_rows,
+    stop_token_ids,
     to_records,
 )
 
@@ -48,6 +50,7 @@ __all__ = [
     "ArithmeticSpec",
     "ArithmeticTask",
     "detect_schema",
+    "end_of_turn_ids",
     "format_prompt",
     "get_spec",
     "left_pad",
@@ -61,6 +64,7 @@ __all__ = [
     "read_local_rows",
     "resolve_eos_token_ids",
     "resolve_pad_token_id",
+    "stop_token_ids",
     "to_records",
     *_PIPELINE_NAMES,
 ]

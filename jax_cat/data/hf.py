@@ -363,6 +363,33 @@ def load_prompt_dataset(
 # ------------------------------------------------------------------------------------------------ prompts
 
 
+def end_of_turn_ids(tokenizer: Any, use_chat_template: bool = True) -> list[int]:
+    """The tokens the chat template puts after an assistant turn (e.g. Qwen's <|im_end|>, then nothing), found by
+    formatting a one-turn conversation; [] without a template, with ``use_chat_template`` off, or when the template
+    refuses the conversation. A base model's EOS (<|endoftext|> for Qwen2.5) is often another token."""
+    if not (use_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None)):
+        return []
+    sentinel = "JAXCATTARGETEND"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}],
+                                             tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses this conversation: no end-of-turn known
+        return []
+    suffix = text.partition(sentinel)[2].strip() if sentinel in text else ""
+    return [int(i) for i in tokenizer(suffix, add_special_tokens=False)["input_ids"]] if suffix else []
+
+
+def stop_token_ids(model: Any = None, tokenizer: Any = None, use_chat_template: bool = True) -> tuple[int, ...]:
+    """The ids generation stops at: the EOS ids (`resolve_eos_token_ids`: the tokenizer's, then the model config's,
+    which `load_hf` extends with generation_config.json's) plus, for chat-template prompts, the template's
+    end-of-turn token when it is a single token, as transformers' generate stops at any id of an eos_token_id list."""
+    from jax_cat.data.padding import resolve_eos_token_ids
+
+    eos = resolve_eos_token_ids(model, tokenizer)
+    end = end_of_turn_ids(tokenizer, use_chat_template)
+    return tuple(dict.fromkeys((*eos, *end))) if len(end) == 1 else eos
+
+
 def format_prompt(
     record: Mapping[str, Any] | str,
     tokenizer: Any = None,

@@ -55,6 +55,7 @@ def evaluate(
     progress: bool | None = None,
     keep_samples: bool = False,
     metrics: Sequence[str] = METRICS,
+    eos_token_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Sample n completions per problem once and report pass@k / maj@k / bon@k for each k (see module docstring).
 
@@ -64,7 +65,9 @@ def evaluate(
     Sampling settings: a `jax_cat.sampling.SamplingParams` as `sampling_params`, or the `temperature` / `top_p` /
     `top_k` keywords (defaults 1.0, 1.0, 0; not both). `reward_fn(completions, golds) -> 0/1 rewards` defaults to
     `jax_cat.rewards.compute_rewards`. `metrics`: which of pass@k, maj@k, bon@k to estimate (maj@k over k-subsets is
-    the costly one). Returns a JSON-ready dict: "config" (every setting, the prompt format included), "metrics",
+    the costly one). `eos_token_ids`: the ids a completion stops at (default `jax_cat.data.stop_token_ids`: the EOS
+    ids of tokenizer, config and generation_config.json, plus the chat template's end-of-turn token for templated
+    prompts, e.g. <|im_end|> where a base model's EOS is <|endoftext|>). Returns a JSON-ready dict: "config" (every setting, the prompt format included), "metrics",
     "num_correct" (correct samples per problem, for paired comparisons: `paired_difference`), "summary", "timing_s",
     "notes"; with `keep_samples`, also "samples": one list per problem of {text, answer, reward, ...}.
     """
@@ -75,10 +78,16 @@ def evaluate(
     if not metrics or any(m not in METRICS for m in metrics):
         raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {list(metrics)}")
     fields, golds, prompts, templated = _format_problems(problems, tokenizer, system, use_chat_template)
+    if eos_token_ids is None:
+        from jax_cat.data import stop_token_ids
+
+        eos_token_ids = stop_token_ids(model, tokenizer, templated)
+    eos_token_ids = tuple(int(i) for i in eos_token_ids)
     timing: dict[str, float] = {}
     with _timed(timing, "sampling"):
         completions = _sample(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, params=params, seed=seed,
-                              stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=not templated)
+                              stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=not templated,
+                              eos_token_ids=eos_token_ids)
     with _timed(timing, "scoring"):
         rewards, answers = _score(completions, golds, reward_fn, progress=progress)
     mean_logprob = np.array([[c.mean_logprob for c in row] for row in completions])
@@ -88,7 +97,8 @@ def evaluate(
                                     confidence=confidence, seed=seed, metrics=metrics)
     config = {
         "n": n, "ks": ks, "max_new_tokens": max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
-        "top_k": params.top_k, "seed": seed, "stop": list(stop or []), "bon_scorer": bon_scorer,
+        "top_k": params.top_k, "seed": seed, "stop": list(stop or []), "eos_token_ids": list(eos_token_ids),
+        "bon_scorer": bon_scorer,
         "num_resamples": num_resamples, "confidence": confidence, "metrics": [m for m in METRICS if m in metrics],
         "use_chat_template": use_chat_template, "system": system, "chat_template_applied": templated,
         "reward_fn": _name(reward_fn),
@@ -155,12 +165,14 @@ class _timed:
 
 
 def _sample(model: Any, tokenizer: Any, prompts: list[str], *, n: int, max_new_tokens: int, params: Any, seed: int,
-            stop: Sequence[str] | None, batch_size: int, progress: bool | None, add_special_tokens: bool) -> list:
+            stop: Sequence[str] | None, batch_size: int, progress: bool | None, add_special_tokens: bool,
+            eos_token_ids: Sequence[int] | None = None) -> list:
     """Step 3: n completions per prompt from `jax_cat.sampling.generate` (one pool for every k)."""
     from jax_cat.sampling import generate
 
     return generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, sampling_params=params, seed=seed,
-                    stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=add_special_tokens)
+                    stop=stop, batch_size=batch_size, progress=progress, add_special_tokens=add_special_tokens,
+                    eos_token_ids=eos_token_ids)
 
 
 def _score(completions: list, golds: list[str], reward_fn: Callable | None, *, progress: bool | None = None,

@@ -195,21 +195,14 @@ def check_data(cfg: DataConfig, *, evaluate: bool = False, eval_problems: int = 
 
 
 def target_end_ids(tokenizer: Any, use_chat_template: bool = True) -> list[int]:
-    """The tokens that end an SFT target: the chat template's end of an assistant turn (e.g. Qwen's <|im_end|>)
-    when prompts are formatted with the template, else the tokenizer's EOS (nothing when it has none)."""
+    """The tokens that end an SFT target: the chat template's end of an assistant turn (e.g. Qwen's <|im_end|>,
+    `jax_cat.data.end_of_turn_ids`) when prompts are formatted with the template, else the tokenizer's EOS (nothing
+    when it has none)."""
+    from jax_cat.data import end_of_turn_ids
+
     eos = tokenizer.eos_token_id
     fallback = [int(eos[0] if isinstance(eos, (list, tuple)) else eos)] if eos is not None else []
-    if not (use_chat_template and getattr(tokenizer, "chat_template", None)):
-        return fallback
-    sentinel = "JAXCATTARGETEND"
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}],
-                                             tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that refuses this conversation: keep the EOS
-        return fallback
-    suffix = text.partition(sentinel)[2].strip() if sentinel in text else ""
-    ids = list(tokenizer(suffix, add_special_tokens=False)["input_ids"]) if suffix else []
-    return [int(i) for i in ids] or fallback
+    return end_of_turn_ids(tokenizer, use_chat_template) or fallback
 
 
 class SFTCollator:

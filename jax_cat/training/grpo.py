@@ -29,12 +29,9 @@ from jax_cat.training.runtime import (
 def _token_ids(model: Any, tokenizer: Any, use_chat_template: bool = True) -> tuple[tuple[int, ...], int]:
     """(stop ids, pad id): the EOS ids plus, with a chat template, its end-of-turn token (e.g. <|im_end|>, which a
     base model's config does not list), so that rollouts stop where SFT targets end."""
-    from jax_cat.sampling.engine import resolve_eos_token_ids, resolve_pad_token_id
+    from jax_cat.data import resolve_pad_token_id, stop_token_ids
 
-    eos = resolve_eos_token_ids(model, tokenizer)
-    end = tdata.target_end_ids(tokenizer, use_chat_template)
-    if len(end) == 1:
-        eos = tuple(dict.fromkeys((*eos, *end)))
+    eos = stop_token_ids(model, tokenizer, use_chat_template)  # the rule evaluation uses too
     return eos, resolve_pad_token_id(model, tokenizer, eos)
 
 
@@ -73,6 +70,9 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         _, ref_params = steps.split_model(model)
         ref_params = jax.device_put(ref_params, shardings.params)
     eos, pad = _token_ids(model, tokenizer, cfg.data.use_chat_template)
+    from jax_cat.training.plan import rollout_note
+
+    kv_note = rollout_note(cfg, model.config, model.dtype, mesh.shape["data"] * mesh.shape["fsdp"])
     # From here the loop samples and trains with the state's own params (`model_from_params` wraps them, no copy);
     # the caller's weights stay on the devices only as the KL reference (ref_params above) or if the caller keeps them.
     del model
@@ -80,7 +80,7 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     if is_primary():
         print(f"{stage}: rollout batch {cfg.data.batch_size} prompts x {r.group_size} samples x {r.max_new_tokens} "
               f"new tokens = {cfg.data.batch_size * r.group_size * r.max_new_tokens:,} sampled tokens per batch "
-              f"(prompts {cfg.data.max_prompt_len} tokens), {t.updates_per_batch} update(s) per batch",
+              f"(prompts {cfg.data.max_prompt_len} tokens), {t.updates_per_batch} update(s) per batch; {kv_note}",
               file=sys.stderr)
     records = tdata.train_records(cfg.data, tdata.eval_holdout(cfg))
     tdata.check_prompt_lengths(records, tokenizer, cfg.data)  # ConfigError naming data.max_prompt_len

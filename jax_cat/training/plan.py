@@ -209,6 +209,16 @@ def kv_cache_bytes(config: Any, rows: int, slots: int, dtype: Any, shards: int) 
     return per_row * -(-rows // shards) * np.dtype(dtype).itemsize
 
 
+def rollout_note(cfg: Any, config: Any, dtype: Any, shards: int) -> str:
+    """The start line's memory estimate of a GRPO run's rollouts: the sampler's KV cache per device for the
+    recipe's batch (prompts x group_size rows of max_prompt_len + max_new_tokens slots, split by batch over
+    `shards` devices), with the command that plans the rest (`--plan`: the lowered programs' own figures)."""
+    d, r = cfg.data, cfg.rollout
+    kv = kv_cache_bytes(config, d.batch_size * r.group_size, d.max_prompt_len + r.max_new_tokens, dtype, shards)
+    return (f"rollout KV cache {kv / GIB:.2f} GiB a device ({shards} device{'s' if shards > 1 else ''} on "
+            f"data x fsdp); `python -m jax_cat.train ... --plan` prints the whole per-device plan")
+
+
 # ------------------------------------------------------------------------------------------------ the plan
 def _analysis(lowered: Any) -> Any:
     """XLA's memory analysis of the compiled program, with the compile's CPU seconds as `compile_cpu_s`."""
@@ -329,4 +339,4 @@ def run_plan(cfg: Any, *, devices: int | None = None, name: str = "", out: Any =
 
 __all__ = ["HBM_GIB", "MemoryPlan", "Phase", "abstract_batch", "abstract_model", "device_bytes", "devices_needed",
            "force_host_devices", "format_plan", "kv_cache_bytes", "memory_plan", "model_config_for", "plan_devices",
-           "recipe_name", "rollout_arrays", "run_plan"]
+           "recipe_name", "rollout_arrays", "rollout_note", "run_plan"]

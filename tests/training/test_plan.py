@@ -102,3 +102,21 @@ def test_plan_in_a_fresh_process_forces_the_cpu_devices_it_needs(config_only):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mesh data=1 x fsdp=4 x tensor=1 (4 cpu devices" in proc.stdout, proc.stdout
+
+
+
+def test_rollout_note_counts_the_kv_cache_by_hand():
+    """The GRPO start line's KV-cache estimate for the 1.5B recipe on 8 devices: 2 (K, V) x 28 layers x 2 KV heads x
+    128 x (512 + 1024) slots x 512 / 8 rows x 2 bytes (bf16) = 2,818,572,288 bytes = 2.62 GiB, the figure the
+    planning table's --plan block prints for the rollout KV cache."""
+    from types import SimpleNamespace
+
+    import jax.numpy as jnp
+
+    from jax_cat.training import load_config
+
+    cfg = load_config("qwen2.5-math-1.5b_math_maj16", {})
+    shape = SimpleNamespace(num_hidden_layers=28, num_key_value_heads=2, head_dim=128)
+    assert 2 * 28 * 2 * 128 * 1536 * 64 * 2 == 2_818_572_288
+    line = plan.rollout_note(cfg, shape, jnp.bfloat16, 8)
+    assert line.startswith("rollout KV cache 2.62 GiB a device (8 devices on data x fsdp)") and "--plan" in line
