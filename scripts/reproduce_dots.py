@@ -20,6 +20,10 @@ The base is a fresh tiny model (`jax_cat.models.tiny.build_arithmetic_checkpoint
         --query-pool 64                                                   # mean +- std over seeds, GP bandit,
                                                                           # the authors' easy/hard query draw
     python scripts/reproduce_dots.py --out runs/x --base-model PATH --rl-task add2 --sft-task sub2 --mesh 1,4,1
+    python scripts/reproduce_dots.py --seeds 0,1,2 --base-steps 1000 --sft-lr 0.0003 --rl-lr 0.0003 --query-pool 64 \
+        --base-tasks add2,sub2 --rl-warmup 10 --path-points 11 --out runs/dots   # issue 21's connected setting
+    python scripts/reproduce_dots.py --tables docs/results_data/dots_mix.json --doc docs/results_dots.md \
+        --section mix                                                     # rewrite a doc section from results
 
 Everything goes through the library: the trainer (`jax_cat.training.run_sft/run_grpo`), the merges
 (`merging.merge` with `TaskArithmeticMerge/TiesMerge/DareMerge`), the DoTS pieces (`merging.dots_sparsify`,
@@ -43,8 +47,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a file from a checkout
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "scripts"):
+    if str(_p) not in sys.path:  # run as a file from a checkout (scripts/: linear_connectivity)
+        sys.path.insert(0, str(_p))
 
 from jax_cat.io.atomic import atomic_write, atomic_write_text  # noqa: E402 - after the checkout is on the path
 
@@ -73,6 +78,14 @@ class Settings:
       (5 votes), then `merging.objectives.select_queries` keeps queries_per_task easy + queries_per_task hard ones.
     mesh: "data,fsdp,tensor" device mesh of every training stage (-1 = the remaining devices; batch sizes must
       divide over data x fsdp). Without a -1 the first data*fsdp*tensor devices are used.
+    base_tasks: "" = the base is pre-trained on rl_task only (so sft_task is new to it); "add2,sub2" = on an equal
+      mixture of those skills' training problems (each skill's own train split, never a test prompt), so both
+      fine-tunes start inside the base's competence (the regime where task vectors can add).
+    rl_warmup: linear learning-rate warm-up steps of every GRPO stage (0 = none, the historical default).
+    model_size: "" = the 108k-parameter arithmetic model; "hidden_size=128,intermediate_size=384,..." = its
+      config with these `jax_cat.models.tiny.arithmetic_model_config` overrides (integers).
+    path_points: > 1 = also measure the held-out loss and pass@1 at this many evenly spaced points of the straight
+      lines base -> SFT, base -> RL and SFT -> RL (`scripts/linear_connectivity.py`), into results.json.
     """
 
     out: str = "runs/dots_repro"
@@ -105,13 +118,18 @@ class Settings:
     coeff_high: float = 1.5
     queries_per_task: int = 16
     query_pool: int = 0
+    base_tasks: str = ""
+    rl_warmup: int = 0
+    model_size: str = ""
+    path_points: int = 0
     votes: int = 7
     search_temperature: float = 0.6
     perplexity: str = "answer"
     ppl_budget: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("base_steps", "sft_steps", "rl_steps", "joint_rounds", "query_pool"):
+        for name in ("base_steps", "sft_steps", "rl_steps", "joint_rounds", "query_pool", "rl_warmup",
+                     "path_points"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "rl_prompts", "group_size", "eval_problems", "eval_samples", "train_records"):
@@ -119,6 +137,7 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if len(self.mesh.split(",")) != 3:
             raise ValueError(f"mesh must be 'data,fsdp,tensor', got {self.mesh!r}")
+        model_overrides(self.model_size)  # a bad spelling fails here, before anything trains
         self.dots_config()  # the search's settings are checked where merging.dots checks them
 
     def dots_config(self):
@@ -135,6 +154,22 @@ class Settings:
         except ValueError as err:  # it names merging.dots' flags: say which settings they are here
             raise ValueError(f"DoTS setting ({err}; here --trials, --designer, --density, --coeff-low/--coeff-high, "
                              "--perplexity, --ppl-budget, --votes, --search-temperature, --queries-per-task)") from None
+
+
+def model_overrides(text: str) -> dict[str, int]:
+    """ "hidden_size=128,num_hidden_layers=4" -> {"hidden_size": 128, "num_hidden_layers": 4} ("" -> {})."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"model_size: {item!r} is not key=integer (e.g. hidden_size=128)")
+        out[key.strip()] = int(value)
+    return out
+
+
+def base_task_names(s: Settings) -> list[str]:
+    """The skills the base is pre-trained on (rl_task alone unless base_tasks names a mixture)."""
+    return [x.strip() for x in s.base_tasks.split(",") if x.strip()] or [s.rl_task]
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
@@ -183,6 +218,20 @@ def write_dataset(name: str, s: Settings, folder: Path) -> Path:
     return path
 
 
+def write_mixture(names: list[str], s: Settings, folder: Path) -> Path:
+    """`<folder>/<a+b>_train.jsonl`: the skills' own training files interleaved row by row (s.train_records rows),
+    so the mixture holds no test prompt of any skill."""
+    if len(names) == 1:
+        return write_dataset(names[0], s, folder)
+    path = folder / f"{'+'.join(names)}_train.jsonl"
+    if path.is_file():
+        return path
+    parts = [write_dataset(n, s, folder).read_text().splitlines(keepends=True) for n in names]
+    rows = [row for group in zip(*parts) for row in group][: s.train_records]
+    _atomic_write_text(path, "".join(rows))
+    return path
+
+
 def _lengths(tokenizer: Any, names: list[str], s: Settings, chat: bool) -> tuple[int, int]:
     """(max prompt tokens, max target tokens + EOS) over the skills' train and test problems, plus slack."""
     probe = []
@@ -220,7 +269,8 @@ def trainer_config(s: Settings, *, method: str, model_path: Path, dataset: Path,
                         max_target_len=lens[1], use_chat_template=chat),
         optimizer=(OptimizerConfig(learning_rate=lr, warmup_steps=min(20, steps // 10), schedule="cosine",
                                    end_lr_ratio=0.1, weight_decay=0.0) if sft else
-                   OptimizerConfig(learning_rate=lr, warmup_steps=0, schedule="constant", weight_decay=0.0)),
+                   OptimizerConfig(learning_rate=lr, warmup_steps=min(s.rl_warmup, max(steps - 1, 0)),
+                                   schedule="constant", weight_decay=0.0)),
         rollout=RolloutConfig(group_size=s.group_size, max_new_tokens=lens[1], temperature=1.0),
         strategy="pass@1",
         mesh=MeshConfig(data=data, fsdp=fsdp, tensor=tensor),
@@ -241,6 +291,83 @@ def train(method: str, model: Any, tokenizer: Any, cfg: Any, mesh: Any) -> tuple
     key = "loss" if method == "sft" else "reward"
     vals = [row[key] for row in result.history if key in row]
     return result.model, {f"first_{key}": vals[0] if vals else None, f"last_{key}": vals[-1] if vals else None}
+
+
+@dataclasses.dataclass
+class Setup:
+    """What every stage of a run shares: tokenizer, held-out problems per skill, lengths, mesh, the initial model,
+    the training files, and `cfg(method, steps, lr, seed, dataset)` -> one trainer stage's Config."""
+
+    init_path: Path
+    tokenizer: Any
+    problems: dict[str, list[dict]]
+    lens: tuple[int, int]
+    chat: bool
+    mesh: Any
+    init_model: Any
+    datasets: dict[str, Path]
+    cfg: Any
+
+    @property
+    def max_new(self) -> int:
+        return self.lens[1]
+
+
+def prepare(s: Settings) -> Setup:
+    """Data files (each skill's, and the base's mixture), the held-out sets, the initial checkpoint under
+    `<out>/init` (or s.base_model), the mesh and the loaded initial model."""
+    import jax
+
+    from jax_cat.training.runtime import build_mesh, load_model
+
+    out = Path(s.out)
+    data_dir = out / "data"
+    ds = {n: write_dataset(n, s, data_dir) for n in (s.rl_task, s.sft_task)}
+    ds["base"] = write_mixture(base_task_names(s), s, data_dir)
+    problems = {n: task(n, s).test_set() for n in (s.sft_task, s.rl_task)}
+    chat = s.base_model != "tiny-arithmetic"
+    if chat:
+        init_path = Path(s.base_model)
+    else:
+        from jax_cat.models.tiny import build_arithmetic_checkpoint
+
+        init_path = out / "init"
+        if not (init_path / "config.json").is_file():
+            build_arithmetic_checkpoint(init_path, seed=s.seed, **model_overrides(s.model_size))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(init_path)
+    chat = chat and bool(getattr(tokenizer, "chat_template", None))
+    lens = _lengths(tokenizer, sorted({s.rl_task, s.sft_task, *base_task_names(s)}), s, chat)
+    cfg = lambda method, steps, lr, seed, dataset: trainer_config(  # noqa: E731
+        s, method=method, model_path=init_path, dataset=dataset, steps=steps, lr=lr, seed=seed, lens=lens, chat=chat)
+    sizes = [int(x) for x in s.mesh.split(",")]
+    devices = None if -1 in sizes else jax.devices()[: math.prod(sizes)]
+    mesh = build_mesh(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), devices)
+    init_model, tokenizer = load_model(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), mesh)
+    return Setup(init_path, tokenizer, problems, lens, chat, mesh, init_model, ds, cfg)
+
+
+def train_base(s: Settings, st: Setup, clock: Clock, say=_say) -> tuple[Any, dict]:
+    """The base: s.base_model as is, or the fresh model after s.base_steps CE steps on base_task_names(s)."""
+    if st.chat or s.base_steps == 0:
+        return st.init_model, {}
+    say(f"[1/6] base: {s.base_steps} SFT steps on {'+'.join(base_task_names(s))}")
+    return clock.run("base", train, "sft", st.init_model, st.tokenizer,
+                     st.cfg("sft", s.base_steps, s.base_lr, s.seed, st.datasets["base"]), st.mesh)
+
+
+def train_sft(s: Settings, st: Setup, start: Any) -> tuple[Any, dict]:
+    """The SFT fine-tune: s.sft_steps CE steps on sft_task from `start`."""
+    return train("sft", start, st.tokenizer, st.cfg("sft", s.sft_steps, s.sft_lr, s.seed, st.datasets[s.sft_task]),
+                 st.mesh)
+
+
+def train_rl(s: Settings, st: Setup, start: Any) -> tuple[Any, dict]:
+    """The RL fine-tune: s.rl_steps plain GRPO steps (0/1 exact reward) on rl_task from `start`."""
+    return train("grpo", start, st.tokenizer, st.cfg("grpo", s.rl_steps, s.rl_lr, s.seed, st.datasets[s.rl_task]),
+                 st.mesh)
+
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -434,7 +561,6 @@ def reproduce(s: Settings, *, say=_say) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jax_cat.training.runtime import build_mesh, load_model
     from merging import dots_sparsify, task_vector
     from merging.methods import DareMerge, TaskArithmeticMerge, TiesMerge, merge
     from merging.task_vectors import combine
@@ -445,32 +571,10 @@ def reproduce(s: Settings, *, say=_say) -> dict:
     clock = Clock()
     say(f"reproduce_dots -> {out}: RL skill {s.rl_task}, SFT skill {s.sft_task}; loadavg {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs, JAX devices {jax.devices()}")
-
-    # 0. data and the base checkpoint
-    data_dir = out / "data"
-    ds = {n: write_dataset(n, s, data_dir) for n in (s.rl_task, s.sft_task)}
-    problems = {n: task(n, s).test_set() for n in (s.sft_task, s.rl_task)}
-    chat = s.base_model != "tiny-arithmetic"
-    if chat:
-        init_path = Path(s.base_model)
-    else:
-        from jax_cat.models.tiny import build_arithmetic_checkpoint
-
-        init_path = out / "init"
-        if not (init_path / "config.json").is_file():
-            build_arithmetic_checkpoint(init_path, seed=s.seed)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(init_path)
-    chat = chat and bool(getattr(tokenizer, "chat_template", None))
-    lens = _lengths(tokenizer, [s.rl_task, s.sft_task], s, chat)
-    max_new = lens[1]
-    cfg = lambda method, steps, lr, seed, dataset: trainer_config(  # noqa: E731
-        s, method=method, model_path=init_path, dataset=dataset, steps=steps, lr=lr, seed=seed, lens=lens, chat=chat)
-    sizes = [int(x) for x in s.mesh.split(",")]
-    devices = None if -1 in sizes else jax.devices()[: math.prod(sizes)]
-    mesh = build_mesh(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), devices)
-    init_model, tokenizer = load_model(cfg("sft", 1, 1e-3, s.seed, ds[s.rl_task]), mesh)
+    provenance = _provenance()  # at the start: the commit whose code runs (HEAD may move while it runs)
+    st = prepare(s)
+    tokenizer, problems, max_new, mesh, ds = st.tokenizer, st.problems, st.max_new, st.mesh, st.datasets
+    cfg = st.cfg
 
     models: dict[str, dict] = {}
 
@@ -482,22 +586,15 @@ def reproduce(s: Settings, *, say=_say) -> dict:
         models[name] = {"eval": ev, "seconds": seconds, **extra}
 
     # 1. base
-    if chat or s.base_steps == 0:
-        base, info = init_model, {}
-    else:
-        say(f"[1/6] base: {s.base_steps} SFT steps on {s.rl_task}")
-        base, info = clock.run("base", train, "sft", init_model, tokenizer,
-                               cfg("sft", s.base_steps, s.base_lr, s.seed, ds[s.rl_task]), mesh)
+    base, info = train_base(s, st, clock, say)
     record("base", base, clock.seconds.get("base", 0.0), train=info)
 
     # 2. SFT, RL, sequential, joint
     say(f"[2/6] SFT on {s.sft_task} ({s.sft_steps} steps), RL GRPO on {s.rl_task} ({s.rl_steps} steps), "
         f"sequential, joint")
-    sft, info = clock.run("sft", train, "sft", base, tokenizer, cfg("sft", s.sft_steps, s.sft_lr, s.seed,
-                                                                      ds[s.sft_task]), mesh)
+    sft, info = clock.run("sft", train_sft, s, st, base)
     record("sft", sft, clock.seconds["sft"], train=info)
-    rl, info = clock.run("rl", train, "grpo", base, tokenizer, cfg("grpo", s.rl_steps, s.rl_lr, s.seed,
-                                                                     ds[s.rl_task]), mesh)
+    rl, info = clock.run("rl", train_rl, s, st, base)
     record("rl", rl, clock.seconds["rl"], train=info)
     seq, info = clock.run("seq_rl", train, "grpo", sft, tokenizer, cfg("grpo", s.rl_steps, s.rl_lr, s.seed,
                                                                          ds[s.rl_task]), mesh)
@@ -537,6 +634,13 @@ def reproduce(s: Settings, *, say=_say) -> dict:
     avg_direct = jax.tree.map(lambda a, b: (a + b) / 2, sft_state, rl_state)
     avg_gap = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(
         jax.tree.leaves(avg_direct), jax.tree.leaves(combine(b_state, [tau_sft, tau_rl], [0.5, 0.5]))))
+
+    connectivity = None
+    if s.path_points > 1:  # the straight lines base->SFT, base->RL, SFT->RL: is there a loss barrier?
+        from linear_connectivity import measure_paths  # scripts/ is on sys.path (top of this file)
+
+        say(f"    linear connectivity: {s.path_points} points on each of 3 lines")
+        connectivity = clock.run("paths", measure_paths, s, st, base, sft, rl, points=s.path_points, say=say)
 
     # 4. queries: unlabeled prompts of both skills (answers never used)
     qprompts = []
@@ -597,7 +701,8 @@ def reproduce(s: Settings, *, say=_say) -> dict:
         "loadavg_end": os.getloadavg(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],
-        "provenance": _provenance(),  # commit, CPU model, device kind, versions
+        "provenance": provenance,  # commit, CPU model, device kind, versions
+        "connectivity": connectivity,
     }
     _atomic_write_text(out / "results.json", json.dumps(res, indent=1, default=float) + "\n")
     md = "\n\n".join([results_table(res), properties_table(res["properties"] | {"top_fraction": s.density}),
@@ -638,7 +743,8 @@ def seeds_table(runs: dict[int, dict]) -> str:
 
 def reproduce_seeds(s: Settings, seeds: list[int], *, say=_say) -> dict[int, dict]:
     """The whole pipeline once per seed (model init, training, sampling, search) into <out>/seed<N>; after each seed
-    <out>/seeds.md and <out>/seeds.json hold the mean +- std table of the seeds done so far."""
+    <out>/seeds.md and <out>/seeds.json hold the mean +- std table of the seeds done so far, and <out>/results.json
+    the seeds' compact results (what `doc_section` writes the docs from)."""
     out, runs = Path(s.out), {}
     for seed in seeds:
         runs[seed] = reproduce(dataclasses.replace(s, seed=seed, out=str(out / f"seed{seed}")), say=say)
@@ -647,8 +753,142 @@ def reproduce_seeds(s: Settings, seeds: list[int], *, say=_say) -> dict[int, dic
         _atomic_write_text(out / "seeds.json", json.dumps({str(k): {"models": v["models"], "properties": v["properties"],
                                                                     "wall_seconds": v["wall_seconds"]}
                                                            for k, v in runs.items()}, indent=1, default=float) + "\n")
+        _atomic_write_text(out / "results.json", json.dumps(
+            {"command": "python scripts/reproduce_dots.py " + " ".join(sys.argv[1:]),
+             "runs": {str(k): compact(v) for k, v in runs.items()}}, indent=1, default=float) + "\n")
         say(table)
     return runs
+
+
+# ------------------------------------------------------------------------------------------------ docs from results
+def compact(res: dict) -> dict:
+    """What the docs' tables need from one seed's results.json (no trial lists, no per-module stats): small enough
+    to ship in docs/results_data/."""
+    keep_eval = lambda e: {k: v for k, v in e.items() if k.startswith("pass@")}  # noqa: E731
+    models = {n: {"eval": {sk: keep_eval(e) for sk, e in m["eval"].items()}, "seconds": m["seconds"],
+                  **({"coefficients": m["coefficients"]} if m.get("coefficients") is not None else {})}
+              for n, m in res["models"].items()}
+    conn = res.get("connectivity")
+    if conn:
+        conn = {"t": conn["t"], "skills": conn["skills"],
+                "paths": {n: {"barrier": p["barrier"],
+                              "rows": [{k: r[k] for k in ("t", "loss", "pass@1") if k in r} for r in p["rows"]]}
+                          for n, p in conn["paths"].items()}}
+    total = res["properties"]["total"]
+    return {"settings": res["settings"], "models": models, "connectivity": conn,
+            "properties": {"total": {k: total[k] for k in ("ratio_l2", "conflict_rate", "cosine") if k in total}},
+            "wall_seconds": res["wall_seconds"], "loadavg_end": list(res.get("loadavg_end") or []),
+            "provenance": res.get("provenance") or {}}
+
+
+def as_runs(results: dict) -> dict[int, dict]:
+    """{seed: compact run} from a --seeds results.json ({"runs": ...}) or a single run's results.json."""
+    if "runs" in results:
+        return {int(k): v for k, v in results["runs"].items()}
+    run = compact(results) if "models" in results else {
+        k: results.get(k) for k in ("settings", "connectivity", "wall_seconds", "loadavg_end", "provenance")}
+    return {int(run["settings"]["seed"]): run}
+
+
+def rerun_command(settings: dict, seeds: list[int]) -> str:
+    """The one command that reruns these seeds: every setting that differs from `Settings()` as a flag."""
+    defaults = dataclasses.asdict(Settings())
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
+             if k not in ("out", "seed") and k in defaults and v != defaults[k]]
+    seed = f"--seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else f"--seed {seeds[0]}"
+    return " ".join(["python scripts/reproduce_dots.py", seed, *flags, "--out runs/dots"])
+
+
+def _ms(xs: list[float], digits: int = 3) -> str:
+    return f"{np.mean(xs):.{digits}f} +- {np.std(xs, ddof=1):.{digits}f}" if len(xs) > 1 else f"{xs[0]:.{digits}f}"
+
+
+def connectivity_summary(runs: dict[int, dict]) -> str:
+    """Markdown: each line's barriers (mean +- std over seeds), then the SFT -> RL curve (mean over seeds)."""
+    conns = [r["connectivity"] for r in runs.values() if r.get("connectivity")]
+    if not conns:
+        return ""
+    skills, names = conns[0]["skills"], {"base_sft": "base -> SFT", "base_rl": "base -> RL", "sft_rl": "SFT -> RL"}
+    keys = [*skills, "mean"]
+    lines = ["| line | " + " | ".join(f"loss barrier {k}" for k in keys) + " | "
+             + " | ".join(f"pass@1 dip {k}" for k in keys) + " |", "|---" * (1 + 2 * len(keys)) + "|"]
+    for name, label in names.items():
+        cells = [_ms([c["paths"][name]["barrier"][f"loss/{k}"] for c in conns]) for k in keys]
+        cells += [_ms([c["paths"][name]["barrier"].get(f"pass@1/{k}", math.nan) for c in conns]) for k in keys]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    short = {"base_sft": "base->SFT", "base_rl": "base->RL", "sft_rl": "SFT->RL"}
+    cols = [(n, "loss", k) for n in short for k in skills]
+    cols += [("sft_rl", "pass@1", k) for k in skills if "pass@1" in conns[0]["paths"]["sft_rl"]["rows"][0]]
+    lines += ["", f"Along each line, mean over {len(conns)} seed(s) (t = 0 is the line's first model; SFT->RL is "
+              "theta_sft + t (theta_rl - theta_sft)):", "",
+              "| t | " + " | ".join(f"{short[n]} {k} {m}" for n, m, k in cols) + " |", "|---" * (1 + len(cols)) + "|"]
+    for i, t in enumerate(conns[0]["t"]):
+        cells = [f"{np.mean([c['paths'][n]['rows'][i][m][k] for c in conns]):.3f}" for n, m, k in cols]
+        lines.append(f"| {t:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def doc_section(results: dict, source: str) -> str:
+    """The docs' markdown for one results.json: the rerun command, the mean +- std table over seeds, the task-vector
+    properties, the linear-connectivity barriers, and where/when it was measured (commit, CPU, load)."""
+    runs = as_runs(results)
+    first = next(iter(runs.values()))
+    if "models" in first:
+        body = [f"```bash\n{rerun_command(first['settings'], list(runs))}\n```", "", seeds_table(runs)]
+    else:  # a scripts/linear_connectivity.py connectivity.json: the lines only
+        cmd = rerun_command(first["settings"], list(runs)).replace("reproduce_dots.py", "linear_connectivity.py")
+        body = [f"```bash\n{cmd.replace(' --out runs/dots', '')} --points {len(first['connectivity']['t'])} "
+                f"--out runs/lmc\n```"]
+    conn = connectivity_summary(runs)
+    if conn:
+        body += ["", "Linear connectivity (held-out token-mean loss; barrier = the largest excess over the chord "
+                 "between the line's ends, `scripts/linear_connectivity.py`):", "", conn]
+    prov = []
+    for seed, r in runs.items():
+        p = r.get("provenance") or {}
+        dirty = " + uncommitted changes" if p.get("dirty") else ""
+        load = r.get("loadavg_end") or [math.nan]
+        prov.append(f"seed {seed}: commit {p.get('commit', '?')}{dirty}, {p.get('cpu', '?')} ({p.get('cores', '?')} "
+                    f"cores), jax {p.get('jax', '?')}, {p.get('utc', '?')} UTC, {r['wall_seconds']:.0f} s wall, "
+                    f"load {load[0]:.1f} at the end")
+    body += ["", "Measured on: " + "; ".join(prov) + f". Source: `{source}` (this section is written from it by "
+             f"`python scripts/reproduce_dots.py --tables {source} --doc docs/results_dots.md --section <name>`; "
+             "after a rerun, pass the rerun's results.json instead)."]
+    return "\n".join(body)
+
+
+def replace_section(doc: str, name: str, body: str) -> str:
+    """`doc` with the text between `<!-- dots:NAME:begin -->` and `<!-- dots:NAME:end -->` replaced by body."""
+    begin, end = f"<!-- dots:{name}:begin -->", f"<!-- dots:{name}:end -->"
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise ValueError(f"the doc needs exactly one `{begin}` ... `{end}` pair (where the {name} tables go)")
+    head, rest = doc.split(begin, 1)
+    return head + begin + "\n" + body.rstrip() + "\n" + end + rest.split(end, 1)[1]
+
+
+def write_doc_section(results_paths: list[str], doc: str, section: str, ship: str | None = None) -> None:
+    """Rewrites one section of `doc` (atomically) from one or more results.json (a --seeds run's, or single runs'
+    of different seeds); with `ship`, first writes their runs as one compact results.json there, and the section
+    names that file as its source. ValueError names a bad input."""
+    runs: dict[int, dict] = {}
+    try:
+        text = Path(doc).read_text()
+        for path in results_paths:
+            loaded = as_runs(json.loads(Path(path).read_text()))
+            if set(loaded) & set(runs):
+                raise ValueError(f"{path}: seed(s) {sorted(set(loaded) & set(runs))} given twice")
+            runs |= loaded
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {getattr(err, 'filename', None) or 'a results file'}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a reproduce_dots results.json ({err.__class__.__name__}: {err})") from None
+    results = {"runs": {str(k): runs[k] for k in sorted(runs)}}
+    source = ", ".join(results_paths)
+    if ship:
+        _atomic_write_text(Path(ship), json.dumps(results, indent=1, default=float) + "\n")
+        source = ship
+    new = replace_section(text, section, doc_section(results, source))
+    _atomic_write_text(Path(doc), new)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -658,11 +898,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"default {f.default}")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: the whole run per seed into "
                    "<out>/seed<N>, then mean +- std over seeds in <out>/seeds.md (overrides --seed)")
+    p.add_argument("--tables", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="run nothing: write the section --section of --doc from these results.json (one per seed, "
+                   "or a --seeds run's; a scripts/linear_connectivity.py connectivity.json gives the lines only)")
+    p.add_argument("--ship", default=None, help="with --tables: also write the runs as one compact results.json "
+                   "here (e.g. docs/results_data/dots_NAME.json), the source the section names")
+    p.add_argument("--doc", default=None, help="the doc whose section is (re)written (with --tables, or after a run)")
+    p.add_argument("--section", default=None, help="the section's name: the text between <!-- dots:NAME:begin --> "
+                   "and <!-- dots:NAME:end --> in --doc")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (args.doc is None) != (args.section is None) or (args.tables and not args.doc):
+        print("reproduce_dots.py: error: --doc and --section go together (and --tables needs both)", file=sys.stderr)
+        return 2
+    if args.tables:
+        try:
+            write_doc_section(args.tables, args.doc, args.section, args.ship)
+        except ValueError as err:
+            print(f"reproduce_dots.py: error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote section {args.section} of {args.doc} from {args.tables}")
+        return 0
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
                  if getattr(args, f.name) is not None}
     try:
@@ -673,10 +932,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"reproduce_dots.py: error: {err}", file=sys.stderr)
         return 2
+    if args.doc:  # fail on a doc without the section's markers now, not after the run
+        try:
+            replace_section(Path(args.doc).read_text(), args.section, "")
+        except (OSError, ValueError) as err:
+            print(f"reproduce_dots.py: error: {err}", file=sys.stderr)
+            return 2
     if seeds is None:
         reproduce(s)
     else:
         reproduce_seeds(s, seeds)
+    if args.doc:
+        write_doc_section([str(Path(s.out) / "results.json")], args.doc, args.section)
     return 0
 
 
