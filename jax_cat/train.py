@@ -3,9 +3,10 @@
     python -m jax_cat.train [--config PATH_OR_NAME] [--set KEY=VALUE ...] [--out DIR] [--resume | --overwrite]
                             [--debug]
 
-With neither --config nor --set it runs the default experiment (`jax_cat.training.default_run`, settings in
-configs/default.toml) into runs/default or --out DIR. Recipes: the files of configs/
-(`--config grpo_cat`) or any .toml/.json path; `--set` overrides one key (`--set strategy=pass@8`). A bad key, value
+Without --config it runs the default experiment (`jax_cat.training.default_run`, settings in configs/default.toml;
+`--set` changes that recipe's keys) into runs/default or --out DIR. With --config it is one trainer run of a recipe:
+the files of configs/ (`--config grpo_cat`; `--config sft_tiny`: a 100-step plain SFT) or any .toml/.json path;
+`--set` overrides one key (`--set strategy=pass@8`). A bad key, value
 or mesh is one line on stderr and exit status 2 before anything compiles; a non-finite loss stops the run with
 exit status 1, keeping the last good checkpoint. A folder that holds a run is never replaced by accident (--resume
 continues it with the same config, --overwrite replaces it), and one trainer at a time owns it. Multi-host: when the environment names a coordinator
@@ -81,11 +82,10 @@ def _train(argv: list[str]) -> int:
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                        "--overwrite replaces it; pass one")
-    if args.config is None and not args.overrides and args.plan is None and not (
+    if args.config is None and args.plan is None and not (
             args.resume and args.out and (Path(args.out) / "config.json").is_file()):
-        # the default experiment (README's first command; configs/default.toml) into runs/default or --out DIR;
-        # its keys change with `python -m jax_cat.training.default_run --set KEY=VALUE` (--set without --config
-        # here sets keys over the built-in defaults, docs/training.md)
+        # no --config: the default experiment (README's first command; configs/default.toml, --set changes its keys)
+        # into runs/default or --out DIR (docs/training.md)
         from jax_cat.training import default_run
 
         return int(default_run.main(args) or 0)
@@ -93,6 +93,10 @@ def _train(argv: list[str]) -> int:
     recipe = args.config
     if args.resume and recipe is None and (out / "config.json").is_file():
         recipe = str(out / "config.json")  # `--out DIR --resume [--set ...]`: the run's own settings
+    elif recipe is None:  # --plan without --config: the default experiment's recipe
+        from jax_cat.training.default_settings import DEFAULT_RECIPE
+
+        recipe = DEFAULT_RECIPE
     cfg = load_config(recipe, args.overrides)  # ConfigError (a ValueError): one line, exit 2
     if args.plan is not None:  # before JAX starts: it may need N forced CPU devices; no weights are loaded
         from jax_cat.training import plan

@@ -8,13 +8,12 @@ weight it adapts (zero elsewhere), so it merges and is analysed next to full fin
 - `adapter_task_vector(folder, base)` / `iter_adapter_deltas(folder)`: the in-memory task vector, a dict keyed by
   the base's HF tensor names (what `merging.task_vector(folder, base_dict)` returns).
 
-Reads safetensors + JSON only (imports nothing from jax_cat; `jax_cat.models.peft` is the writing side).
+Reads safetensors + JSON only, through the low layer `jax_cat.io.peft` (the folder checks `jax_cat.models.peft`
+shares; nothing else from jax_cat); `jax_cat.models.peft` is the writing side.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,65 +21,30 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from jax_cat.io.peft import (  # noqa: F401 - the folder reader both packages share; names re-exported here
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterFormatError,
+    is_adapter_folder,
+    lora_tensor_pairs,
+    read_lora_config,
+)
 from merging.checkpoint import Checkpoint, CheckpointMismatchError, TensorInfo
 
 __all__ = ["AdapterCheckpoint", "AdapterFormatError", "adapter_task_vector", "is_adapter_folder",
            "iter_adapter_deltas", "open_checkpoint", "read_adapter"]
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-_NAME = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$")
-
-
-class AdapterFormatError(ValueError):
-    """A folder is not a LoRA adapter we can read as a task vector (the message names the file, key or tensor)."""
-
-
-def is_adapter_folder(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is a folder holding adapter_config.json (a PEFT adapter, not a full checkpoint)."""
-    return (Path(path) / CONFIG_FILE).is_file()
-
 
 def read_adapter(folder: str | os.PathLike[str]) -> tuple[float, dict[str, tuple[str, str]]]:
     """(scale = lora_alpha / r, {HF weight name: (lora_A tensor name, lora_B tensor name)}) of a PEFT LoRA folder."""
-    folder = Path(folder)
-    file = folder / CONFIG_FILE
-    try:
-        cfg = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise AdapterFormatError(f"{folder}: no {CONFIG_FILE} (not a PEFT adapter folder)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterFormatError(f"{file} is not valid JSON: {err}") from None
-    if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterFormatError(f"{file}: only LORA adapters are task vectors here")
-    for key in ("use_dora", "fan_in_fan_out"):
-        if cfg.get(key):
-            raise AdapterFormatError(f"{file}: {key}=true is not supported")
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise AdapterFormatError(f"{file}: per-module rank_pattern / alpha_pattern is not supported")
-    if cfg.get("bias", "none") != "none":
-        raise AdapterFormatError(f"{file}: bias={cfg['bias']!r} is not supported (adapters without bias terms only)")
+    cfg, file = read_lora_config(folder)  # the checks jax_cat.models.peft shares (jax_cat.io.peft)
     try:
         r, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", 8))
     except (KeyError, ValueError, TypeError) as err:
         raise AdapterFormatError(f"{file}: bad or missing r / lora_alpha ({err})") from None
     scale = alpha / np.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise AdapterFormatError(f"{folder}: no {WEIGHTS_FILE}")
-    with safe_open(str(weights), framework="numpy") as handle:
-        names = list(handle.keys())
-    pairs: dict[str, dict[str, str]] = {}
-    for name in names:
-        m = _NAME.match(name)
-        if m is None:
-            raise AdapterFormatError(f"{weights}: tensor {name!r} is not a LoRA A/B weight (modules_to_save and "
-                                     "embedding adapters are not supported)")
-        pairs.setdefault(m.group(1) + ".weight", {})[m.group(2)] = name
-    broken = [k for k, v in pairs.items() if set(v) != {"A", "B"}]
-    if broken:
-        raise AdapterFormatError(f"{weights}: {broken[0]} has only one of lora_A / lora_B")
-    return float(scale), {k: (v["A"], v["B"]) for k, v in pairs.items()}
+    pairs = lora_tensor_pairs(folder, unmatched=" (modules_to_save and embedding adapters are not supported)")
+    return float(scale), pairs
 
 
 def _read(file: Path, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:

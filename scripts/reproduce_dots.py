@@ -132,19 +132,28 @@ class Settings:
                      "path_points"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "rl_prompts", "group_size", "eval_problems", "eval_samples", "trials",
-                     "queries_per_task", "votes", "train_records"):
+        for name in ("batch_size", "rl_prompts", "group_size", "eval_problems", "eval_samples", "train_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.perplexity not in ("answer", "prompt"):
-            raise ValueError(f"perplexity must be 'answer' or 'prompt', got {self.perplexity!r}")
-        if not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1], got {self.density}")
-        if not self.coeff_low < self.coeff_high:
-            raise ValueError(f"need coeff_low < coeff_high, got {self.coeff_low}, {self.coeff_high}")
         if len(self.mesh.split(",")) != 3:
             raise ValueError(f"mesh must be 'data,fsdp,tensor', got {self.mesh!r}")
         model_overrides(self.model_size)  # a bad spelling fails here, before anything trains
+        self.dots_config()  # the search's settings are checked where merging.dots checks them
+
+    def dots_config(self):
+        """The DoTS search settings of this run as a `merging.DotsConfig` (whose checks they pass): trials,
+        designer, density, coefficient range, perplexity objective and budget, votes, temperature, queries, seed."""
+        from merging.dots_config import DotsConfig
+
+        pool = {"query_pool": self.query_pool} if self.query_pool else {}  # 0 here: no difficulty draw
+        try:
+            return DotsConfig(trials=self.trials, designer=self.designer, density=self.density,
+                              coeff_range=(self.coeff_low, self.coeff_high), perplexity=self.perplexity,
+                              ppl_budget=self.ppl_budget, votes=self.votes, temperature=self.search_temperature,
+                              n_easy=self.queries_per_task, n_hard=self.queries_per_task, seed=self.seed, **pool)
+        except ValueError as err:  # it names merging.dots' flags: say which settings they are here
+            raise ValueError(f"DoTS setting ({err}; here --trials, --designer, --density, --coeff-low/--coeff-high, "
+                             "--perplexity, --ppl-budget, --votes, --search-temperature, --queries-per-task)") from None
 
 
 def model_overrides(text: str) -> dict[str, int]:

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "python -m jax_cat"
 EVAL = "python -m jax_cat.evaluate"
 TRAIN = "python -m jax_cat.train"
+SFT = ["--config", "sft_tiny"]  # the trainer rows check one recipe run (no --config: the default experiment)
 OUT = ["--out", "{out}"]  # the trainer's rows always name a fresh folder: a refusal must leave it uncreated
 
 # (cli, argv, words the one line must contain). "{empty}" is an existing folder with no checkpoint in it,
@@ -43,16 +44,16 @@ BAD_INVOCATIONS = [
     (EVAL, ["--model", "tiny", "--dataset", "arithmetic:nosuchpreset"], ["--dataset arithmetic:nosuchpreset", "unknown arithmetic preset"]),
     (EVAL, ["--model", "{empty}", "--n", "2", "--k", "1"], ["--model", "no config.json", "HF-format checkpoint folder"]),
     # the trainer (issue 19 items 6, 12, 13): every value and file is checked before a model is loaded
-    (TRAIN, ["--set", "eval.temperature=-1", *OUT], ["eval.temperature must be in [0, inf), got -1.0"]),
-    (TRAIN, ["--set", "rollout.top_p=2", *OUT], ["rollout.top_p must be in (0, 1], got 2.0"]),
-    (TRAIN, ["--set", "data.limit=-3", *OUT], ["data.limit must be >= 1, got -3"]),
-    (TRAIN, ["--set", "train.method=grpo", "--set", "rollout.group_size=1", *OUT],
+    (TRAIN, [*SFT, "--set", "eval.temperature=-1", *OUT], ["eval.temperature must be in [0, inf), got -1.0"]),
+    (TRAIN, [*SFT, "--set", "rollout.top_p=2", *OUT], ["rollout.top_p must be in (0, 1], got 2.0"]),
+    (TRAIN, [*SFT, "--set", "data.limit=-3", *OUT], ["data.limit must be >= 1, got -3"]),
+    (TRAIN, [*SFT, "--set", "train.method=grpo", "--set", "rollout.group_size=1", *OUT],
      ["rollout.group_size=1", "every advantage is 0", "rollout.group_size >= 2"]),
-    (TRAIN, ["--set", "data.dataset={dir}/missing.jsonl", *OUT], ["data.dataset=", "missing.jsonl", "no such file"]),
-    (TRAIN, ["--set", "data.dataset={dir}/empty.jsonl", *OUT], ["empty.jsonl", "holds no records"]),
-    (TRAIN, ["--set", "data.dataset={dir}/bad.jsonl", *OUT], ["bad.jsonl, line 2: not valid JSON"]),
-    (TRAIN, ["--set", "data.dataset={dir}/unanswered.jsonl", *OUT], ["unanswered.jsonl", "none of its 2 rows has an answer"]),
-    (TRAIN, ["--set", "model.path={dir}/no-model", *OUT], ["model.path=", "no-model", "no such folder"]),
+    (TRAIN, [*SFT, "--set", "data.dataset={dir}/missing.jsonl", *OUT], ["data.dataset=", "missing.jsonl", "no such file"]),
+    (TRAIN, [*SFT, "--set", "data.dataset={dir}/empty.jsonl", *OUT], ["empty.jsonl", "holds no records"]),
+    (TRAIN, [*SFT, "--set", "data.dataset={dir}/bad.jsonl", *OUT], ["bad.jsonl, line 2: not valid JSON"]),
+    (TRAIN, [*SFT, "--set", "data.dataset={dir}/unanswered.jsonl", *OUT], ["unanswered.jsonl", "none of its 2 rows has an answer"]),
+    (TRAIN, [*SFT, "--set", "model.path={dir}/no-model", *OUT], ["model.path=", "no-model", "no such folder"]),
     (TRAIN, ["--config", "{dir}/latin1.toml", *OUT], ["latin1.toml: not UTF-8 text"]),
     (TRAIN, ["--config", "{dir}/list.json", *OUT], ["list.json: expected a table of sections", "got a list"]),
     (TRAIN, ["--out", "{file}"], ["file.txt is a file, not a folder"]),

@@ -5,6 +5,8 @@
 - `jax_cat.io.safetensors`: HF safetensors checkpoints tensor by tensor (`Checkpoint` reads one file, an index and
   its shards, or any number of `*.safetensors`; `ShardedWriter` writes planned shards, 5 GiB by default, plus
   the index).
+- `jax_cat.io.peft`: PEFT LoRA adapter folders read with JSON + safetensors (adapter_config.json's checks, the
+  lora_A / lora_B pairs), for `jax_cat.models.peft` and `merging.adapters` alike.
 - `jax_cat.io.cli`: the one CLI error policy (one line; exit 2 bad input, 1 failure, 130 interrupted; `--debug`
   prints the traceback, then the same line).
 

@@ -36,7 +36,7 @@ from jax_cat.models.decoder import CausalLM
 from jax_cat.models.hf_keys import (  # noqa: F401 - the key table lives in hf_keys; re-exported here
     TOKENIZER_FILES, Array, NNXPath, TensorRule, _identity, _linear, _linear_in_split, _reshape, hf_key_table,
 )
-from jax_cat.models.hf_keys import copy_side_files as _copy_side_files
+from jax_cat.models.hf_keys import write_side_files
 
 # Fetched first from the hub; the weight files are then chosen from the index (see `_hub_snapshot`).
 HUB_META_PATTERNS = ["config.json", SAFE_INDEX, *TOKENIZER_FILES]
@@ -309,13 +309,7 @@ def save_hf(
         config_dict = model.config.to_hf_dict(dtype=name)
         (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
         _write_safetensors(model, tmp, max_shard_bytes, np.dtype(_EXPORT_DTYPES[name]))
-        if tokenizer is not None:
-            if isinstance(tokenizer, str | os.PathLike):
-                _copy_side_files(Path(tokenizer), tmp)
-            else:
-                tokenizer.save_pretrained(str(tmp))
-        if source is not None:
-            _copy_side_files(Path(source), tmp, keep_existing=True)
+        write_side_files(tmp, tokenizer=tokenizer, source=source)
     return out_dir
 
 

@@ -3,21 +3,23 @@
 `hf_key_table(config)` lists, for every HF tensor name, the NNX path it lands on and the two layout conversions
 (HF linear weights are [out, in]; our projection kernels are [in, out] with heads split out). This is the model's
 "params file" (as in jax-ml/bonsai): `jax_cat.models.hf` (full checkpoints) and `jax_cat.models.peft` (LoRA
-adapter folders) both read checkpoint names through it. `TOKENIZER_FILES` / `copy_side_files`: the files beside
-the weights that travel with a checkpoint.
+adapter folders) both read checkpoint names through it. `TOKENIZER_FILES` / `copy_side_files` /
+`write_side_files`: the files beside the weights that travel with a checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jax_cat.models.config import ModelConfig
 
-__all__ = ["NNXPath", "TOKENIZER_FILES", "TensorRule", "copy_side_files", "hf_key_table"]
+__all__ = ["NNXPath", "TOKENIZER_FILES", "TensorRule", "copy_side_files", "hf_key_table", "write_side_files"]
 
 Array = np.ndarray
 NNXPath = tuple[str | int, ...]
@@ -119,3 +121,16 @@ def copy_side_files(src: Path, dst: Path, *, keep_existing: bool = False) -> Non
     for fname in TOKENIZER_FILES:
         if (src / fname).exists() and not (keep_existing and (dst / fname).exists()):
             shutil.copy2(src / fname, dst / fname)
+
+
+def write_side_files(dst: Path, *, tokenizer: Any = None, source: str | os.PathLike | None = None) -> None:
+    """What `save_hf` and `save_peft` write beside the weights: the tokenizer (an object, saved with
+    save_pretrained, or a folder whose tokenizer files are copied), then `source`'s tokenizer files and
+    generation_config.json that `dst` still lacks."""
+    if tokenizer is not None:
+        if isinstance(tokenizer, str | os.PathLike):
+            copy_side_files(Path(tokenizer), dst)
+        else:
+            tokenizer.save_pretrained(str(dst))
+    if source is not None:
+        copy_side_files(Path(source), dst, keep_existing=True)

@@ -21,12 +21,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jax_cat.atomic import atomic_output_dir
+from jax_cat.io.peft import CONFIG_FILE, WEIGHTS_FILE, lora_tensor_pairs, read_lora_config
 from jax_cat.models.lora import TARGETS, LoRAConfig, adapters_of
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-_NAME = re.compile(r"^base_model\.model\.(model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+))\.lora_([AB])\.weight$")
+_NAME = re.compile(r"^base_model\.model\.(?P<module>model\.layers\.\d+\.(?:self_attn|mlp)\.\w+)\.lora_(?P<ab>[AB])\.weight$")
 
 
 class PeftFormatError(ValueError):
@@ -74,39 +73,18 @@ def save_peft(model: Any, out_dir: str | os.PathLike, *, base_model: str | os.Pa
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        from jax_cat.models.hf_keys import copy_side_files as _copy_side_files
+        from jax_cat.models.hf_keys import write_side_files
 
-        if tokenizer is not None:
-            if isinstance(tokenizer, str | os.PathLike):
-                _copy_side_files(Path(tokenizer), tmp)
-            else:
-                tokenizer.save_pretrained(str(tmp))
-        if source is not None:
-            _copy_side_files(Path(source), tmp, keep_existing=True)
+        write_side_files(tmp, tokenizer=tokenizer, source=source)
     return out
 
 
 def read_peft_config(folder: str | os.PathLike) -> LoRAConfig:
     """The LoRAConfig of a PEFT LoRA folder; PeftFormatError naming the file and the key for anything we do not
     support (another peft_type, rslora / DoRA, per-module rank or alpha patterns, a bias, fan_in_fan_out)."""
-    file = Path(folder) / CONFIG_FILE
-    try:
-        cfg = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise PeftFormatError(f"{folder}: no {CONFIG_FILE} (not a PEFT adapter folder)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PeftFormatError(f"{file} is not valid JSON: {err}") from None
-    if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
-        raise PeftFormatError(f"{file}: peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r} is "
-                              "not supported (LORA only)")
-    for key, ok in (("use_rslora", False), ("use_dora", False), ("fan_in_fan_out", False)):
-        if cfg.get(key, ok) != ok:
-            raise PeftFormatError(f"{file}: {key}={cfg[key]!r} is not supported")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(key):
-            raise PeftFormatError(f"{file}: {key} (per-module rank/alpha) is not supported")
-    if cfg.get("bias", "none") != "none":
-        raise PeftFormatError(f"{file}: bias={cfg['bias']!r} is not supported (adapters without bias terms only)")
+    cfg, file = read_lora_config(folder, error=PeftFormatError)  # the checks merging.adapters shares (jax_cat.io)
+    if cfg.get("use_rslora"):  # LoRAConfig.scale is alpha / r
+        raise PeftFormatError(f"{file}: use_rslora={cfg['use_rslora']!r} is not supported")
     targets = cfg.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
     unknown = [t for t in targets if t not in TARGETS]
@@ -123,21 +101,7 @@ def read_peft_config(folder: str | os.PathLike) -> LoRAConfig:
 
 def peft_tensor_names(folder: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """{HF weight name ("model.layers.0.self_attn.q_proj.weight"): (lora_A name, lora_B name)} of a PEFT folder."""
-    file = Path(folder) / WEIGHTS_FILE
-    if not file.is_file():
-        raise PeftFormatError(f"{folder}: no {WEIGHTS_FILE}")
-    with safe_open(str(file), framework="numpy") as handle:
-        names = list(handle.keys())
-    pairs: dict[str, dict[str, str]] = {}
-    for name in names:
-        m = _NAME.match(name)
-        if m is None:
-            raise PeftFormatError(f"{file}: tensor {name!r} is not a LoRA A/B weight of a decoder projection")
-        pairs.setdefault(m.group(1) + ".weight", {})[m.group(5)] = name
-    broken = [k for k, v in pairs.items() if set(v) != {"A", "B"}]
-    if broken:
-        raise PeftFormatError(f"{file}: {broken[0]} has only one of lora_A / lora_B")
-    return {k: (v["A"], v["B"]) for k, v in pairs.items()}
+    return lora_tensor_pairs(folder, pattern=_NAME, unmatched=" of a decoder projection", error=PeftFormatError)
 
 
 def iter_peft_deltas(folder: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:

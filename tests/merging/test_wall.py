@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LOW_LAYER = ("jax_cat", "jax_cat.extras", "jax_cat.io", "jax_cat.io.atomic", "jax_cat.io.cli",
-             "jax_cat.io.safetensors")  # importing them pulls in no model, sampler or trainer
+             "jax_cat.io.safetensors", "jax_cat.io.peft")  # importing them pulls in no model, sampler or trainer
 CORE = ("merging", "merging.stream", "merging.merge", "merging.analyze", "merging.search", "merging.checkpoint",
         "merging._cli", "merging.methods")
 HEAVY = ("transformers", "torch", "vizier", "matplotlib", "datasets")
@@ -31,7 +31,7 @@ def test_merging_core_imports_nothing_from_jax_cat_but_its_low_layer():
 def test_the_low_layer_is_light():
     """`jax_cat.io` (and `import jax_cat`) pull in the standard library, numpy, ml_dtypes and safetensors at most."""
     code = ("import sys; import jax_cat, jax_cat.extras, jax_cat.io, jax_cat.io.atomic, jax_cat.io.cli, "
-            "jax_cat.io.safetensors, jax_cat.atomic, jax_cat.cli; "
+            "jax_cat.io.safetensors, jax_cat.io.peft, jax_cat.atomic, jax_cat.cli; "
             f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY + ('jax', 'flax', 'merging')} "
             f"or (m.startswith('jax_cat.') and m not in {LOW_LAYER + ('jax_cat.atomic', 'jax_cat.cli')})); "
             "assert not bad, bad")

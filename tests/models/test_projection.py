@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_cat.models import decoder, load_hf, projection
+from jax_cat.models import decoder, layers, load_hf, projection
 
 TOL = 1e-5  # |custom - autodiff| <= TOL * max |autodiff| of each tensor
 
@@ -79,7 +79,7 @@ def test_model_gradients_equal_plain_projection(tiny_hf_checkpoint, monkeypatch,
 
     value, got = grads()
     monkeypatch.setattr(decoder, "vocab_logits", lambda h, w, tied: projection._plain(h, w, tied))
-    monkeypatch.setattr(decoder, "dense", lambda x, w: x @ w)
+    monkeypatch.setattr(layers, "dense", lambda x, w: x @ w)  # MLP (models/layers.py)
     ref_value, ref = grads()
     _close(value, ref_value)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):

@@ -80,8 +80,8 @@ def test_end_to_end_tiny_run_writes_every_method(tmp_path):
                     "--base-lr", "1e-3", "--sft-lr", "1e-3",
                     "--rl-steps", "1", "--rl-prompts", "2", "--group-size", "2", "--batch-size", "4", "--mesh", "1,1,1",
                     "--joint-rounds", "1", "--eval-problems", "4", "--eval-samples", "1", "--trials", "1",
-                    "--queries-per-task", "1", "--votes", "1", "--base-tasks", "add2,sub2", "--rl-warmup", "1",
-                    "--path-points", "2"])
+                    "--queries-per-task", "1", "--votes", "2", "--base-tasks", "add2,sub2", "--rl-warmup", "1",
+                    "--path-points", "2"])  # --votes 2: DotsConfig's minimum
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["models"]) == set(rd.LABELS)

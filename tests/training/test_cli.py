@@ -50,7 +50,7 @@ def _saved_steps(directory: Path) -> list[int]:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tiny_ckpt, tmp_path):
     # 60 steps, an async checkpoint every 5: a run is ~1 s of steps after its ~7 s start-up (jax, compile).
-    args = ["--set", f"model.path={tiny_ckpt}", "--set", "train.steps=60", "--set", "train.checkpoint_every=5",
+    args = ["--config", "sft_tiny", "--set", f"model.path={tiny_ckpt}", "--set", "train.steps=60", "--set", "train.checkpoint_every=5",
             "--set", "data.batch_size=8", "--set", "train.log_every=5"]
     straight = _train([*args, "--out", str(tmp_path / "straight")])
     victim = _train([*args, "--out", str(tmp_path / "killed")])
@@ -83,7 +83,7 @@ def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     # An SFT warm-up (3 steps), then 2 GRPO updates (8 prompts x 2 samples; each process samples and scores its own
     # rows) at a learning rate too small to move a float32 weight, so the final weights are the warm-up's and
     # comparable across process counts, while the GRPO stage's multi-process batch placement is exercised.
-    args = ["--set", f"model.path={tiny_ckpt}", "--set", "warmup.steps=3", "--set", "data.batch_size=8",
+    args = ["--config", "sft_tiny", "--set", f"model.path={tiny_ckpt}", "--set", "warmup.steps=3", "--set", "data.batch_size=8",
             "--set", "checkpoint.async_save=false", "--set", "train.method=grpo", "--set", "train.steps=2",
             "--set", "rollout.group_size=2", "--set", "rollout.max_new_tokens=4",
             "--set", "optimizer.learning_rate=1e-30", "--set", "optimizer.warmup_steps=0"]

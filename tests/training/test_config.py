@@ -88,9 +88,9 @@ def _cli(*args, timeout=120):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--set", "train.stpes=3"],
+    (["--config", "sft_tiny", "--set", "train.stpes=3"],
      "python -m jax_cat.train: error: unknown config key 'train.stpes'; did you mean 'train.steps'?"),
-    (["--set", "mesh.data=3"],
+    (["--config", "sft_tiny", "--set", "mesh.data=3"],
      "python -m jax_cat.train: error: mesh data=3 x fsdp=1 x tensor=1 needs 3 devices; this run has 8: change mesh.* "
      "(-1 = the rest), or for a CPU dry run start with XLA_FLAGS=--xla_force_host_platform_device_count=3"),
 ])

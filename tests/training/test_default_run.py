@@ -206,7 +206,8 @@ def test_the_recipe_is_the_settings_and_the_view_shows_it():
 
 def test_train_with_no_config_runs_the_default_experiment_into_out(monkeypatch, tmp_path):
     """Issue 24 item 2: `python -m jax_cat.train --out X` (no --config) is the default experiment into X, as
-    `python -m jax_cat.train` is into runs/default; --config and --set keep meaning a trainer run."""
+    `python -m jax_cat.train` is into runs/default; without --config, --set changes configs/default.toml's keys;
+    --config is one trainer run (`--config sft_tiny`: the built-in 100-step plain SFT)."""
     import jax_cat.train as train
     from jax_cat.training import default_run
 
@@ -222,11 +223,18 @@ def test_train_with_no_config_runs_the_default_experiment_into_out(monkeypatch, 
     assert main(["--seed", "2", "--set", "train.steps=3", "--out", str(tmp_path / "y")]) == 0
     cfg = seen[0][0]
     assert (cfg.train.seed, cfg.train.steps, cfg.strategy) == (2, 3, "pass@8")
-    # --set without --config is a trainer run over the built-in defaults, not the experiment
+    # --set without --config: the experiment with that key of configs/default.toml changed
+    seen.clear()
+    assert train.main(["--set", "train.steps=1", "--out", str(tmp_path / "z")]) == 0
+    assert seen[0][0] == default_run.default_config(["train.steps=1"]) and seen[0][1] == str(tmp_path / "z")
+    # --config sft_tiny: one trainer run, the built-in defaults (a 100-step plain SFT) with the --set keys
     trained = []
     import importlib
 
+    from jax_cat.training.config import load_config
+
     monkeypatch.setattr(importlib.import_module("jax_cat.training.run"), "run", lambda cfg, **kw: trained.append(cfg) or
                         {"stages": {}, "final": None, "eval": None})
-    assert train.main(["--set", "train.steps=1", "--out", str(tmp_path / "z")]) == 0
+    assert train.main(["--config", "sft_tiny", "--set", "train.steps=1", "--out", str(tmp_path / "w")]) == 0
     assert len(seen) == 1 and trained[0].train.steps == 1 and trained[0].train.method == "sft"
+    assert load_config("sft_tiny") == load_config(None)  # the recipe file is exactly the dataclasses' defaults

@@ -46,7 +46,7 @@ def _no_weights(monkeypatch):
 
 def test_plan_of_a_tiny_grpo_recipe_prints_the_table_and_exits_0_without_weights(config_only, monkeypatch, capsys):
     _no_weights(monkeypatch)
-    status = train.main(["--set", f"model.path={config_only}", *GRPO, "--plan", "2"])
+    status = train.main(["--config", "sft_tiny", "--set", f"model.path={config_only}", *GRPO, "--plan", "2"])
     out = capsys.readouterr().out
     assert status == 0, out
     for row in ("training step", "rollouts (sampler)", "largest peak", "16 GiB yes", "141 GiB yes",
@@ -87,7 +87,7 @@ def test_plan_figures_match_hand_counts(config_only):
 
 def test_plan_for_more_devices_than_this_process_says_how(config_only, monkeypatch, capsys):
     _no_weights(monkeypatch)
-    status = train.main(["--set", f"model.path={config_only}", *GRPO, "--plan", "64"])
+    status = train.main(["--config", "sft_tiny", "--set", f"model.path={config_only}", *GRPO, "--plan", "64"])
     err = capsys.readouterr().err
     assert status == 2
     assert "XLA_FLAGS=--xla_force_host_platform_device_count=64" in err and "Traceback" not in err
@@ -97,7 +97,7 @@ def test_plan_for_more_devices_than_this_process_says_how(config_only, monkeypat
 def test_plan_in_a_fresh_process_forces_the_cpu_devices_it_needs(config_only):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "jax_cat.train", "--set", f"model.path={config_only}", *GRPO,
+    proc = subprocess.run([sys.executable, "-m", "jax_cat.train", "--config", "sft_tiny", "--set", f"model.path={config_only}", *GRPO,
                            "--set", "mesh.fsdp=4", "--plan"], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

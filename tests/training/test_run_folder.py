@@ -29,7 +29,7 @@ QUIET = ["--set", "train.eval_at_end=false", "--set", "logging.progress=false", 
 
 
 def _args(model: Path, *extra: str) -> list[str]:
-    return ["--set", f"model.path={model}", "--set", "data.batch_size=8", "--set", "train.steps=2",
+    return ["--config", "sft_tiny", "--set", f"model.path={model}", "--set", "data.batch_size=8", "--set", "train.steps=2",
             "--set", "train.checkpoint_every=1", "--set", "checkpoint.keep=3", "--set", "checkpoint.async_save=false",
             "--set", "train.log_every=1", *QUIET, *extra]
 

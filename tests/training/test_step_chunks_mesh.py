@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from jax_cat.losses import CATLossConfig, MajorityAtN, PassAtN
-from jax_cat.models import decoder
+from jax_cat.models import decoder, layer_stack
 from jax_cat.sharding import make_mesh
 from jax_cat.training import steps
 from tests.training.conftest import make_model, rollout_batch, sft_batch
@@ -95,7 +95,8 @@ def _record_meshes(monkeypatch):
         seen.append(not jax.sharding.get_abstract_mesh().empty)
         return original(x)
 
-    monkeypatch.setattr(decoder, "shard_batch", spy)
+    monkeypatch.setattr(decoder, "shard_batch", spy)  # the embedding
+    monkeypatch.setattr(layer_stack, "shard_batch", spy)  # every DecoderLayer (models/layer_stack.py)
     monkeypatch.setattr(steps, "shard_batch", spy)
     return seen
 
