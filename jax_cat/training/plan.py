@@ -142,16 +142,20 @@ def model_config_for(cfg: Any):
 
 
 def abstract_model(cfg: Any, config: Any) -> Any:
-    """The CausalLM of cfg.model (dtypes, remat, scan_layers as `runtime.load_model` builds it), shapes only."""
+    """The CausalLM of cfg.model (dtypes, remat, scan_layers, LoRA and a quantized base as `runtime.load_model`
+    builds it), shapes only."""
     from flax import nnx
 
     from jax_cat.models import CausalLM
     from jax_cat.training.steps import DTYPES
 
+    from jax_cat.models.quant import quantize_model
+
     m = cfg.model
-    return nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), dtype=DTYPES[m.compute_dtype],
-                                           param_dtype=DTYPES[m.param_dtype], remat=m.remat,
-                                           scan_layers=m.scan_layers, lora=cfg.lora_config()))
+    return nnx.eval_shape(lambda: quantize_model(CausalLM(config, rngs=nnx.Rngs(0), dtype=DTYPES[m.compute_dtype],
+                                                          param_dtype=DTYPES[m.param_dtype], remat=m.remat,
+                                                          scan_layers=m.scan_layers, lora=cfg.lora_config()),
+                                                 cfg.lora.quantize))
 
 
 def rollout_arrays(cfg: Any) -> tuple[bool, bool]:
