@@ -263,6 +263,15 @@ def dense_kernel(model: Any, path: tuple, layer: int | None = None) -> np.ndarra
     return np.asarray(jax.device_get(node.dequantize(layer).astype(node.dtype)))
 
 
+def param_count(model: Any) -> int:
+    """Parameters of `model` counted as the model has them (a quantized kernel counts its logical [*in, *out]
+    entries, not its packed codes and scales); adapters included."""
+    plain = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                if not isinstance(v, QuantizedParam))
+    return int(plain + sum(math.prod(node.shape) for _, node in nnx.iter_graph(model)
+                           if isinstance(node, QuantizedKernel)))
+
+
 def is_projection_path(path: tuple) -> bool:
     """Whether an NNX parameter path is one of the layers' projection kernels (what `quantize_model` quantizes)."""
     from jax_cat.models.lora import TARGETS
@@ -272,5 +281,5 @@ def is_projection_path(path: tuple) -> bool:
 
 
 __all__ = ["MODES", "NF4_BLOCK", "NF4_CODE", "QuantizedKernel", "QuantizedParam", "dense_kernel", "dequantize_model",
-           "int8_dequantize", "int8_quantize", "is_projection_path", "kernel_spec", "nf4_dequantize", "nf4_quantize",
+           "int8_dequantize", "int8_quantize", "is_projection_path", "kernel_spec", "nf4_dequantize", "nf4_quantize", "param_count",
            "quantization_of", "quantize_kernel", "quantize_model"]
