@@ -10,8 +10,8 @@ remat) with `model.path` pointing at a folder holding only the shape's config.js
 - QLoRA int8 / nf4: the same adapters on the base's projections stored int8 / nf4 (embeddings, norms and lm_head
   stay bf16).
 
-1 device: mesh data=1 (fsdp=1); 8 devices: fsdp=8 (FSDP shards the base, the codes and the adapters by their embed
-axis). Forced XLA:CPU devices: the buffer assignment stands in for an accelerator's (estimates, docs/planning.md).
+1 device: mesh data=1 (fsdp=1), the recipe's 4 prompts; 8 devices: fsdp=8 (FSDP shards the base, the codes and the
+adapters by their embed axis) with 8 prompts (the batch splits by prompt: one a device, 32 rollouts). Forced XLA:CPU devices: the buffer assignment stands in for an accelerator's (estimates, docs/planning.md).
 Nothing is allocated. With scanned layers the compile time does not grow with depth, so the shapes are planned
 whole (no layer cut). Rows go to a JSON-lines file; --table prints docs/lora.md's table from it.
 
@@ -67,7 +67,9 @@ def plan_row(shape: str, setting: str, devices: int, *, recipe: str = RECIPE, la
 
     with tempfile.TemporaryDirectory(prefix="qlora-plan-") as tmp:
         folder = write_config(shape, Path(tmp) / shape, layers)
-        sets = {**SETTINGS[setting], "model.path": str(folder), "mesh.data": 1, "mesh.fsdp": devices}
+        # the batch splits by prompt over (data, fsdp): on 8 devices 8 prompts (1 a device), else the recipe's 4
+        sets = {**SETTINGS[setting], "model.path": str(folder), "mesh.data": 1, "mesh.fsdp": devices,
+                "data.batch_size": max(load_config(recipe).data.batch_size, devices)}
         cfg = load_config(recipe, sets)
         mesh = build_mesh(cfg, plan.plan_devices(devices))
         start = time.process_time()
