@@ -139,6 +139,7 @@ def load_hf(
     attention_impl: str = "xla",
     allow_nonfinite: bool = False,
     lora: Any = None,
+    quantize: str = "none",
 ) -> CausalLM:
     """Loads an HF checkpoint (local dir or hub id) into a CausalLM, tensor by tensor, without torch.
 
@@ -147,6 +148,8 @@ def load_hf(
     passed to `CausalLM`; with `scan_layers` the per-layer tensors are stacked as they load (same HF names).
     A tensor holding NaN/Inf is refused (CheckpointError naming it) unless `allow_nonfinite`. `lora` (a
     `jax_cat.models.lora.LoRAConfig`) adds fresh adapters (B = 0, placed like their kernels) to the loaded model.
+    `quantize` ("nf4" / "int8"; `jax_cat.models.quant`) stores the layers' projection kernels quantized (QLoRA's
+    frozen base): they stay on the host until each is quantized and placed, so no device holds them in full precision.
     A PEFT LoRA adapter folder (adapter_config.json, no config.json) loads its `base_model_name_or_path` with the
     adapters on it (`jax_cat.models.peft.load_peft`).
     """
@@ -159,8 +162,11 @@ def load_hf(
             raise CheckpointError(f"{ckpt_dir} is a LoRA adapter folder without base_model_name_or_path in "
                                   "adapter_config.json: load its base with load_hf, then load_peft(model, folder)")
         model = load_hf(base, dtype=dtype, mesh=mesh, config=config, param_dtype=param_dtype, remat=remat,
-                        scan_layers=scan_layers, attention_impl=attention_impl, allow_nonfinite=allow_nonfinite)
+                        scan_layers=scan_layers, attention_impl=attention_impl, allow_nonfinite=allow_nonfinite,
+                        quantize=quantize)
         return load_peft(model, ckpt_dir)
+    from jax_cat.models.quant import is_projection_path, quantize_model
+
     config = config or read_config(ckpt_dir)
     table = hf_key_table(config)
     checkpoint = Checkpoint(ckpt_dir)
@@ -203,14 +209,20 @@ def load_hf(
                 if layer is not None:
                     stacks.setdefault(path, np.empty(expected.shape, expected.dtype))[layer] = value
                     continue
+                if quantize != "none" and is_projection_path(path):
+                    loaded[path] = value  # kept on the host until quantize_model replaces it
+                    continue
                 loaded[path] = jax.device_put(value, shardings[path]) if shardings is not None else jnp.asarray(value)
     progress.close()
     for path, value in stacks.items():
+        if quantize != "none" and is_projection_path(path):
+            loaded[path] = value  # quantized (and placed) below
+            continue
         loaded[path] = jax.device_put(value, shardings[path]) if shardings is not None else jnp.asarray(value)
     for path, var in flat.items():
         var.set_value(loaded[path])
     state = nnx.from_flat_state(flat)
-    model = nnx.merge(graphdef, state)
+    model = quantize_model(nnx.merge(graphdef, state), quantize, mesh=mesh)
     if lora is not None:
         from jax_cat.models.lora import add_lora
 
@@ -229,12 +241,18 @@ def param_location(path: NNXPath, scan_layers: bool) -> tuple[NNXPath, int | Non
 def iter_hf_tensors(model: CausalLM) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, numpy tensor in HF layout) for every parameter, one at a time.
 
-    A model with LoRA adapters gives its merged kernels, W + A.B.alpha/rank (float32 sum, one tensor at a time)."""
+    A model with LoRA adapters gives its merged kernels, W + A.B.alpha/rank (float32 sum, one tensor at a time); a
+    quantized base (`jax_cat.models.quant`) gives its dequantized kernels (plus the adapters' update)."""
+    from jax_cat.models.quant import dense_kernel
+
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for name, rule in hf_key_table(model.config).items():
         path, layer = param_location(rule.path, model.scan_layers)
-        value = flat[path].get_value()
-        tensor = np.asarray(jax.device_get(value if layer is None else value[layer]))
+        if path in flat:
+            value = flat[path].get_value()
+            tensor = np.asarray(jax.device_get(value if layer is None else value[layer]))
+        else:  # a quantized base (QLoRA): the dequantized kernel
+            tensor = dense_kernel(model, path, layer)
         a_path = (*path[:-1], f"{path[-1]}_lora", "lora_a")
         if a_path in flat:
             pick = lambda p: np.asarray(jax.device_get(flat[p].get_value() if layer is None else flat[p].get_value()[layer]),

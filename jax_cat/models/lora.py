@@ -129,7 +129,7 @@ def _kaiming_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax
 def add_lora(model: Any, config: LoRAConfig, *, dtype=jnp.float32) -> Any:
     """Adds an adapter (A random, B zero, stored in `dtype`) to each `config.targets` projection of every layer of
     `model` (a CausalLM, per-layer or `scan_layers`), in place; records `model.lora = config`. Returns `model`."""
-    from jax_cat.sharding import logical_axes
+    from jax_cat.models.quant import kernel_spec
 
     if getattr(model, "lora", None) is not None:
         raise ValueError("the model already has LoRA adapters")
@@ -141,7 +141,7 @@ def add_lora(model: Any, config: LoRAConfig, *, dtype=jnp.float32) -> Any:
             sub, attr, n_in = TARGETS[name]
             module = getattr(layer, sub)
             kernel = getattr(module, attr)
-            shape, axes = tuple(kernel.shape), logical_axes(kernel) or (None,) * len(kernel.shape)
+            shape, axes, sharding = kernel_spec(kernel)  # a Param, or a quantized base's kernel (quant.py)
             lead = 1 if stacked else 0
             in_shape, out_shape = shape[lead:lead + n_in], shape[lead + n_in:]
             in_axes, out_axes = axes[lead:lead + n_in], axes[lead + n_in:]
@@ -150,7 +150,6 @@ def add_lora(model: Any, config: LoRAConfig, *, dtype=jnp.float32) -> Any:
             key = jax.random.fold_in(jax.random.fold_in(root, li), ti)
             a = _kaiming_uniform(key, a_shape, int(np.prod(in_shape))).astype(dtype)
             b = jnp.zeros(b_shape, dtype)
-            sharding = getattr(kernel.get_value(), "sharding", None)
             adapter = LoRA(a, b, (*axes[:lead], *in_axes, None), (*axes[:lead], None, *out_axes),
                            scale=config.scale, n_in=n_in, dropout=config.dropout, stream=ti, stacked=stacked)
             if isinstance(sharding, jax.sharding.NamedSharding):  # the base is placed on a mesh: place A, B alike
@@ -181,7 +180,9 @@ def merge_lora(model: Any) -> Any:
     (what `save_hf` exports; `model` itself is unchanged). A model without adapters is returned as is."""
     if getattr(model, "lora", None) is None:
         return model
-    merged = nnx.clone(model)
+    from jax_cat.models.quant import dequantize_model
+
+    merged = dequantize_model(nnx.clone(model))  # a quantized base merges dequantized (W is then dense)
     for _, li, path, adapter in list(adapters_of(merged)):
         sub, attr = path.split(".")
         module = getattr(merged.layers if li is None else merged.layers[li], sub)

@@ -288,6 +288,9 @@ class LoRASection:
         training steps only. targets: HF module names adapted in every layer.
       export: what `final/` holds: "merged" (an HF checkpoint with W + B.A.alpha/r) or "peft" (a PEFT adapter folder,
         adapter_config.json + adapter_model.safetensors, for `peft.PeftModel.from_pretrained` on the base).
+      quantize: how the frozen base's projection kernels are stored (QLoRA, `jax_cat.models.quant`): "none",
+        "int8" (per-output-channel absmax) or "nf4" (4-bit NormalFloat, blocks of 64, as bitsandbytes); needs
+        rank > 0. A merged export dequantizes the base; the PEFT export holds the adapters only.
     """
 
     rank: int = 0
@@ -295,6 +298,7 @@ class LoRASection:
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     export: Literal["merged", "peft"] = "merged"
+    quantize: Literal["none", "int8", "nf4"] = "none"
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -541,6 +545,9 @@ def validate(cfg: Config) -> None:
         cfg.lora_config()
     except ValueError as err:
         raise ConfigError(f"lora: {err}") from None
+    if cfg.lora.quantize != "none" and cfg.lora.rank == 0:
+        raise ConfigError(f"lora.quantize={cfg.lora.quantize!r} needs lora.rank > 0: a quantized base is frozen, so "
+                          "only LoRA adapters can be trained on it (QLoRA)")
     if t.method == "sft" and cfg.data.batch_size % t.micro_batches:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split into train.micro_batches={t.micro_batches}")
     if t.method == "grpo" and (cfg.data.batch_size * cfg.rollout.group_size) % t.micro_batches:

@@ -79,6 +79,9 @@ FAMILIAR_NAMES: dict[str, Familiar] = {
     "lora_target_modules": Familiar("lora.targets", "TRL", "HF module names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
     "target_modules": Familiar("lora.targets", "PEFT", "HF module names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
     "use_peft": Familiar("lora.rank", "TRL", "LoRA is on when lora.rank > 0"),
+    "load_in_4bit": Familiar("lora.quantize", "TRL/bitsandbytes", "'nf4' (with lora.rank > 0: QLoRA)"),
+    "load_in_8bit": Familiar("lora.quantize", "TRL/bitsandbytes", "'int8' (with lora.rank > 0)"),
+    "bnb_4bit_quant_type": Familiar("lora.quantize", "bitsandbytes", "'nf4'"),
 }
 
 

@@ -142,16 +142,20 @@ def model_config_for(cfg: Any):
 
 
 def abstract_model(cfg: Any, config: Any) -> Any:
-    """The CausalLM of cfg.model (dtypes, remat, scan_layers as `runtime.load_model` builds it), shapes only."""
+    """The CausalLM of cfg.model (dtypes, remat, scan_layers, LoRA and a quantized base as `runtime.load_model`
+    builds it), shapes only."""
     from flax import nnx
 
     from jax_cat.models import CausalLM
     from jax_cat.training.steps import DTYPES
 
+    from jax_cat.models.quant import quantize_model
+
     m = cfg.model
-    return nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), dtype=DTYPES[m.compute_dtype],
-                                           param_dtype=DTYPES[m.param_dtype], remat=m.remat,
-                                           scan_layers=m.scan_layers, lora=cfg.lora_config()))
+    return nnx.eval_shape(lambda: quantize_model(CausalLM(config, rngs=nnx.Rngs(0), dtype=DTYPES[m.compute_dtype],
+                                                          param_dtype=DTYPES[m.param_dtype], remat=m.remat,
+                                                          scan_layers=m.scan_layers, lora=cfg.lora_config()),
+                                                 cfg.lora.quantize))
 
 
 def rollout_arrays(cfg: Any) -> tuple[bool, bool]:
@@ -288,7 +292,9 @@ def memory_plan(cfg: Any, mesh: Any, *, model_config: Any = None) -> MemoryPlan:
             what = " and ".join(w for w, on in (("old-policy", old), ("reference", ref)) if on)
             phases.append(Phase("log-prob pass", params, optimizer, lp.temp_size_in_bytes, other + reference, peak,
                                 f"{what} log-probs of the {rows} x {t} rollout batch", lp.compile_cpu_s, lp.compile_s))
-    return MemoryPlan(model=config.model_type, num_params=_count(state.params), method=cfg.train.method,
+    from jax_cat.models.quant import param_count
+
+    return MemoryPlan(model=config.model_type, num_params=param_count(model), method=cfg.train.method,
                       mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform, phases=tuple(phases),
                       kv_cache=kv)
 
@@ -298,13 +304,6 @@ def jax_tree_with_shardings(tree: Any) -> Any:
     import jax
 
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
-def _count(tree: Any) -> int:
-    import jax
-    import numpy as np
-
-    return int(sum(int(np.prod(x.shape, dtype=np.int64)) for x in jax.tree.leaves(tree)))
 
 
 def format_plan(plan: MemoryPlan, name: str = "") -> str:

@@ -68,7 +68,7 @@ def load_model(cfg: Config, mesh: Mesh | None) -> tuple[Any, Any]:
     path = model_path(cfg.model.path)
     m = cfg.model
     model = load_hf(path, dtype=DTYPES[m.compute_dtype], param_dtype=DTYPES[m.param_dtype], mesh=mesh, remat=m.remat,
-                    scan_layers=m.scan_layers, lora=cfg.lora_config())
+                    scan_layers=m.scan_layers, lora=cfg.lora_config(), quantize=cfg.lora.quantize)
     return model, AutoTokenizer.from_pretrained(path)
 
 
