@@ -97,3 +97,30 @@ def test_claims_by_hand(rc):
     assert next(r for r in rows if "maj@4 improves" in r["claim"])["verdict"].startswith("not testable here")
     table = rc.claims_table(rows)
     assert table.count("\n") == len(rows) + 2 and "| **holds** |" in table
+
+
+def test_merge_joins_per_seed_runs_and_refuses_mixed_settings(rc, tmp_path):
+    # two processes, one seed each, the same settings and warm-start pool: one report over both seeds
+    import json
+    import time
+
+    P = 20
+    warm = _pool([1] * P, [[0.25] * P, [0.5] * P, [0.5] * P])
+    labels = {"grpo": "plain GRPO", "grpo_cat": "CAT-GRPO pass@4"}
+    files = []
+    for seed, cat in ((0, [2] * P), (1, [3] * P)):
+        per_seed = {"grpo": {seed: _pool([4] * 12 + [0] * 8, [[1.0] * 12 + [0.0] * 8] * 3)},
+                    "grpo_cat": {seed: _pool(cat, [[0.5] * P] * 3)}}
+        args = rc.parse_args(["--cat-n", "4", "--seeds", str(seed), "--out", str(tmp_path / f"s{seed}")])
+        rc.write_report(tmp_path / f"s{seed}", args, [], [None] * P, labels, per_seed, {}, time.perf_counter(), warm)
+        files.append(str(tmp_path / f"s{seed}" / "results.json"))
+    assert rc.main(["--merge", *files, "--out", str(tmp_path / "all")]) == 0
+    merged = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert merged["args"]["seeds"] == "0,1" and merged["cat_minus_plain"]["grpo_cat"]["seeds"] == [0, 1]
+    # CAT - plain pass@1: seed 0 (.5 - .6), seed 1 (.75 - .6) -> mean +.025
+    assert merged["cat_minus_plain"]["grpo_cat"]["mean"][0] == pytest.approx(0.025)
+    other = json.loads(open(files[1]).read())
+    other["args"]["grpo_steps"] = 7
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="grpo_steps"):
+        rc.main(["--merge", files[0], str(tmp_path / "other.json"), "--out", str(tmp_path / "bad")])
