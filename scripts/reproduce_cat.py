@@ -11,8 +11,12 @@ baseline (plain SFT / plain GRPO) against k, as in the paper's Figures 1, 2 and 
 Everything trains through the trainer's loops (`jax_cat.training.run_sft` / `run_grpo`), exactly as
 `python -m jax_cat.train` does, and every model is scored by the project's one evaluation path
 (`jax_cat.evaluate.evaluate`, pass@k and maj@k from one pool); the arithmetic settings and warm start are the default
-experiment's (configs/default.toml; the warm start a trainer run in `<out>/warm_start/`, reused). Outputs: `<out>/results.json` (every seed's curves), `<out>/table.md`,
-`<out>/improvement.png`, and each run's metrics/checkpoints under `<out>/seed<S>/`.
+experiment's (configs/default.toml, `--preset` / `--set KEY=VALUE` to change them; the warm start a trainer run in
+`<out>/warm_start/`, reused, and scored once). Outputs: `<out>/results.json` (every seed's curves, the warm start's,
+the paired differences with a 95% CI over training seeds and problems, and each paper claim marked "holds",
+"does not hold" or "not testable here" with its numbers: `claims`), `<out>/table.md`, `<out>/improvement.png`, and
+each run's metrics/checkpoints under `<out>/seed<S>/`. `--merge A/results.json B/results.json --out C` joins runs
+that differ only in their seeds (one process per seed); `scripts/results_tables.py` writes docs/results.md from it.
 """
 from __future__ import annotations
 
