@@ -483,12 +483,12 @@ def merge(paths: list[str], out: Path) -> tuple[str, Path]:
                                  "seeds": ",".join(str(s) for s in sorted({s for d in per_seed.values() for s in d}))})
     command = "; ".join(r["command"] for r in runs)
     return write_report(out, args, None, [None] * first["num_problems"], first["labels"], per_seed, timing,
-                        time.perf_counter() - sum(r["wall_s"] for r in runs), first.get("warm_start"),
-                        command=command)
+                        time.perf_counter() - max(r["wall_s"] for r in runs), first.get("warm_start"),
+                        command=command, measured=first.get("provenance"))
 
 
 def write_report(out: Path, args, argv, problems, labels, per_seed, timing, t0, warm=None,
-                 command: str | None = None) -> tuple[str, Path]:
+                 command: str | None = None, measured: dict | None = None) -> tuple[str, Path]:
     """results.json, table.md and improvement.png from the runs finished so far (rewritten after each run)."""
     done = {name: seeds for name, seeds in per_seed.items() if seeds}
     agg = aggregate(done)
@@ -498,7 +498,7 @@ def write_report(out: Path, args, argv, problems, labels, per_seed, timing, t0, 
 
     results = {"args": vars(args), "num_problems": len(problems), "labels": labels, "aggregate": agg,
                "cat_minus_plain": diffs, "comparisons": comparisons, "warm_start": warm,
-               "claims": claims(done, warm, comparisons, args.cat_n, labels), "provenance": provenance(),
+               "claims": claims(done, warm, comparisons, args.cat_n, labels), "provenance": measured or provenance(),
                "per_seed": {n: {str(s): v for s, v in d.items()} for n, d in done.items()},
                "timing_s": timing, "wall_s": time.perf_counter() - t0,
                "command": command or "python scripts/reproduce_cat.py " + " ".join(sys.argv[1:] if argv is None
