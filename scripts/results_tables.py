@@ -3,6 +3,8 @@ and with what it was measured, and how to rerun it.
 
     python scripts/results_tables.py --default runs/default/results.json [more seeds' results.json ...] \\
         [--reproduce runs/reproduce_cat/results.json] [--doc docs/results.md]
+    python scripts/results_tables.py --regenerate    # every section again from the results.json it names
+    python scripts/results_tables.py --check         # exit 1 if the doc drifted from those files (a test runs it)
 
 Each table goes between its markers in the doc (`<!-- default-run:begin -->` ... `<!-- default-run:end -->`,
 `<!-- reproduce-cat:begin -->` ... `<!-- reproduce-cat:end -->`), replacing what was there; the rest of the doc is
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,15 +86,21 @@ def default_run_section(results: list[dict[str, Any]], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def reproduce_section(res: dict[str, Any], path: str) -> str:
-    """Markdown for one scripts/reproduce_cat.py results.json: its pass@k/maj@k tables (mean ± std over seeds) and
-    CAT - plain with the CI over training seeds and problems."""
-    spec = __import__("importlib.util").util.spec_from_file_location("reproduce_cat", ROOT / "scripts" / "reproduce_cat.py")
-    rc = __import__("importlib.util").util.module_from_spec(spec)
+def _reproduce_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_cat", ROOT / "scripts" / "reproduce_cat.py")
+    rc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rc)
-    table = rc.markdown_table(res["aggregate"], res["labels"])
-    diffs = rc.differences_table(res.get("cat_minus_plain") or {}, res["labels"])
-    return "\n".join([f"`{res['command']}`", "", table, diffs,
+    return rc
+
+
+def reproduce_section(res: dict[str, Any], path: str) -> str:
+    """Markdown for one scripts/reproduce_cat.py results.json: its pass@k/maj@k tables (mean ± std over seeds, the
+    shared warm start), CAT - plain with the CI over training seeds and problems, and each claim's verdict."""
+    tables = _reproduce_module().report_tables(res)
+    return "\n".join([f"Command: `{res['command']}` (then `python scripts/results_tables.py --reproduce "
+                      "<out>/results.json` writes this section).", "", tables,
                       f"Measured on: {_provenance_line({**res, 'wall_seconds': res.get('wall_s', float('nan'))})}. "
                       f"Source: `{path}`."])
 
@@ -106,10 +115,38 @@ def replace_between(doc: str, name: str, body: str) -> str:
 
 def _load(path: str) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads((ROOT / path if not Path(path).is_absolute() and not Path(path).exists() else Path(path))
+                          .read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read results ({err.__class__.__name__}: {err}); pass a results.json "
                          "written by the default run or scripts/reproduce_cat.py") from None
+
+
+SECTIONS = ("default-run", "reproduce-cat")
+
+
+def _body(doc: str, name: str) -> str:
+    """The text between a section's markers ("" when the doc has none)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    return doc.split(begin, 1)[1].split(end, 1)[0] if begin in doc and end in doc else ""
+
+
+def section_sources(doc: str, name: str) -> list[str]:
+    """The results.json paths a generated section names on its `Source(s): ...` line ([] when it names none)."""
+    found = re.findall(r"Sources?: (.*)$", _body(doc, name), flags=re.M)
+    return re.findall(r"`([^`]+)`", found[-1]) if found else []
+
+
+def regenerate(doc: str) -> str:
+    """The doc with every generated section rewritten from the results.json files it names (see --check)."""
+    for name in SECTIONS:
+        sources = section_sources(doc, name)
+        if not sources:
+            continue
+        body = (default_run_section([_load(f) for f in sources], sources) if name == "default-run"
+                else reproduce_section(_load(sources[0]), sources[0]))
+        doc = replace_between(doc, name, body)
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,9 +154,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default", nargs="*", default=[], help="default-run results.json files (one per seed)")
     p.add_argument("--reproduce", default=None, help="a scripts/reproduce_cat.py results.json")
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--regenerate", action="store_true",
+                   help="rewrite every section from the results.json files it names (its Source(s) line)")
+    p.add_argument("--check", action="store_true",
+                   help="regenerate every section from the results.json it names and exit 1 if the doc differs "
+                        "(nothing written)")
     args = p.parse_args(argv)
     try:
         doc = Path(args.doc).read_text()
+        if args.check:
+            fresh = regenerate(doc)
+            if fresh != doc:
+                changed = [n for n in SECTIONS if _body(fresh, n) != _body(doc, n)]
+                print(f"results_tables.py: {args.doc} differs from its results.json (sections {changed}); run "
+                      "`python scripts/results_tables.py --regenerate`", file=sys.stderr)
+                return 1
+            print(f"{args.doc}: every generated section matches its results.json")
+            return 0
+        if args.regenerate:
+            doc = regenerate(doc)
         if args.default:
             doc = replace_between(doc, "default-run", default_run_section([_load(f) for f in args.default],
                                                                           args.default))

@@ -61,3 +61,24 @@ def test_bad_input_is_one_line_exit_2(rt, tmp_path, capsys):
     assert rt.main(["--default", str(tmp_path / "missing.json"), "--doc", str(doc)]) == 2
     err = capsys.readouterr().err
     assert "missing.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_committed_doc_matches_its_shipped_results(rt):
+    # docs/results.md's generated sections name the results.json they came from (docs/results_data/); regenerating
+    # them must give the committed text, so a number in the doc cannot drift from the file it cites
+    doc = (ROOT / "docs" / "results.md").read_text()
+    assert rt.section_sources(doc, "default-run"), "the default-run section names no results.json"
+    assert rt.regenerate(doc) == doc
+    assert rt.main(["--check"]) == 0
+
+
+def test_check_reports_a_drifted_doc(rt, tmp_path, capsys):
+    f = tmp_path / "r0.json"
+    f.write_text(json.dumps(_result(0, 0.05)))
+    doc = tmp_path / "results.md"
+    doc.write_text("<!-- default-run:begin -->\n<!-- default-run:end -->\n")
+    assert rt.main(["--default", str(f), "--doc", str(doc)]) == 0
+    assert rt.main(["--check", "--doc", str(doc)]) == 0
+    doc.write_text(doc.read_text().replace("| 0.200 |", "| 0.201 |", 1))
+    assert rt.main(["--check", "--doc", str(doc)]) == 1
+    assert "default-run" in capsys.readouterr().err
