@@ -288,6 +288,10 @@ class LoRASection:
         training steps only. targets: HF module names adapted in every layer.
       export: what `final/` holds: "merged" (an HF checkpoint with W + B.A.alpha/r) or "peft" (a PEFT adapter folder,
         adapter_config.json + adapter_model.safetensors, for `peft.PeftModel.from_pretrained` on the base).
+      rollout: how GRPO rollouts apply the adapters: "adapters" (the low-rank path in every decode step) or
+        "merged" (W + B.A.alpha/r materialised once per rollout batch; the base plus one copy of the adapted
+        kernels while sampling). Same samples up to float rounding; the default is the faster on CPU
+        (benchmarks/lora_rollout.py, docs/lora.md).
     """
 
     rank: int = 0
@@ -295,6 +299,7 @@ class LoRASection:
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     export: Literal["merged", "peft"] = "merged"
+    rollout: Literal["adapters", "merged"] = "adapters"
 
 
 @dataclasses.dataclass(**_FROZEN)
