@@ -135,7 +135,6 @@ def main(argv=None) -> int:
     settings = {k: getattr(args, k) for k in ("prompts", "group_size", "prompt_len", "new_tokens", "rank", "alpha",
                                               "rounds")}
     depths = [int(x) for x in args.layers.split(",")]
-    rows = []
     for shape in args.shapes.split(","):
         per_depth = []
         for layers in depths:
@@ -155,14 +154,13 @@ def main(argv=None) -> int:
                   f"{fit['merged']:.2f} CPU-s, adapters/merged {fit['adapters'] / fit['merged']:.3f}", flush=True)
             for row in per_depth:
                 row["extrapolated_full"] = dict(layers=full, cpu_s=fit, ratio_cpu=fit["adapters"] / fit["merged"])
-        rows += per_depth
-    if args.results:
-        path = Path(args.results)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            for row in rows:
-                f.write(json.dumps(dict(figure="LoRA rollout: adapters vs merged, trainer's collect_rollouts",
-                                        settings=settings, **row, context=context), sort_keys=True) + "\n")
+        if args.results:  # after each shape: a long run keeps what it measured
+            path = Path(args.results)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                for row in per_depth:
+                    f.write(json.dumps(dict(figure="LoRA rollout: adapters vs merged, trainer's collect_rollouts",
+                                            settings=settings, **row, context=context), sort_keys=True) + "\n")
     return 0
 
 
