@@ -140,6 +140,7 @@ def main(argv=None) -> int:
         for layers in depths:
             row = measure(shape, layers, args)
             per_depth.append(row)
+            _append(args.results, row, settings, context)
             print(f"{shape} {layers} layers: adapters {row['cpu_s']['adapters']:.2f} CPU-s, merged "
                   f"{row['cpu_s']['merged']:.2f} CPU-s (merge alone {row['merge_cpu_s']:.3f}), adapters/merged "
                   f"{row['ratio_cpu']:.3f}", flush=True)
@@ -152,16 +153,21 @@ def main(argv=None) -> int:
                 fit[m] = lo["cpu_s"][m] + b * (full - lo["layers"])
             print(f"{shape} extrapolated to {full} layers (linear in depth): adapters {fit['adapters']:.2f}, merged "
                   f"{fit['merged']:.2f} CPU-s, adapters/merged {fit['adapters'] / fit['merged']:.3f}", flush=True)
-            for row in per_depth:
-                row["extrapolated_full"] = dict(layers=full, cpu_s=fit, ratio_cpu=fit["adapters"] / fit["merged"])
-        if args.results:  # after each shape: a long run keeps what it measured
-            path = Path(args.results)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                for row in per_depth:
-                    f.write(json.dumps(dict(figure="LoRA rollout: adapters vs merged, trainer's collect_rollouts",
-                                            settings=settings, **row, context=context), sort_keys=True) + "\n")
+            _append(args.results, dict(shape=shape, extrapolated_from=[r["layers"] for r in per_depth],
+                                       layers=full, cpu_s=fit, ratio_cpu=fit["adapters"] / fit["merged"]),
+                    settings, context)
     return 0
+
+
+def _append(results: str | None, row: dict, settings: dict, context: dict) -> None:
+    """One JSON line per measurement, written at once (a long run on a loaded machine keeps what it measured)."""
+    if not results:
+        return
+    path = Path(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(dict(figure="LoRA rollout: adapters vs merged, trainer's collect_rollouts",
+                                settings=settings, **row, context=context), sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
