@@ -1,6 +1,6 @@
 """A tiny LoRA GRPO run (adapters only, frozen base, rollouts from the merged policy: `lora.rollout=merged` through
-`run_grpo`) raises its training reward on an easy task: a one-token completion that is a lowercase letter (about a
-fifth of an untrained char model's draws) scores 1. The base weights do not move.
+`run_grpo`) raises its training reward on an easy task: a one-token completion that is a lowercase letter scores 1
+(3 % of the first batch's draws; measured: 0.03 -> 0.83 over 16 steps). The base weights do not move.
 
 The random base's output head is scaled up (std 0.02 -> 0.1): at init scale the logits of a 64-wide model span
 ~0.1, and adapters, which cannot touch the head, then barely move the sampled distribution (full fine-tuning
