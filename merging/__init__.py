@@ -22,6 +22,7 @@ Checkpoints on disk, tensor by tensor (also `python -m merging.merge ...`)::
 """
 from merging.analysis import Comparison, compare, cosine_similarity, magnitude_ratio, module_mass, sign_conflict
 from merging._checks import NonFiniteError
+from merging.lora_adapter import LoRAAdapter
 from merging.methods import (
     METHODS, BreadcrumbsMerge, DareMerge, DotsMerge, MergeMethod, RamMerge, RamPlusMerge,
     TaskArithmeticMerge, TiesMerge, method_settings,
@@ -41,7 +42,7 @@ __all__ = [
     "compare", "Comparison", "magnitude_ratio", "sign_conflict", "cosine_similarity", "module_mass",
     "METHODS", "merge_checkpoints", "analyze_checkpoints", "CheckpointMismatchError",
     "method_settings", "MergeMethod", "TaskArithmeticMerge", "DotsMerge", "DareMerge", "BreadcrumbsMerge",
-    "TiesMerge", "RamMerge", "RamPlusMerge", "NonFiniteError", "PrecisionWarning",
+    "TiesMerge", "RamMerge", "RamPlusMerge", "NonFiniteError", "PrecisionWarning", "LoRAAdapter",
 ]
 # Not re-exported: `merging.methods.merge` and `merging.sparsify.sparsify` share their names with submodules
 # (`merging.merge` is the CLI), and a package attribute cannot be both.

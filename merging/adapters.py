@@ -133,8 +133,13 @@ class AdapterCheckpoint:
         return f"AdapterCheckpoint({str(self.path)!r}, {len(self.pairs)} adapted tensors on {self.base!r})"
 
 
-def open_checkpoint(path: str | os.PathLike[str], base: Checkpoint | None = None) -> Checkpoint | AdapterCheckpoint:
-    """`Checkpoint(path)`, or `AdapterCheckpoint(path, base)` when `path` is a PEFT adapter folder."""
+def open_checkpoint(path: Any, base: Checkpoint | None = None) -> Checkpoint | AdapterCheckpoint:
+    """`Checkpoint(path)`, or `AdapterCheckpoint(path, base)` when `path` is a PEFT adapter folder; an in-memory
+    adapter (`merging.lora_adapter.LoRAAdapter`) gives its view on `base`."""
+    if hasattr(path, "as_checkpoint"):
+        if base is None:
+            raise ValueError(f"{path!r} is a LoRA adapter: it needs its base checkpoint to be a model")
+        return path.as_checkpoint(base)
     if is_adapter_folder(path):
         if base is None:
             raise ValueError(f"{path} is a LoRA adapter folder: it needs its base checkpoint to be a model")

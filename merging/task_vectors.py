@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from merging._paths import PathSelector, is_vector_leaf, make_selector, path_to_str
+from merging.lora_adapter import LoRAAdapter
 
 __all__ = ["TreeMismatchError", "task_vector", "add", "scale", "combine", "check_compatible", "compute_dtype"]
 
@@ -125,8 +126,9 @@ def task_vector(
 ) -> Any:
     """tau = finetuned - base, leaf by leaf (the direction fine-tuning moved the weights).
 
-    `finetuned` may also be a PEFT LoRA adapter folder (str / PathLike) with `base` a dict keyed by HF tensor names:
-    tau is then B @ A * alpha / r on the adapted weights and zero elsewhere (`merging.adapters.adapter_task_vector`).
+    `finetuned` may also be a PEFT LoRA adapter folder (str / PathLike) or an in-memory adapter
+    (`merging.lora_adapter.LoRAAdapter`) with `base` a dict keyed by HF tensor names: tau is then B @ A * alpha / r on
+    the adapted weights and zero elsewhere.
 
     `dtype=None` keeps each leaf's dtype (bf16 in, bf16 out); pass `jnp.float32` to keep the difference exact.
     Leaves not selected by `filter`/`exclude` (regex or predicate on "a/b/0/c" paths) are zero.
@@ -137,10 +139,11 @@ def task_vector(
     [0.5, 0.0]
     """
     selected = make_selector(filter, exclude)
-    if isinstance(finetuned, str | os.PathLike):
+    if isinstance(finetuned, str | os.PathLike | LoRAAdapter):
         from merging.adapters import adapter_task_vector
 
-        tau = adapter_task_vector(finetuned, base, dtype=dtype)
+        tau = (finetuned.task_vector(base, dtype=dtype) if isinstance(finetuned, LoRAAdapter) else
+               adapter_task_vector(finetuned, base, dtype=dtype))
         return {k: v if selected(k) else jnp.zeros_like(v) for k, v in tau.items()}
     leaves = []
     for path, (ft, b) in check_compatible([finetuned, base], ["finetuned", "base"]):

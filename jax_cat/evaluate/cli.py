@@ -43,7 +43,11 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--model", required=True,
                    help="HF-format checkpoint folder (config.json + safetensors + tokenizer), a hub id, or 'tiny' "
-                        "(the offline default model in the user cache)")
+                        "(the offline default model in the user cache), or a PEFT LoRA adapter folder "
+                        "(adapter_config.json) loaded onto its base")
+    p.add_argument("--base", default=None,
+                   help="with a LoRA adapter folder as --model: the base checkpoint (folder or hub id) to load it "
+                        "onto, instead of adapter_config.json's base_model_name_or_path")
     p.add_argument("--dataset", default="arithmetic",
                    help="arithmetic[:preset] | gsm8k | math | math500 | hub id | PATH.{jsonl,json,parquet}")
     p.add_argument("--split", default="test")
@@ -106,7 +110,7 @@ def _run(argv: list[str]) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         raise CLIError(f"--dataset {args.dataset}: {e}") from e
     try:
-        model, tokenizer, model_path = load_model_and_tokenizer(args.model, dtype=args.dtype)
+        model, tokenizer, model_path = load_model_and_tokenizer(args.model, dtype=args.dtype, base=args.base)
     except (ValueError, OSError) as e:
         raise CLIError(f"--model {args.model}: {e}") from e
     print(f"evaluating {model_path} on {len(problems)} problems of {args.dataset!r}: n={args.n}, k={ks}", file=sys.stderr)
@@ -116,7 +120,7 @@ def _run(argv: list[str]) -> int:
         stop=args.stop, batch_size=args.batch_size, num_resamples=args.num_resamples, keep_samples=args.save_samples,
         metrics=args.metrics,
     )
-    result["config"].update(model=str(model_path), dataset=args.dataset, split=args.split, limit=args.limit,
+    result["config"].update(model=str(model_path), base=args.base, dataset=args.dataset, split=args.split, limit=args.limit,
                             data_seed=args.data_seed, dtype=args.dtype)
     paths = write_results(result, args.out, plot_title=f"{Path(str(model_path)).name} on {args.dataset}")
     for name, rows in result["metrics"].items():

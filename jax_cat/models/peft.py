@@ -46,6 +46,20 @@ def _hf_pair(adapter: Any, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(a.reshape(-1, r).T), np.ascontiguousarray(b.reshape(r, -1).T)
 
 
+def lora_weights(model: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{HF weight name ("model.layers.0.self_attn.q_proj.weight"): (A [r, in], B [out, r])} of `model`'s adapters,
+    float32 numpy in PEFT's layout (tau = B @ A * model.lora.scale): what `save_peft` writes, and with the scale
+    the in-memory adapter `merging.LoRAAdapter(lora_weights(model), model.lora.scale)` takes."""
+    if getattr(model, "lora", None) is None:
+        raise ValueError("lora_weights: the model has no LoRA adapters (build it with lora=LoRAConfig(...))")
+    n = model.config.num_hidden_layers
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for _, li, path, adapter in adapters_of(model):
+        for layer in (range(n) if li is None else [li]):
+            out[f"model.layers.{layer}.{path}.weight"] = _hf_pair(adapter, layer if li is None else None)
+    return out
+
+
 def save_peft(model: Any, out_dir: str | os.PathLike, *, base_model: str | os.PathLike | None = None,
               dtype: Any = np.float32, tokenizer: Any = None, source: str | os.PathLike | None = None) -> Path:
     """Writes `model`'s adapters as a PEFT LoRA folder (atomically; an existing folder is replaced). `base_model`:
@@ -54,14 +68,11 @@ def save_peft(model: Any, out_dir: str | os.PathLike, *, base_model: str | os.Pa
     config: LoRAConfig | None = getattr(model, "lora", None)
     if config is None:
         raise ValueError("save_peft: the model has no LoRA adapters (build it with lora=LoRAConfig(...))")
-    n = model.config.num_hidden_layers
     tensors: dict[str, np.ndarray] = {}
-    for name, li, path, adapter in adapters_of(model):
-        for layer in (range(n) if li is None else [li]):
-            a, b = _hf_pair(adapter, layer if li is None else None)
-            stem = f"{PREFIX}model.layers.{layer}.{path}"
-            tensors[f"{stem}.lora_A.weight"] = a.astype(dtype)
-            tensors[f"{stem}.lora_B.weight"] = b.astype(dtype)
+    for weight, (a, b) in lora_weights(model).items():
+        stem = PREFIX + weight.removesuffix(".weight")
+        tensors[f"{stem}.lora_A.weight"] = a.astype(dtype)
+        tensors[f"{stem}.lora_B.weight"] = b.astype(dtype)
     adapter_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": config.rank, "lora_alpha": config.alpha,
         "lora_dropout": config.dropout, "target_modules": sorted(config.targets), "bias": "none",
@@ -159,4 +170,4 @@ def load_peft(model: Any, folder: str | os.PathLike) -> Any:
 
 
 __all__ = ["CONFIG_FILE", "PeftFormatError", "WEIGHTS_FILE", "is_peft_folder", "iter_peft_deltas", "load_peft",
-           "peft_tensor_names", "read_peft_config", "save_peft"]
+           "lora_weights", "peft_tensor_names", "read_peft_config", "save_peft"]

@@ -291,6 +291,10 @@ class LoRASection:
       quantize: how the frozen base's projection kernels are stored (QLoRA, `jax_cat.models.quant`): "none",
         "int8" (per-output-channel absmax) or "nf4" (4-bit NormalFloat, blocks of 64, as bitsandbytes); needs
         rank > 0. A merged export dequantizes the base; the PEFT export holds the adapters only.
+      rollout: how GRPO rollouts apply the adapters: "adapters" (the low-rank path in every decode step) or
+        "merged" (W + B.A.alpha/r materialised once per rollout batch; the base plus one copy of the adapted
+        kernels while sampling). Same samples up to float rounding; the default is the faster on CPU
+        (benchmarks/lora_rollout.py, docs/lora.md).
     """
 
     rank: int = 0
@@ -299,6 +303,7 @@ class LoRASection:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     export: Literal["merged", "peft"] = "merged"
     quantize: Literal["none", "int8", "nf4"] = "none"
+    rollout: Literal["adapters", "merged"] = "adapters"
 
 
 @dataclasses.dataclass(**_FROZEN)
@@ -548,6 +553,10 @@ def validate(cfg: Config) -> None:
     if cfg.lora.quantize != "none" and cfg.lora.rank == 0:
         raise ConfigError(f"lora.quantize={cfg.lora.quantize!r} needs lora.rank > 0: a quantized base is frozen, so "
                           "only LoRA adapters can be trained on it (QLoRA)")
+    if cfg.lora.quantize != "none" and cfg.lora.rollout == "merged":
+        raise ConfigError(f"lora.rollout='merged' with lora.quantize={cfg.lora.quantize!r}: merging would materialise "
+                          "the dequantized base once per rollout batch; use lora.rollout='adapters' (the default) "
+                          "for a quantized base")
     if t.method == "sft" and cfg.data.batch_size % t.micro_batches:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} does not split into train.micro_batches={t.micro_batches}")
     if t.method == "grpo" and (cfg.data.batch_size * cfg.rollout.group_size) % t.micro_batches:

@@ -21,6 +21,7 @@ from jax_cat.training.checkpoint import Checkpointer, is_primary
 from jax_cat.training.config import Config
 from jax_cat.training.metrics import MetricsLogger, logger_settings
 from jax_cat.training.rollout import collect_rollouts
+from jax_cat.training.rollout_policy import rollout_policy
 from jax_cat.training.runtime import (
     RunResult, build_mesh, load_model, local_batch_size, model_from_params, restore_or_init, run_steps, shard_info,
 )
@@ -97,10 +98,11 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
     def do_step(state, step):
         stats: dict[str, float] = {}
         if step % t.updates_per_batch == 0 or not current:
-            policy = model_from_params(graphdef, state.params)
+            policy = rollout_policy(graphdef, state.params, cfg.lora.rollout)  # LoRA: adapters or merged once
             batch, stats = collect_rollouts(policy, tokenizer, next(iterator), key=jax.random.fold_in(base_key, step),
                                             cfg=r, mesh=mesh, eos_token_ids=eos, pad_token_id=pad,
                                             reward_fn=reward_fn)
+            del policy  # a merged policy's kernels are freed before the log-prob passes and the step
             arrays = batch.arrays()
             if need_old:
                 arrays["old_logprobs"] = logprob_fn(state.params, arrays)

@@ -28,10 +28,11 @@ __all__ = ["RUN_ENTRIES", "SAFE_ON_RESUME", "RunFolderError", "check_out_dir", "
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "checkpoints", "final", "eval", "tb", "wandb")
 
 # Keys --resume may change: they do not change what the steps already taken computed, nor what the rest computes
-# (beyond float rounding for train.micro_batches and the mesh). train.steps is special: see `config_changes`.
+# (beyond float rounding for train.micro_batches, lora.rollout and the mesh). train.steps is special: see
+# `config_changes`.
 SAFE_ON_RESUME = (
     "train.steps", "train.stop_after", "train.log_every", "train.checkpoint_every", "train.eval_at_end",
-    "train.save_final", "train.export_dtype", "lora.export", "train.micro_batches", "model.remat", "model.logprob_chunk", "data.eval_split", "mesh.data", "mesh.fsdp",
+    "train.save_final", "train.export_dtype", "lora.export", "lora.rollout", "train.micro_batches", "model.remat", "model.logprob_chunk", "data.eval_split", "mesh.data", "mesh.fsdp",
     "mesh.tensor", "checkpoint.keep", "checkpoint.async_save", "logging.progress", "logging.tensorboard",
     "logging.report_to", "logging.project", "logging.run_name",
     "eval.num_problems", "eval.n", "eval.ks", "eval.max_new_tokens", "eval.temperature",

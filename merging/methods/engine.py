@@ -19,6 +19,7 @@ import numpy as np
 
 from merging._checks import check_finite, check_float64
 from merging._paths import is_vector_leaf, make_selector
+from merging.lora_adapter import LoRAAdapter, adapted_leaves, dense_leaf
 from merging.methods.base import MergeMethod
 from merging.sparsify import Block, ProgressFn, _no_progress, apply_sparsifier, blockable, prepare, rows_per_chunk
 from merging.task_vectors import check_compatible, compute_dtype, tv_leaf
@@ -192,6 +193,9 @@ def merge(
 ) -> Any:
     """In-memory merge of pytrees (same structure and shapes) with `spec`; returns a pytree like `base`.
 
+    A fine-tuned model may be an in-memory LoRA adapter (`merging.lora_adapter.LoRAAdapter`; `base` then a dict
+    keyed by HF tensor names): it merges as base + B @ A * scale, each adapted tensor densified when reached.
+
     Equal bit for bit to `merging.stream.merge_checkpoints` on the same tensors, and to composing the public
     functions by hand, e.g. for dots:
     combine(base, [dots_sparsify(task_vector(ft, base, dtype=jnp.float32), ...) for ft in finetuned], coeffs).
@@ -200,7 +204,7 @@ def merge(
     `allow_nonfinite`. `block_bytes`: merge leaves larger than that in row blocks (the streamed merge's path; the
     result is the same).
     """
-    finetuned = list(finetuned)
+    finetuned = [adapted_leaves(ft, base) if isinstance(ft, LoRAAdapter) else ft for ft in finetuned]
     if not finetuned:
         raise ValueError("merge needs at least one fine-tuned model")
     labels = ["base"] + [f"finetuned[{i}]" for i in range(len(finetuned))]
@@ -216,7 +220,7 @@ def merge(
         names,
         {p: tuple(getattr(ls[0], "shape", ())) for p, ls in rows},
         lambda name: leaves[name][0],
-        lambda i, name: leaves[name][i + 1],
+        lambda i, name: dense_leaf(leaves[name][i + 1]),  # an adapter's leaf: base + tau computed here
         len(finetuned),
         spec,
         is_float=lambda name: is_vector_leaf(leaves[name][0]),

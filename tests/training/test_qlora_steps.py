@@ -146,6 +146,8 @@ def test_quantize_needs_lora_and_the_runtime_loads_a_quantized_base(tiny_ckpt):
         load_config(None, {"lora.quantize": "nf4"})
     with pytest.raises(ConfigError, match="lora.quantize"):
         load_config(None, ["load_in_4bit=true"])  # the TRL name points at ours
+    with pytest.raises(ConfigError, match="lora.rollout='merged' with lora.quantize='int8'"):
+        load_config(None, {"lora.rank": 4, "lora.quantize": "int8", "lora.rollout": "merged"})
     cfg = load_config(None, {"model.path": str(tiny_ckpt), "lora.rank": 4, "lora.quantize": "int8"})
     model, _ = load_model(cfg, one_device())
     assert model.quantization == "int8" and isinstance(model.layers[0].mlp.up_proj, QuantizedKernel)
