@@ -184,7 +184,7 @@ _int8_jit = jax.jit(int8_quantize, static_argnums=1)
 # ------------------------------------------------------------------------------------------------ model level
 def _projections(model: Any):
     """(layer module path, submodule, attribute, input dims) of every layer's seven projection kernels."""
-    from jax_cat.models.lora import TARGETS
+    from jax_cat.models.lora_targets import TARGETS
 
     stacked = bool(getattr(model, "scan_layers", False))
     layers = [(None, model.layers)] if stacked else list(enumerate(model.layers))
@@ -274,7 +274,7 @@ def param_count(model: Any) -> int:
 
 def is_projection_path(path: tuple) -> bool:
     """Whether an NNX parameter path is one of the layers' projection kernels (what `quantize_model` quantizes)."""
-    from jax_cat.models.lora import TARGETS
+    from jax_cat.models.lora_targets import TARGETS
 
     return len(path) >= 3 and path[0] == "layers" and any(path[-2:] == (sub, attr) for sub, attr, _ in
                                                            TARGETS.values())

@@ -20,7 +20,7 @@ from jax_cat.training import steps
 from jax_cat.training.checkpoint import Checkpointer, is_primary
 from jax_cat.training.config import Config
 from jax_cat.training.metrics import MetricsLogger, logger_settings
-from jax_cat.training.rollout import collect_rollouts
+from jax_cat.training.rollout import collect_rollouts, logprob_passes  # noqa: F401  (public here too)
 from jax_cat.training.rollout_policy import rollout_policy
 from jax_cat.training.runtime import (
     RunResult, build_mesh, load_model, local_batch_size, model_from_params, restore_or_init, run_steps, shard_info,
@@ -34,14 +34,6 @@ def _token_ids(model: Any, tokenizer: Any, use_chat_template: bool = True) -> tu
 
     eos = stop_token_ids(model, tokenizer, use_chat_template)  # the rule evaluation uses too
     return eos, resolve_pad_token_id(model, tokenizer, eos)
-
-
-def logprob_passes(cfg: Config) -> tuple[bool, bool]:
-    """(old_logprobs, ref_logprobs): the log-prob passes after each rollout, from the run's loss config (the preset
-    with the recipe's changes, `Config.loss_config`): old-policy log-probs for several updates per batch or a
-    sequence-level p, reference log-probs for a KL term (beta > 0)."""
-    loss = cfg.loss_config()
-    return cfg.train.updates_per_batch > 1 or loss.p_source == "sequence", loss.beta > 0
 
 
 def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh | None = None,

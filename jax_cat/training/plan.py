@@ -160,7 +160,7 @@ def abstract_model(cfg: Any, config: Any) -> Any:
 
 def rollout_arrays(cfg: Any) -> tuple[bool, bool]:
     """(old_logprobs, ref_logprobs): which log-prob passes a GRPO run makes after each rollout (`run_grpo`'s rule)."""
-    from jax_cat.training.grpo import logprob_passes
+    from jax_cat.training.rollout import logprob_passes
 
     return logprob_passes(cfg)
 

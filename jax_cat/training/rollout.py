@@ -182,3 +182,11 @@ def lower_rollout_sampler(model: nnx.Module, mesh: Mesh, cfg: RolloutConfig, *, 
             use_top_p=params.top_p < 1.0, eos_token_ids=tuple(int(e) for e in eos_token_ids),
             pad_token_id=int(pad_token_id), cache_dtype=None,
         )
+
+
+def logprob_passes(cfg: Any) -> tuple[bool, bool]:
+    """(old_logprobs, ref_logprobs): the log-prob passes after each rollout, from the run's loss config (the preset
+    with the recipe's changes, `Config.loss_config`): old-policy log-probs for several updates per batch or a
+    sequence-level p, reference log-probs for a KL term (beta > 0). `run_grpo` makes them; `--plan` sizes them."""
+    loss = cfg.loss_config()
+    return cfg.train.updates_per_batch > 1 or loss.p_source == "sequence", loss.beta > 0
