@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with the measured stack (constraints.txt) and install jax-cat into it, editable.
 #   scripts/setup.sh          jax-cat[all]: the core and every runtime extra (dots, data, plots, tensorboard)
-#   scripts/setup.sh --test   jax-cat[test]: all of that plus pytest (with pytest-xdist for `-n 2`) and the CPU torch
-#                             used as the reference in tests
+#   scripts/setup.sh --test   jax-cat[test]: all of that plus pytest and the CPU torch used as the reference in tests
 # Idempotent: a stamp of pyproject.toml + constraints.txt skips the install when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

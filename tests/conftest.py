@@ -18,30 +18,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tempfile  # noqa: E402
 
 os.environ["JAX_CAT_CACHE"] = tempfile.mkdtemp(prefix="jax-cat-test-cache-")
-# XLA's persistent compilation cache, one fresh folder per test session: many tests, and the trainer subprocesses
-# they start (which inherit these variables), compile the same tiny-model steps; a hit loads the executable instead
-# of compiling it again. Keyed by the HLO, the devices and the flags, so a changed computation still compiles. No
-# size bound: that turns on an eviction scan of the whole folder at every write. (A half-written entry that another
-# process reads is a warning and a compile, never a wrong executable.) An outer JAX_COMPILATION_CACHE_DIR
-# (scripts/mutation.sh sets one) is kept.
-_OWN_XLA_CACHE = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _OWN_XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cat-test-xla-cache-")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 # ---------------------------------------------------------------------------------------------- models fixtures
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
-
-def pytest_unconfigure(config):
-    """The session's compilation cache goes with it (xdist workers inherit the folder; its creator removes it)."""
-    if _OWN_XLA_CACHE is not None:
-        import shutil
-
-        shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
