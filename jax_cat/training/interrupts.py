@@ -34,6 +34,9 @@ def deferred_interrupt() -> Iterator[None]:
 
     _requested.clear()
     signal.signal(signal.SIGINT, on_sigint)
+    # Only a flag is set: let interrupted system calls restart (SA_RESTART) instead of failing with EINTR inside
+    # C++ libraries (XLA's thread pools, TensorStore's I/O), some of which do not retry and hang or fail.
+    signal.siginterrupt(signal.SIGINT, False)
     try:
         yield
         raise_if_interrupted()
