@@ -268,6 +268,11 @@ def _mount(point: Path, *options: str) -> str | None:
     return None if proc.returncode == 0 else f"cannot mount a small tmpfs here ({proc.stderr.strip()})"
 
 
+def _foreground_sigint():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def tmpfs(tmp_path, request):
     point = tmp_path / "disk"
@@ -305,13 +310,24 @@ def test_ctrl_c_is_one_line_and_exit_130(finished, tmp_path):
     _, model = finished
     out = tmp_path / "run"
     argv = [*_args(model), "--set", "train.steps=100000", "--set", "optimizer.schedule=constant", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "jax_cat.train", *argv], env=_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The child starts with SIGINT at its default and unblocked, as a terminal's foreground job does (the test
+    # process's signal state after ~1,300 tests must not decide the outcome); PYTHONFAULTHANDLER lets a hang dump
+    # every thread's stack on SIGABRT, so a timeout says where the run was.
+    proc = subprocess.Popen([sys.executable, "-m", "jax_cat.train", *argv], env=_env(PYTHONFAULTHANDLER="1"),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_foreground_sigint)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (out / "checkpoints" / "sft" / "2").is_dir():
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{proc.pid}/status")
+        sig = [ln for ln in status.read_text().splitlines() if ln.startswith("Sig")] if status.exists() else []
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"no exit 120 s after SIGINT; child {sig}; stderr tail:\n{err[-6000:]}")
     assert proc.returncode == 130, err[-2000:]
     assert _without_progress(err) == [f"{PROG}: interrupted (resume with --resume)"], err[-2000:]
