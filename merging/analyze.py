@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jax_cat.extras import pyplot
-from jax_cat.io.atomic import atomic_write, atomic_write_text
+from jax_cat.io.atomic import atomic_write_text, save_figure
 from merging._cli import ArgumentParser, CLIError, run_cli
 from merging._paths import MODULES
 from merging.analysis import Comparison
@@ -28,11 +28,6 @@ PROG = "python -m merging.analyze"
 
 def _plt():
     return pyplot(feature="the analysis plots")
-
-
-def _savefig(fig, path: Path) -> None:
-    """PNG through a temporary file and a rename (a reader never sees half a plot)."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def plot_layer_magnitude(cmp: Comparison, path: Path) -> None:
@@ -58,8 +53,7 @@ def plot_layer_magnitude(cmp: Comparison, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_sign_conflict(cmp: Comparison, path: Path) -> None:
@@ -87,8 +81,7 @@ def plot_sign_conflict(cmp: Comparison, path: Path) -> None:
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_module_mass(cmp: Comparison, path: Path) -> None:
@@ -108,8 +101,7 @@ def plot_module_mass(cmp: Comparison, path: Path) -> None:
     ax.set_title("update mass (share of ||tau||^2) per module")
     ax.legend()
     fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _clean(obj):

@@ -44,7 +44,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jax_cat.extras import pyplot, require
-from jax_cat.io.atomic import atomic_write, atomic_write_text, clean_stale_temporaries, output_lock
+from jax_cat.io.atomic import atomic_write_text, clean_stale_temporaries, output_lock, save_figure
 from jax_cat.io.safetensors import Checkpoint, CheckpointMismatchError, parse_size
 from jax_cat.models import load_hf, save_hf
 from jax_cat.models.hf import checkpoint_dtype
@@ -153,10 +153,7 @@ def plot_pareto(path: Path, records: Sequence[Any], front: set[int], picked: Any
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jax_cat.io.atomic import atomic_write  # noqa: E402
+from jax_cat.io.atomic import save_figure  # noqa: E402
 from jax_cat.losses import BestOfN, MajorityAtN, PassAtN, alignment_coefficient  # noqa: E402
 
 GRID = np.linspace(0.0, 1.0, 1001)
@@ -26,10 +26,7 @@ def _w(fn, x=GRID):
 
 
 def _save(fig, out: Path, name: str, dpi: int) -> Path:
-    try:
-        return atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, out / name, dpi=dpi, bbox_inches="tight")
 
 
 def plot_sft(out: Path, dpi: int) -> list[Path]:

@@ -436,13 +436,9 @@ def plot_improvement(agg: dict, labels: dict[str, str], path: Path) -> Path:
         ax.legend(fontsize=8)
         ax.set_title("SFT objectives" if method == "sft" else "RL objectives", fontsize=10)
     fig.tight_layout()
-    from jax_cat.io.atomic import atomic_write
+    from jax_cat.io.atomic import save_figure
 
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def report_tables(results: dict[str, Any]) -> str:

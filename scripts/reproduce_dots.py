@@ -51,7 +51,7 @@ for _p in (ROOT, ROOT / "scripts"):
     if str(_p) not in sys.path:  # run as a file from a checkout (scripts/: linear_connectivity)
         sys.path.insert(0, str(_p))
 
-from jax_cat.io.atomic import atomic_write, atomic_write_text  # noqa: E402 - after the checkout is on the path
+from jax_cat.io.atomic import atomic_write_text, save_figure  # noqa: E402 - after the checkout is on the path
 
 
 def _task_specs() -> dict[str, Any]:
@@ -515,7 +515,7 @@ def plot_results(res: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title(f"{s['eval_problems']} held-out problems per skill, n={s['eval_samples']} samples each", fontsize=9)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_search(res: dict, path: Path) -> Path:
@@ -542,17 +542,7 @@ def plot_search(res: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save_fig(fig, path)
-
-
-def _save_fig(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ the run

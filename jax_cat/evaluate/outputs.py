@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jax_cat.atomic import atomic_write
+from jax_cat.atomic import atomic_write, save_figure
 from jax_cat.extras import pyplot
 
 
@@ -78,10 +78,7 @@ def plot_scaling(result: Mapping[str, Any], path: str | Path, *, title: str | No
     subtitle = f"{result['num_problems']} problems, n={result['config']['n']} samples each, {ci}% bootstrap CI"
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def to_json(value: Any, indent: int = 0) -> str:

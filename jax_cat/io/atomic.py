@@ -1,7 +1,7 @@
 """Atomic outputs: whole folders (`atomic_output_dir`) and single files (`atomic_write`), with the output lock.
 
 The one home of every write in jax_cat and merging that must never be seen half done (`save_hf`, merged
-checkpoints, evaluation and DoTS results, training markers, plots):
+checkpoints, evaluation and DoTS results, training markers, plots: `save_figure`):
 
 - a temporary `<out>.tmp-<pid>-<hex>` beside the target, renamed onto it only when complete, removed on any error
   (a full disk, Ctrl-C, a bug in the writer: `BaseException`);
@@ -33,7 +33,7 @@ except ImportError:  # not POSIX: no inter-process lock (the temp-then-rename st
 
 __all__ = [
     "OutputBusyError", "atomic_output_dir", "atomic_write", "atomic_write_text", "clean_stale",
-    "clean_stale_temporaries", "output_lock", "pid_alive",
+    "clean_stale_temporaries", "output_lock", "pid_alive", "save_figure",
 ]
 
 
@@ -200,3 +200,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """`atomic_write` of a text file."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
+    """Write a matplotlib figure to `path` with `atomic_write` (PNG unless `format=` says otherwise; other keywords,
+    e.g. `dpi=120`, go to `fig.savefig`), then close it, on success or failure: pyplot keeps every figure open
+    until closed, so a run that plots many would pile them up. The one way every plot of jax_cat, merging and the
+    scripts reaches the disk: a reader never sees half a PNG."""
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, **{"format": "png", **savefig}))
+    finally:
+        import matplotlib.pyplot as plt  # already imported by whoever drew `fig`; this package stays free of it
+
+        plt.close(fig)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_cat.atomic import atomic_write
+from jax_cat.atomic import save_figure
 from jax_cat.extras import pyplot
 
 
@@ -67,8 +67,4 @@ def plot_passk(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_title(f"{cfg['preset']}: {results['num_problems']} held-out problems, n={cfg['eval_samples']} each, "
                  f"95% bootstrap CI", fontsize=9)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

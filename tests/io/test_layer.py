@@ -1,5 +1,6 @@
-"""The shared low layer (`jax_cat.io`) and what is built on it: atomic writes on a full disk, the safetensors reader
-and writer both packages use, model resolution, and `DotsConfig` as the one record of `merging.dots`' flags."""
+"""The shared low layer (`jax_cat.io`) and what is built on it: atomic writes on a full disk, figures, the
+safetensors reader and writer both packages use, model resolution, and `DotsConfig` as the one record of
+`merging.dots`' flags."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jax_cat.io.atomic import atomic_write, clean_stale_temporaries
+from jax_cat.io.atomic import atomic_write, clean_stale_temporaries, save_figure
 from jax_cat.io.safetensors import Checkpoint, CheckpointError, ShardedWriter
 
 
@@ -45,6 +46,30 @@ def test_stale_temporaries_of_dead_writers_only_are_removed(tmp_path):
     removed = clean_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == sorted([f"trials.json.tmp-{dead}-abcd1234", f".config.json.tmp-{dead}"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["trials.json", f"trials.csv.tmp-{os.getpid()}-abcd1234"])
+
+
+def test_save_figure_writes_a_png_of_the_asked_size_and_closes_the_figure(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "sub" / "plot.png", dpi=50)
+    assert path == tmp_path / "sub" / "plot.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.imread(path).shape[:2] == (100, 150)  # 2 x 3 inches at 50 dpi
+    assert not plt.fignum_exists(fig.number)
+    assert [p.name for p in path.parent.iterdir()] == ["plot.png"]
+
+
+def test_a_failed_save_figure_keeps_the_old_file_and_still_closes_the_figure(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    target = tmp_path / "plot.png"
+    target.write_bytes(b"old")
+    fig, _ = plt.subplots()
+    with pytest.raises(ValueError):
+        save_figure(fig, target, format="no-such-format")
+    assert target.read_bytes() == b"old"
+    assert not plt.fignum_exists(fig.number)
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
 # ------------------------------------------------------------------------------------------------ safetensors
