@@ -414,6 +414,8 @@ def read_recipe(path_or_name: str | os.PathLike) -> dict[str, Any]:
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"steps": 5}} -> {"train.steps": 5}: the dotted names that recipes, overrides and a run folder's
+    saved settings (`run_folder`) are compared by."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):

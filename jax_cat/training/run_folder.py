@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_cat.atomic import OutputBusyError, output_lock
-from jax_cat.training.config import Config, ConfigError
+from jax_cat.training.config import Config, ConfigError, _flatten  # the one flattening of a settings table
 
 __all__ = ["RUN_ENTRIES", "SAFE_ON_RESUME", "RunFolderError", "check_out_dir", "check_run_folder", "config_changes", "owner_lock",
            "prepare_run_folder", "run_entries"]
@@ -43,16 +43,6 @@ class RunFolderError(ConfigError):
     """The run folder cannot be used as asked (holds another run, is busy, is a file, is read-only); one line."""
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _as_json(cfg: Config) -> dict[str, Any]:
     return json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as config.json holds them
 
@@ -64,7 +54,7 @@ def config_changes(saved: Mapping[str, Any], cfg: Config) -> tuple[list[str], li
     with optimizer.schedule="constant": the cosine schedule's length is train.steps, so another value would have
     given the steps already taken other learning rates.
     """
-    old, new, default = _flat(saved), _flat(_as_json(cfg)), _flat(_as_json(Config()))
+    old, new, default = _flatten(saved), _flatten(_as_json(cfg)), _flatten(_as_json(Config()))
     refused, allowed = [], []
     for key, value in new.items():
         before = old.get(key, default.get(key))
