@@ -23,7 +23,7 @@ from jax_cat.training.metrics import MetricsLogger, logger_settings
 from jax_cat.training.rollout import collect_rollouts, logprob_passes  # noqa: F401  (public here too)
 from jax_cat.training.rollout_policy import rollout_policy
 from jax_cat.training.runtime import (
-    RunResult, build_mesh, load_model, local_batch_size, model_from_params, restore_or_init, run_steps, shard_info,
+    RunResult, build_mesh, load_model, local_batch_size, restore_or_init, run_stage, shard_info,
 )
 
 
@@ -104,15 +104,7 @@ def run_grpo(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mes
         state, metrics = step_fn(state, current["arrays"])
         return state, metrics, stats
 
-    try:
-        state = run_steps(cfg=cfg, stage=stage, state=state, start_step=start, total_steps=t.steps, do_step=do_step,
-                          extras=lambda: {"data_iterator": iterator.get_state(), "stage": stage},
-                          checkpointer=checkpointer, logger=logger,
-                          can_checkpoint=lambda step: step % t.updates_per_batch == 0)
-    finally:
-        logger.close()
-        if checkpointer is not None:
-            checkpointer.close()
-    return RunResult(model_from_params(graphdef, state.params), logger.history, state,
-                     checkpointer.directory if checkpointer else None, stage)
+    return run_stage(cfg=cfg, stage=stage, state=state, start_step=start, total_steps=t.steps, do_step=do_step,
+                     iterator=iterator, checkpointer=checkpointer, logger=logger, graphdef=graphdef,
+                     can_checkpoint=lambda step: step % t.updates_per_batch == 0)
 

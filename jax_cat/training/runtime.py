@@ -199,6 +199,24 @@ def run_steps(*, cfg: Config, stage: str, state: TrainState, start_step: int, to
     return state
 
 
+def run_stage(*, cfg: Config, stage: str, state: TrainState, start_step: int, total_steps: int,
+              do_step: Callable[[TrainState, int], tuple[TrainState, dict, dict]], iterator: Any,
+              checkpointer: Checkpointer | None, logger: MetricsLogger, graphdef: Any,
+              can_checkpoint: Callable[[int], bool] = lambda step: True) -> RunResult:
+    """The end of every training loop (SFT, GRPO): `run_steps` with the data iterator's state in each checkpoint,
+    then the logger and checkpointer closed whatever happened (an error, Ctrl-C), and the stage's `RunResult`."""
+    try:
+        state = run_steps(cfg=cfg, stage=stage, state=state, start_step=start_step, total_steps=total_steps,
+                          do_step=do_step, extras=lambda: {"data_iterator": iterator.get_state(), "stage": stage},
+                          checkpointer=checkpointer, logger=logger, can_checkpoint=can_checkpoint)
+    finally:
+        logger.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    return RunResult(model_from_params(graphdef, state.params), logger.history, state,
+                     checkpointer.directory if checkpointer else None, stage)
+
+
 def _step_loop(cfg, stage, state, step, total_steps, do_step, extras, checkpointer, logger, can_checkpoint, saved):
     every, log_every = cfg.train.checkpoint_every, cfg.train.log_every
     while step < total_steps:

@@ -14,7 +14,7 @@ from jax_cat.training.config import Config
 from jax_cat.training.metrics import MetricsLogger, logger_settings
 from jax_cat.training.rollout import global_batch
 from jax_cat.training.runtime import (
-    RunResult, build_mesh, load_model, local_batch_size, model_from_params, restore_or_init, run_steps, shard_info,
+    RunResult, build_mesh, load_model, local_batch_size, restore_or_init, run_stage, shard_info,
 )
 
 
@@ -55,14 +55,6 @@ def run_sft(cfg: Config, *, model: Any = None, tokenizer: Any = None, mesh: Mesh
         state, metrics = step_fn(state, batch)
         return state, metrics, {}
 
-    try:
-        state = run_steps(cfg=cfg, stage=stage, state=state, start_step=start, total_steps=cfg.train.steps,
-                          do_step=do_step, extras=lambda: {"data_iterator": iterator.get_state(), "stage": stage},
-                          checkpointer=checkpointer, logger=logger)
-    finally:
-        logger.close()
-        if checkpointer is not None:
-            checkpointer.close()
-    return RunResult(model_from_params(graphdef, state.params), logger.history, state,
-                     checkpointer.directory if checkpointer else None, stage)
+    return run_stage(cfg=cfg, stage=stage, state=state, start_step=start, total_steps=cfg.train.steps,
+                     do_step=do_step, iterator=iterator, checkpointer=checkpointer, logger=logger, graphdef=graphdef)
 
