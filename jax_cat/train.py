@@ -29,6 +29,7 @@ PROG = "python -m jax_cat.train"
 
 
 def build_parser() -> ArgumentParser:
+    """The trainer's command-line parser (recipe, --set overrides, run folder, resume): its flags and --help."""
     p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])  # adds --debug (tracebacks on errors)
     p.add_argument("--config", default=None, help="recipe file (.toml/.json) or name in configs/ (e.g. grpo_cat)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -38,6 +38,7 @@ class SeededPolicy(pythia.Policy):
         self._seed = int(seed)
 
     def suggest(self, request: pythia.SuggestRequest) -> pythia.SuggestDecision:
+        """The next `count` trials, each a pure function of (seed, trial id): a resumed or rerun study gets the same."""
         space = request.study_config.search_space
         n, count = int(request.max_trial_id), int(request.count or 1)
         out = []
@@ -51,6 +52,7 @@ class SeededPolicy(pythia.Policy):
         return pythia.SuggestDecision(out)
 
     def early_stop(self, request: pythia.EarlyStopRequest) -> pythia.EarlyStopDecisions:
+        """No trial is stopped early (every DoTS trial is cheap and scored in full)."""
         return pythia.EarlyStopDecisions()
 
 

@@ -116,17 +116,20 @@ class AdapterCheckpoint:
         return (_read(self._file, b, rows) @ _read(self._file, a)) * np.float32(self.scale)
 
     def get(self, name: str) -> np.ndarray:
+        """One tensor of the adapted model: base + the adapter's delta (float32) where adapted, else the base's."""
         if name not in self.pairs:
             return self.base.get(name)
         return np.asarray(self.base.get(name), np.float32) + self.delta(name)
 
     def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of `get(name)`, read without the rest, for the streaming merge's row blocks."""
         if name not in self.pairs:
             return self.base.get_rows(name, start, stop)
         return np.asarray(self.base.get_rows(name, start, stop), np.float32) + self.delta(name, start, stop)
 
     @property
     def config(self) -> dict[str, Any] | None:
+        """The base checkpoint's config.json (an adapter does not change the architecture)."""
         return self.base.config
 
     def __repr__(self) -> str:

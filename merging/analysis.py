@@ -55,6 +55,7 @@ class PairStats:
 
     @staticmethod
     def sum(items: Iterable["PairStats"]) -> "PairStats":
+        """The statistics of the union of disjoint entry sets (all fields are additive), for totals and groups."""
         items = list(items)
         out = {}
         for f in fields(PairStats):
@@ -65,41 +66,51 @@ class PairStats:
     # --- derived metrics (NaN where undefined) ---
     @property
     def l2_a(self) -> float:
+        """||a||_2 over these entries."""
         return math.sqrt(self.a2)
 
     @property
     def l2_b(self) -> float:
+        """||b||_2 over these entries."""
         return math.sqrt(self.b2)
 
     @property
     def ratio_l2(self) -> float:
+        """||a|| / ||b||: how much larger the first update is (NaN when b is zero)."""
         return self.l2_a / self.l2_b if self.b2 > 0 else math.nan
 
     @property
     def mean_abs_a(self) -> float:
+        """mean |a| per entry (NaN over no entries)."""
         return self.a1 / self.n if self.n else math.nan
 
     @property
     def mean_abs_b(self) -> float:
+        """mean |b| per entry (NaN over no entries)."""
         return self.b1 / self.n if self.n else math.nan
 
     @property
     def ratio_mean_abs(self) -> float:
+        """sum |a| / sum |b| (NaN when b is zero)."""
         return self.a1 / self.b1 if self.b1 > 0 else math.nan
 
     @property
     def cosine(self) -> float:
+        """cos(a, b): whether the two updates point the same way (NaN when either is zero)."""
         return self.ab / math.sqrt(self.a2 * self.b2) if self.a2 > 0 and self.b2 > 0 else math.nan
 
     @property
     def conflict_rate(self) -> float:
+        """Share of the entries both change where their signs differ: the interference a plain sum suffers."""
         return self.conflict / self.both_nonzero if self.both_nonzero else math.nan
 
     @property
     def conflict_rate_significant(self) -> float:
+        """The sign-conflict share among entries in both vectors' top fraction, where interference matters most."""
         return self.conflict_significant / self.both_significant if self.both_significant else math.nan
 
     def metrics(self) -> dict[str, float]:
+        """The derived metrics (and densities) as one flat dict, for the table and the JSON report."""
         return {
             "n": self.n, "l2_a": self.l2_a, "l2_b": self.l2_b, "ratio_l2": self.ratio_l2,
             "mean_abs_a": self.mean_abs_a, "mean_abs_b": self.mean_abs_b, "ratio_mean_abs": self.ratio_mean_abs,
@@ -164,6 +175,7 @@ class Comparison:
         return cls(stats, labels, top_fraction, classify)
 
     def total(self) -> PairStats:
+        """The statistics over every tensor: the whole-model row of the report."""
         return PairStats.sum(self.per_tensor.values())
 
     def _group(self, key: Callable[[str], Any]) -> dict[Any, PairStats]:
@@ -173,6 +185,7 @@ class Comparison:
         return {k: PairStats.sum(v) for k, v in groups.items()}
 
     def by_module(self) -> dict[str, PairStats]:
+        """Statistics per module kind (q_proj, ..., down_proj, embed, ...), in the report's order."""
         g = self._group(lambda n: self.classify(n)[0])
         return {m: g[m] for m in MODULES if m in g}
 
@@ -184,10 +197,12 @@ class Comparison:
         return self._group(family)
 
     def by_layer(self) -> dict[int, PairStats]:
+        """Statistics per decoder layer, in layer order (tensors outside the layers left out)."""
         g = self._group(lambda n: self.classify(n)[1])
         return {k: g[k] for k in sorted(k for k in g if k is not None)}
 
     def by_module_layer(self) -> dict[tuple[str, int], PairStats]:
+        """Statistics per (module kind, layer): the cells of the sign-conflict heat map."""
         g = self._group(self.classify)
         return {k: g[k] for k in sorted((k for k in g if k[1] is not None), key=lambda k: (MODULES.index(k[0]), k[1]))}
 

@@ -28,6 +28,7 @@ PROG = "python -m merging.dots"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The DoTS command-line parser (checkpoints, queries, search and output settings): its flags and --help."""
     p = ArgumentParser(prog=PROG, description="DoTS: label-free multi-objective search of task-vector merge coefficients "
                 "(consistency and perplexity on unlabeled queries, Vizier), then the picked merge as an HF checkpoint.")
     p.add_argument("--base", required=True, help="base HF checkpoint folder")

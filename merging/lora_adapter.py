@@ -94,6 +94,7 @@ class LoRAAdapter:
             return cls({w: (handle.get_tensor(a), handle.get_tensor(b)) for w, (a, b) in names.items()}, scale)
 
     def shape(self, name: str) -> tuple[int, int]:
+        """(out, in) of the weight adapted as `name`, the shape its delta takes."""
         a, b = self.weights[name]
         return b.shape[0], a.shape[1]
 
@@ -183,11 +184,13 @@ class AdapterView:
         self.names = base.names
 
     def get(self, name: str) -> np.ndarray:
+        """One tensor of the adapted model: base + the adapter's delta (float32) where adapted, else the base's."""
         if name not in self.adapter.weights:
             return self.base.get(name)
         return np.asarray(self.base.get(name), np.float32) + self.adapter.delta(name)
 
     def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of `get(name)`, read without the rest, for the streaming merge's row blocks."""
         if name not in self.adapter.weights:
             return self.base.get_rows(name, start, stop)
         stop = min(stop, self.info[name].shape[0])
@@ -195,6 +198,7 @@ class AdapterView:
 
     @property
     def config(self) -> dict[str, Any] | None:
+        """The base checkpoint's config.json (an adapter does not change the architecture)."""
         return self.base.config
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ _SETTINGS = {
 
 
 def build_parser() -> ArgumentParser:
+    """The merge command-line parser (base, models, method and its settings, output): its flags and --help."""
     p = ArgumentParser(
         prog=PROG,
         description="Merge fine-tuned HF safetensors checkpoints into their base model, tensor by tensor "

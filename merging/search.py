@@ -82,9 +82,11 @@ class SearchSpace:
 
     @property
     def names(self) -> list[str]:
+        """The coefficient parameters' names, one per task vector, in order."""
         return list(self.coefficients)
 
     def parameter_names(self) -> list[str]:
+        """Every parameter's name: the coefficients, then `density_<name>` where a density is searched too."""
         return self.names + [f"density_{n}" for n in self.densities]
 
     def add_to(self, root: Any) -> None:
@@ -104,6 +106,7 @@ class TrialRecord:
     metrics: dict[str, float]
 
     def row(self) -> dict[str, Any]:
+        """The trial as one flat row (id, parameters, metrics), for trials.csv and summary.json."""
         return {"trial": self.trial_id, **self.parameters, **self.metrics}
 
 

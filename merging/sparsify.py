@@ -419,9 +419,11 @@ class TopK:
 
     @property
     def needs_global_threshold(self) -> bool:
+        """Whether one threshold over the whole vector must be found before any tensor is sparsified (global scope)."""
         return self.scope == "global" and self.density < 1
 
     def raw(self, x: Any, path: str, plan: _Plan) -> Any:
+        """`x` (the tensor at `path`) with all but its top entries zeroed, before any rescale (`plan`: global stats)."""
         if self.density >= 1:
             return x
         if self.scope == "global":
@@ -464,6 +466,7 @@ class Dare:
     needs_global_threshold = False
 
     def raw(self, x: Any, path: str, plan: _Plan) -> Any:
+        """`x` (the tensor at `path`) with entries dropped at the drop rate (mask seeded by path), before rescale."""
         if self.drop_rate == 0:
             return x
         keep_prob = jnp.asarray(1.0 - self.drop_rate, jnp.float32)
@@ -497,6 +500,7 @@ class Breadcrumbs:
     needs_global_threshold = False
 
     def raw(self, x: Any, path: str, plan: _Plan) -> Any:
+        """`x` with its largest entries dropped and all but the next band zeroed (per row or whole); no rescale."""
         if x.ndim == 0 or x.size == 0:
             return x
         m = x.shape[-1] if self.axis == "last" else x.size

@@ -220,6 +220,7 @@ class ArithmeticTask:
 
     @property
     def name(self) -> str:
+        """The task's name, its specs' names joined by '+' (the prefix of every problem id)."""
         return "+".join(spec.name for spec in self.specs)
 
     def _raw(self, split: str, index: int, attempt: int = 0) -> dict:
@@ -245,6 +246,7 @@ class ArithmeticTask:
         return [dict(p) for p in self._test[0]]
 
     def test_prompts(self) -> frozenset[str]:
+        """The held-out prompts, so that train problems can be redrawn until they are none of them."""
         return self._test[1]
 
     def problem(self, index: int, split: str = "train") -> dict:

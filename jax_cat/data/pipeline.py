@@ -66,6 +66,7 @@ class PromptCollator:
         self._lock = threading.Lock()
 
     def texts(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The prompt strings of `records` as the model sees them (system prompt and chat template applied)."""
         return [
             format_prompt(r, self.tokenizer, system=self.system, use_chat_template=self.use_chat_template)
             for r in records

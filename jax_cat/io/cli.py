@@ -66,6 +66,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.add_argument(DEBUG_FLAG, action="store_true", help="on an error, also print the Python traceback")
 
     def error(self, message: str) -> NoReturn:
+        """Raise `CLIError` instead of exiting, so a bad flag takes the one CLI error policy (one line, exit 2)."""
         raise CLIError(f"{message}; see {self.prog} --help")
 
 

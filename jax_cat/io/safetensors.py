@@ -145,12 +145,15 @@ def tensor_files(ckpt_dir: str | os.PathLike[str]) -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """One tensor's header entry (safetensors dtype, shape, file holding it): enough to plan a read without reading."""
+
     dtype: str  # safetensors dtype string, e.g. "BF16"
     shape: tuple[int, ...]
     file: Path
 
     @property
     def nbytes(self) -> int:
+        """The tensor's size in bytes, for shard planning and memory budgets without reading it."""
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(DTYPES[self.dtype]).itemsize
 
 
@@ -209,6 +212,7 @@ class Checkpoint:
 
     @property
     def config(self) -> dict[str, Any] | None:
+        """The folder's config.json as a dict (None when there is none), for the model's architecture and dtype."""
         cfg = self.dir / "config.json"
         if not cfg.exists():
             return None

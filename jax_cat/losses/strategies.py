@@ -171,6 +171,7 @@ class PassAtN:
 
     @property
     def name(self) -> str:
+        """The name "pass@N" that metrics, logs and plots show."""
         return f"pass@{self.n}"
 
     @_jit_method
@@ -365,6 +366,7 @@ class BestOfN:
 
     @property
     def name(self) -> str:
+        """The name "bon@N" that metrics, logs and plots show."""
         return f"bon@{self.n}"
 
     @_jit_method

@@ -114,6 +114,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ derived
     @property
     def rope_type(self) -> str:
+        """The RoPE variant that sets the frequencies: rope_scaling's `rope_type` (or 4.x `type`), else "default"."""
         if not self.rope_scaling:
             return "default"
         return self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))

@@ -25,14 +25,17 @@ class KVCache:
 
     @property
     def stacked(self) -> bool:
+        """Whether the cache is one stacked array over layers (the scanned stack) rather than a tuple per layer."""
         return not isinstance(self.k, tuple | list)
 
     @property
     def max_len(self) -> int:
+        """The number of positions the cache holds (prompt plus new tokens), whichever layout."""
         return self.k.shape[3] if self.stacked else self.k[0].shape[2]
 
     @property
     def batch_size(self) -> int:
+        """The number of rows the cache holds, whichever layout."""
         return self.k.shape[0] if self.stacked else self.k[0].shape[0]
 
 

@@ -56,6 +56,7 @@ class LoRAConfig:
 
     @property
     def scale(self) -> float:
+        """alpha / rank: the factor on B @ A, so the update's size does not change with the rank."""
         return float(self.alpha) / self.rank
 
 

@@ -82,6 +82,7 @@ class Worker:
 
     @property
     def pid(self) -> int:
+        """The worker process's id, to name it in errors and to kill it."""
         return self.proc.pid
 
     def _send(self, obj: object) -> bool:
@@ -105,6 +106,7 @@ class Worker:
             return None
 
     def stderr_tail(self) -> str:
+        """The last bytes the worker wrote to stderr ("" if unreadable): why it died, for the error message."""
         try:
             self.stderr.seek(0, os.SEEK_END)
             size = self.stderr.tell()
@@ -177,6 +179,7 @@ class WorkerPool:
             raise
 
     def spawn(self) -> Worker:
+        """Start one worker with the pool's settings (not yet ready: see `wait_ready`), to fill or refill the pool."""
         return Worker(self.spec, self.memory_limit_mb, self.startup_timeout_s)
 
     def wait_ready(self, workers: list[Worker]) -> None:
@@ -226,6 +229,7 @@ class WorkerPool:
         raise error
 
     def close(self) -> None:
+        """Stop every worker (a busy one is killed, an idle one asked to exit) so no process outlives the pool."""
         for w in self.workers:
             if w.state == "busy":
                 w.kill()

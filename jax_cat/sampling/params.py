@@ -31,6 +31,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
+        """Whether sampling is greedy (temperature 0): the sampler then takes the argmax and draws nothing."""
         return self.temperature == 0.0
 
 

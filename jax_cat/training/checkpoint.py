@@ -34,9 +34,11 @@ class Checkpointer:
             state=ocp.args.StandardSave(state._asdict()), extra=ocp.args.JsonSave(extra)), force=True)
 
     def latest_step(self) -> int | None:
+        """The newest saved step (None: no checkpoint yet), where a resume starts."""
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """Every step with a saved checkpoint, for choosing one to restore or report."""
         return list(self._manager.all_steps())
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
@@ -81,10 +83,12 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Wait for any save in flight, then release the manager: no checkpoint is left half written."""
         self._manager.wait_until_finished()
         self._manager.close()
 
     def path(self, step: int) -> Path:
+        """The folder of checkpoint `step`, to point a user or a test at it."""
         return self.directory / str(int(step))
 
 

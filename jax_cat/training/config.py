@@ -335,6 +335,7 @@ class Config:
         return apply_overrides(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain nested dicts, for config.json in the run folder and the loggers' config panels."""
         return dataclasses.asdict(self)
 
     def lora_config(self) -> Any:

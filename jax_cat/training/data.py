@@ -32,6 +32,8 @@ def _arithmetic_task(cfg: DataConfig):
 
 
 def is_arithmetic(cfg: DataConfig) -> bool:
+    """Whether `data.dataset` names the built-in arithmetic task ("arithmetic" or "arithmetic:<preset>"), which is
+    generated, not read."""
     return cfg.dataset == "arithmetic" or cfg.dataset.startswith("arithmetic:")
 
 

@@ -83,12 +83,14 @@ class DefaultRun:
 
     @property
     def prompt_len(self) -> int:
+        """The preset's prompt length in tokens (with <bos>): the data.max_prompt_len that fits the task."""
         from jax_cat.data.arithmetic import prompt_length
 
         return prompt_length(self.preset) + 1  # + <bos>
 
     @property
     def answer_len(self) -> int:
+        """The preset's answer length in tokens (with <eos>): the target and new-token limits that fit the task."""
         from jax_cat.data.arithmetic import get_spec
 
         return int(get_spec(self.preset).answer_width) + 1  # + <eos>

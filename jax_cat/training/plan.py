@@ -59,6 +59,7 @@ class MemoryPlan:
 
     @property
     def peak(self) -> int:
+        """The largest peak over all phases, in bytes: what the device must hold."""
         return max(p.peak for p in self.phases)
 
     def fits(self) -> dict[int, bool]:

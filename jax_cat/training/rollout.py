@@ -47,6 +47,7 @@ class RolloutBatch:
 
     @property
     def prompt_len(self) -> int:
+        """The (left-padded) prompt width: input_ids' columns before the completion's, where the loss starts."""
         return self.input_ids.shape[1] - self.completion_mask.shape[1]
 
     def arrays(self) -> dict[str, jax.Array]:

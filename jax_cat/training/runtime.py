@@ -78,6 +78,7 @@ def shard_info() -> tuple[int, int]:
 
 
 def local_batch_size(global_batch: int) -> int:
+    """This process's share of the global batch; ConfigError when it does not divide evenly over the processes."""
     index, count = shard_info()
     if global_batch % count:
         raise ConfigError(f"data.batch_size={global_batch} does not split over {count} processes")

@@ -266,6 +266,7 @@ class Step:
             return self.fn(state, batch)
 
     def lower(self, state: Any, batch: Any):
+        """The jitted step lowered for these inputs in the mesh context, for compile and memory analysis."""
         with mesh_context(self.mesh):
             return self.fn.lower(state, batch)
 
@@ -283,6 +284,7 @@ class LogprobFn:
             return self.fn(params, batch)
 
     def lower(self, params: Any, batch: Any):
+        """The jitted log-prob pass lowered for these inputs in the mesh context, for compile and memory analysis."""
         with mesh_context(self.mesh):
             return self.fn.lower(params, batch)
 

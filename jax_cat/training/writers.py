@@ -40,9 +40,11 @@ __all__ = ["BUILTIN_BACKENDS", "MetricsWriter", "TensorBoardWriter", "WandbWrite
 class MetricsWriter(Protocol):
     """A destination for logged rows: `write` gets each flushed row (the window's means), `close` ends the run."""
 
-    def write(self, stage: str, step: int, metrics: Mapping[str, float]) -> None: ...
+    def write(self, stage: str, step: int, metrics: Mapping[str, float]) -> None:
+        """Record one flushed row (the window's means) of `stage` at `step`."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End the run for this backend (flush and release its files or connection)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,12 +113,14 @@ class TensorBoardWriter:
         return cls(ctx, tensorboard_x.SummaryWriter(str(Path(ctx.out_dir) / "tb" / ctx.stage)))
 
     def write(self, stage: str, step: int, metrics: Mapping[str, float]) -> None:
+        """Add the row's finite scalars as `<stage>/<name>` at `step`, flushed so a live TensorBoard sees them."""
         for k, v in _loggable(metrics).items():
             if math.isfinite(v):
                 self._writer.add_scalar(f"{stage}/{k}", v, step)
         self._writer.flush()
 
     def close(self) -> None:
+        """Close the event file."""
         self._writer.close()
 
 
@@ -185,6 +189,8 @@ class WandbWriter:
         self._stages: set[str] = set()
 
     def write(self, stage: str, step: int, metrics: Mapping[str, float]) -> None:
+        """Log the row as `<stage>/<name>` against the stage's own step axis (a warm-up's steps and the main
+        stage's each start at 1)."""
         if stage not in self._stages:  # each stage its own x-axis: a warm-up's step 1 and the main stage's differ
             self.run.define_metric(f"{stage}/step")
             self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
@@ -192,6 +198,7 @@ class WandbWriter:
         self.run.log({**{f"{stage}/{k}": v for k, v in _loggable(metrics).items()}, f"{stage}/step": int(step)})
 
     def close(self) -> None:
+        """Finish the W&B run (uploads or keeps the offline files)."""
         self.run.finish()
 
 

@@ -44,6 +44,7 @@ class RoundingCount:
         self.lost = 0
 
     def add(self, merged: Any, base: Any, out: Any) -> None:
+        """Count one leaf's changed and rounded-away entries (merged in float32, base, output in the base's dtype)."""
         changed, lost = _rounding_counts(merged, base, out)
         self.changed += int(np.asarray(changed).sum(dtype=np.int64))
         self.lost += int(np.asarray(lost).sum(dtype=np.int64))
