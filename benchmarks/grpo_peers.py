@@ -233,7 +233,7 @@ def table(summ: dict) -> str:
     lines = ["| side | s/step | generate s | update s | CPU s/step | first step s | start->first step end s | "
              "peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for side, d in summ.items():
-        if side == "ratios":
+        if side in ("ratios", "decode"):
             continue
         if "error" in d:
             lines.append(f"| {side} | {d['error']} |||||||")
@@ -242,6 +242,46 @@ def table(summ: dict) -> str:
             ("step_s", "{:.3f}"), ("generate_s", "{:.3f}"), ("update_s", "{:.3f}"), ("step_cpu_s", "{:.3f}"),
             ("first_step_s", "{:.1f}"), ("start_to_first_step_end_s", "{:.1f}"), ("peak_rss_mib", "{:.0f}"))) + " |")
     return "\n".join(lines)
+
+
+def copy_bandwidth_gbs(cpu: int, mib: int = 256, repeats: int = 5) -> float:
+    """One core's memory bandwidth: best of `repeats` numpy copies of a `mib` MiB float32 array pinned to `cpu`,
+    counted as read + write bytes (GB/s, 1e9). The arrays are 8x the L3 of this host, so the copy streams DRAM."""
+    import numpy as np
+
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        src = np.ones(mib * 2**20 // 4, np.float32)
+        dst = np.empty_like(src)
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            np.copyto(dst, src)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        os.sched_setaffinity(0, old)
+    return 2 * src.nbytes / best / 1e9
+
+
+def decode_estimate(generate_s: float | None, bandwidth_gbs: float, prompt_len: int = 13, prompts: int = 8,
+                    rows: int = 64, new_tokens: int = 8) -> dict:
+    """Bytes a rollout must move and FLOPs it must do at least (float32 weights read once per decode step for all
+    rows, the whole KV cache read per step; 2 FLOPs per parameter per token, one prefill per prompt), vs the
+    measured generate time (which also holds the reward and, for TRL, its scoring passes)."""
+    params = 2_958_080  # the checkpoint's tensors (tied embeddings counted once)
+    kv_bytes_per_slot = MODEL["num_hidden_layers"] * 2 * MODEL["num_key_value_heads"] * MODEL["head_dim"] * 4
+    slots = prompt_len + new_tokens
+    step_bytes = params * 4 + rows * slots * kv_bytes_per_slot
+    total_bytes = new_tokens * step_bytes  # prefill reads the weights once too: counted as one of the steps
+    flops = 2 * params * (prompts * prompt_len + rows * new_tokens)
+    out = {"bytes_per_decode_step_mb": step_bytes / 1e6, "bytes_per_token_kb": step_bytes / rows / 1e3,
+           "rollout_bytes_mb": total_bytes / 1e6, "bandwidth_gbs": bandwidth_gbs,
+           "bandwidth_floor_s": total_bytes / (bandwidth_gbs * 1e9), "rollout_gflop": flops / 1e9}
+    if generate_s:
+        out.update(generate_s=generate_s, fraction_of_bandwidth=out["bandwidth_floor_s"] / generate_s,
+                   achieved_gbs=total_bytes / generate_s / 1e9, achieved_gflops=flops / generate_s / 1e9)
+    return out
 
 
 def context(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -287,8 +327,11 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(brief), flush=True)
     ctx["loadavg_end"] = os.getloadavg()
     summ = summary(rows)
+    bandwidth = copy_bandwidth_gbs(args.cpu)
+    summ["decode"] = {side: decode_estimate((summ[side].get("generate_s") or {}).get("median"), bandwidth)
+                      for side in list(summ) if side not in ("ratios",) and "error" not in summ[side]}
     print(table(summ))
-    print(json.dumps(summ.get("ratios", {}), indent=1))
+    print(json.dumps({k: summ.get(k) for k in ("ratios", "decode")}, indent=1))
     if not args.no_record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
