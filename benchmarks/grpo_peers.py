@@ -192,7 +192,7 @@ def median_spread(xs):
 
 def summary(rows: list[dict]) -> dict:
     """Per side: median (and min-max) over rounds of each metric; jax-cat's ratios to the faster peer."""
-    keys = ("step_s", "generate_s", "update_s", "step_cpu_s", "first_step_s", "start_to_first_step_end_s",
+    keys = ("step_s", "generate_s", "update_s", "step_cpu_s", "generate_cpu_s", "update_cpu_s", "first_step_s", "start_to_first_step_end_s",
             "peak_rss_mib", "process_cpu_s")
     out: dict = {}
     for side in dict.fromkeys(r["side"] for r in rows):
@@ -210,6 +210,9 @@ def summary(rows: list[dict]) -> dict:
             "faster_peer": fastest,
             "step_vs_faster_peer": ours["step_s"]["median"] / out[fastest]["step_s"]["median"],
             "update_vs_faster_peer": _ratio(ours, out[fastest], "update_s"),
+            "step_cpu_vs_faster_peer": _ratio(ours, out[fastest], "step_cpu_s"),
+            "generate_cpu_vs_faster_peer": _ratio(ours, out[fastest], "generate_cpu_s"),
+            "update_cpu_vs_faster_peer": _ratio(ours, out[fastest], "update_cpu_s"),
             "peak_rss_vs_trl": (ours["peak_rss_mib"]["median"] / out["trl"]["peak_rss_mib"]["median"]
                                 if "trl" in peers else None),
             "goal_step": "<= 0.8x the faster peer", "goal_rss": "<= TRL's",
@@ -230,16 +233,17 @@ def table(summ: dict) -> str:
             return "-"
         lo, hi = m["range"]
         return f"{fmt.format(m['median'])} [{fmt.format(lo)}-{fmt.format(hi)}]"
-    lines = ["| side | s/step | generate s | update s | CPU s/step | first step s | start->first step end s | "
-             "peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| side | s/step | generate s | update s | CPU s/step | generate CPU s | update CPU s | first step s | "
+             "start->first step end s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for side, d in summ.items():
         if side in ("ratios", "decode"):
             continue
         if "error" in d:
-            lines.append(f"| {side} | {d['error']} |||||||")
+            lines.append(f"| {side} | {d['error']} |||||||||")
             continue
         lines.append(f"| {side} | " + " | ".join(cell(d, k, f) for k, f in (
             ("step_s", "{:.3f}"), ("generate_s", "{:.3f}"), ("update_s", "{:.3f}"), ("step_cpu_s", "{:.3f}"),
+            ("generate_cpu_s", "{:.3f}"), ("update_cpu_s", "{:.3f}"),
             ("first_step_s", "{:.1f}"), ("start_to_first_step_end_s", "{:.1f}"), ("peak_rss_mib", "{:.0f}"))) + " |")
     return "\n".join(lines)
 
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx["loadavg_end"] = os.getloadavg()
     summ = summary(rows)
     bandwidth = copy_bandwidth_gbs(args.cpu)
-    summ["decode"] = {side: decode_estimate((summ[side].get("generate_s") or {}).get("median"), bandwidth)
+    summ["decode"] = {side: decode_estimate((summ[side].get("generate_cpu_s") or {}).get("median"), bandwidth)
                       for side in list(summ) if side not in ("ratios",) and "error" not in summ[side]}
     print(table(summ))
     print(json.dumps({k: summ.get(k) for k in ("ratios", "decode")}, indent=1))

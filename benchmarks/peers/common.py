@@ -114,6 +114,8 @@ def summarise(clock: StepClock, warmup: int, **extra) -> dict:
         "step_cpu_s": med([c for _, c in measured]),
         "generate_s": med([w for w, _ in gen]),
         "update_s": med([s[0] - g[0] for s, g in zip(measured, gen)]) if gen else None,
+        "generate_cpu_s": med([c for _, c in gen]),
+        "update_cpu_s": med([s[1] - g[1] for s, g in zip(measured, gen)]) if gen else None,
         "first_step_s": clock.steps[0][0] if clock.steps else None,
         "first_generate_s": clock.generate[0][0] if clock.generate else None,
         "start_to_first_step_end_s": clock.marks.get("first_step_end_s"),

@@ -29,6 +29,7 @@ common = sys.modules["common"]
 def test_args_defaults_and_bad_side():
     args = peers.parse_args([])
     assert args.sides == ["jax-cat", "jax-cat-notorch", "trl", "tunix"]
+    assert peers.parse_args(["--sides", "trl, jax-cat"]).sides == ["trl", "jax-cat"]
     assert (args.repeats, args.warmup, args.steps, args.cpu) == (3, 2, 10, 0)
     with pytest.raises(SystemExit):
         peers.parse_args(["--sides", "jax-cat,vllm"])
@@ -44,6 +45,7 @@ def test_parse_result_takes_the_last_result_line():
 
 def _row(side, step, gen, rss):
     return {"side": side, "step_s": step, "generate_s": gen, "update_s": step - gen, "step_cpu_s": step,
+            "generate_cpu_s": gen, "update_cpu_s": step - gen,
             "first_step_s": 10.0, "start_to_first_step_end_s": 20.0, "peak_rss_mib": rss, "process_cpu_s": 30.0}
 
 
@@ -61,6 +63,7 @@ def test_summary_medians_ranges_and_ratios():
     assert r["step_vs_faster_peer"] == pytest.approx(0.5 / 0.7)
     assert r["update_vs_faster_peer"] == pytest.approx(0.4 / 0.4)
     assert r["peak_rss_vs_trl"] == pytest.approx(700 / 600)
+    assert r["step_cpu_vs_faster_peer"] == pytest.approx(0.5 / 0.7)
     table = peers.table(summ)
     assert "| jax-cat | 0.500 [0.400-0.600] |" in table and "| absent | not installed |" in table
 
