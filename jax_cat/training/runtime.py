@@ -187,8 +187,10 @@ def run_steps(*, cfg: Config, stage: str, state: TrainState, start_step: int, to
         total_steps = min(total_steps, cfg.train.stop_after)
     step = start_step
     saved = checkpointer.latest_step() if checkpointer is not None else None
+    from jax_cat.sampling.host_memory import trimming_compiles
+
     try:
-        with deferred_interrupt():
+        with deferred_interrupt(), trimming_compiles():  # the compilers' freed heap is returned before first runs
             state, saved = _step_loop(cfg, stage, state, step, total_steps, do_step, extras, checkpointer, logger,
                                       can_checkpoint, saved)
     except KeyboardInterrupt:  # a checkpoint write in flight completes: --resume starts from it
