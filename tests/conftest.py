@@ -79,6 +79,23 @@ def pytest_unconfigure(config):
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------------- opt-in slow tests
+# `slow` marks end-to-end checks whose contract a default test also covers (each one's docstring names it); they
+# run with `--run-slow` or JAX_CAT_SLOW_TESTS=1, and are listed as skipped otherwise (docs/testing.md).
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (opt-in end-to-end checks)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("JAX_CAT_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow, opt-in: --run-slow or JAX_CAT_SLOW_TESTS=1 (a default test covers it)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_checkpoint(tmp_path_factory):
     """Callable `tiny_hf_checkpoint(model_type, **overrides) -> Path`: one saved tiny HF checkpoint per argument set
