@@ -138,7 +138,6 @@ def test_non_finite_metric_is_infeasible_not_on_the_front(tmp_path):
         math.isfinite(r.metrics["perplexity"]) for r in records)
 
 
-@pytest.mark.slow
 def test_gp_bandit_default_designer_runs(tmp_path):
     """One short GP-bandit study (the default designer): the centre seed trial, then one GP suggestion (~5 s on an
     idle 2-core machine, mostly compilation); suggestions lie in the space; x64 stays off."""

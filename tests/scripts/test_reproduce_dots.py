@@ -75,6 +75,9 @@ def test_bad_setting_is_one_line_exit_2(capsys):
 
 @pytest.mark.slow
 def test_end_to_end_tiny_run_writes_every_method(tmp_path):
+    """Opt-in (slow, ~50 s): the reproduction script end to end with tiny settings. By default DoTS end to end is
+    tests/merging/test_dots_cli.py::test_end_to_end_then_resume (the merge CLI: study, trials, resume, the written
+    merge against a hand-built one), and this script's pieces are the hand-computed tests above."""
     out = tmp_path / "run"
     code = rd.main(["--out", str(out), "--train-records", "256", "--base-steps", "1", "--sft-steps", "1",
                     "--base-lr", "1e-3", "--sft-lr", "1e-3",

@@ -49,6 +49,11 @@ def _saved_steps(directory: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tiny_ckpt, tmp_path):
+    """Opt-in (slow, 3 trainer processes, ~35 s): SIGKILL mid-run, then --resume ends on the uninterrupted weights.
+    By default the same contract is checked by tests/training/test_loops.py::test_sft_stop_and_resume_equals_straight_run
+    (and its GRPO twin: exact params, optimizer state and one metrics row a step across two invocations) and
+    tests/training/test_run_folder.py::test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one (a
+    checkpoint cut short by a kill); the CLI's subprocess path by test_two_processes_train_the_same_parameters_as_one."""
     # 60 steps, an async checkpoint every 5: a run is ~1 s of steps after its ~7 s start-up (jax, compile).
     args = ["--config", "sft_tiny", "--set", f"model.path={tiny_ckpt}", "--set", "train.steps=60", "--set", "train.checkpoint_every=5",
             "--set", "data.batch_size=8", "--set", "train.log_every=5"]
@@ -72,7 +77,6 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_ckpt, tmp_path):
     assert steps == list(range(5, 61, 5))  # the steps repeated after the kill are logged once
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU collectives over localhost")
 def test_two_processes_train_the_same_parameters_as_one(tiny_ckpt, tmp_path):
     import socket

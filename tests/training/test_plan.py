@@ -93,7 +93,6 @@ def test_plan_for_more_devices_than_this_process_says_how(config_only, monkeypat
     assert "XLA_FLAGS=--xla_force_host_platform_device_count=64" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
 def test_plan_in_a_fresh_process_forces_the_cpu_devices_it_needs(config_only):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")

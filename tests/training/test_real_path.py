@@ -24,7 +24,6 @@ def _train(argv):
     assert main(argv) == 0
 
 
-@pytest.mark.slow
 def test_real_path_tiny_shape(tmp_path, capsys):
     from merging.merge import main as merge_main
 

@@ -285,7 +285,6 @@ def tmpfs(tmp_path, request):
         subprocess.run(["umount", str(point)], check=False)
 
 
-@pytest.mark.slow
 def test_a_full_disk_is_one_line_without_checkpoint_library_logging(finished, tmpfs):
     _, model = finished
     proc = subprocess.run([sys.executable, "-m", "jax_cat.train", *_args(model), "--out", str(tmpfs / "run")],
@@ -305,7 +304,6 @@ def test_an_out_on_a_read_only_file_system_is_refused(finished, tmpfs, capsys):
     assert f"--out {tmpfs / 'run'}" in line and "read-only file system" in line and "another --out" in line
 
 
-@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_exit_130(finished, tmp_path):
     _, model = finished
     out = tmp_path / "run"
