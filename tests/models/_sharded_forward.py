@@ -1,7 +1,8 @@
 """Run in a fresh process with 8 host CPU devices: sharded forward/grad vs single device. Prints one JSON line."""
 import os
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+if "xla_force_host_platform_device_count=8" not in os.environ.get("XLA_FLAGS", ""):  # the test may add flags
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import json  # noqa: E402

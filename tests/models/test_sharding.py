@@ -44,7 +44,10 @@ def test_make_mesh_sizes():
 def test_sharded_forward_and_grad_equal_single_device(tmp_path):
     # attention_bias + untied head so that every kind of parameter is sharded
     ckpt = build_tiny_checkpoint(tmp_path / "tiny", seed=4, tie_word_embeddings=False)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    # level 0 as in the pytest process (tests/conftest.py): the child compares its sharded and single-device
+    # programs with each other, both compiled alike
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+               JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("_sharded_forward.py")), str(ckpt)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
