@@ -23,21 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jax_cat.evaluate.estimates import paired_difference  # noqa: E402
 from jax_cat.io.atomic import atomic_write_text  # noqa: E402
+from jax_cat.training.config import _flatten  # noqa: E402 - the dotted names run folders are compared by
 
 STAGES = {"sft": "warm_start", "grpo": "grpo", "grpo_cat": "grpo_cat"}
 PAIRS = (("grpo_cat", "grpo", "CAT - plain"), ("grpo", "sft", "plain - warm start"),
          ("grpo_cat", "sft", "CAT - warm start"))
 IGNORED_KEYS = {"train.seed", "model.path"}
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def load_run(folder: Path) -> dict[str, Any]:
@@ -55,9 +46,9 @@ def load_run(folder: Path) -> dict[str, Any]:
 
 def check_same_settings(runs: list[dict[str, Any]]) -> None:
     """Refuse runs whose settings differ beyond the seed, or whose held-out problems differ (no pairing then)."""
-    first = _flat(runs[0]["config"])
+    first = _flatten(runs[0]["config"])
     for run in runs[1:]:
-        other = _flat(run["config"])
+        other = _flatten(run["config"])
         # a key only one side has is a config key added between the runs' commits (its default), not a difference
         diff = sorted(k for k in set(first) & set(other) if k not in IGNORED_KEYS and first[k] != other[k])
         if diff:
