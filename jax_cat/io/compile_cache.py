@@ -15,9 +15,11 @@ Where the cache lives, first match wins:
 
 A folder that cannot be created or written turns the cache off for the run with one warning line on stderr: the run
 goes on, compiling as without a cache. Set with `jax.config` before the first compile (the CLIs call `enable` after
-parsing their flags); only XLA programs that took >= 1 s to compile are written (JAX's default threshold), the
-folder is bounded to MAX_BYTES by JAX's least-recently-used eviction, whose file lock also keeps concurrent runs
-from reading a half-written entry.
+parsing their flags). Every program is written, not only those that took >= 1 s to compile (JAX's default
+threshold; an explicit JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS wins): on the GRPO workload of
+benchmarks/grpo_peers.py the many sub-second compiles cost ~1 s of the warm first step and ~30 MiB of peak RSS
+(docs/benchmarks.md, "Compilation cache"). The folder is bounded to MAX_BYTES by JAX's least-recently-used
+eviction, whose file lock also keeps concurrent runs from reading a half-written entry.
 """
 from __future__ import annotations
 
@@ -88,6 +90,8 @@ def enable(where: Path | str | None, *, prog: str) -> Path | None:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:
         import filelock  # noqa: F401 - JAX's eviction (and its lock) needs it; huggingface-hub depends on it
     except ImportError:

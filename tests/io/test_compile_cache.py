@@ -68,12 +68,14 @@ def updates(monkeypatch):
     return calls
 
 
-def test_a_writable_folder_is_created_and_used(tmp_path, updates, capsys):
+def test_a_writable_folder_is_created_and_used(tmp_path, updates, capsys, monkeypatch):
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     folder = tmp_path / "a" / "xla"
     assert cc.enable(folder, prog="prog") == folder
     assert folder.is_dir() and not list(folder.iterdir())  # the write probe is gone
     assert ("jax_compilation_cache_dir", str(folder)) in updates
     assert ("jax_compilation_cache_max_size", cc.MAX_BYTES) in updates
+    assert ("jax_persistent_cache_min_compile_time_secs", 0.0) in updates  # every program, not only >= 1 s ones
     assert capsys.readouterr().err == ""
 
 
@@ -130,7 +132,6 @@ from jax_cat.io import compile_cache
 hits = []
 jax.monitoring.register_event_listener(lambda event, **_: hits.append(event) if event.endswith("cache_hits") else None)
 used = compile_cache.enable_from_args(argparse.Namespace(compile_cache=sys.argv[1], no_compile_cache=False), prog="p")
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()
 print(used, len(hits))
 """
