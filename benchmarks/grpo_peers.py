@@ -11,6 +11,8 @@ vars; XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=
     .venv/bin/python benchmarks/grpo_peers.py --setup          # peers' venvs in .peers-venv/ (gitignored), once
     .venv/bin/python benchmarks/grpo_peers.py                  # 3 rounds x (jax-cat, trl, tunix), CPU 0
     .venv/bin/python benchmarks/grpo_peers.py --sides jax-cat --repeats 1 --no-record
+    .venv/bin/python benchmarks/grpo_peers.py --sides jax-cat --repeats 2 --no-record --compile-cache /tmp/xla
+                                                             # round 1 fills the cache, round 2 hits it
 
 Rows go to docs/results_data/grpo_peers.jsonl (one per side and round, plus a summary row) with the commit, CPU,
 versions, pinning and command; the table is printed. TRL and tunix are never project dependencies: --setup installs
@@ -63,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--work", default=str(ROOT / "runs" / "grpo_peers"), help="checkpoint + workload folder")
     p.add_argument("--no-record", action="store_true", help="print the table, write no rows")
+    p.add_argument("--compile-cache", default="off", metavar="DIR|off",
+                   help="the jax-cat sides' XLA compilation cache (JAX_CAT_XLA_CACHE; an outer "
+                        "JAX_COMPILATION_CACHE_DIR is dropped): off by default, so first_step_s counts the compiles "
+                        "as the recorded rows and the peers do; a DIR run twice shows a user's second run")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the jax-cat side (e.g. MALLOC_ARENA_MAX=2), repeatable")
     args = p.parse_args(argv)
@@ -166,6 +172,11 @@ def parse_result(stdout: str) -> dict | None:
     return json.loads(rows[-1]) if rows else None
 
 
+def jax_cat_env(extra_env: dict[str, str], compile_cache: str) -> dict[str, str]:
+    """The jax-cat sides' extra environment: --env, and the compilation cache --compile-cache names (DIR or off)."""
+    return {**extra_env, "JAX_CAT_XLA_CACHE": compile_cache}
+
+
 def run_side(side: str, workload: Path, cpu: int, extra_env: dict[str, str], timeout: float = 1800) -> dict:
     """One side in its own pinned process; its result row (or an error row)."""
     python = python_for(side)
@@ -173,8 +184,9 @@ def run_side(side: str, workload: Path, cpu: int, extra_env: dict[str, str], tim
         return {"side": side, "error": f"not installed ({python} missing; run --setup)"}
     cmd = ["taskset", "-c", str(cpu), str(python), str(HERE / "peers" / SIDES[side][1]), str(workload)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=pinned_env(extra_env if side.startswith("jax-cat") else None), capture_output=True,
-                          text=True, timeout=timeout, cwd=str(ROOT))
+    env = pinned_env(extra_env if side.startswith("jax-cat") else None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # jax-cat's cache is --compile-cache's alone (JAX_CAT_XLA_CACHE)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
     row = parse_result(proc.stdout)
     if row is None or proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
@@ -308,6 +320,7 @@ def context(args: argparse.Namespace, argv: list[str]) -> dict:
                    f"XLA_FLAGS={XLA_ONE_THREAD}",
         "command": " ".join([".venv/bin/python", "benchmarks/grpo_peers.py", *argv]),
         "jax_cat_env": args.env,
+        "compile_cache": args.compile_cache,
     }
 
 
@@ -317,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.setup:
         setup()
         return
-    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    extra_env = jax_cat_env(dict(kv.split("=", 1) for kv in args.env), args.compile_cache)
     ctx = context(args, argv)
     workload = build_workload(Path(args.work), args)
     rows = []

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
+from jax_cat.io import compile_cache
 from jax_cat.models.tiny import DEFAULT_CHECKPOINT, default_checkpoint_dir
 
 PROG = "python -m jax_cat"
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--rebuild", action="store_true", help="rebuild the default tiny checkpoint")
     parser.add_argument("prompts", nargs="*", default=list(PROMPTS))
+    compile_cache.add_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -48,6 +50,7 @@ def _run(argv: list[str]) -> int:
         raise CLIError("--rebuild only rebuilds the default tiny checkpoint; drop --checkpoint or --rebuild")
 
     quiet_third_party()
+    compile_cache.enable_from_args(args, prog=PROG)  # before generate compiles
     from transformers import AutoTokenizer
 
     from jax_cat.models import load_hf

@@ -1,7 +1,7 @@
 """`python -m jax_cat.train`: SFT and GRPO with CAT objectives on a device mesh.
 
     python -m jax_cat.train [--config PATH_OR_NAME] [--set KEY=VALUE ...] [--out DIR] [--resume | --overwrite]
-                            [--debug]
+                            [--compile-cache DIR | --no-compile-cache] [--debug]
 
 Without --config it runs the default experiment (`jax_cat.training.default_run`, settings in configs/default.toml;
 `--set` changes that recipe's keys) into runs/default or --out DIR. With --config it is one trainer run of a recipe:
@@ -12,7 +12,8 @@ exit status 1, keeping the last good checkpoint. A folder that holds a run is ne
 continues it with the same config, --overwrite replaces it), and one trainer at a time owns it. Multi-host: when the environment names a coordinator
 (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; or JAX_CAT_DISTRIBUTED=auto on a cluster JAX
 detects), `jax.distributed` is
-initialised first and each process reads its own data shard.
+initialised first and each process reads its own data shard. Compiled programs are kept in XLA's persistent cache
+(default ~/.cache/jax-cat/xla; jax_cat.io.compile_cache), so a run after the first skips the step compiles.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli, split_debug
+from jax_cat.io import compile_cache
 
 
 PROG = "python -m jax_cat.train"
@@ -44,6 +46,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--plan", nargs="?", const=0, type=int, default=None, metavar="DEVICES",
                    help="print the run's per-device memory plan (training step, rollouts) from the checkpoint's "
                         "config.json alone and exit; DEVICES: plan for that many (CPU devices are forced if needed)")
+    compile_cache.add_flags(p)
     return p
 
 
@@ -89,6 +92,7 @@ def _train(argv: list[str]) -> int:
         # into runs/default or --out DIR (docs/training.md)
         from jax_cat.training import default_run
 
+        compile_cache.enable_from_args(args, prog=PROG)
         return int(default_run.main(args) or 0)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "run")
     recipe = args.config
@@ -115,6 +119,7 @@ def _train(argv: list[str]) -> int:
     if args.resume and not (out / "checkpoints").is_dir():
         hint = "start without --resume" if not (out / "config.json").exists() else "start it over with --overwrite"
         raise CLIError(f"--resume: no checkpoints in {out}/checkpoints ({hint})")
+    compile_cache.enable_from_args(args, prog=PROG)  # before anything compiles; not part of the run's config
     _distributed_init()
     import jax
 

@@ -18,6 +18,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tempfile  # noqa: E402
 
 os.environ["JAX_CAT_CACHE"] = tempfile.mkdtemp(prefix="jax-cat-test-cache-")
+# The CLIs keep XLA's persistent compilation cache in the user cache by default (jax_cat/io/compile_cache.py): the
+# CLI processes tests start compile from scratch, as before, and never share entries across xdist workers; the tests
+# of the cache itself pass --compile-cache DIR. In this process an explicit env or flag cannot undo pytest_configure's
+# cache: without a flag the CLIs keep a cache the process already has.
+os.environ["JAX_CAT_XLA_CACHE"] = "off"
 
 
 # ---------------------------------------------------------------------------------------------- models fixtures

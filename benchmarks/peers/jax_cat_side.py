@@ -35,6 +35,10 @@ def main() -> None:
     w = Workload.read(sys.argv[1])
     import jax
 
+    from jax_cat.io import compile_cache
+
+    # the product's own cache rule (JAX_CAT_XLA_CACHE from the harness's --compile-cache; off by default there)
+    cache = compile_cache.enable(compile_cache.resolve(os.environ), prog="jax_cat_side")
     from jax_cat.training import grpo
     from jax_cat.training.config import load_config
 
@@ -48,7 +52,7 @@ def main() -> None:
         jax.monitoring.register_event_duration_secs_listener(on_event)
     rollouts = grpo.collect_rollouts
     grpo.collect_rollouts = lambda *a, **k: CLOCK.timed_generate(rollouts, *a, **k)  # host rewards: synced
-    loop = grpo.run_steps
+    loop = grpo.run_stage  # runtime.run_stage: the SFT and GRPO step loop (it took over grpo.run_steps)
 
     def timed_loop(*, do_step, **kwargs):
         def step(state, i):
@@ -62,13 +66,14 @@ def main() -> None:
             return state, metrics, stats
         return loop(do_step=step, **kwargs)
 
-    grpo.run_steps = timed_loop
+    grpo.run_stage = timed_loop
     cfg = load_config(None, overrides(w))
     result = grpo.run_grpo(cfg, out=None)
     losses = [float(h["loss"]) for h in result.history if "loss" in h][:1]
     emit(summarise(CLOCK, w.warmup, side="jax-cat", first_logged_loss=losses[0] if losses else None,
                    rss_end_mib=rss_mib(), **marks, **({"compile_trace": trace} if trace else {}),
-                   versions={"jax": jax.__version__, "jax_cat": _version()}))
+                   versions={"jax": jax.__version__, "jax_cat": _version()},
+                   compile_cache=str(cache) if cache else None))
 
 
 def _version() -> str:

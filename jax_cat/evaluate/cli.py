@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_cat.cli import ArgumentParser, CLIError, quiet_third_party, run_cli
+from jax_cat.io import compile_cache
 from jax_cat.evaluate.estimates import METRICS
 from jax_cat.evaluate.loading import load_model_and_tokenizer, load_problems
 from jax_cat.evaluate.outputs import write_results
@@ -73,6 +74,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--num-resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--save-samples", action="store_true", help="also write samples.jsonl")
     p.add_argument("--out", default="runs/evaluate", help="output folder")
+    compile_cache.add_flags(p)
     return p
 
 
@@ -104,6 +106,7 @@ def _run(argv: list[str]) -> int:
     quiet_third_party()
     args = build_parser().parse_args(argv)
     ks, params = _check_cli_args(args)
+    compile_cache.enable_from_args(args, prog=PROG)  # before the sampler compiles
     try:  # the data first: it is cheap, so a bad --dataset is reported before a model loads
         problems = load_problems(args.dataset, split=args.split, limit=args.limit, data_seed=args.data_seed,
                                  arithmetic_style=args.arithmetic_style)

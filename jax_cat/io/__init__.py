@@ -9,6 +9,8 @@
   lora_A / lora_B pairs), for `jax_cat.models.peft` and `merging.adapters` alike.
 - `jax_cat.io.cli`: the one CLI error policy (one line; exit 2 bad input, 1 failure, 130 interrupted; `--debug`
   prints the traceback, then the same line).
+- `jax_cat.io.compile_cache`: where the CLIs keep XLA's persistent compilation cache (--compile-cache DIR,
+  --no-compile-cache, JAX_CAT_XLA_CACHE, default <user cache>/xla); JAX is imported only when it is enabled.
 
 Model resolution ("tiny" | folder | hub id) builds on models, so it lives in `jax_cat.models.resolve`.
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_cat.atomic import atomic_write_text
+from jax_cat.io import compile_cache
 from jax_cat.evaluate import paired_difference, provenance  # noqa: F401 - provenance: re-exported (old home)
 from jax_cat.training.default_report import (  # noqa: F401 - re-exported (old home)
     _model_entry,
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(DefaultRun):
         p.add_argument(f"--{field.name.replace('_', '-')}", type=types.get(field.name, int), default=None,
                        help=f"recipe key {_KEYS.get(field.name, 'data.dataset')}")
+    compile_cache.add_flags(p)
     return p
 
 
@@ -224,6 +226,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     the module CLI parses its own argv (the view's flags, then --set)."""
     if args is None or not isinstance(args, argparse.Namespace):
         args = build_parser().parse_args(None if args is None else list(args))
+        compile_cache.enable_from_args(args, prog="python -m jax_cat.training.default_run")  # train.py enables its own
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(DefaultRun)
              if getattr(args, f.name, None) is not None}
     from jax_cat.training.config import parse_set
