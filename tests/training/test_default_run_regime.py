@@ -2,7 +2,7 @@
 pass@1 over the warm start and narrows pass@64 below it, its training reward ends above where it started (mean over
 the seeds), and CAT pass@16 keeps at least plain GRPO's pass@64.
 
-Slow: the whole default run (3,000-step SFT warm start, two 200-step RL stages, three evaluations), 4 min 52 s a seed
+Slow: the whole default run (3,000-step SFT warm start, two 200-step RL stages, three evaluations), 4 min 34 s a seed
 on 2 idle cores (docs/results.md, "The default run"); skipped unless JAX_CAT_REGIME_TEST=1 so the suite stays inside
 its budget:
 
