@@ -71,6 +71,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
                "provenance": run.get("provenance", {})}
         for m in STAGES:
             row[m] = {"pass@k": run["models"][m]["pass@k"]["mean"]}
+            if run["models"][m].get("train"):  # the stage's training summary (first / last logged reward, steps)
+                row[m]["train"] = run["models"][m]["train"]
             if "maj@k" in run["models"][m]:
                 row[m]["maj@k"] = run["models"][m]["maj@k"]["mean"]
         per_seed.append(row)

@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/reproduce_cat")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (the warm start is shared)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    p.add_argument("--cat-n", type=int, default=8, help="N of CAT-GRPO pass@N and maj@N")
+    p.add_argument("--cat-n", type=int, default=16,
+                   help="N of CAT-GRPO pass@N and maj@N (16: the default run's CAT arm, configs/default.toml)")
     p.add_argument("--sft-steps", type=int, default=300, help="SFT steps of each SFT variant (after the warm start)")
     p.add_argument("--sft-lr", type=float, default=3e-4)
     p.add_argument("--grpo-steps", type=int, default=200, help="GRPO steps of each RL variant")

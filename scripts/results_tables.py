@@ -122,7 +122,13 @@ def _load(path: str) -> dict[str, Any]:
                          "written by the default run or scripts/reproduce_cat.py") from None
 
 
-SECTIONS = ("default-run", "reproduce-cat")
+SECTIONS = ("default-run", "reproduce-cat")  # the kinds; a doc may hold several of a kind, e.g. reproduce-cat-sum3
+
+
+def section_names(doc: str) -> list[str]:
+    """Every generated section in the doc, in order: a kind (SECTIONS) or a kind with a suffix ("reproduce-cat-sum3")."""
+    kinds = "|".join(re.escape(k) for k in SECTIONS)
+    return re.findall(rf"<!-- ((?:{kinds})[\w-]*):begin -->", doc)
 
 
 def _body(doc: str, name: str) -> str:
@@ -139,11 +145,11 @@ def section_sources(doc: str, name: str) -> list[str]:
 
 def regenerate(doc: str) -> str:
     """The doc with every generated section rewritten from the results.json files it names (see --check)."""
-    for name in SECTIONS:
+    for name in section_names(doc):
         sources = section_sources(doc, name)
         if not sources:
             continue
-        body = (default_run_section([_load(f) for f in sources], sources) if name == "default-run"
+        body = (default_run_section([_load(f) for f in sources], sources) if name.startswith("default-run")
                 else reproduce_section(_load(sources[0]), sources[0]))
         doc = replace_between(doc, name, body)
     return doc
@@ -153,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--default", nargs="*", default=[], help="default-run results.json files (one per seed)")
     p.add_argument("--reproduce", default=None, help="a scripts/reproduce_cat.py results.json")
+    p.add_argument("--section", default=None, metavar="NAME",
+                   help="the markers --default / --reproduce write between (default: default-run / reproduce-cat; "
+                        "e.g. reproduce-cat-sum3 for a second reproduction in the same doc)")
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--regenerate", action="store_true",
                    help="rewrite every section from the results.json files it names (its Source(s) line)")
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             fresh = regenerate(doc)
             if fresh != doc:
-                changed = [n for n in SECTIONS if _body(fresh, n) != _body(doc, n)]
+                changed = [n for n in section_names(doc) if _body(fresh, n) != _body(doc, n)]
                 print(f"results_tables.py: {args.doc} differs from its results.json (sections {changed}); run "
                       "`python scripts/results_tables.py --regenerate`", file=sys.stderr)
                 return 1
@@ -174,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.regenerate:
             doc = regenerate(doc)
         if args.default:
-            doc = replace_between(doc, "default-run", default_run_section([_load(f) for f in args.default],
-                                                                          args.default))
+            body = default_run_section([_load(f) for f in args.default], args.default)
+            doc = replace_between(doc, args.section or "default-run", body)
         if args.reproduce:
-            doc = replace_between(doc, "reproduce-cat", reproduce_section(_load(args.reproduce), args.reproduce))
+            body = reproduce_section(_load(args.reproduce), args.reproduce)
+            doc = replace_between(doc, args.section or "reproduce-cat", body)
     except (OSError, ValueError, KeyError) as err:
         print(f"results_tables.py: error: {err}", file=sys.stderr)
         return 2

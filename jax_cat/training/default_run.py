@@ -9,7 +9,7 @@ folder (config.json, metrics.jsonl, checkpoints/, final/, eval/):
 2. `<out>/warm_start/`: the recipe's [warmup] section as its own SFT run (`warmup_config`, the trainer's warm-up
    stage), reused while its config.json is unchanged;
 3. `<out>/grpo/` and `<out>/grpo_cat/`: the recipe's GRPO stage from that SAME warm start with strategy pass@1 (plain
-   GRPO) and with the recipe's strategy (CAT, e.g. pass@8: advantages weighted by N(1-p)^(N-1));
+   GRPO) and with the recipe's strategy (CAT, pass@16 by default: advantages weighted by N(1-p)^(N-1));
 4. each model is scored by the trainer's end-of-run evaluation (`jax_cat.training.run.evaluate_model`, i.e.
    `jax_cat.evaluate.evaluate`); CAT - plain at each k with a 95% paired bootstrap CI over problems
    (`jax_cat.evaluate.paired_difference`); a table is printed, `<out>/results.json` and `<out>/passk.png` written.
@@ -119,6 +119,23 @@ def run_stage(cfg: Any, out: Path, *, reuse: bool) -> tuple[dict[str, Any], bool
             "seconds": time.perf_counter() - t0}, False
 
 
+def rerun_command(cfg: Any, out: Path) -> str:
+    """The command that reruns this experiment: README's first command with a `--set KEY=VALUE` for every key that
+    differs from configs/default.toml (so a results.json says how it was made, not only what the recipe was)."""
+    from jax_cat.training.config import _flatten
+
+    shipped, ours = _flatten(default_config().to_dict()), _flatten(cfg.to_dict())
+    sets = [f" --set {key}={_set_value(value)}" for key, value in ours.items() if shipped.get(key) != value]
+    return "python -m jax_cat.train" + (f" --out {out}" if Path(out) != Path(DEFAULT_OUT) else "") + "".join(sets)
+
+
+def _set_value(value: Any) -> str:
+    """A value as `--set` reads it back (lists comma-separated, None as none)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -192,7 +209,7 @@ def _run_default(cfg: Any, out: Path, say: Callable[[str], None]) -> dict[str, A
                                 "chat_template_applied", "reward_fn", "num_resamples", "confidence", "metrics")},
         "wall_seconds": time.perf_counter() - t_start,
         "provenance": provenance(),
-        "command": "python -m jax_cat.train" + (f" --out {out}" if out != DEFAULT_OUT else ""),
+        "command": rerun_command(cfg, out),
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     plot = plot_passk(results, out / "passk.png")

@@ -82,3 +82,20 @@ def test_check_reports_a_drifted_doc(rt, tmp_path, capsys):
     doc.write_text(doc.read_text().replace("| 0.200 |", "| 0.201 |", 1))
     assert rt.main(["--check", "--doc", str(doc)]) == 1
     assert "default-run" in capsys.readouterr().err
+
+
+def test_a_second_section_of_a_kind_is_written_and_checked_by_its_own_name(rt, tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_result(0, 0.05)))
+    b.write_text(json.dumps(_result(1, 0.15)))
+    doc = tmp_path / "results.md"
+    doc.write_text("<!-- default-run:begin -->\n<!-- default-run:end -->\nmid\n"
+                   "<!-- default-run-old:begin -->\n<!-- default-run-old:end -->\n")
+    assert rt.main(["--default", str(a), "--doc", str(doc)]) == 0
+    assert rt.main(["--default", str(b), "--section", "default-run-old", "--doc", str(doc)]) == 0
+    assert rt.section_names(doc.read_text()) == ["default-run", "default-run-old"]
+    assert rt.section_sources(doc.read_text(), "default-run-old") == [str(b)]
+    assert rt.main(["--check", "--doc", str(doc)]) == 0
+    doc.write_text(doc.read_text().replace("| seed 1 | plain GRPO | 0.200", "| seed 1 | plain GRPO | 0.201", 1))
+    assert rt.main(["--check", "--doc", str(doc)]) == 1
+    assert "['default-run-old']" in capsys.readouterr().err

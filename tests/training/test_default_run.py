@@ -38,7 +38,7 @@ def test_outputs_exist_and_load(tiny_run):
     for stage in ("warm_start", "grpo", "grpo_cat"):  # each model's HF checkpoint, loadable, 18-token vocabulary
         model = load_hf(out / stage / "final")
         assert model.config.vocab_size == 18 and model.config.model_type == "llama"
-    assert json.loads((out / "grpo_cat" / "config.json").read_text())["strategy"] == "pass@8"
+    assert json.loads((out / "grpo_cat" / "config.json").read_text())["strategy"] == "pass@16"
     assert json.loads((out / "grpo" / "config.json").read_text())["model"]["path"] == str(out / "warm_start" / "final")
 
 
@@ -56,7 +56,7 @@ def test_values_are_sane(tiny_run):
         assert np.all(np.diff(means) >= -1e-12), name  # pass@k never decreases in k
         assert np.all(np.asarray(rows["ci_low"]) <= means + 1e-12) and np.all(means <= np.asarray(rows["ci_high"]) + 1e-12)
     assert results["models"]["grpo"]["strategy"] == "pass@1"
-    assert results["models"]["grpo_cat"]["strategy"] == "pass@8"
+    assert results["models"]["grpo_cat"]["strategy"] == "pass@16"
     assert results["num_problems"] == 4
     table = format_table(results)
     assert table in "\n".join(lines) and "CAT - plain" in table and "95% CI low" in table
@@ -192,12 +192,12 @@ def test_the_recipe_is_the_settings_and_the_view_shows_it():
     assert DefaultRun().config() == recipe == default_config()
     view = DefaultRun()
     assert (view.preset, view.sft_steps, view.grpo_steps, view.cat_strategy, view.eval_samples, view.ks) == (
-        "sum2_2d", recipe.warmup.steps, recipe.train.steps, recipe.strategy, recipe.eval.n, recipe.eval.ks)
+        "sum3_2d", recipe.warmup.steps, recipe.train.steps, recipe.strategy, recipe.eval.n, recipe.eval.ks)
     assert DefaultRun(seed=3).config() == default_config(["train.seed=3"])
     # the warm start is the trainer's own warm-up stage, with its own optimizer keys
     warm = warm_start_config(recipe, "base")
     o = warm.optimizer
-    assert (warm.train.method, warm.train.steps, warm.data.batch_size) == ("sft", 1000, 128)
+    assert (warm.train.method, warm.train.steps, warm.data.batch_size) == ("sft", 3000, 128)
     assert (o.learning_rate, o.warmup_steps, o.schedule, o.end_lr_ratio, o.weight_decay) == (1e-3, 100, "cosine", 1.0,
                                                                                             0.01)
     assert (recipe.optimizer.warmup_steps, recipe.optimizer.schedule, recipe.optimizer.weight_decay) == (20, "constant",
@@ -222,7 +222,7 @@ def test_train_with_no_config_runs_the_default_experiment_into_out(monkeypatch, 
     seen.clear()
     assert main(["--seed", "2", "--set", "train.steps=3", "--out", str(tmp_path / "y")]) == 0
     cfg = seen[0][0]
-    assert (cfg.train.seed, cfg.train.steps, cfg.strategy) == (2, 3, "pass@8")
+    assert (cfg.train.seed, cfg.train.steps, cfg.strategy) == (2, 3, "pass@16")
     # --set without --config: the experiment with that key of configs/default.toml changed
     seen.clear()
     assert train.main(["--set", "train.steps=1", "--out", str(tmp_path / "z")]) == 0
@@ -238,3 +238,20 @@ def test_train_with_no_config_runs_the_default_experiment_into_out(monkeypatch, 
     assert train.main(["--config", "sft_tiny", "--set", "train.steps=1", "--out", str(tmp_path / "w")]) == 0
     assert len(seen) == 1 and trained[0].train.steps == 1 and trained[0].train.method == "sft"
     assert load_config("sft_tiny") == load_config(None)  # the recipe file is exactly the dataclasses' defaults
+
+
+def test_results_record_a_command_that_rebuilds_the_same_config():
+    """The recorded command names every key changed from configs/default.toml; read back by the CLI's own --set
+    parser it gives the very same Config (lists, booleans and None included)."""
+    import shlex
+
+    from jax_cat.training.default_run import default_config, rerun_command
+
+    assert rerun_command(default_config(), "runs/default") == "python -m jax_cat.train"
+    changes = ["train.seed=2", "eval.ks=1,8,64", "data.dataset=arithmetic:sum2_2d", "data.max_prompt_len=7",
+               "logging.tensorboard=true", "optimizer.learning_rate=1e-4"]
+    cfg = default_config(changes)
+    words = shlex.split(rerun_command(cfg, "/tmp/o"))
+    assert words[:5] == ["python", "-m", "jax_cat.train", "--out", "/tmp/o"]
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    assert len(sets) == len(changes) and default_config(sets) == cfg
