@@ -98,13 +98,19 @@ def test_off_disables_and_jax_s_variable_changes_nothing(updates):
 def test_without_flags_a_cache_this_process_already_has_is_kept(updates, tmp_path):
     import jax
 
-    if not jax.config.jax_compilation_cache_dir:
-        pytest.skip("this test session runs without its own compilation cache (JAX_CAT_TEST_XLA_CACHE=0)")
-    args = argparse.Namespace(compile_cache=None, no_compile_cache=False)
-    assert cc.enable_from_args(args, prog="prog", env={"JAX_CAT_XLA_CACHE": str(tmp_path)}) is None
-    assert updates == []
-    args.compile_cache = str(tmp_path)  # a flag is explicit: it wins
-    assert cc.enable_from_args(args, prog="prog") == tmp_path
+    before = jax.config.jax_compilation_cache_dir
+    real_update = type(jax.config).update  # `updates` records the instance's calls; this one sets the value
+    if not before:  # a session run with JAX_CAT_TEST_XLA_CACHE=0: give this process a cache for the test's length
+        real_update(jax.config, "jax_compilation_cache_dir", str(tmp_path / "session"))
+    try:
+        args = argparse.Namespace(compile_cache=None, no_compile_cache=False)
+        assert cc.enable_from_args(args, prog="prog", env={"JAX_CAT_XLA_CACHE": str(tmp_path)}) is None
+        assert updates == []
+        args.compile_cache = str(tmp_path)  # a flag is explicit: it wins
+        assert cc.enable_from_args(args, prog="prog") == tmp_path
+    finally:
+        if not before:
+            real_update(jax.config, "jax_compilation_cache_dir", before)
 
 
 def test_both_flags_are_one_usage_line(capsys):
