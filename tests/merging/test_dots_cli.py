@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from merging.dots import main
+from tests._load_script import load_script
 
 
 @pytest.fixture(scope="module")
@@ -435,12 +436,7 @@ def test_soak_three_interrupts_resume_to_the_uninterrupted_result(family, tmp_pa
 def test_soak_sigkill_and_ctrl_c_in_child_processes(tmp_path):
     """scripts/soak_dots.py at CI size: 3 kills (SIGKILL or SIGINT) of a real `python -m merging.dots` child, one
     during a suggestion, one during a trial, one during the final write (minutes: each child imports JAX)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("soak_dots", Path(__file__).resolve().parents[2] / "scripts" /
-                                                  "soak_dots.py")
-    soak_dots = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak_dots)
+    soak_dots = load_script("scripts/soak_dots.py")
     report = soak_dots.soak(tmp_path, kills=3, trials=3, seed=0, schedule=["suggest", "trial", "write"],
                             reference_in_process=True, deadline=400)
     assert report["ok"], report["problems"]

@@ -2,27 +2,16 @@
 sampling.py output formats, the --from re-render; and benchmarks/accelerator.py's device table and counts."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._load_script import load_script
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-report = _load("report")
-acc = _load("accelerator")
+report = load_script("benchmarks/report.py", register=True)
+acc = load_script("benchmarks/accelerator.py", register=True)
 
 OLD_TABLE = """batch 8, prompt 64 tokens, 128 new tokens (greedy), median of 5 after a warm-up
 | shape | params | jax-cat tok/s | transformers tok/s | ratio | jax compile s | peak RSS jax / torch MiB | same tokens | torch threads |

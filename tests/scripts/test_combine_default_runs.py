@@ -1,21 +1,17 @@
 """scripts/combine_default_runs.py: per-seed curves and CAT - plain over seeds, on hand-worked counts."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._load_script import load_script
 
 
 @pytest.fixture(scope="module")
 def cdr():
-    spec = importlib.util.spec_from_file_location("combine_default_runs", ROOT / "scripts" / "combine_default_runs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/combine_default_runs.py")
 
 
 def _run(folder: Path, seed: int, counts: dict[str, list[int]], *, lr: float = 3e-4) -> Path:

@@ -3,26 +3,16 @@ result-line parser, the per-side medians and ratios, the decode byte count, and 
 the trainer's own `exact_match_rewards`."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._load_script import load_script
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-peers = _load("grpo_peers", ROOT / "benchmarks" / "grpo_peers.py")
+peers = load_script("benchmarks/grpo_peers.py", register=True)
 common = sys.modules["common"]
 
 
@@ -87,7 +77,7 @@ def test_peer_reward_is_the_trainers_exact_match():
 
 
 def test_jax_cat_side_settings_are_the_workload(tmp_path):
-    side = _load("jax_cat_side", ROOT / "benchmarks" / "peers" / "jax_cat_side.py")
+    side = load_script("benchmarks/peers/jax_cat_side.py", register=True)
     from jax_cat.training.config import load_config
 
     w = common.Workload(checkpoint=str(tmp_path), prompts=["1+2="] * 96, answers=["3"] * 96, learning_rate=3e-5)

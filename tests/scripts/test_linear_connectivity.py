@@ -2,24 +2,18 @@
 numpy cross-entropy of the same model's logits, and its bad-input errors."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._load_script import load_script
 
 
 def _load(name: str):
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"scripts/{name}.py", register=True)  # dataclasses look their module up in sys.modules
 
 
 rd = _load("reproduce_dots")

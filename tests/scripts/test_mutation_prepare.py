@@ -1,16 +1,14 @@
 """scripts/mutation_prepare.py: jit decorators become plain assignments (so mutmut mutates the function), the
 rewritten module still behaves the same, and the sample score carries its exact binomial interval."""
-import importlib.util
+import importlib
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests._load_script import load_script
+
 pytest.importorskip("libcst")
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("mutation_prepare", ROOT / "scripts" / "mutation_prepare.py")
-prep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prep)
+prep = load_script("scripts/mutation_prepare.py")
 
 SOURCE = '''from functools import partial
 import jax

@@ -3,15 +3,14 @@ the block between the markers equals what `--table docs/results_data/plan_memory
 its commit, CPU and settings, and the `--plan` output recorded beside the 1.5B row has that row's figures."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from tests._load_script import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path("docs/results_data/plan_memory.jsonl")
-_spec = importlib.util.spec_from_file_location("plan_memory", ROOT / "benchmarks" / "plan_memory.py")
-plan_memory = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plan_memory)
+plan_memory = load_script("benchmarks/plan_memory.py")
 
 
 def _rows():

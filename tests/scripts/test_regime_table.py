@@ -1,21 +1,16 @@
 """scripts/regime_table.py: each criterion of the CAT picture judged by its stated rule on hand-made differences."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._load_script import load_script
 
 
 @pytest.fixture(scope="module")
 def rt():
-    spec = importlib.util.spec_from_file_location("regime_table", ROOT / "scripts" / "regime_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/regime_table.py")
 
 
 def _diff(at1, atk):

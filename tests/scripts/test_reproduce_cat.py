@@ -1,23 +1,15 @@
 """scripts/reproduce_cat.py: CAT - plain with a CI over training seeds and problems, against hand-computed values."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._load_script import load_script
 
 
 @pytest.fixture(scope="module")
 def rc():
-    spec = importlib.util.spec_from_file_location("reproduce_cat", ROOT / "scripts" / "reproduce_cat.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/reproduce_cat.py", register=True)
 
 
 def _seed(num_correct, n=4):

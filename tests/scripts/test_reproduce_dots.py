@@ -2,27 +2,17 @@
 one end-to-end run with tiny settings (every stage, every method, the three searches) that must write its tables."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
 
+from tests._load_script import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("reproduce_dots", ROOT / "scripts" / "reproduce_dots.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rd = _load()
+rd = load_script("scripts/reproduce_dots.py", register=True)  # dataclasses look their module up in sys.modules
 
 
 def test_vector_properties_match_hand_computed_values():

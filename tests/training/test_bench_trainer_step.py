@@ -5,7 +5,6 @@ with the benchmark's fixed advantages and old log-probs), and the advantages the
 the rewards are the numbers the benchmark feeds torch."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
+from tests._load_script import load_script
 from tests.training.conftest import make_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,11 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _load():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "train_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/train_step.py", "bench_train_step", register=True)
 
 
 ts = _load()

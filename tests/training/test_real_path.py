@@ -6,16 +6,13 @@ docs/planning.md, shrunk (the mesh is the test session's 8 CPU devices). About 1
 compiling the GRPO step and sampler (40 s) and the SFT step (23 s); 4 min wall on the shared 2-core machine."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("real_path", ROOT / "scripts" / "real_path.py")
-real_path = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(real_path)
+from tests._load_script import load_script
+
+real_path = load_script("scripts/real_path.py")
 
 
 def _train(argv):

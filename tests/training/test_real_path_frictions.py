@@ -4,20 +4,16 @@ batch in the up-front mesh check, a warm-up whose first update is not a no-op, a
 warning for an accelerator recipe on the CPU. Values are counted or computed by hand."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jax_cat.training import data as tdata
 from jax_cat.training.config import Config, ConfigError, DataConfig, OptimizerConfig, check_mesh, load_config
+from tests._load_script import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("real_path", ROOT / "scripts" / "real_path.py")
-real_path = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(real_path)
+real_path = load_script("scripts/real_path.py")
 
 
 @pytest.fixture(scope="module")
