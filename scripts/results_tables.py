@@ -31,7 +31,8 @@ TABLE_KS = (1, 4, 16, 64)
 def _provenance_line(res: dict[str, Any]) -> str:
     p = res.get("provenance") or {}
     dirty = " (+ uncommitted changes)" if p.get("dirty") else ""
-    return (f"commit {p.get('commit', '?')}{dirty}, {p.get('cpu', '?')} ({p.get('cores', '?')} cores), "
+    isa = f", XLA code {p['cpu_isa']}" if p.get("cpu_isa") else ""  # recorded since issue 21's range over machines
+    return (f"commit {p.get('commit', '?')}{dirty}, {p.get('cpu', '?')} ({p.get('cores', '?')} cores{isa}), "
             f"jax {p.get('jax', '?')}, {p.get('utc', '?')} UTC, {res.get('wall_seconds', float('nan')):.0f} s wall")
 
 

@@ -15,7 +15,7 @@ from jax_cat.extras import pyplot
 
 def provenance() -> dict[str, Any]:
     """Where and with what a result was measured: git commit (+dirty), CPU model, cores, device platform and kind,
-    device count, JAX/jaxlib/Python versions, UTC time.
+    device count, JAX/jaxlib/Python versions, UTC time, the vector ISA XLA:CPU compiles for and any XLA_FLAGS.
 
     XLA:CPU compiles differently per CPU, so the same seed gives different draws on different machines: a number in
     the docs is only rerunnable with these next to it."""
@@ -31,14 +31,17 @@ def provenance() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].splitlines()
     except OSError:
-        pass
+        first_cpu = []
+    for line in first_cpu:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            cpu = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
     status = git("status", "--porcelain", "--untracked-files=no")
     device = jax.devices()[0]
     try:
@@ -50,7 +53,29 @@ def provenance() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(status), "cpu": cpu,
             "cores": os.cpu_count(), "platform": device.platform, "device_kind": device.device_kind,
             "devices": jax.device_count(), "jax": jax.__version__, "jaxlib": jaxlib_version,
-            "python": platform.python_version(), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+            "python": platform.python_version(), "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "cpu_isa": cpu_isa(flags, os.environ.get("XLA_FLAGS")), "xla_flags": os.environ.get("XLA_FLAGS") or None}
+
+
+ISA_ORDER = ("sse", "sse4_2", "avx", "avx2", "avx512", "amx")  # narrow -> wide vector code XLA:CPU may emit
+
+
+def cpu_isa(flags: set[str], xla_flags: str | None = None) -> str | None:
+    """The widest vector ISA XLA:CPU compiles for: the host's (from its /proc/cpuinfo flags) unless XLA_FLAGS caps it
+    with --xla_cpu_max_isa. Two machines that differ here draw different samples from the same seed.
+
+    None when the host's flags are unknown (no /proc/cpuinfo: not Linux)."""
+    host = None
+    if flags:
+        host = next((name for flag, name in (("amx_tile", "amx"), ("avx512f", "avx512"), ("avx2", "avx2"),
+                                             ("avx", "avx"), ("sse4_2", "sse4_2")) if flag in flags), "sse")
+    for token in (xla_flags or "").split():
+        if token.startswith("--xla_cpu_max_isa="):
+            cap = token.split("=", 1)[1].lower()
+            if host is None or cap not in ISA_ORDER:
+                return f"{host or 'unknown'}, capped at {cap}"
+            return cap if ISA_ORDER.index(cap) < ISA_ORDER.index(host) else host
+    return host
 
 
 def plot_scaling(result: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path | None:

@@ -122,3 +122,17 @@ def test_cli_prompt_format_and_metrics_are_explicit_and_recorded(tmp_path):
     assert res["config"]["use_chat_template"] is False and res["config"]["chat_template_applied"] is False
     assert res["provenance"]["device_kind"] and res["provenance"]["cpu"] and len(res["num_correct"]) == 3
     assert main(["--model", "tiny-arithmetic", "--metrics", "top@k"]) == 2  # bad input: one line, exit 2
+
+
+def test_provenance_names_the_vector_isa_xla_compiles_for():
+    """XLA:CPU's code (and so the draw of a seed) follows the host's widest vector ISA or an --xla_cpu_max_isa cap:
+    results record which, so two tables from different machines can be told apart (issue 21)."""
+    from jax_cat.evaluate.outputs import cpu_isa, provenance
+
+    assert cpu_isa({"sse4_2", "avx", "avx2", "fma"}) == "avx2"
+    assert cpu_isa({"sse4_2", "avx", "avx2", "avx512f"}) == "avx512"
+    assert cpu_isa({"sse4_2", "avx", "avx2"}, "--xla_cpu_max_isa=SSE4_2") == "sse4_2"
+    assert cpu_isa({"sse4_2", "avx"}, "--xla_force_host_platform_device_count=2 --xla_cpu_max_isa=AVX512") == "avx"
+    assert cpu_isa(set()) is None and cpu_isa(set(), "--xla_cpu_max_isa=AVX") == "unknown, capped at avx"
+    p = provenance()
+    assert {"cpu_isa", "xla_flags"} <= set(p)
