@@ -9,7 +9,10 @@ marked yes / no by a stated rule:
 - "RL sharpens": plain - warm start at pass@1 has its CI above 0;
 - "RL narrows": plain - warm start at pass@64 has its CI below 0;
 - "CAT keeps coverage": CAT - warm start at pass@64 has its CI reaching 0 or above (no measurable loss);
-- "CAT between": warm start <= CAT <= plain GRPO at pass@1 (means over seeds; so no when RL lost pass@1).
+- "CAT between": warm start <= CAT <= plain GRPO at pass@1 (means over seeds; so no when RL lost pass@1);
+- "reward rises": plain GRPO's last logged 25-step training reward above its first in every seed (the issue's
+  "training reward rises clearly": a rise in the mean alone can be one seed's);
+- "CAT > plain at K": CAT - plain at pass@64 has its CI above 0.
 
     python scripts/regime_table.py "sum3_2d, 3e-4, CAT pass@16=docs/results_data/issue21_default_sum3_p16.json" \\
         ... --out docs/results_data/issue21_default_tried.md
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jax_cat.io.atomic import atomic_write_text  # noqa: E402
 
-CRITERIA = ("RL sharpens", "RL narrows", "CAT keeps coverage", "CAT between")
+CRITERIA = ("RL sharpens", "RL narrows", "CAT keeps coverage", "CAT between", "reward rises", "CAT > plain at K")
 
 
 def _at(diff: dict[str, list], ks: list[int], k: int) -> tuple[float, float, float]:
@@ -48,7 +51,9 @@ def judge(combined: dict[str, Any]) -> dict[str, Any]:
     rewards = [(t["first_reward"], t["last_reward"]) for t in trains if "first_reward" in t]
     reward = tuple(float(np.mean(x)) for x in zip(*rewards)) if rewards else None
     verdict = {"RL sharpens": plain1[1] > 0, "RL narrows": plain_k[2] < 0, "CAT keeps coverage": cat_k[2] >= 0,
-               "CAT between": p1["sft"] <= p1["grpo_cat"] <= p1["grpo"]}
+               "CAT between": p1["sft"] <= p1["grpo_cat"] <= p1["grpo"],
+               "reward rises": bool(rewards) and len(rewards) == len(trains) and all(b > a for a, b in rewards),
+               "CAT > plain at K": cmp_k[1] > 0}
     return {"seeds": combined["seeds"], "kmax": kmax, "plain_minus_warm_1": plain1, "plain_minus_warm_k": plain_k,
             "cat_minus_warm_k": cat_k, "cat_minus_plain_1": cmp1, "cat_minus_plain_k": cmp_k, "pass@1": p1,
             "plain_reward": reward, "criteria": verdict}

@@ -32,18 +32,21 @@ def test_the_paper_picture_is_yes_on_every_criterion(rt):
                   ((0.03, 0.01, 0.05), (-0.003, -0.03, 0.02)), ((-0.03, -0.08, 0.0), (0.058, 0.005, 0.11)),
                   rewards=((0.20, 0.24), (0.22, 0.26)))
     j = rt.judge(c)
-    assert j["criteria"] == {"RL sharpens": True, "RL narrows": True, "CAT keeps coverage": True, "CAT between": True}
+    assert j["criteria"] == {"RL sharpens": True, "RL narrows": True, "CAT keeps coverage": True, "CAT between": True,
+                             "reward rises": True, "CAT > plain at K": True}
     assert j["plain_reward"] == pytest.approx((0.21, 0.25)) and j["kmax"] == 64
     table = rt.to_markdown([("chosen", j)])
     assert "| chosen | 0,1 | +0.060 [+0.030, +0.100] |" in table and "0.210 -> 0.250" in table
-    assert table.splitlines()[2].endswith("| yes | yes | yes | yes |")
+    assert table.splitlines()[2].endswith("| yes | yes | yes | yes | yes | yes |")
 
 
 def test_each_rule_says_no_at_its_boundary(rt):
     # plain's pass@1 CI touches 0 (not above it), pass@64 CI touches 0 (not below), CAT's coverage CI below 0,
-    # CAT's pass@1 above plain's: every criterion no
+    # CAT's pass@1 above plain's, one seed's reward flat while the other's rises, CAT - plain's CI touching 0:
+    # every criterion no
     c = _combined((0.20, 0.22, 0.25), ((0.02, 0.0, 0.04), (-0.03, -0.06, 0.0)),
-                  ((0.05, 0.02, 0.08), (-0.05, -0.08, -0.01)), ((0.03, 0.0, 0.06), (0.0, -0.02, 0.02)))
+                  ((0.05, 0.02, 0.08), (-0.05, -0.08, -0.01)), ((0.03, 0.0, 0.06), (0.02, 0.0, 0.04)),
+                  rewards=((0.20, 0.30), (0.25, 0.25)))
     assert not any(rt.judge(c)["criteria"].values())
 
 
