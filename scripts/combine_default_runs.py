@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jax_cat.evaluate.estimates import paired_difference  # noqa: E402
-from jax_cat.io.atomic import atomic_write_text  # noqa: E402
+from jax_cat.io.atomic import atomic_write_text, with_extension  # noqa: E402
 from jax_cat.training.config import _flatten  # noqa: E402 - the dotted names run folders are compared by
 
 STAGES = {"sft": "warm_start", "grpo": "grpo", "grpo_cat": "grpo_cat"}
@@ -103,6 +103,8 @@ def to_markdown(combined: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", type=Path, help="default-run folders (--out of python -m jax_cat.train)")
@@ -113,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no results.json in {', '.join(missing)} (an unfinished run?)")
     combined = combine([load_run(f) for f in args.folders])
     table = to_markdown(combined)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(combined, indent=1) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), table)
+    atomic_write_text(with_extension(args.out, ".json"), json.dumps(combined, indent=1) + "\n")
+    atomic_write_text(with_extension(args.out, ".md"), table)
     print(table)
     return 0
 

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jax_cat.io.atomic import atomic_write_text  # noqa: E402
+from jax_cat.io.atomic import atomic_write_text, with_extension  # noqa: E402
 
 CRITERIA = ("RL sharpens", "RL narrows", "CAT keeps coverage", "CAT between", "reward rises", "CAT > plain at K")
 
@@ -79,6 +79,8 @@ def to_markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("settings", nargs="+", metavar="LABEL=COMBINED_JSON",
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"expected LABEL=COMBINED_JSON with an existing file, got {item!r}")
         rows.append((label, judge(json.loads(Path(path).read_text()))))
     table = to_markdown(rows)
-    atomic_write_text(args.out.with_suffix(".md"), table)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(
+    atomic_write_text(with_extension(args.out, ".md"), table)
+    atomic_write_text(with_extension(args.out, ".json"), json.dumps(
         {"rows": [{"label": label, **j} for label, j in rows],
          "command": "python scripts/regime_table.py " + " ".join(f"'{s}'" for s in args.settings)}, indent=1) + "\n")
     print(table)

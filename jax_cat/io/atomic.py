@@ -202,6 +202,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def with_extension(out: str | os.PathLike[str], ext: str) -> Path:
+    """OUT with `ext` appended, for scripts that write OUT.json and OUT.md: a trailing .json or .md is dropped
+    first, and a dot inside the name is kept (`runs/lr2.5e-4` -> `runs/lr2.5e-4.json`, where Path.with_suffix would
+    give `runs/lr2.json`)."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix in (".json", ".md") else out
+    return base.parent / (base.name + ext)
+
+
 def save_figure(fig: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
     """Write a matplotlib figure to `path` with `atomic_write` (PNG unless `format=` says otherwise; other keywords,
     e.g. `dpi=120`, go to `fig.savefig`), then close it, on success or failure: pyplot keeps every figure open

@@ -114,3 +114,12 @@ def test_output_of_a_run_killed_between_its_renames_is_put_back(tmp_path):
         with atomic_output_dir(tmp_path / "out"):  # the cleanup runs first and restores `out`
             pass
     assert _entries(tmp_path) == ["out"] and (tmp_path / "out" / "weights").read_text() == "previous"
+
+
+def test_with_extension_appends_and_keeps_dots_in_the_name(tmp_path):
+    """Scripts write OUT.json and OUT.md: a setting name such as lr2.5e-4 is a name, not a suffix to replace."""
+    from jax_cat.io.atomic import with_extension
+
+    assert with_extension(tmp_path / "lr2.5e-4", ".json") == tmp_path / "lr2.5e-4.json"
+    assert with_extension(tmp_path / "table.md", ".json") == tmp_path / "table.json"
+    assert with_extension(str(tmp_path / "t"), ".md") == tmp_path / "t.md"

@@ -58,6 +58,8 @@ def test_cli_writes_both_files_and_names_a_bad_argument(rt, tmp_path, capsys):
     assert rt.main([f"a, b=c={src}", "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t.md").read_text().splitlines()[2].startswith("| a, b=c |")
     assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["label"] == "a, b=c"
+    assert rt.main([f"a={src}", "--out", str(tmp_path / "lr2.5e-4")]) == 0  # a dot in the name is not a suffix
+    assert (tmp_path / "lr2.5e-4.md").is_file() and (tmp_path / "lr2.5e-4.json").is_file()
     with pytest.raises(SystemExit):
         rt.main([str(src), "--out", str(tmp_path / "u")])
     assert "LABEL=COMBINED_JSON" in capsys.readouterr().err
