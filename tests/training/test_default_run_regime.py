@@ -2,7 +2,7 @@
 pass@1 over the warm start and narrows pass@64 below it, its training reward ends above where it started (mean over
 the seeds), and CAT pass@16 keeps more pass@64 than plain GRPO and about the warm start's, each over the seed set.
 
-Slow: the whole default run (3,000-step SFT warm start, two 200-step RL stages, three evaluations), 4 min 34 s a seed
+Slow: the whole default run (3,000-step SFT warm start, two 600-step RL stages, three evaluations), ~8 min a seed
 on 2 idle cores (docs/results.md, "The default run"); skipped unless JAX_CAT_REGIME_TEST=1 and the slow tests are
 asked for, so the suite stays inside its budget:
 
@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = (0, 1, 2)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),  # three default runs: ~14 min, past the 600 s default
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),  # three default runs: ~25 min, past the 600 s default
               pytest.mark.skipif(os.environ.get("JAX_CAT_REGIME_TEST") != "1",
                                  reason="the full default run per seed; set JAX_CAT_REGIME_TEST=1")]
 
@@ -50,18 +50,18 @@ def _mean_over_seeds(runs, a, b, k_index):
 
 
 def test_plain_grpo_training_reward_rises_on_average(runs):
-    """Measured (docs/results_data/issue21_default_sum3_p16.md): the last 50 steps' mean reward minus the first 50
-    steps' was +.023 / +.021 / -.006 on seeds 0 / 1 / 2 (mean +.013): a small rise, the weakest part of the
-    picture; the held-out pass@1 below is the clear one."""
+    """Measured (docs/results_data/issue21_default_sum3_lr2e-4_st600.md): the last quarter's mean reward (150 steps)
+    minus the first quarter's was +.049 / +.029 / +.050 on seeds 0 / 1 / 2 (mean +.043; at the earlier default, 3e-4
+    x 200 steps, +.023 / +.021 / -.006). Margin: half the measured mean."""
     rises = []
     for _, reward in runs.values():
         quarter = max(1, len(reward) // 4)
         rises.append(np.mean(reward[-quarter:]) - np.mean(reward[:quarter]))
-    assert np.mean(rises) > 0, rises
+    assert np.mean(rises) > 0.02, rises
 
 
 def test_plain_grpo_sharpens_held_out_over_the_seeds(runs):
-    """Measured: plain - warm start at pass@1 +.031 / +.059 / +.110 (mean +.067), at pass@64 -.085 / -.070 / -.030
+    """Measured: plain - warm start at pass@1 +.098 / +.157 / +.174 (mean +.143), at pass@64 -.105 / -.030 / -.050
     (mean -.062). Asserted over the seed set, not per seed: compiled differently (the pytest process's LLVM level
     0) seed 0 drew plain pass@64 .955 against the warm start's .945."""
     assert _mean_over_seeds(runs, "grpo", "sft", 0) > 0.02
@@ -69,6 +69,6 @@ def test_plain_grpo_sharpens_held_out_over_the_seeds(runs):
 
 
 def test_cat_keeps_more_coverage_than_plain_grpo_over_the_seeds(runs):
-    """Measured: CAT - plain at pass@64 +.095 / +.075 / +.005 (mean +.058), CAT - warm start -.003 on average."""
+    """Measured: CAT - plain at pass@64 +.080 / +.015 / +.040 (mean +.045), CAT - warm start -.017 on average."""
     assert _mean_over_seeds(runs, "grpo_cat", "grpo", -1) > 0
     assert _mean_over_seeds(runs, "grpo_cat", "sft", -1) > -0.03
